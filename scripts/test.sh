@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the checks: ruff lint, ruff format, pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+if [ -z "${NEMON_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+  export NEMON_DATA_DIR="$ROOT/../shared/data"
+fi
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/python -m pytest "$@"

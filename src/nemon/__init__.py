@@ -1,0 +1,98 @@
+"""nemon: robust implicit neural networks via non-Euclidean (weighted l_inf) contraction."""
+
+from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
+from .implicit import Equilibrium, ImplicitSolve, implicit_solve
+from .layers import IDLDense, ImplicitLayer, MONDense, NEMONConv2d, NEMONDense
+from .lipschitz import (
+    certified_lipschitz,
+    certified_pairwise,
+    certify,
+    lipschitz_bound,
+    lipschitz_regularizer,
+    output_bound,
+    pairwise_bounds,
+    state_bound,
+)
+from .models import MODEL_FAMILIES, Classifier, build_model
+from .norms import (
+    mu_1,
+    mu_2,
+    mu_inf,
+    norm_inf,
+    norm_inf_from_input,
+    norm_inf_plain,
+    norm_inf_to_output,
+    perron_frobenius,
+    vector_norm_inf,
+)
+from .parametrize import (
+    IDLConstraint,
+    MONConstraint,
+    MuInfConstraint,
+    conv_shift,
+    mu_inf_param,
+    mu_inf_right_inverse,
+)
+from .solvers import (
+    SOLVERS,
+    ConvergenceWarning,
+    FixedPointSystem,
+    SolverOptions,
+    SolverStats,
+    alpha_star,
+    contraction_factor,
+    solve,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "LeakyReLU",
+    "ReLU",
+    "Tanh",
+    "get_activation",
+    "Equilibrium",
+    "ImplicitSolve",
+    "implicit_solve",
+    "IDLDense",
+    "ImplicitLayer",
+    "MONDense",
+    "NEMONConv2d",
+    "NEMONDense",
+    "certified_lipschitz",
+    "certified_pairwise",
+    "certify",
+    "lipschitz_bound",
+    "lipschitz_regularizer",
+    "output_bound",
+    "pairwise_bounds",
+    "state_bound",
+    "MODEL_FAMILIES",
+    "Classifier",
+    "build_model",
+    "mu_1",
+    "mu_2",
+    "mu_inf",
+    "norm_inf",
+    "norm_inf_from_input",
+    "norm_inf_plain",
+    "norm_inf_to_output",
+    "perron_frobenius",
+    "vector_norm_inf",
+    "IDLConstraint",
+    "MONConstraint",
+    "MuInfConstraint",
+    "conv_shift",
+    "mu_inf_param",
+    "mu_inf_right_inverse",
+    "SOLVERS",
+    "ConvergenceWarning",
+    "FixedPointSystem",
+    "SolverOptions",
+    "SolverStats",
+    "alpha_star",
+    "contraction_factor",
+    "solve",
+    "__version__",
+]

@@ -1,0 +1,138 @@
+"""The ``nemon`` command line: ``train``, ``eval``, ``certify``. Thin: parses and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+
+import torch
+
+from .data import DataError, load_dataset
+from .train import PRESETS, TrainConfig, certified_accuracy, evaluate, load_checkpoint, train
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train an implicit model (NEMON, MON or IDL)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
+    p.add_argument("--model", choices=["nemon", "mon", "idl"])
+    p.add_argument("--arch", choices=["dense", "conv"])
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--hidden", type=int, help="state size (dense) or channels (conv)")
+    p.add_argument("--gamma", type=float, help="contraction bound, < 1")
+    p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "identity"])
+    p.add_argument(
+        "--solver", help="averaged | anderson | picard | peaceman_rachford | forward_backward"
+    )
+    p.add_argument("--tol", type=float, help="relative residual tolerance")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lam", type=float, help="weight of the Lipschitz regulariser (18)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--out", default="runs/latest", help="run folder (checkpoint, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_eval(sub) -> None:
+    for name, help_text in (
+        ("eval", "accuracy, Lipschitz bound and iterations of a checkpoint"),
+        ("certify", "certified accuracy of a checkpoint at radii --eps"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("checkpoint")
+        p.add_argument("--data-dir")
+        p.add_argument("--test-limit", type=int)
+        p.add_argument("--json", help="write the results to this JSON file")
+        if name == "certify":
+            p.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+            p.add_argument(
+                "--method",
+                nargs="+",
+                default=["lipschitz", "pairwise"],
+                choices=["lipschitz", "pairwise"],
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nemon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    return parser
+
+
+def _config(args) -> TrainConfig:
+    values = dict(PRESETS[args.preset])
+    for f in fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return TrainConfig(**values)
+
+
+def _cmd_train(args) -> dict:
+    cfg = _config(args)
+    result = train(
+        cfg, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress
+    )
+    best = max(h["test_accuracy"] for h in result["history"])
+    last = result["history"][-1]
+    print(
+        f"best test accuracy {best:.4f}; last epoch: fwd {last['forward_iterations']:.1f} "
+        f"bwd {last['backward_iterations']:.1f} iterations, {last['train_seconds']:.2f} s, "
+        f"Lipschitz bound {last['lipschitz']:.4g}"
+    )
+    return {"config": asdict(cfg), "history": result["history"]}
+
+
+def _test_data(args, ckpt):
+    data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
+    n = args.test_limit
+    return (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
+
+
+def _cmd_eval(args) -> dict:
+    model, ckpt = load_checkpoint(args.checkpoint)
+    x, y = _test_data(args, ckpt)
+    result = evaluate(model, x, y)
+    result["lipschitz"] = float(model.lipschitz_bound().detach())
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _cmd_certify(args) -> dict:
+    model, ckpt = load_checkpoint(args.checkpoint)
+    x, y = _test_data(args, ckpt)
+    result = {"lipschitz": float(model.lipschitz_bound().detach()), "eps": args.eps}
+    for method in args.method:
+        result[method] = certified_accuracy(model, x, y, args.eps, method)
+    print(f"Lipschitz bound {result['lipschitz']:.4g}")
+    print("eps        " + "  ".join(f"{m:>10}" for m in args.method))
+    for e in args.eps:
+        print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_printoptions(precision=4)
+    try:
+        result = {"train": _cmd_train, "eval": _cmd_eval, "certify": _cmd_certify}[args.command](
+            args
+        )
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0

@@ -1,0 +1,136 @@
+"""Implicit differentiation of ``x* = Phi(A x* + z)`` (MATH.md section 4, eq. (20)).
+
+:class:`ImplicitSolve` is one ``torch.autograd.Function``: its forward solves without building a
+graph (memory independent of the number of iterations) and its backward solves the adjoint
+equation ``w = J (g + A^T w)``, ``J = diag(phi'(A x* + z))``, with a solver of the same family.
+Then ``dL/dz = w`` and the gradient for the weights of ``A`` is the vector-Jacobian product of
+the single map ``weights -> A x*`` with ``w``, obtained from autograd on that one application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .activations import Activation, DiagonalGain
+from .solvers import (
+    FixedPointSystem,
+    SolverOptions,
+    SolverStats,
+    solve,
+    weighted_inf_norm,
+    weighted_l1_norm,
+)
+
+__all__ = ["Operator", "Equilibrium", "ImplicitSolve", "implicit_solve"]
+
+
+class Operator(Protocol):
+    """A linear map ``A`` given by its effective weights (built once per forward)."""
+
+    def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor: ...
+
+    def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor: ...
+
+    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor: ...
+
+
+@dataclass
+class Equilibrium:
+    """Everything needed to solve one equilibrium and its adjoint.
+
+    ``measure`` bounds ``mu(A)`` in the norm ``||.||_{inf,[eta]^-1}`` (``eta`` broadcastable to a
+    state; None for unit weights); it feeds the error bounds. ``resolvent(weights, a, transpose)``
+    is optional (splitting solvers). Solver statistics land in ``stats``.
+    """
+
+    operator: Operator
+    phi: Activation
+    options: SolverOptions
+    backward_options: SolverOptions
+    measure: float | None = None
+    eta: Tensor | None = None
+    resolvent: Callable[[tuple[Tensor, ...], float, bool], Callable] | None = None
+    splitting_step: float | None = None
+    stats: dict[str, SolverStats] = field(default_factory=dict)
+
+    def forward_system(self, weights: tuple[Tensor, ...], z: Tensor) -> FixedPointSystem:
+        op = self.operator
+        return FixedPointSystem(
+            matvec=lambda x: op.matvec(weights, x),
+            z=z,
+            phi=self.phi,
+            diagonal=op.diagonal(weights),
+            measure=self.measure,
+            norm=weighted_inf_norm(self.eta),
+            resolvent=self._resolvent(weights, transpose=False),
+            splitting_step=self.splitting_step,
+            affine=self._fused("affine", weights, z),
+        )
+
+    def adjoint_system(self, weights: tuple[Tensor, ...], J: Tensor, g: Tensor) -> FixedPointSystem:
+        """``w = J (A^T w + g)``: contracts in the dual norm ``||.||_{1,[eta]}`` at the same rate."""
+        op = self.operator
+        return FixedPointSystem(
+            matvec=lambda w: op.rmatvec(weights, w),
+            z=g,
+            phi=DiagonalGain(J),
+            diagonal=op.diagonal(weights),
+            measure=self.measure,
+            norm=weighted_l1_norm(self.eta),
+            resolvent=self._resolvent(weights, transpose=True),
+            splitting_step=self.splitting_step,
+            affine=self._fused("raffine", weights, g),
+        )
+
+    def _fused(self, name: str, weights, z):
+        fused = getattr(self.operator, name, None)
+        return None if fused is None else (lambda x: fused(weights, x, z))
+
+    def _resolvent(self, weights, transpose: bool):
+        if self.resolvent is None:
+            return None
+        return lambda a: self.resolvent(weights, a, transpose)
+
+
+class ImplicitSolve(torch.autograd.Function):
+    """``x* = Phi(A x* + z)`` with gradients by the implicit function theorem."""
+
+    @staticmethod
+    def forward(ctx, eq: Equilibrium, z: Tensor, *weights: Tensor) -> Tensor:
+        weights = tuple(w.detach() for w in weights)
+        x, stats = solve(eq.forward_system(weights, z.detach()), None, eq.options)
+        eq.stats["forward"] = stats
+        ctx.eq = eq
+        ctx.save_for_backward(x, z, *weights)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x: Tensor):
+        x, z, *weights = ctx.saved_tensors
+        eq: Equilibrium = ctx.eq
+        weights = tuple(weights)
+        J = eq.phi.derivative(eq.operator.matvec(weights, x) + z)
+        w, stats = solve(eq.adjoint_system(weights, J, grad_x), None, eq.backward_options)
+        eq.stats["backward"] = stats
+        needs = ctx.needs_input_grad[2:]
+        grads: list[Tensor | None] = [None] * len(weights)
+        if any(needs):
+            with torch.enable_grad():
+                leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(weights, needs))
+                wanted = [t for t in leaves if t.requires_grad]
+                found = iter(torch.autograd.grad(eq.operator.matvec(leaves, x), wanted, w))
+                grads = [next(found) if n else None for n in needs]
+        grad_z = w if ctx.needs_input_grad[1] else None
+        return (None, grad_z, *grads)
+
+
+def implicit_solve(eq: Equilibrium, z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+    """Solve the equilibrium of ``eq`` for injection ``z``; differentiable in ``z`` and ``weights``."""
+    return ImplicitSolve.apply(eq, z, *weights)

@@ -1,0 +1,396 @@
+"""Implicit layers ``x* = Phi(A x* + B u + b)``: NEMON (dense, conv), MON (dense), IDL (dense).
+
+All layers share one interface: ``forward(u) -> x*``, ``weight()`` (effective ``A``),
+``measure()`` (the bound that makes the layer well posed), ``lipschitz_terms()`` (what the
+bounds (14), (15) need), ``features(x)`` for a readout, and ``solver_stats`` from the last solve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .activations import Activation, get_activation
+from .implicit import Equilibrium, implicit_solve
+from .lipschitz import LipschitzTerms
+from .norms import mu_2, mu_inf, norm_inf, norm_inf_from_input
+from .operators import ConvOperator, DenseOperator, conv_same
+from .parametrize import (
+    IDLConstraint,
+    MONConstraint,
+    MuInfConstraint,
+    check_gamma,
+    conv_shift,
+    mu_inf_param,
+)
+from .solvers import SolverOptions, SolverStats
+
+__all__ = ["ImplicitLayer", "NEMONDense", "NEMONConv2d", "MONDense", "IDLDense"]
+
+
+class ImplicitLayer(nn.Module):
+    """Shared machinery: input checks, solver options, the implicit solve and its statistics."""
+
+    family = "implicit"
+    default_solver = "averaged"
+
+    def __init__(
+        self,
+        activation: str | Activation = "relu",
+        solver: str | None = None,
+        tol: float = 1e-4,
+        max_iter: int = 500,
+        backward_solver: str | None = None,
+        backward_tol: float | None = None,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.activation = get_activation(activation)
+        method = solver or self.default_solver
+        self.solver_options = SolverOptions(method=method, tol=tol, max_iter=max_iter)
+        self.backward_options = SolverOptions(
+            method=backward_solver or method, tol=backward_tol or tol, max_iter=max_iter
+        )
+        self.check_inputs = check_inputs
+        self.solver_stats: dict[str, SolverStats] = {}
+
+    # -- to be provided by each family -------------------------------------------------------
+    operator: DenseOperator | ConvOperator
+
+    def effective_weights(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def injection(self, u: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def forward(self, u: Tensor) -> Tensor:
+        if self.check_inputs:
+            self._check_input(u)
+        weights = self.effective_weights()
+        eq = self.equilibrium(weights)
+        self.solver_stats = eq.stats
+        return implicit_solve(eq, self.injection(u), weights)
+
+    def _check_input(self, u: Tensor) -> None:
+        expected = self.input_shape()
+        if u.dim() != len(expected) + 1 or tuple(u.shape[1:]) != expected:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (batch, {', '.join(map(str, expected))}),"
+                f" got {tuple(u.shape)}"
+            )
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+
+    def _options(self) -> tuple[SolverOptions, SolverOptions]:
+        return self.solver_options, self.backward_options
+
+    def features(self, x: Tensor) -> Tensor:
+        """The readout's input: the state itself for dense layers."""
+        return x
+
+    @property
+    def num_features(self) -> int:
+        raise NotImplementedError
+
+
+class _DenseLayer(ImplicitLayer):
+    """Dense families: ``A`` is the parametrized ``self.A``, ``B u + b`` an ``nn.Linear``."""
+
+    operator = DenseOperator()
+
+    def __init__(self, in_features: int, hidden: int, bias: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if in_features < 1 or hidden < 1:
+            raise ValueError(f"in_features and hidden must be >= 1, got {in_features}, {hidden}")
+        self.in_features, self.hidden = in_features, hidden
+        self.B = nn.Linear(in_features, hidden, bias=bias)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
+
+    def injection(self, u: Tensor) -> Tensor:
+        return self.B(u)
+
+    def weight(self) -> Tensor:
+        """The effective ``A`` (n, n)."""
+        return self.A
+
+    def effective_weights(self) -> tuple[Tensor, ...]:
+        return (self.A,)
+
+    @property
+    def num_features(self) -> int:
+        return self.hidden
+
+    def _init_uniform(self, n: int) -> Tensor:
+        bound = 1.0 / math.sqrt(n)
+        return torch.empty(n, n).uniform_(-bound, bound)
+
+
+class NEMONDense(_DenseLayer):
+    """NEMON dense layer: ``mu_{inf,[eta]^-1}(A) <= gamma`` for every parameter value, eq. (17).
+
+    Args:
+        in_features, hidden: input dimension ``r`` and state dimension ``n``.
+        gamma: the bound on the measure, ``gamma < 1``.
+        learn_eta: learn the weights ``eta = exp(d)`` of the norm; ``eta`` fixes them instead.
+        solver: ``averaged`` (default, at ``alpha*``), ``anderson`` or ``picard``.
+    """
+
+    family = "nemon"
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        gamma: float = 0.95,
+        activation: str | Activation = "relu",
+        learn_eta: bool = False,
+        eta: Tensor | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(in_features, hidden, activation=activation, **kwargs)
+        self.gamma = check_gamma(gamma)
+        if eta is not None and tuple(torch.as_tensor(eta).shape) != (hidden,):
+            raise ValueError(
+                f"eta must have shape ({hidden},), got {tuple(torch.as_tensor(eta).shape)}"
+            )
+        constraint = MuInfConstraint(self.gamma, eta=eta, learn_eta=learn_eta)
+        self.A = nn.Parameter(mu_inf_param(self._init_uniform(hidden), self.gamma))
+        if eta is not None:
+            e = torch.as_tensor(eta, dtype=self.A.dtype)
+            self.A.data = e[:, None] * self.A.data / e[None, :]
+        parametrize.register_parametrization(self, "A", constraint)
+
+    def eta(self) -> Tensor | None:
+        """Weights of the norm (None means all ones)."""
+        c = self.parametrizations.A[0]
+        if c.learn_eta:
+            return self.parametrizations.A.original1.exp()
+        return None if c.log_eta is None else c.log_eta.exp()
+
+    def measure(self) -> Tensor:
+        """``mu_{inf,[eta]^-1}(A)`` (at most ``gamma`` by construction)."""
+        return mu_inf(self.A, self.eta())
+
+    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
+        eta = self.eta()
+        eta = None if eta is None else eta.detach()
+        fwd, bwd = self._options()
+        return Equilibrium(
+            self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach(), eta)), eta
+        )
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        eta = self.eta()
+        return LipschitzTerms(
+            norm="inf",
+            input_norm=norm_inf_from_input(self.B.weight, eta),
+            denominator=1 - self.measure().clamp(min=0),
+            feature_eta=eta,
+        )
+
+
+class IDLDense(_DenseLayer):
+    """Implicit deep learning layer (El Ghaoui et al.): ``||A||_inf <= gamma``, Picard iteration."""
+
+    family = "idl"
+    default_solver = "picard"
+
+    def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
+        super().__init__(in_features, hidden, activation=activation, **kw)
+        self.gamma = check_gamma(gamma, allow_negative=False)
+        self.A = nn.Parameter(torch.zeros(hidden, hidden))
+        parametrize.register_parametrization(self, "A", IDLConstraint(self.gamma))
+        with torch.no_grad():  # a free T (not one on the kink ||T||_inf = gamma)
+            self.parametrizations.A.original.copy_(self._init_uniform(hidden))
+
+    def measure(self) -> Tensor:
+        """``||A||_inf`` (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
+        return norm_inf(self.A)
+
+    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
+        fwd, bwd = self._options()
+        # mu_inf(A) <= ||A||_inf < 1: the NEMON error bound applies to IDL's iterates too.
+        return Equilibrium(
+            self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach()))
+        )
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        return LipschitzTerms(
+            norm="inf",
+            input_norm=norm_inf_from_input(self.B.weight),
+            denominator=1 - self.measure(),
+            feature_eta=None,
+        )
+
+
+class MONDense(_DenseLayer):
+    """Monotone operator layer (Winston and Kolter): ``A = gamma I - W^T W - Z + Z^T``.
+
+    ``mu_2(A) <= gamma``. Solvers: ``peaceman_rachford`` (default) or ``forward_backward``, the
+    same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU).
+    """
+
+    family = "mon"
+    default_solver = "peaceman_rachford"
+
+    def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
+        super().__init__(in_features, hidden, activation=activation, **kw)
+        self.gamma = check_gamma(gamma)
+        self.A = nn.Parameter(torch.zeros(hidden, hidden))
+        parametrize.register_parametrization(self, "A", MONConstraint(self.gamma))
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(hidden)
+            self.parametrizations.A.original0.uniform_(-bound, bound)
+            self.parametrizations.A.original1.uniform_(-bound, bound)
+
+    def measure(self) -> Tensor:
+        """``mu_2(A)`` (at most ``gamma`` by construction)."""
+        return mu_2(self.A)
+
+    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
+        fwd, bwd = self._options()
+        A = weights[0].detach()
+        step = None
+        if "forward_backward" in (fwd.method, bwd.method):
+            # Half the largest convergent step 2 m / L^2, m = 1 - mu_2(A), L = ||I - A||_2.
+            eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+            lip = float(torch.linalg.matrix_norm(eye - A, ord=2))
+            step = (1.0 - float(mu_2(A))) / max(lip, 1e-12) ** 2
+        # The error bound of the weighted l_inf theory does not apply (mu_2, not mu_inf): no measure.
+        return Equilibrium(
+            self.operator,
+            self.activation,
+            fwd,
+            bwd,
+            resolvent=DenseOperator.resolvent,
+            splitting_step=step,
+        )
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        """l_2 bound of Pabbaraju et al.: ``||B||_2 / (1 - mu_2(A))``, times ``sqrt(r)`` for l_inf."""
+        return LipschitzTerms(
+            norm="l2",
+            input_norm=torch.linalg.matrix_norm(self.B.weight, ord=2),
+            denominator=1 - self.measure(),
+            input_dim_factor=math.sqrt(self.in_features),
+        )
+
+
+class NEMONConv2d(ImplicitLayer):
+    """NEMON convolutional layer (the paper's single conv layer, section 5).
+
+    ``A x = conv(x, K_eta) + (gamma - r) * x`` with ``r_c = sum |K[c]|`` and ``K_eta[c, c'] =
+    K[c, c'] eta_c / eta_c'``, so ``mu_{inf,[eta]^-1}(A) <= gamma`` for any kernel, padding and
+    image size. The input enters through a 'same' convolution; ``features`` average-pools.
+    """
+
+    family = "nemon"
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        image_size: int,
+        kernel_size: int = 3,
+        gamma: float = 0.95,
+        padding: str = "circular",
+        activation: str | Activation = "relu",
+        learn_eta: bool = False,
+        input_kernel_size: int = 3,
+        pool: int = 4,
+        **kwargs,
+    ) -> None:
+        super().__init__(activation=activation, **kwargs)
+        self.gamma = check_gamma(gamma)
+        if kernel_size < 1 or image_size < kernel_size:
+            raise ValueError(
+                f"need 1 <= kernel_size <= image_size, got {kernel_size}, {image_size}"
+            )
+        if image_size % pool:
+            raise ValueError(f"pool size {pool} must divide the image size {image_size}")
+        self.operator = ConvOperator(padding)
+        self.in_channels, self.channels, self.image_size = in_channels, channels, image_size
+        self.kernel_size, self.padding, self.pool = kernel_size, padding, pool
+        self.input_kernel = nn.Parameter(
+            torch.randn(channels, in_channels, input_kernel_size, input_kernel_size)
+            / math.sqrt(in_channels * input_kernel_size**2)
+        )
+        self.input_bias = nn.Parameter(torch.zeros(channels))
+        self.kernel = nn.Parameter(torch.randn(channels, channels, kernel_size, kernel_size) * 0.01)
+        log_eta = torch.zeros(channels)
+        if learn_eta:
+            self.log_eta = nn.Parameter(log_eta)
+        else:
+            self.register_buffer("log_eta", log_eta)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def eta(self) -> Tensor:
+        """Per-channel weights ``eta_c = exp(d_c)``."""
+        return self.log_eta.exp()
+
+    def effective_weights(self) -> tuple[Tensor, Tensor]:
+        eta = self.eta()
+        scaled = self.kernel * (eta[:, None] / eta[None, :])[:, :, None, None]
+        return scaled, conv_shift(self.kernel, self.gamma)
+
+    def weight(self) -> tuple[Tensor, Tensor]:
+        """The effective operator ``(K_eta, shift)``; :meth:`weight_matrix` materialises it."""
+        return self.effective_weights()
+
+    def weight_matrix(self) -> Tensor:
+        """Dense matrix of ``A`` on the flattened state (small images only: tests)."""
+        n = self.channels * self.image_size**2
+        basis = torch.eye(n, dtype=self.kernel.dtype).reshape(n, *self.state_shape())
+        return self.operator.matvec(self.effective_weights(), basis).reshape(n, n).T
+
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def injection(self, u: Tensor) -> Tensor:
+        return conv_same(u, self.input_kernel, "zeros") + self.input_bias[:, None, None]
+
+    def measure(self) -> Tensor:
+        """``mu_{inf,[eta]^-1}(A) = gamma + max_c (K_cc0 - |K_cc0|)`` (attained for image >= kernel)."""
+        centre = (self.kernel_size - 1) // 2
+        k0 = torch.diagonal(self.kernel[:, :, centre, centre])
+        return self.gamma + (k0 - k0.abs()).amax()
+
+    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
+        fwd, bwd = self._options()
+        eta = self.eta().detach()[:, None, None]
+        return Equilibrium(
+            self.operator, self.activation, fwd, bwd, float(self.measure().detach()), eta
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.pool).flatten(1)
+
+    @property
+    def num_features(self) -> int:
+        return self.channels * (self.image_size // self.pool) ** 2
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        eta = self.eta()
+        b_norm = (self.input_kernel.abs().sum(dim=(1, 2, 3)) / eta).amax()
+        per_feature = (self.image_size // self.pool) ** 2
+        return LipschitzTerms(
+            norm="inf",
+            input_norm=b_norm,
+            denominator=1 - self.measure().clamp(min=0),
+            feature_eta=eta.repeat_interleave(per_feature),
+        )

@@ -1,0 +1,178 @@
+"""Lipschitz bounds (14), (15), the regulariser (18) and certificates (19) (MATH.md section 5).
+
+A layer describes its part of the bound with :class:`LipschitzTerms`; the functions here combine it
+with a readout ``y = C features(x) + D u + c``. All bounds are from ``u`` in l_inf to ``y`` in l_inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LipschitzTerms",
+    "state_bound",
+    "output_bound",
+    "pairwise_bounds",
+    "lipschitz_regularizer",
+    "certified_lipschitz",
+    "certified_pairwise",
+    "lipschitz_bound",
+    "certify",
+]
+
+
+@dataclass
+class LipschitzTerms:
+    """A layer's share of the bound, differentiable in its parameters.
+
+    ``norm="inf"``: ``input_norm = ||B||_{(inf,[eta]^-1),inf}``, ``denominator = 1 - mu(A)_+`` and
+    ``feature_eta`` the weight of each readout feature (None: ones). ``norm="l2"`` (MON): the l_2
+    quantities of Pabbaraju et al., converted to l_inf by ``input_dim_factor = sqrt(r)``.
+    """
+
+    norm: str
+    input_norm: Tensor
+    denominator: Tensor
+    feature_eta: Tensor | None = None
+    input_dim_factor: float = 1.0
+
+
+def state_bound(terms: LipschitzTerms) -> Tensor:
+    """Input-to-state bound ``||B|| / (1 - mu(A)_+)``, eq. (14) (for MON, in l_2)."""
+    return terms.input_norm / terms.denominator
+
+
+def _readout_norms(terms: LipschitzTerms, C: Tensor) -> Tensor:
+    """Per row of ``C``: ``sum_i |c_ki| eta_i`` (l_inf) or ``||c_k||_2`` (l_2)."""
+    if terms.norm == "inf":
+        weighted = C.abs() if terms.feature_eta is None else C.abs() * terms.feature_eta
+        return weighted.sum(dim=-1)
+    return C.norm(dim=-1)
+
+
+def _direct_norms(terms: LipschitzTerms, D: Tensor | None, like: Tensor) -> Tensor:
+    if D is None:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    return D.abs().sum(dim=-1) if terms.norm == "inf" else D.norm(dim=-1)
+
+
+def output_bound(terms: LipschitzTerms, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """Input-output bound ``||B|| ||C|| / (1 - mu(A)_+) + ||D||``, eq. (15).
+
+    For l_2 (MON) the bound ``||B||_2 ||C||_2 / (1 - mu_2(A)) + ||D||_2`` is multiplied by
+    ``sqrt(r)``, since ``||y||_inf <= ||y||_2`` and ``||u||_2 <= sqrt(r) ||u||_inf`` (paper, 6.3).
+    """
+    if terms.norm == "inf":
+        c_norm = _readout_norms(terms, C).amax()
+        d_norm = _direct_norms(terms, D, C).amax() if D is not None else 0.0
+        return state_bound(terms) * c_norm + d_norm
+    c_norm = torch.linalg.matrix_norm(C, ord=2)
+    d_norm = torch.linalg.matrix_norm(D, ord=2) if D is not None else 0.0
+    return (state_bound(terms) * c_norm + d_norm) * terms.input_dim_factor
+
+
+def pairwise_bounds(terms: LipschitzTerms, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """``L_ij``: Lipschitz bound of ``u -> y_i - y_j`` (MATH.md section 5), shape ``(q, q)``.
+
+    ``L_ij = ||B|| ||c_i - c_j||_{1,[eta]} / (1 - mu_+) + ||d_i - d_j||_1``; never above ``2 L``.
+    """
+    diff_C = C[:, None, :] - C[None, :, :]
+    bound = state_bound(terms) * _readout_norms(terms, diff_C)
+    if D is not None:
+        bound = bound + _direct_norms(terms, D[:, None, :] - D[None, :, :], C)
+    return bound * terms.input_dim_factor
+
+
+def lipschitz_regularizer(
+    terms: LipschitzTerms, C: Tensor, D: Tensor | None = None, kind: str = "product"
+) -> Tensor:
+    """Penalty of eq. (18).
+
+    ``kind="product"`` (default) is the bound (15) itself, ``||B|| ||C|| / (1 - mu_+) + ||D||``.
+    ``kind="halved_sum"`` is the convex surrogate as printed in (18),
+    ``(||B||^2 / 2 + ||C||^2) / (1 - mu_+) + ||D||``; by AM-GM the symmetric form
+    ``(||B||^2 + ||C||^2) / 2`` bounds the product, the printed one is a looser variant.
+    """
+    if kind == "product":
+        return output_bound(terms, C, D)
+    if kind != "halved_sum":
+        raise ValueError(f"unknown regulariser kind {kind!r}; use 'product' or 'halved_sum'")
+    c_norm = _readout_norms(terms, C).amax()
+    d_norm = _direct_norms(terms, D, C).amax() if D is not None else 0.0
+    return (terms.input_norm**2 / 2 + c_norm**2) / terms.denominator + d_norm
+
+
+def _margin(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``y_label - y_j`` for every class ``j`` and whether the prediction is correct."""
+    true = logits.gather(1, labels[:, None])
+    correct = logits.argmax(dim=1) == labels
+    return true - logits, correct
+
+
+def certified_lipschitz(
+    logits: Tensor, labels: Tensor, L: Tensor | float, eps: float, slack: Tensor | float = 0.0
+) -> Tensor:
+    """Certificate (19): robust on the l_inf ball of radius eps when ``2 L eps < margin``.
+
+    ``slack`` is a per-sample bound on how far the computed logits may be from the exact ones (from
+    the solver's a-posteriori error bound); it is taken off both sides of the margin.
+    """
+    gaps, correct = _margin(logits, labels)
+    gaps = gaps.scatter(1, labels[:, None], float("inf"))
+    margin = gaps.amin(dim=1) - 2 * torch.as_tensor(slack, dtype=logits.dtype)
+    return correct & (margin > 2 * L * eps)
+
+
+def certified_pairwise(
+    logits: Tensor, labels: Tensor, L_pair: Tensor, eps: float, slack: Tensor | float = 0.0
+) -> Tensor:
+    """Pairwise certificate: ``y_i - y_j > L_ij eps`` for all ``j != i`` (i the label).
+
+    ``slack`` here is a per-sample bound on the error of each logit difference; pass the
+    per-pair error ``(batch, q)`` or a scalar bound.
+    """
+    gaps, correct = _margin(logits, labels)
+    need = L_pair[labels] * eps + torch.as_tensor(slack, dtype=logits.dtype)
+    ok = (gaps > need).scatter(1, labels[:, None], True)
+    return correct & ok.all(dim=1)
+
+
+def lipschitz_bound(model) -> Tensor:
+    """Input-output l_inf Lipschitz bound (15) of a :class:`~nemon.Classifier`."""
+    return output_bound(model.layer.lipschitz_terms(), *model.readout_weights())
+
+
+@torch.no_grad()
+def certify(
+    model, u: Tensor, labels: Tensor, eps: float | list[float], method: str = "pairwise"
+) -> Tensor:
+    """Which samples are certified robust on the l_inf ball of radius ``eps``.
+
+    ``method="lipschitz"`` uses (19), ``"pairwise"`` the per-pair bounds (never weaker). The
+    solver's a-posteriori error bound on the equilibrium is charged against the margins, so the
+    certificate holds for the exact equilibrium, not only for the computed one. Returns a bool
+    tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
+    """
+    if method not in ("lipschitz", "pairwise"):
+        raise ValueError(f"unknown certificate {method!r}; use 'lipschitz' or 'pairwise'")
+    logits = model(u)
+    terms = model.layer.lipschitz_terms()
+    C, D = model.readout_weights()
+    error = model.layer.solver_stats["forward"].error_bound
+    radii = [eps] if isinstance(eps, (int, float)) else list(eps)
+    out = []
+    if method == "lipschitz":
+        L = output_bound(terms, C, D)
+        slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
+        out = [certified_lipschitz(logits, labels, L, e, slack) for e in radii]
+    else:
+        L_pair = pairwise_bounds(terms, C, D)
+        slack = 0.0
+        if error is not None:
+            pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
+            slack = error[:, None] * pair_c[labels]
+        out = [certified_pairwise(logits, labels, L_pair, e, slack) for e in radii]
+    return out[0] if isinstance(eps, (int, float)) else torch.stack(out)

@@ -1,0 +1,152 @@
+"""Constraints by construction (MATH.md section 3).
+
+Each dense constraint is an ``nn.Module`` usable with ``torch.nn.utils.parametrize``: its
+``forward`` maps free parameters onto the constraint set and ``right_inverse`` maps a feasible
+matrix back to parameters, so ``layer.A = A0`` initialises from a given matrix.
+
+- :class:`MuInfConstraint`: ``A = [eta] (T - diag(|T| 1) + gamma I) [eta]^-1``, eq. (17), so that
+  ``mu_{inf,[eta]^-1}(A) <= gamma`` for every ``T`` and every ``eta = exp(d) > 0``.
+- :func:`conv_shift`: the per-channel diagonal shift that gives the same bound for convolutions.
+- :class:`MONConstraint`: ``A = gamma I - W^T W - Z + Z^T`` (``mu_2(A) <= gamma``).
+- :class:`IDLConstraint`: ``A = gamma T / max(gamma, ||T||_inf)`` (``||A||_inf <= gamma``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .norms import mu_inf, norm_inf
+
+__all__ = [
+    "check_gamma",
+    "mu_inf_param",
+    "mu_inf_right_inverse",
+    "MuInfConstraint",
+    "conv_shift",
+    "MONConstraint",
+    "IDLConstraint",
+]
+
+
+def check_gamma(gamma: float, *, allow_negative: bool = True) -> float:
+    """Validate a contraction bound ``gamma < 1`` (well-posedness needs it strictly)."""
+    gamma = float(gamma)
+    if not gamma < 1.0 or gamma != gamma:
+        raise ValueError(f"gamma must be < 1 for a well-posed implicit layer, got {gamma}")
+    if not allow_negative and gamma < 0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    return gamma
+
+
+def mu_inf_param(T: Tensor, gamma: float) -> Tensor:
+    """Eq. (17): ``T - diag(|T| 1) + gamma I``; its ``mu_inf`` is at most ``gamma`` for every T."""
+    row_abs = T.abs().sum(dim=1)
+    return (
+        T
+        - torch.diag_embed(row_abs)
+        + gamma * torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
+    )
+
+
+def mu_inf_right_inverse(A: Tensor, gamma: float, rtol: float = 1e-5) -> Tensor:
+    """A ``T`` with ``mu_inf_param(T, gamma) == A``, for any ``A`` with ``mu_inf(A) <= gamma``.
+
+    Off the diagonal ``t_ij = a_ij``; on it ``t_ii = (a_ii - gamma + sum_{j!=i} |a_ij|) / 2 <= 0``,
+    which solves ``t_ii - |t_ii| - off_i + gamma = a_ii``.
+    """
+    measure = float(mu_inf(A))
+    if measure > gamma + rtol * max(1.0, float(norm_inf(A))):  # round-off of the caller's A
+        raise ValueError(f"mu_inf(A) = {measure:.6g} exceeds gamma = {gamma}: no T maps onto A")
+    diag = torch.diagonal(A)
+    off = A.abs().sum(dim=1) - diag.abs()
+    T = A.clone()
+    T.diagonal().copy_(((diag - gamma + off) / 2).clamp(max=0.0))
+    return T
+
+
+class MuInfConstraint(nn.Module):
+    """``mu_{inf,[eta]^-1}(A) <= gamma`` by construction, eq. (17) with weights.
+
+    ``A = [eta] M [eta]^-1`` with ``M = T - diag(|T| 1) + gamma I``; the similarity keeps
+    ``a_ii = m_ii`` and gives ``mu_{inf,[eta]^-1}(A) = mu_inf(M) <= gamma`` (MATH.md section 3).
+    With ``learn_eta=True`` the originals are ``(T, d)`` and ``eta = exp(d)``; otherwise ``eta``
+    is fixed (a buffer, all ones by default) and the only original is ``T``.
+    """
+
+    def __init__(self, gamma: float = 0.95, eta: Tensor | None = None, learn_eta: bool = False):
+        super().__init__()
+        self.gamma = check_gamma(gamma)
+        self.learn_eta = learn_eta
+        if eta is not None:
+            eta = torch.as_tensor(eta, dtype=torch.get_default_dtype())
+            if eta.dim() != 1 or not bool(torch.all(eta > 0)):
+                raise ValueError("eta must be a 1-D tensor of strictly positive weights")
+        self.register_buffer("log_eta", None if eta is None else eta.log())
+
+    def forward(self, T: Tensor, d: Tensor | None = None) -> Tensor:
+        M = mu_inf_param(T, self.gamma)
+        if d is None:
+            d = self.log_eta
+        if d is None:
+            return M
+        eta = d.exp().to(M.dtype)
+        return eta[:, None] * M / eta[None, :]
+
+    def right_inverse(self, A: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Parameters for a given ``A`` (learnable weights restart at ``eta = 1``)."""
+        if self.log_eta is not None and not self.learn_eta:
+            eta = self.log_eta.exp().to(A.dtype)
+            A = A * eta[None, :] / eta[:, None]  # back to M = [eta]^-1 A [eta]
+        T = mu_inf_right_inverse(A, self.gamma)
+        if self.learn_eta:
+            return T, torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+        return T
+
+
+def conv_shift(kernel: Tensor, gamma: float) -> Tensor:
+    """Per-channel diagonal shift ``gamma - r_c`` with ``r_c = sum_{c',dy,dx} |K[c,c',dy,dx]|``.
+
+    ``A x = conv(x, K) + (gamma - r) * x`` satisfies ``mu_inf(A) <= gamma`` for any padding and
+    image size (MATH.md section 3), because every row of the matrix of ``conv(., K)`` for output
+    channel ``c`` has absolute sum at most ``r_c``.
+    """
+    return gamma - kernel.abs().sum(dim=(1, 2, 3))
+
+
+class MONConstraint(nn.Module):
+    """``A = gamma I - W^T W - Z + Z^T``, so ``mu_2(A) <= gamma`` (Winston and Kolter, 2020)."""
+
+    def __init__(self, gamma: float = 0.95) -> None:
+        super().__init__()
+        self.gamma = check_gamma(gamma)
+
+    def forward(self, W: Tensor, Z: Tensor) -> Tensor:
+        eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
+        return self.gamma * eye - W.T @ W - Z + Z.T
+
+    def right_inverse(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        """``W`` from a Cholesky-type factor of the symmetric part, ``Z`` from the skew part."""
+        sym = self.gamma * torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - (A + A.T) / 2
+        evals, evecs = torch.linalg.eigh(sym)
+        if float(evals.min()) < -1e-6:
+            raise ValueError("mu_2(A) exceeds gamma: no (W, Z) maps onto A")
+        W = (evecs * evals.clamp(min=0).sqrt()).T
+        Z = -(A - A.T) / 4
+        return W, Z
+
+
+class IDLConstraint(nn.Module):
+    """``A = gamma T / max(gamma, ||T||_inf)``, so ``||A||_inf <= gamma`` (El Ghaoui et al., 2021)."""
+
+    def __init__(self, gamma: float = 0.95) -> None:
+        super().__init__()
+        self.gamma = check_gamma(gamma, allow_negative=False)
+
+    def forward(self, T: Tensor) -> Tensor:
+        return self.gamma * T / torch.clamp(norm_inf(T), min=self.gamma)
+
+    def right_inverse(self, A: Tensor) -> Tensor:
+        if float(norm_inf(A)) > self.gamma + 1e-6:
+            raise ValueError(f"||A||_inf exceeds gamma = {self.gamma}: no T maps onto A")
+        return A.clone()

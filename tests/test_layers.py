@@ -1,0 +1,153 @@
+"""One battery for every model family: NEMON (dense, weighted, conv), MON and IDL."""
+
+import pytest
+import torch
+from conftest import ALL_KINDS, DENSE_KINDS, make_layer, random_input, tighten
+from torch.func import functional_call
+
+import nemon
+
+DT = torch.float64
+
+
+def as_function(layer):
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(u, *params):
+        return functional_call(layer, dict(zip(names, params)), (u,))
+
+    params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
+    return f, params
+
+
+def constraint_holds(layer, kind):
+    if kind.startswith("conv"):
+        eta = layer.eta().repeat_interleave(layer.image_size**2)
+        return nemon.mu_inf(layer.weight_matrix(), eta) <= layer.gamma + 1e-10
+    if kind == "mon":
+        return nemon.mu_2(layer.A) <= layer.gamma + 1e-10
+    if kind == "idl":
+        return nemon.norm_inf(layer.A) <= layer.gamma + 1e-10
+    return nemon.mu_inf(layer.A, layer.eta()) <= layer.gamma + 1e-10
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_constraint_holds_for_random_parameters(kind, seed):
+    layer = make_layer(kind, seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 2.0)
+    assert constraint_holds(layer, kind)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_reaches_fixed_point(kind):
+    layer = make_layer(kind, activation="relu")
+    u = random_input(layer)
+    x = layer(u).detach()
+    weights = layer.effective_weights()
+    p = layer.operator.matvec(weights, x) + layer.injection(u)
+    assert torch.allclose(torch.relu(p), x, atol=1e-9)
+    stats = layer.solver_stats["forward"]
+    assert stats.converged and stats.iterations > 0
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_gradcheck(kind):
+    layer = make_layer(kind)
+    f, params = as_function(layer)
+    u = random_input(layer, batch=2).requires_grad_()
+    assert torch.autograd.gradcheck(f, (u, *params), atol=1e-6, rtol=1e-5)
+
+
+def unrolled(layer, u, iterations=3000):
+    """x* by plain autograd through many averaged steps (alpha small enough for every family)."""
+    weights = layer.effective_weights()
+    z = layer.injection(u)
+    x = torch.zeros_like(z)
+    alpha = 0.1
+    for _ in range(iterations):
+        x = (1 - alpha) * x + alpha * layer.activation(layer.operator.matvec(weights, x) + z)
+    return x
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_gradients_match_unrolled_autograd(kind):
+    layer = make_layer(kind)
+    u = random_input(layer).requires_grad_()
+    g = torch.randn_like(layer(u))
+
+    def grads(x):
+        params = [u, *layer.parameters()]
+        return torch.autograd.grad((x * g).sum(), params)
+
+    implicit, explicit = grads(layer(u)), grads(unrolled(layer, u))
+    for a, b in zip(implicit, explicit):
+        assert torch.allclose(a, b, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_memory_does_not_grow_with_iterations(kind):
+    """The graph holds x*, z and the weights, whatever the number of iterations."""
+    layer = make_layer(kind)
+    u = random_input(layer)
+    x = layer(u)
+    assert type(x.grad_fn).__name__ == "ImplicitSolveBackward"
+    saved = x.grad_fn.saved_tensors
+    assert len(saved) == 2 + len(layer.effective_weights())
+    assert layer.solver_stats["forward"].iterations > len(saved)
+
+
+def test_same_output_when_A_coincides():
+    torch.manual_seed(0)
+    n, r = 5, 4
+    A = -0.6 * torch.eye(n, dtype=DT) + 0.05 * torch.randn(n, n, dtype=DT)
+    A = (A + A.T) / 2  # symmetric: mu_2, mu_inf and ||.||_inf all small
+    layers = [
+        nemon.NEMONDense(r, n, gamma=0.9, activation="relu"),
+        nemon.MONDense(r, n, gamma=0.9, activation="relu"),
+        nemon.IDLDense(r, n, gamma=0.9, activation="relu"),
+    ]
+    u = torch.randn(3, r, dtype=DT)
+    outs = []
+    for layer in layers:
+        layer = tighten(layer.double())
+        layer.A = A
+        layer.B.load_state_dict(layers[0].B.double().state_dict())
+        assert torch.allclose(layer.A, A, atol=1e-12)
+        outs.append(layer(u))
+    assert torch.allclose(outs[0], outs[1], atol=1e-9)
+    assert torch.allclose(outs[0], outs[2], atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_bad_input_is_rejected(kind):
+    layer = make_layer(kind)
+    u = random_input(layer)
+    with pytest.raises(ValueError, match="expects input of shape"):
+        layer(u[..., :-1])
+    with pytest.raises(ValueError, match="expects input of shape"):
+        layer(u[0])
+    for bad in (float("nan"), float("inf")):
+        v = u.clone()
+        v.view(-1)[0] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            layer(v)
+
+
+@pytest.mark.parametrize("kind", DENSE_KINDS)
+def test_state_dict_round_trip(kind):
+    a, b = make_layer(kind, seed=0), make_layer(kind, seed=5)
+    b.load_state_dict(a.state_dict())
+    u = random_input(a)
+    assert torch.allclose(a(u), b(u))
+
+
+def test_activation_checks():
+    with pytest.raises(ValueError, match="slope"):
+        nemon.LeakyReLU(1.5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        nemon.NEMONDense(3, 3, activation="gelu")
+    with pytest.raises(NotImplementedError, match="prox"):
+        nemon.MONDense(3, 3, activation="tanh")(torch.randn(2, 3))
