@@ -104,7 +104,7 @@ def _cmd_eval(args) -> dict:
     model, ckpt = load_checkpoint(args.checkpoint)
     x, y = _test_data(args, ckpt)
     result = evaluate(model, x, y)
-    result["lipschitz"] = float(model.lipschitz_bound().detach())
+    result["lipschitz_bound"] = float(model.lipschitz_bound().detach())
     print(json.dumps(result, indent=2))
     return result
 
@@ -112,10 +112,10 @@ def _cmd_eval(args) -> dict:
 def _cmd_certify(args) -> dict:
     model, ckpt = load_checkpoint(args.checkpoint)
     x, y = _test_data(args, ckpt)
-    result = {"lipschitz": float(model.lipschitz_bound().detach()), "eps": args.eps}
+    result = {"lipschitz_bound": float(model.lipschitz_bound().detach()), "eps": args.eps}
     for method in args.method:
         result[method] = certified_accuracy(model, x, y, args.eps, method)
-    print(f"Lipschitz bound {result['lipschitz']:.4g}")
+    print(f"Lipschitz bound {result['lipschitz_bound']:.4g}")
     print("eps        " + "  ".join(f"{m:>10}" for m in args.method))
     for e in args.eps:
         print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))

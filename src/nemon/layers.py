@@ -46,14 +46,20 @@ class ImplicitLayer(nn.Module):
         max_iter: int = 500,
         backward_solver: str | None = None,
         backward_tol: float | None = None,
+        residual: str = "step",
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
         self.activation = get_activation(activation)
         method = solver or self.default_solver
-        self.solver_options = SolverOptions(method=method, tol=tol, max_iter=max_iter)
+        self.solver_options = SolverOptions(
+            method=method, tol=tol, max_iter=max_iter, residual=residual
+        )
         self.backward_options = SolverOptions(
-            method=backward_solver or method, tol=backward_tol or tol, max_iter=max_iter
+            method=backward_solver or method,
+            tol=backward_tol or tol,
+            max_iter=max_iter,
+            residual=residual,
         )
         self.check_inputs = check_inputs
         self.solver_stats: dict[str, SolverStats] = {}

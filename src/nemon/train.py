@@ -50,6 +50,7 @@ class TrainConfig:
     activation: str = "relu"
     solver: str | None = None
     tol: float = 1e-4
+    residual: str = "step"
     max_iter: int = 500
     epochs: int = 10
     batch_size: int = 300
@@ -88,7 +89,9 @@ PRESETS: dict[str, dict] = {
 
 def build_from_config(cfg: TrainConfig, input_shape, num_classes: int) -> Classifier:
     kwargs = dict(cfg.layer_kwargs)
-    kwargs.update(activation=cfg.activation, tol=cfg.tol, max_iter=cfg.max_iter)
+    kwargs.update(
+        activation=cfg.activation, tol=cfg.tol, max_iter=cfg.max_iter, residual=cfg.residual
+    )
     if cfg.solver:
         kwargs["solver"] = cfg.solver
     return build_model(

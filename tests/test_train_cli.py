@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+from conftest import mnist_dir, requires_mnist
+
+from nemon.cli import main
+from nemon.data import Dataset
+from nemon.train import TrainConfig, load_checkpoint, train
+
+
+def tiny_data(seed=0, n=240):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean(dim=(1, 2)) > x[:, 0, 4:].mean(dim=(1, 2))).long()
+    y[:2] = torch.tensor([0, 1])
+    return Dataset("tiny", x[:200], y[:200], x[200:], y[200:])
+
+
+def config(**kw):
+    base = dict(hidden=12, epochs=2, batch_size=32, lr=1e-2, checkpoint_every=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("model", ["nemon", "mon", "idl"])
+def test_training_reduces_loss_and_logs(model, tmp_path):
+    result = train(config(model=model), tmp_path, data=tiny_data(), progress=False)
+    hist = result["history"]
+    assert len(hist) == 2 and hist[-1]["train_loss"] < hist[0]["train_loss"] + 0.1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert hist[0]["forward_iterations"] > 0 and hist[0]["backward_iterations"] > 0
+
+
+def test_resume_after_kill_mid_epoch_loses_nothing(tmp_path):
+    data, cfg = tiny_data(), config(epochs=2)
+    full = train(cfg, tmp_path / "full", data=data, progress=False)
+    # "kill" after 9 steps (epoch 1 has 7 batches): the next run resumes inside epoch 2
+    stopped = train(cfg, tmp_path / "cut", data=data, progress=False, stop_after_steps=9)
+    assert stopped["stopped"]
+    resumed = train(cfg, tmp_path / "cut", data=data, progress=False, resume=True)
+    a = full["model"].state_dict()
+    b = resumed["model"].state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    data = tiny_data()
+    train(config(epochs=1), tmp_path, data=data, progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
+
+
+def test_checkpoint_rebuilds_the_model(tmp_path):
+    data = tiny_data()
+    result = train(config(epochs=1, model="idl"), tmp_path, data=data, progress=False)
+    model, ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        assert torch.allclose(model(data.test_x), result["model"](data.test_x), atol=1e-6)
+
+
+@requires_mnist
+def test_cli_train_eval_certify(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data-dir", str(mnist_dir())]
+    common = ["--epochs", "1", "--train-limit", "900", "--test-limit", "300", "--no-progress"]
+    assert main(["train", "--hidden", "20", "--out", str(out), *common, *args]) == 0
+    assert "best test accuracy" in capsys.readouterr().out
+    assert main(["eval", str(out / "checkpoint.pt"), "--test-limit", "300", *args]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.3 < result["accuracy"] <= 1 and result["lipschitz_bound"] > 0
+    js = tmp_path / "cert.json"
+    code = main(
+        [
+            "certify",
+            str(out / "checkpoint.pt"),
+            "--eps",
+            "0",
+            "1e-5",
+            "--json",
+            str(js),
+            *args,
+            "--test-limit",
+            "300",
+        ]
+    )
+    assert code == 0
+    cert = json.loads(js.read_text())
+    assert cert["pairwise"]["0.0"] >= cert["pairwise"]["1e-05"] >= cert["lipschitz"]["1e-05"]
+
+
+def test_cli_reports_errors(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("nemon.data.urllib.request.urlopen", offline)
+    code = main(
+        ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), "--gamma", "0.5"]
+    )
+    # the data is absent and the download fails: a clear error and exit code 2
+    assert code == 2
+    assert "nemon train: error" in capsys.readouterr().err
