@@ -11,4 +11,4 @@ fi
 OUT="${OUT:-runs/demo}"
 rm -rf "$OUT"
 .venv/bin/nemon train --preset mnist-fc --epochs 1 --out "$OUT"
-.venv/bin/nemon certify "$OUT/checkpoint.pt" --eps 1e-6 1e-5 1e-4 --json "$OUT/certify.json"
+.venv/bin/nemon certify "$OUT/checkpoint.pt" --eps 0 1e-5 1e-4 --json "$OUT/certify.json"

@@ -8,6 +8,8 @@ bounds (14), (15) need), ``features(x)`` for a readout, and ``solver_stats`` fro
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,17 @@ class ImplicitLayer(nn.Module):
         eq = self.equilibrium(weights)
         self.solver_stats = eq.stats
         return implicit_solve(eq, self.injection(u), weights)
+
+    @contextmanager
+    def solver_settings(self, **changes):
+        """Temporarily change the forward and backward solver options (e.g. ``tol=1e-8``)."""
+        saved = self.solver_options, self.backward_options
+        self.solver_options = replace(self.solver_options, **changes)
+        self.backward_options = replace(self.backward_options, **changes)
+        try:
+            yield self
+        finally:
+            self.solver_options, self.backward_options = saved
 
     def _check_input(self, u: Tensor) -> None:
         expected = self.input_shape()
