@@ -49,6 +49,9 @@ def make_layer(kind: str, seed: int = 0, activation: str = "tanh", **kw) -> nemo
         with torch.no_grad():
             layer.kernel.normal_(0, 0.3)
             layer.log_eta.normal_(0, 0.3)
+    elif kind == "mon-conv":
+        act = "leaky_relu" if activation == "tanh" else activation
+        layer = nemon.MONConv2d(2, 3, 4, kernel_size=3, gamma=0.8, activation=act, pool=2, **kw)
     else:
         raise ValueError(kind)
     return tighten(layer.double())
@@ -60,7 +63,7 @@ def random_input(layer: nemon.ImplicitLayer, batch: int = 3, seed: int = 1) -> t
 
 
 DENSE_KINDS = ["nemon", "nemon-eta", "mon", "idl"]
-ALL_KINDS = DENSE_KINDS + ["conv-circular", "conv-zeros"]
+ALL_KINDS = DENSE_KINDS + ["conv-circular", "conv-zeros", "mon-conv"]
 
 
 def mnist_dir() -> Path | None:

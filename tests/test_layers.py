@@ -21,6 +21,10 @@ def as_function(layer):
 
 
 def constraint_holds(layer, kind):
+    if kind == "mon-conv":
+        A = layer.weight_matrix()
+        assert float(layer.measure()) == pytest.approx(float(nemon.mu_2(A)), abs=1e-9)
+        return nemon.mu_2(A) <= layer.gamma + 1e-10
     if kind.startswith("conv"):
         eta = layer.eta().repeat_interleave(layer.image_size**2)
         return nemon.mu_inf(layer.weight_matrix(), eta) <= layer.gamma + 1e-10
@@ -151,3 +155,13 @@ def test_activation_checks():
         nemon.NEMONDense(3, 3, activation="gelu")
     with pytest.raises(NotImplementedError, match="prox"):
         nemon.MONDense(3, 3, activation="tanh")(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="circular"):
+        nemon.MONConv2d(1, 2, 4, padding="zeros")
+
+
+@pytest.mark.parametrize("kind", ["conv-circular", "mon-conv"])
+def test_conv_diagonal_matches_materialised_matrix(kind):
+    layer = make_layer(kind, seed=2)
+    A = layer.weight_matrix()
+    diag = layer.operator.diagonal(layer.effective_weights()).expand(*layer.state_shape())
+    assert torch.allclose(diag.reshape(-1), torch.diagonal(A), atol=1e-12)

@@ -1,8 +1,9 @@
 """nemon: robust implicit neural networks via non-Euclidean (weighted l_inf) contraction."""
 
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
+from .conv_layers import MONConv2d, NEMONConv2d
 from .implicit import Equilibrium, ImplicitSolve, implicit_solve
-from .layers import IDLDense, ImplicitLayer, MONDense, NEMONConv2d, NEMONDense
+from .layers import IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import (
     certified_lipschitz,
     certified_pairwise,
@@ -58,6 +59,7 @@ __all__ = [
     "IDLDense",
     "ImplicitLayer",
     "MONDense",
+    "MONConv2d",
     "NEMONConv2d",
     "NEMONDense",
     "certified_lipschitz",

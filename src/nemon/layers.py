@@ -1,4 +1,6 @@
-"""Implicit layers ``x* = Phi(A x* + B u + b)``: NEMON (dense, conv), MON (dense), IDL (dense).
+"""Implicit layers ``x* = Phi(A x* + B u + b)``: the shared base and the dense families.
+
+Dense NEMON, MON and IDL are here; the convolutional layers are in :mod:`nemon.conv_layers`.
 
 All layers share one interface: ``forward(u) -> x*``, ``weight()`` (effective ``A``),
 ``measure()`` (the bound that makes the layer well posed), ``lipschitz_terms()`` (what the
@@ -12,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -20,18 +21,17 @@ from .activations import Activation, get_activation
 from .implicit import Equilibrium, implicit_solve
 from .lipschitz import LipschitzTerms
 from .norms import mu_2, mu_inf, norm_inf, norm_inf_from_input
-from .operators import ConvOperator, DenseOperator, conv_same
+from .operators import ConvOperator, DenseOperator
 from .parametrize import (
     IDLConstraint,
     MONConstraint,
     MuInfConstraint,
     check_gamma,
-    conv_shift,
     mu_inf_param,
 )
 from .solvers import SolverOptions, SolverStats
 
-__all__ = ["ImplicitLayer", "NEMONDense", "NEMONConv2d", "MONDense", "IDLDense"]
+__all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense"]
 
 
 class ImplicitLayer(nn.Module):
@@ -305,111 +305,4 @@ class MONDense(_DenseLayer):
             input_norm=torch.linalg.matrix_norm(self.B.weight, ord=2),
             denominator=1 - self.measure(),
             input_dim_factor=math.sqrt(self.in_features),
-        )
-
-
-class NEMONConv2d(ImplicitLayer):
-    """NEMON convolutional layer (the paper's single conv layer, section 5).
-
-    ``A x = conv(x, K_eta) + (gamma - r) * x`` with ``r_c = sum |K[c]|`` and ``K_eta[c, c'] =
-    K[c, c'] eta_c / eta_c'``, so ``mu_{inf,[eta]^-1}(A) <= gamma`` for any kernel, padding and
-    image size. The input enters through a 'same' convolution; ``features`` average-pools.
-    """
-
-    family = "nemon"
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        image_size: int,
-        kernel_size: int = 3,
-        gamma: float = 0.95,
-        padding: str = "circular",
-        activation: str | Activation = "relu",
-        learn_eta: bool = False,
-        input_kernel_size: int = 3,
-        pool: int = 4,
-        **kwargs,
-    ) -> None:
-        super().__init__(activation=activation, **kwargs)
-        self.gamma = check_gamma(gamma)
-        if kernel_size < 1 or image_size < kernel_size:
-            raise ValueError(
-                f"need 1 <= kernel_size <= image_size, got {kernel_size}, {image_size}"
-            )
-        if image_size % pool:
-            raise ValueError(f"pool size {pool} must divide the image size {image_size}")
-        self.operator = ConvOperator(padding)
-        self.in_channels, self.channels, self.image_size = in_channels, channels, image_size
-        self.kernel_size, self.padding, self.pool = kernel_size, padding, pool
-        self.input_kernel = nn.Parameter(
-            torch.randn(channels, in_channels, input_kernel_size, input_kernel_size)
-            / math.sqrt(in_channels * input_kernel_size**2)
-        )
-        self.input_bias = nn.Parameter(torch.zeros(channels))
-        self.kernel = nn.Parameter(torch.randn(channels, channels, kernel_size, kernel_size) * 0.01)
-        log_eta = torch.zeros(channels)
-        if learn_eta:
-            self.log_eta = nn.Parameter(log_eta)
-        else:
-            self.register_buffer("log_eta", log_eta)
-
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.in_channels, self.image_size, self.image_size)
-
-    def eta(self) -> Tensor:
-        """Per-channel weights ``eta_c = exp(d_c)``."""
-        return self.log_eta.exp()
-
-    def effective_weights(self) -> tuple[Tensor, Tensor]:
-        eta = self.eta()
-        scaled = self.kernel * (eta[:, None] / eta[None, :])[:, :, None, None]
-        return scaled, conv_shift(self.kernel, self.gamma)
-
-    def weight(self) -> tuple[Tensor, Tensor]:
-        """The effective operator ``(K_eta, shift)``; :meth:`weight_matrix` materialises it."""
-        return self.effective_weights()
-
-    def weight_matrix(self) -> Tensor:
-        """Dense matrix of ``A`` on the flattened state (small images only: tests)."""
-        n = self.channels * self.image_size**2
-        basis = torch.eye(n, dtype=self.kernel.dtype).reshape(n, *self.state_shape())
-        return self.operator.matvec(self.effective_weights(), basis).reshape(n, n).T
-
-    def state_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
-
-    def injection(self, u: Tensor) -> Tensor:
-        return conv_same(u, self.input_kernel, "zeros") + self.input_bias[:, None, None]
-
-    def measure(self) -> Tensor:
-        """``mu_{inf,[eta]^-1}(A) = gamma + max_c (K_cc0 - |K_cc0|)`` (attained for image >= kernel)."""
-        centre = (self.kernel_size - 1) // 2
-        k0 = torch.diagonal(self.kernel[:, :, centre, centre])
-        return self.gamma + (k0 - k0.abs()).amax()
-
-    def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self._options()
-        eta = self.eta().detach()[:, None, None]
-        return Equilibrium(
-            self.operator, self.activation, fwd, bwd, float(self.measure().detach()), eta
-        )
-
-    def features(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(x, self.pool).flatten(1)
-
-    @property
-    def num_features(self) -> int:
-        return self.channels * (self.image_size // self.pool) ** 2
-
-    def lipschitz_terms(self) -> LipschitzTerms:
-        eta = self.eta()
-        b_norm = (self.input_kernel.abs().sum(dim=(1, 2, 3)) / eta).amax()
-        per_feature = (self.image_size // self.pool) ** 2
-        return LipschitzTerms(
-            norm="inf",
-            input_norm=b_norm,
-            denominator=1 - self.measure().clamp(min=0),
-            feature_eta=eta.repeat_interleave(per_feature),
         )

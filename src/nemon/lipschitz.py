@@ -38,6 +38,7 @@ class LipschitzTerms:
     denominator: Tensor
     feature_eta: Tensor | None = None
     input_dim_factor: float = 1.0
+    feature_scale: float = 1.0  # l_2 norm of the map from state to features (pooling)
 
 
 def state_bound(terms: LipschitzTerms) -> Tensor:
@@ -50,7 +51,7 @@ def _readout_norms(terms: LipschitzTerms, C: Tensor) -> Tensor:
     if terms.norm == "inf":
         weighted = C.abs() if terms.feature_eta is None else C.abs() * terms.feature_eta
         return weighted.sum(dim=-1)
-    return C.norm(dim=-1)
+    return C.norm(dim=-1) * terms.feature_scale
 
 
 def _direct_norms(terms: LipschitzTerms, D: Tensor | None, like: Tensor) -> Tensor:
@@ -69,7 +70,7 @@ def output_bound(terms: LipschitzTerms, C: Tensor, D: Tensor | None = None) -> T
         c_norm = _readout_norms(terms, C).amax()
         d_norm = _direct_norms(terms, D, C).amax() if D is not None else 0.0
         return state_bound(terms) * c_norm + d_norm
-    c_norm = torch.linalg.matrix_norm(C, ord=2)
+    c_norm = torch.linalg.matrix_norm(C, ord=2) * terms.feature_scale
     d_norm = torch.linalg.matrix_norm(D, ord=2) if D is not None else 0.0
     return (state_bound(terms) * c_norm + d_norm) * terms.input_dim_factor
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import IDLDense, ImplicitLayer, MONDense, NEMONConv2d, NEMONDense
+from .conv_layers import MONConv2d, NEMONConv2d
+from .layers import IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import lipschitz_bound, lipschitz_regularizer
 
 __all__ = ["Classifier", "build_model", "MODEL_FAMILIES"]
@@ -79,9 +80,12 @@ def build_model(
             raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
         layer = dense[family](c * h * w, hidden, gamma=gamma, **layer_kwargs)
     elif arch == "conv":
-        if family != "nemon":
-            raise ValueError(f"conv architecture is available for 'nemon', not {family!r}")
-        layer = NEMONConv2d(c, hidden, h, gamma=gamma, **layer_kwargs)
+        conv = {"nemon": NEMONConv2d, "mon": MONConv2d}
+        if family not in conv:
+            raise ValueError(
+                f"conv architecture is available for 'nemon' and 'mon', not {family!r}"
+            )
+        layer = conv[family](c, hidden, h, gamma=gamma, **layer_kwargs)
     else:
         raise ValueError(f"unknown architecture {arch!r}; use 'dense' or 'conv'")
     return Classifier(layer, num_classes)

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DenseOperator", "ConvOperator", "same_padding", "conv_same", "conv_same_adjoint"]
+__all__ = [
+    "DenseOperator",
+    "ConvOperator",
+    "MONConvOperator",
+    "kernel_spectrum",
+    "same_padding",
+    "conv_same",
+    "conv_same_adjoint",
+]
 
 
 class DenseOperator:
@@ -88,3 +96,70 @@ class ConvOperator:
         kernel, shift = weights
         centre = (kernel.shape[-1] - 1) // 2
         return (torch.diagonal(kernel[:, :, centre, centre]) + shift)[:, None, None]
+
+
+def kernel_spectrum(kernel: Tensor, size: int) -> Tensor:
+    """Per-frequency matrices of the circular 'same' convolution: shape ``(size, size, out, in)``.
+
+    :func:`conv_same` with circular padding is ``y = G * x`` (circular convolution) with
+    ``G[o, c, (lo - a) mod s, (lo - b) mod s] = K[o, c, a, b]``, so ``fft2(y)[f] = fft2(G)[f] x̂[f]``.
+    """
+    out_ch, in_ch, k, _ = kernel.shape
+    lo = (k - 1) // 2
+    idx = (lo - torch.arange(k, device=kernel.device)) % size
+    G = kernel.new_zeros(out_ch, in_ch, size, size)
+    G[:, :, idx[:, None], idx[None, :]] = kernel
+    return torch.fft.fft2(G).permute(2, 3, 0, 1)
+
+
+class MONConvOperator:
+    """``A x = gamma x - W^T W x - Z x + Z^T x`` with circular convolutions ``W``, ``Z``.
+
+    Weights ``(W, Z)`` of shape ``(c, c, k, k)``; ``mu_2(A) <= gamma`` by construction. The
+    resolvent ``(I + a (I - A))^-1`` is applied frequency by frequency with the FFT.
+    """
+
+    def __init__(self, gamma: float, size: int) -> None:
+        self.gamma, self.size = gamma, size
+
+    def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        W, Z = weights
+        WtW = conv_same_adjoint(conv_same(x, W, "circular"), W, "circular")
+        return (
+            self.gamma * x - WtW - conv_same(x, Z, "circular") + conv_same_adjoint(x, Z, "circular")
+        )
+
+    def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor:
+        W, Z = weights
+        WtW = conv_same_adjoint(conv_same(w, W, "circular"), W, "circular")
+        return (
+            self.gamma * w - WtW + conv_same(w, Z, "circular") - conv_same_adjoint(w, Z, "circular")
+        )
+
+    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+        """``gamma - sum_{o,taps} W[o, c, tap]^2`` per channel (Z's diagonal cancels)."""
+        W = weights[0]
+        return (self.gamma - (W**2).sum(dim=(0, 2, 3)))[:, None, None]
+
+    def spectrum(self, weights: tuple[Tensor, ...]) -> Tensor:
+        """``A(f)`` for every frequency, shape ``(s, s, c, c)`` (complex)."""
+        W_hat = kernel_spectrum(weights[0], self.size)
+        Z_hat = kernel_spectrum(weights[1], self.size)
+        eye = torch.eye(W_hat.shape[-1], dtype=W_hat.dtype, device=W_hat.device)
+        Wh = W_hat.conj().transpose(-1, -2)
+        return self.gamma * eye - Wh @ W_hat - Z_hat + Z_hat.conj().transpose(-1, -2)
+
+    def resolvent(self, weights: tuple[Tensor, ...], a: float, transpose: bool):
+        """``v -> (I + a (I - A))^-1 v`` (or with ``A^T``) via FFT, one batched inverse per solve."""
+        A_hat = self.spectrum(weights)
+        eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
+        R = torch.linalg.inv((1 + a) * eye - a * A_hat)
+        if transpose:
+            R = R.conj().transpose(-1, -2)
+
+        def apply(v: Tensor) -> Tensor:
+            v_hat = torch.fft.fft2(v).permute(0, 2, 3, 1).unsqueeze(-1)  # (b, s, s, c, 1)
+            out = (R @ v_hat).squeeze(-1).permute(0, 3, 1, 2)
+            return torch.fft.ifft2(out).real.to(v.dtype)
+
+        return apply
