@@ -76,6 +76,16 @@ def unrolled(layer, u, iterations=3000):
     return x
 
 
+@pytest.mark.parametrize("solver", ["averaged", "anderson"])
+@pytest.mark.parametrize("kind", ["nemon-eta", "conv-zeros"])
+def test_gradcheck_other_nemon_solvers(kind, solver):
+    layer = make_layer(kind, solver=solver)
+    layer.backward_options.method = solver
+    f, params = as_function(layer)
+    u = random_input(layer, batch=2).requires_grad_()
+    assert torch.autograd.gradcheck(f, (u, *params), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_gradients_match_unrolled_autograd(kind):
     layer = make_layer(kind)

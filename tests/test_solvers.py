@@ -44,7 +44,7 @@ def test_alpha_star_and_contraction_factor():
     assert nemon.contraction_factor(0.25, -0.5) == pytest.approx(0.75)  # mu_+ = 0
 
 
-@pytest.mark.parametrize("method", ["averaged", "anderson"])
+@pytest.mark.parametrize("method", ["averaged", "diagonal", "anderson"])
 @pytest.mark.parametrize("seed", range(4))
 def test_solver_reaches_the_fixed_point(method, seed):
     system, _, _ = dense_system(seed)
@@ -56,15 +56,16 @@ def test_solver_reaches_the_fixed_point(method, seed):
     assert torch.allclose(x, reference(system), atol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["averaged", "diagonal"])
 @pytest.mark.parametrize("seed", range(4))
-def test_contraction_bound_and_error_bound(seed):
-    """After k averaged steps at alpha*, ||x_k - x*|| <= rho^k ||x_0 - x*|| in the weighted norm."""
-    system, A, eta = dense_system(seed, gamma=0.5)
+def test_contraction_bound_and_error_bound(method, seed):
+    """After k steps (alpha* or per-coordinate), ||x_k - x*|| <= rho^k ||x_0 - x*||, weighted."""
+    system, A, eta = dense_system(seed, gamma=0.5, spread=1.5)
     x_star = reference(system)
     norm = weighted_inf_norm(eta)
     rho = nemon.contraction_factor(nemon.alpha_star(torch.diagonal(A)), system.measure)
     for k in (1, 3, 10, 30):
-        opts = SolverOptions(tol=1e-300, max_iter=k, check_every=1, warn=False)
+        opts = SolverOptions(method=method, tol=1e-300, max_iter=k, check_every=1, warn=False)
         x, stats = solve(system, options=opts)
         assert stats.iterations == k
         err = norm(x - x_star)
@@ -86,6 +87,17 @@ def test_iterations_respect_the_worst_case_count():
     assert stats.iterations <= bound + 1
     norm = weighted_inf_norm(eta)
     assert torch.all(norm(x - x_star) <= norm(x_star) * tol / (1 - rho) + 1e-12)
+
+
+def test_diagonal_steps_contract_rowwise_on_the_jacobian():
+    """Jacobian of x -> x + [alpha](Phi(Ax+z) - x) at random slopes: weighted row sums <= rho."""
+    for seed in range(20):
+        _, A, eta = dense_system(seed, gamma=0.7, spread=1.0)
+        steps = nemon.solvers.diagonal_steps(torch.diagonal(A))
+        rho = nemon.contraction_factor(float(steps.min()), float(nemon.mu_inf(A, eta)))
+        slopes = torch.rand(len(A), generator=torch.Generator().manual_seed(seed), dtype=DT)
+        jac = torch.eye(len(A), dtype=DT) - torch.diag(steps) + steps[:, None] * slopes[:, None] * A
+        assert nemon.norm_inf(jac, eta) <= rho + 1e-12
 
 
 def test_non_convergence_is_reported():

@@ -87,6 +87,7 @@ class NEMONConv2d(_ConvLayer):
     """
 
     family = "nemon"
+    default_solver = "diagonal"
 
     def __init__(
         self,

@@ -2,9 +2,10 @@
 
 :class:`ImplicitSolve` is one ``torch.autograd.Function``: its forward solves without building a
 graph (memory independent of the number of iterations) and its backward solves the adjoint
-equation ``w = J (g + A^T w)``, ``J = diag(phi'(A x* + z))``, with a solver of the same family.
-Then ``dL/dz = w`` and the gradient for the weights of ``A`` is the vector-Jacobian product of
-the single map ``weights -> A x*`` with ``w``, obtained from autograd on that one application.
+equation for ``w = dL/dp``, ``w = J (g + A^T w)`` with ``J = diag(phi'(A x* + z))``, with a solver
+of the same family (see :meth:`Equilibrium.adjoint_system`). Then ``dL/dz = w``, and the
+gradient for the weights of ``A`` is the vector-Jacobian product of the single map
+``weights -> A x*`` with ``w``, obtained from autograd on that one application.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .activations import Activation, DiagonalGain
+from .activations import Activation, DiagonalGain, Identity
 from .solvers import (
+    SPLITTING_SOLVERS,
     FixedPointSystem,
     SolverOptions,
     SolverStats,
@@ -73,20 +75,44 @@ class Equilibrium:
             affine=self._fused("affine", weights, z),
         )
 
-    def adjoint_system(self, weights: tuple[Tensor, ...], J: Tensor, g: Tensor) -> FixedPointSystem:
-        """``w = J (A^T w + g)``: contracts in the dual norm ``||.||_{1,[eta]}`` at the same rate."""
+    def adjoint_system(
+        self, weights: tuple[Tensor, ...], J: Tensor, g: Tensor
+    ) -> tuple[FixedPointSystem, Callable[[Tensor], Tensor]]:
+        """The adjoint equation and the map from its solution to ``w = dL/dp``.
+
+        NEMON-type solvers solve ``p = A^T J p + g`` and return ``w = J p``: its iteration matrix
+        ``(1 - alpha) I + alpha A^T J`` is the transpose of the forward linearisation, so it
+        contracts in the dual norm ``||.||_{1,[eta]}`` with the forward factor (MATH.md section 4),
+        also with per-coordinate steps (in the step-scaled dual norm). Splitting solvers (MON)
+        solve ``w = J (A^T w + g)``, a prox form they can split.
+        """
         op = self.operator
-        return FixedPointSystem(
-            matvec=lambda w: op.rmatvec(weights, w),
+        common = dict(
             z=g,
-            phi=DiagonalGain(J),
             diagonal=op.diagonal(weights),
             measure=self.measure,
             norm=weighted_l1_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=True),
             splitting_step=self.splitting_step,
-            affine=self._fused("raffine", weights, g),
         )
+        if self.backward_options.method in SPLITTING_SOLVERS:
+            system = FixedPointSystem(
+                matvec=lambda w: op.rmatvec(weights, w),
+                phi=DiagonalGain(J),
+                affine=self._fused("raffine", weights, g),
+                **common,
+            )
+            return system, lambda w: w
+        fused = getattr(op, "raffine", None)
+        system = FixedPointSystem(
+            matvec=lambda p: op.rmatvec(weights, J * p),
+            phi=Identity(),
+            affine=None if fused is None else (lambda p: fused(weights, J * p, g)),
+            step_scaled_norm=True,
+            observe=lambda p: J * p,
+            **common,
+        )
+        return system, lambda p: J * p
 
     def _fused(self, name: str, weights, z):
         fused = getattr(self.operator, name, None)
@@ -117,7 +143,9 @@ class ImplicitSolve(torch.autograd.Function):
         eq: Equilibrium = ctx.eq
         weights = tuple(weights)
         J = eq.phi.derivative(eq.operator.matvec(weights, x) + z)
-        w, stats = solve(eq.adjoint_system(weights, J, grad_x), None, eq.backward_options)
+        system, to_w = eq.adjoint_system(weights, J, grad_x)
+        solution, stats = solve(system, None, eq.backward_options)
+        w = to_w(solution)
         eq.stats["backward"] = stats
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)

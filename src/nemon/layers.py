@@ -164,10 +164,12 @@ class NEMONDense(_DenseLayer):
         in_features, hidden: input dimension ``r`` and state dimension ``n``.
         gamma: the bound on the measure, ``gamma < 1``.
         learn_eta: learn the weights ``eta = exp(d)`` of the norm; ``eta`` fixes them instead.
-        solver: ``averaged`` (default, at ``alpha*``), ``anderson`` or ``picard``.
+        solver: ``diagonal`` (default: averaged iteration with per-coordinate steps
+            ``1 / (1 - (a_ii)_-)``), ``averaged`` (the paper's, at ``alpha*``) or ``anderson``.
     """
 
     family = "nemon"
+    default_solver = "diagonal"
 
     def __init__(
         self,
