@@ -62,6 +62,9 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     checkpoint_every: int = 50
+    cert_eps: float = 0.0
+    cert_weight: float = 0.5
+    cert_ramp_epochs: int = 1
     layer_kwargs: dict = field(default_factory=dict)
 
 
@@ -192,6 +195,39 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _shard(xb: Tensor, yb: Tensor, rank: int, world: int) -> tuple[Tensor, Tensor]:
+    """This process's share of a global batch (equal shards when ``world`` divides it)."""
+    return (xb[rank::world], yb[rank::world]) if world > 1 else (xb, yb)
+
+
+def _cert_eps(cfg: TrainConfig, epoch: int, step: int, n_batches: int) -> float:
+    """Linear ramp of the certified-training radius over ``cert_ramp_epochs``."""
+    if cfg.cert_eps <= 0:
+        return 0.0
+    done = (epoch * n_batches + step) / max(cfg.cert_ramp_epochs * n_batches, 1)
+    return cfg.cert_eps * min(1.0, done)
+
+
+def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float):
+    logits = model(xb)
+    loss = F.cross_entropy(logits, yb)
+    if eps > 0:
+        from .intervals import interval_loss
+
+        robust = interval_loss(raw, xb, yb, eps)
+        loss = (1 - cfg.cert_weight) * loss + cfg.cert_weight * robust
+    if cfg.lam > 0:
+        loss = loss + cfg.lam * raw.lipschitz_penalty(cfg.reg_kind)
+    return logits, loss
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
@@ -203,39 +239,52 @@ def train(
 ) -> dict:
     """Train ``cfg`` and return the history; see the module docstring for the files written.
 
-    ``stop_after_steps`` ends the run early after that many optimiser steps (for tests of resume).
+    Under ``torchrun`` (an initialised process group) the model is wrapped in
+    ``DistributedDataParallel`` and every global batch of ``batch_size`` is split between the
+    processes, so 2 processes follow the same trajectory as 1 on the combined batch; rank 0 writes
+    the files. ``stop_after_steps`` ends the run early after that many steps (tests of resume).
     """
+    rank, world = _distributed()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    model = build_from_config(cfg, data.input_shape, data.num_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if device.type == "cpu":
+        torch.set_flush_denormal(
+            True
+        )  # subnormal residuals slow CPU kernels by orders of magnitude
+    raw = build_from_config(cfg, data.input_shape, data.num_classes).to(device)
+    model = raw
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+    opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr)
     ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
     state = {"epoch": 0, "step": 0, "history": [], "running": _fresh_running()}
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written by a different configuration")
-        model.load_state_dict(ckpt["model"])
+        raw.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in ("epoch", "step", "history", "running")}
-        _write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), log_path)
-    _write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
+        if rank == 0:
+            _write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), log_path)
+    if rank == 0:
+        _write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
 
     def checkpoint() -> None:
-        save_atomic(
-            {
+        if rank == 0:
+            payload = {
                 "config": asdict(cfg),
                 "input_shape": data.input_shape,
                 "num_classes": data.num_classes,
-                "model": model.state_dict(),
+                "model": raw.state_dict(),
                 "optimizer": opt.state_dict(),
                 **state,
-            },
-            ckpt_path,
-        )
+            }
+            save_atomic(payload, ckpt_path)
 
     steps_done = 0
     n_batches = math.ceil(len(data.train_x) / cfg.batch_size)
@@ -247,23 +296,22 @@ def train(
             total=n_batches,
             initial=state["step"],
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
+            disable=not progress or rank != 0,
             leave=False,
+            mininterval=1.0,
         )
         gen = _epoch_generator(cfg.seed, epoch)
         for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, cfg.batch_size, gen)):
             if i < state["step"]:
                 continue
             start = time.perf_counter()
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            if cfg.lam > 0:
-                loss = loss + cfg.lam * model.lipschitz_penalty(cfg.reg_kind)
+            xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
+            eps = _cert_eps(cfg, epoch, i, n_batches)
+            logits, loss = _loss(model, raw, cfg, xb, yb, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            fwd, bwd = _solver_iterations(model)
+            fwd, bwd = _solver_iterations(raw)
             run["seconds"] += time.perf_counter() - start
             run["loss"] += float(loss.detach()) * len(xb)
             run["correct"] += int((logits.argmax(1) == yb).sum())
@@ -278,23 +326,38 @@ def train(
             if stop_after_steps is not None and steps_done >= stop_after_steps:
                 checkpoint()
                 bar.close()
-                return {"history": state["history"], "stopped": True}
+                return {"history": state["history"], "stopped": True, "model": raw}
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 checkpoint()
         bar.close()
-        record = _epoch_record(model, data, epoch, run)
+        record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, running=_fresh_running())
         checkpoint()
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if progress:
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if progress and rank == 0:
             tqdm.write(
                 f"epoch {epoch + 1}: test acc {record['test_accuracy']:.4f}  "
                 f"fwd {record['forward_iterations']:.1f}  bwd {record['backward_iterations']:.1f}  "
                 f"{record['train_seconds']:.2f} s  Lip {record['lipschitz']:.3g}"
             )
-    return {"history": state["history"], "stopped": False, "model": model}
+    return {"history": state["history"], "stopped": False, "model": raw}
+
+
+def _reduce(run: dict, world: int, device) -> dict:
+    """Sum the epoch's counters over processes (seconds: the slowest process)."""
+    if world == 1:
+        return run
+    keys = [k for k in run if k != "seconds"]
+    t = torch.tensor([float(run[k]) for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    sec = torch.tensor([run["seconds"]], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(sec, op=torch.distributed.ReduceOp.MAX)
+    out = dict(zip(keys, t.tolist()))
+    out["seconds"] = float(sec)
+    return out
 
 
 def _fresh_running() -> dict:
