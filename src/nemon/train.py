@@ -243,17 +243,32 @@ def train(
     ``DistributedDataParallel`` and every global batch of ``batch_size`` is split between the
     processes, so 2 processes follow the same trajectory as 1 on the combined batch; rank 0 writes
     the files. ``stop_after_steps`` ends the run early after that many steps (tests of resume).
+    On CPU, subnormal floats are flushed to zero while training (tiny solver residuals otherwise
+    slow CPU kernels by orders of magnitude); the setting is restored on return.
     """
+    flush = torch.device(cfg.device).type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(cfg, out_dir, data, data_dir, resume, progress, stop_after_steps)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    data: Dataset | None = None,
+    data_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict:
     rank, world = _distributed()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(
-            True
-        )  # subnormal residuals slow CPU kernels by orders of magnitude
     raw = build_from_config(cfg, data.input_shape, data.num_classes).to(device)
     model = raw
     if world > 1:
