@@ -3,6 +3,7 @@ import io
 import pickle
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,12 @@ def test_real_mnist():
     ds = load_dataset("mnist", mnist_dir(), download=False)
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.num_classes == 10
+
+
+@pytest.mark.skipif(
+    not (Path("/usr/share/datasets/fashion-mnist") / "t10k-labels-idx1-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_fashion_mnist_from_debian(tmp_path):
+    ds = load_dataset("fashion-mnist", tmp_path, download=False)  # found in the system folder
+    assert ds.test_x.shape == (10000, 1, 28, 28) and ds.num_classes == 10

@@ -1,4 +1,4 @@
-"""The ``nemon`` command line: ``train``, ``eval``, ``certify``. Thin: parses and calls the library."""
+"""The ``nemon`` command line: ``train``, ``eval``, ``certify``, ``bench``. Thin: parses, calls the library."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import torch
 
@@ -62,11 +63,39 @@ def _add_eval(sub) -> None:
             )
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="solver / scaling / epoch-time benchmark (JSON and plot)")
+    p.add_argument("--checkpoint", help="model for the solver comparison (default: untrained)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--epochs", type=int, default=1, help="MNIST epochs per family")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, no MNIST epochs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir")
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's experiments: mnist (6.2) or cifar10 (6.3)")
+    p.add_argument("experiment", choices=["mnist", "cifar10"])
+    p.add_argument("--out", help="results folder (default runs/reproduce-EXPERIMENT)")
+    p.add_argument("--runs", type=int, default=None, help="runs per model (mnist: 5)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lams", type=float, nargs="*", default=[1e-5, 1e-4, 1e-3])
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--attack-limit", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="cifar10: Fashion-MNIST, small, on CPU")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_bench(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -122,13 +151,78 @@ def _cmd_certify(args) -> dict:
     return result
 
 
+def _cmd_bench(args) -> dict:
+    from .bench import run_bench  # matplotlib and friends only when benchmarking
+
+    result = run_bench(
+        args.out, args.checkpoint, args.data_dir, args.device, args.quick, args.epochs
+    )
+    print(f"matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s")
+    for r in result["solvers"]:
+        if "forward_iterations" in r:
+            print(
+                f"{r['solver']:34s} fwd {r['forward_iterations']:4d} "
+                f"bwd {r.get('backward_iterations', '-')!s:>4} "
+                f"{1e3 * r['forward_seconds']:8.2f} ms  rel. error {r['relative_error']:.1e}"
+            )
+    for r in result.get("epochs", []):
+        print(
+            f"{r['model']:6s} {r['solver']:10s} {r['seconds_per_epoch']:6.2f} s/epoch  "
+            f"fwd {r['forward_iterations']:.1f} bwd {r['backward_iterations']:.1f}  "
+            f"acc {r['test_accuracy']:.4f}"
+        )
+    print(f"wrote {args.out}/bench.json and bench.png")
+    return result
+
+
+def _cmd_reproduce(args) -> dict:
+    from .reproduce import reproduce_conv, reproduce_mnist
+
+    out = args.out or f"runs/reproduce-{args.experiment}"
+    if args.experiment == "mnist":
+        result = reproduce_mnist(
+            out,
+            runs=args.runs or 5,
+            epochs=args.epochs,
+            lams=tuple(args.lams),
+            data_dir=args.data_dir,
+            device=args.device,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            attack_limit=args.attack_limit,
+            progress=not args.no_progress,
+        )
+        print((Path(out) / "table.md").read_text())
+    else:
+        result = reproduce_conv(
+            out,
+            quick=args.quick,
+            runs=args.runs or 1,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        for name, r in result["models"].items():
+            print(
+                f"{name}: best acc {r['summary']['best_accuracy'][0]:.4f}, "
+                f"Lipschitz {r['lipschitz']:.4g}, PGD accuracy {result['pgd']['accuracy'][name]}"
+            )
+    print(f"results, table and figures in {out}")
+    return {"out": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_printoptions(precision=4)
     try:
-        result = {"train": _cmd_train, "eval": _cmd_eval, "certify": _cmd_certify}[args.command](
-            args
-        )
+        commands = {
+            "train": _cmd_train,
+            "eval": _cmd_eval,
+            "certify": _cmd_certify,
+            "bench": _cmd_bench,
+            "reproduce": _cmd_reproduce,
+        }
+        result = commands[args.command](args)
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
         return 2

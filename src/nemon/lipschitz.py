@@ -155,7 +155,7 @@ def _tight(model, solve_tol, u: Tensor):
     if solve_tol is None:
         yield
         return
-    max_iter = max(5000, model.layer.solver_options.max_iter)
+    max_iter = max(2000, model.layer.solver_options.max_iter)
     with model.layer.solver_settings(tol=solve_tol, residual="fixed_point", max_iter=max_iter):
         yield
 

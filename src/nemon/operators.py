@@ -151,15 +151,17 @@ class MONConvOperator:
 
     def resolvent(self, weights: tuple[Tensor, ...], a: float, transpose: bool):
         """``v -> (I + a (I - A))^-1 v`` (or with ``A^T``) via FFT, one batched inverse per solve."""
-        A_hat = self.spectrum(weights)
+        half = self.size // 2 + 1  # real input: the other frequencies are conjugates
+        A_hat = self.spectrum(weights)[:, :half]
         eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
         R = torch.linalg.inv((1 + a) * eye - a * A_hat)
         if transpose:
             R = R.conj().transpose(-1, -2)
+        size = (self.size, self.size)
 
         def apply(v: Tensor) -> Tensor:
-            v_hat = torch.fft.fft2(v).permute(0, 2, 3, 1).unsqueeze(-1)  # (b, s, s, c, 1)
-            out = (R @ v_hat).squeeze(-1).permute(0, 3, 1, 2)
-            return torch.fft.ifft2(out).real.to(v.dtype)
+            v_hat = torch.fft.rfft2(v).permute(2, 3, 1, 0)  # (s, s/2 + 1, c, batch)
+            out = (R @ v_hat).permute(3, 2, 0, 1)
+            return torch.fft.irfft2(out, s=size).to(v.dtype)
 
         return apply

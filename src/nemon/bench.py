@@ -1,0 +1,269 @@
+"""``nemon bench``: solver and training speed, measured side by side in one run on one machine.
+
+Sections (each a function returning plain data): the machine's matmul peak, a solver comparison
+on a model (ours and TorchDEQ's Anderson and Broyden solving the same equation), scaling of the
+solve with the hidden width ``n`` and the batch size, and time per MNIST epoch for each family.
+Imported by the command line only (it pulls matplotlib); not part of ``import nemon``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .layers import NEMONDense
+from .solvers import SolverOptions, alpha_star, solve
+
+__all__ = ["matmul_peak", "solver_comparison", "scaling", "epoch_times", "run_bench"]
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device="cpu", size: int = 2048, repeat: int = 10) -> float:
+    """Measured float32 GEMM throughput in GFLOP/s (the machine's practical peak)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeat / (time.perf_counter() - start) / 1e9
+
+
+def _relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def solver_comparison(
+    model, u: torch.Tensor, labels: torch.Tensor, tol: float = 1e-4
+) -> list[dict]:
+    """Forward and backward iterations and times of every NEMON solver at the same tolerance,
+    and TorchDEQ's solvers on the averaged map ``N_alpha*`` (same equation), when installed.
+
+    Every row reports the true relative error of its solution against a tight reference solve.
+    """
+    layer = model.layer
+    weights = tuple(w.detach() for w in layer.effective_weights())
+    z = layer.injection(model._shape_input(u)).detach()
+    eq = layer.equilibrium(weights)
+    system = eq.forward_system(weights, z)
+    tight = 1e-10 if z.dtype == torch.float64 else 2e-6  # float32 stalls near 1e-6
+    ref_opts = SolverOptions(method="diagonal", tol=tight, residual="fixed_point", max_iter=20000)
+    ref, _ = solve(system, options=ref_opts)
+    rows = []
+    for method in ("averaged", "diagonal", "anderson"):
+        with layer.solver_settings(method=method, tol=tol):
+            model.zero_grad()
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(u), labels)
+            mid = time.perf_counter()
+            loss.backward()
+            end = time.perf_counter()
+            x, _ = solve(system, options=SolverOptions(method=method, tol=tol))
+        stats = layer.solver_stats
+        rows.append(
+            {
+                "solver": f"nemon:{method}",
+                "forward_iterations": stats["forward"].iterations,
+                "backward_iterations": stats["backward"].iterations,
+                "forward_seconds": mid - start,
+                "backward_seconds": end - mid,
+                "relative_error": _relative_error(x, ref),
+            }
+        )
+    rows += _torchdeq_rows(system, ref, tol)
+    return rows
+
+
+def _torchdeq_rows(system, ref: torch.Tensor, tol: float) -> list[dict]:
+    try:
+        from torchdeq.solver import get_solver
+    except ImportError:
+        return [{"solver": "torchdeq", "skipped": "pip install torchdeq to compare"}]
+    alpha = alpha_star(system.diagonal)
+
+    def averaged_map(x):
+        return x + alpha * (system(x) - x)
+
+    rows = []
+    for name in ("anderson", "broyden"):
+        solver = get_solver(name)
+        x0 = torch.zeros_like(system.z)
+        with torch.no_grad():
+            start = time.perf_counter()
+            x, _, info = solver(averaged_map, x0, max_iter=500, tol=tol, stop_mode="rel")
+            seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "solver": f"torchdeq:{name} on N_alpha*",
+                "forward_iterations": int(info["nstep"].max()),
+                "forward_seconds": seconds,
+                "relative_error": _relative_error(x, ref),
+            }
+        )
+    return rows
+
+
+def scaling(
+    widths=(50, 100, 200, 400, 800, 1600),
+    batch_sizes=(32, 300, 1024),
+    iterations: int = 30,
+    device="cpu",
+    peak: float | None = None,
+) -> list[dict]:
+    """Time per iteration of the diagonal-step solve against width ``n`` and batch size."""
+    rows = []
+    for n in widths:
+        torch.manual_seed(0)
+        layer = NEMONDense(64, n).to(device)
+        with torch.no_grad():
+            layer.parametrizations.A.original.normal_(0, 3.0 / n**0.5)
+        weights = tuple(w.detach() for w in layer.effective_weights())
+        eq = layer.equilibrium(weights)
+        for b in batch_sizes:
+            z = layer.injection(torch.rand(b, 64, device=device)).detach()
+            system = eq.forward_system(weights, z)
+            opts = SolverOptions(method="diagonal", tol=1e-30, max_iter=iterations, warn=False)
+            solve(system, options=opts)
+            _sync(device)
+            start = time.perf_counter()
+            _, stats = solve(system, options=opts)
+            _sync(device)
+            per_iter = (time.perf_counter() - start) / stats.iterations
+            gflops = 2 * b * n * n / per_iter / 1e9
+            rows.append(
+                {
+                    "n": n,
+                    "batch": b,
+                    "us_per_iteration": per_iter * 1e6,
+                    "gflops": gflops,
+                    "fraction_of_peak": None if peak is None else gflops / peak,
+                }
+            )
+    return rows
+
+
+def epoch_times(
+    families, epochs: int = 1, data_dir=None, device="cpu", train_limit=None
+) -> list[dict]:
+    """Seconds per MNIST epoch and mean iterations, paper FC setting, one run per family."""
+    from .data import load_dataset
+    from .train import TrainConfig, train
+
+    data = load_dataset("mnist", data_dir)
+    rows = []
+    for family, solver in families:
+        cfg = TrainConfig(
+            model=family, solver=solver, epochs=epochs, device=device, train_limit=train_limit
+        )
+        out = Path("/tmp") / f"nemon-bench-epoch-{family}-{solver}"
+        hist = train(cfg, out, data=data, progress=False)["history"]
+        rows.append(
+            {
+                "model": family,
+                "solver": solver or "default",
+                "seconds_per_epoch": sum(h["train_seconds"] for h in hist) / len(hist),
+                "forward_iterations": sum(h["forward_iterations"] for h in hist) / len(hist),
+                "backward_iterations": sum(h["backward_iterations"] for h in hist) / len(hist),
+                "test_accuracy": hist[-1]["test_accuracy"],
+            }
+        )
+    return rows
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    rows = result["scaling"]
+    for b in sorted({r["batch"] for r in rows}):
+        pts = [r for r in rows if r["batch"] == b]
+        axes[0].loglog(
+            [r["n"] for r in pts], [r["us_per_iteration"] for r in pts], "o-", label=f"batch {b}"
+        )
+    axes[0].set_xlabel("hidden width n")
+    axes[0].set_ylabel("us per iteration")
+    axes[0].set_title(f"solve scaling (matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s)")
+    axes[0].legend()
+    solvers = [r for r in result["solvers"] if "forward_iterations" in r]
+    names = [r["solver"].replace(" on N_alpha*", "") for r in solvers]
+    axes[1].barh(names, [r["forward_iterations"] for r in solvers], label="forward")
+    axes[1].barh(
+        names,
+        [r.get("backward_iterations", 0) for r in solvers],
+        left=[r["forward_iterations"] for r in solvers],
+        label="backward",
+    )
+    axes[1].set_xlabel("iterations to tolerance")
+    axes[1].set_title("solvers on one batch")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(
+    out_dir="benchmarks/results",
+    checkpoint=None,
+    data_dir=None,
+    device="cpu",
+    quick=False,
+    epochs: int = 1,
+) -> dict:
+    """Run every section and write ``bench.json`` and ``bench.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak(device, size=512 if quick else 2048)
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": str(device),
+        },
+        "matmul_peak_gflops": peak,
+    }
+    if checkpoint is not None:
+        from .data import load_dataset
+        from .train import load_checkpoint
+
+        model, ckpt = load_checkpoint(checkpoint, map_location=device)
+        data = load_dataset(ckpt["config"]["dataset"], data_dir)
+        u, y = data.train_x[:300].to(device), data.train_y[:300].to(device)
+    else:  # an untrained model on random data: exercises the code path only
+        torch.manual_seed(0)
+        from .models import build_model
+
+        model = build_model("nemon", input_shape=(1, 8, 8), hidden=32).to(device)
+        u, y = torch.rand(64, 1, 8, 8, device=device), torch.randint(0, 10, (64,), device=device)
+    result["solvers"] = solver_comparison(model, u, y)
+    widths, batches = (
+        ((50, 100), (32,)) if quick else ((50, 100, 200, 400, 800, 1600), (32, 300, 1024))
+    )
+    result["scaling"] = scaling(widths, batches, device=device, peak=peak)
+    if not quick:
+        families = [
+            ("nemon", "averaged"),
+            ("nemon", "diagonal"),
+            ("nemon", "anderson"),
+            ("mon", None),
+            ("idl", None),
+        ]
+        result["epochs"] = epoch_times(families, epochs, data_dir, device)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    _plot(result, out / "bench.png")
+    return result

@@ -1,0 +1,60 @@
+"""The benchmark and reproduction commands run end to end on tiny settings."""
+
+import json
+
+from conftest import mnist_dir, requires_mnist
+
+from nemon.cli import main
+
+
+def test_bench_quick(tmp_path, capsys):
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert result["matmul_peak_gflops"] > 0
+    ours = {r["solver"]: r for r in result["solvers"] if r["solver"].startswith("nemon:")}
+    assert set(ours) == {"nemon:averaged", "nemon:diagonal", "nemon:anderson"}
+    for row in ours.values():
+        assert row["relative_error"] < 1e-2  # every solver reached the same fixed point
+    assert all(r["us_per_iteration"] > 0 for r in result["scaling"])
+    assert "matmul peak" in capsys.readouterr().out
+
+
+@requires_mnist
+def test_reproduce_mnist_tiny(tmp_path, capsys):
+    args = [
+        "reproduce",
+        "mnist",
+        "--runs",
+        "2",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "600",
+        "--test-limit",
+        "200",
+        "--lams",
+        "1e-3",
+        "--attack-limit",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--data-dir",
+        str(mnist_dir()),
+    ]
+    assert main(args) == 0
+    for name in (
+        "figure1_curves.png",
+        "figure2_lipschitz.png",
+        "figure2_inversion.png",
+        "table.md",
+    ):
+        assert (tmp_path / name).stat().st_size > 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["summary"]) == {"NEMON", "IDL", "MON"}
+    assert len(result["histories"]["NEMON"]) == 2
+    assert {r["lam"] for r in result["lipschitz_sweep"]} == {0.0, 1e-3}
+    curves = result["inversion_attack"]["accuracy"]
+    assert all(c[0] >= c[-1] for c in curves.values())  # inversion at eps 0 is the clean accuracy
+    assert "| NEMON |" in capsys.readouterr().out
