@@ -175,3 +175,29 @@ def test_conv_diagonal_matches_materialised_matrix(kind):
     A = layer.weight_matrix()
     diag = layer.operator.diagonal(layer.effective_weights()).expand(*layer.state_shape())
     assert torch.allclose(diag.reshape(-1), torch.diagonal(A), atol=1e-12)
+
+
+def test_jacobian_free_backward_is_the_one_step_direction():
+    layer = make_layer("nemon", activation="tanh", backward_solver="jacobian_free")
+    u = random_input(layer).requires_grad_()
+    x = layer(u)
+    g = torch.randn_like(x)
+    (grad_u,) = torch.autograd.grad((x * g).sum(), u)
+    p = x.detach() @ layer.A.detach().T + layer.injection(u).detach()
+    expected = (layer.activation.derivative(p) * g) @ layer.B.weight.detach()
+    assert torch.allclose(grad_u, expected, atol=1e-10)
+    assert layer.solver_stats["backward"].iterations == 0
+    exact = make_layer("nemon", activation="tanh")
+    (grad_exact,) = torch.autograd.grad((exact(u) * g).sum(), u)
+    assert not torch.allclose(grad_u, grad_exact, atol=1e-6)  # a different direction
+    assert float((grad_u * grad_exact).sum()) > 0  # ...but a descent one here
+
+
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    layer = make_layer("nemon-eta", activation="relu")
+    u = random_input(layer)
+    cpu = layer(u)
+    gpu = layer.cuda()(u.cuda())
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-9)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,9 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--lam", type=float, help="weight of the Lipschitz regulariser (18)")
+    p.add_argument("--cert-eps", type=float, help="certified (interval) training radius")
+    p.add_argument("--cert-weight", type=float, help="weight of the worst-case loss (0..1)")
+    p.add_argument("--cert-ramp-epochs", type=int, help="epochs to ramp the radius from 0")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
@@ -59,8 +63,27 @@ def _add_eval(sub) -> None:
                 "--method",
                 nargs="+",
                 default=["lipschitz", "pairwise"],
-                choices=["lipschitz", "pairwise"],
+                choices=["lipschitz", "pairwise", "interval"],
             )
+            p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
+
+
+def _add_attack(sub) -> None:
+    p = sub.add_parser(
+        "attack", help="accuracy of a checkpoint under an l_inf attack at radii --eps"
+    )
+    p.add_argument("checkpoint")
+    p.add_argument(
+        "--attack", nargs="+", default=["pgd"], choices=["pgd", "fgsm", "inversion", "noise"]
+    )
+    p.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=int, default=1, help="PGD restarts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=1000)
+    p.add_argument("--data-dir")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--plot", help="write accuracy vs eps to this PNG")
 
 
 def _add_bench(sub) -> None:
@@ -94,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_attack(sub)
     _add_bench(sub)
     _add_reproduce(sub)
     return parser
@@ -108,11 +132,29 @@ def _config(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _init_distributed(cfg: TrainConfig) -> TrainConfig:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return cfg
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        cfg = replace(cfg, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(torch.device(cfg.device))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return cfg
+
+
 def _cmd_train(args) -> dict:
-    cfg = _config(args)
-    result = train(
-        cfg, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress
-    )
+    cfg = _init_distributed(_config(args))
+    try:
+        result = train(
+            cfg, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress
+        )
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if os.environ.get("RANK", "0") != "0":
+        return {"config": asdict(cfg), "history": result["history"]}
     best = max(h["test_accuracy"] for h in result["history"])
     last = result["history"][-1]
     print(
@@ -148,6 +190,34 @@ def _cmd_certify(args) -> dict:
     print("eps        " + "  ".join(f"{m:>10}" for m in args.method))
     for e in args.eps:
         print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))
+    if args.plot:
+        curves = {m: [result[m][e] for e in args.eps] for m in args.method}
+        _plot_curves(curves, args.eps, args.plot, "certified accuracy")
+    return result
+
+
+def _plot_curves(curves: dict, eps: list[float], path: str, ylabel: str) -> None:
+    from .reproduce import _plot_attack
+
+    _plot_attack(curves, eps, Path(path), ylabel)
+
+
+def _cmd_attack(args) -> dict:
+    from .reproduce import attack_curve
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    x, y = _test_data(args, ckpt)
+    result = {"eps": args.eps}
+    for name in args.attack:
+        kw = {"steps": args.steps, "restarts": args.restarts} if name == "pgd" else {}
+        if name in ("pgd", "noise"):
+            kw["seed"] = args.seed
+        result[name] = attack_curve(model, x, y, args.eps, attack=name, batch_size=500, **kw)
+    print("eps        " + "  ".join(f"{a:>10}" for a in args.attack))
+    for i, e in enumerate(args.eps):
+        print(f"{e:<10g} " + "  ".join(f"{result[a][i]:>10.4f}" for a in args.attack))
+    if args.plot:
+        _plot_curves({a: result[a] for a in args.attack}, args.eps, args.plot, "attack accuracy")
     return result
 
 
@@ -219,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _cmd_train,
             "eval": _cmd_eval,
             "certify": _cmd_certify,
+            "attack": _cmd_attack,
             "bench": _cmd_bench,
             "reproduce": _cmd_reproduce,
         }

@@ -29,7 +29,9 @@ from .solvers import (
     weighted_l1_norm,
 )
 
-__all__ = ["Operator", "Equilibrium", "ImplicitSolve", "implicit_solve"]
+__all__ = ["Operator", "Equilibrium", "ImplicitSolve", "implicit_solve", "JACOBIAN_FREE"]
+
+JACOBIAN_FREE = "jacobian_free"  # backward mode: w = J g (Fung et al., 2022), no adjoint solve
 
 
 class Operator(Protocol):
@@ -143,10 +145,16 @@ class ImplicitSolve(torch.autograd.Function):
         eq: Equilibrium = ctx.eq
         weights = tuple(weights)
         J = eq.phi.derivative(eq.operator.matvec(weights, x) + z)
-        system, to_w = eq.adjoint_system(weights, J, grad_x)
-        solution, stats = solve(system, None, eq.backward_options)
-        w = to_w(solution)
-        eq.stats["backward"] = stats
+        if eq.backward_options.method == JACOBIAN_FREE:
+            w = J * grad_x  # drops (I - J A^T)^-1: a cheaper descent direction, not the gradient
+            eq.stats["backward"] = SolverStats(iterations=0, converged=True, method=JACOBIAN_FREE)
+        else:
+            system, to_w = eq.adjoint_system(weights, J, grad_x)
+            # warm start: p0 = g, the first term of the Neumann series of p = A^T J p + g
+            x0 = grad_x if system.phi.name == "identity" else None
+            solution, stats = solve(system, x0, eq.backward_options)
+            w = to_w(solution)
+            eq.stats["backward"] = stats
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)
         if any(needs):
