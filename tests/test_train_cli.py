@@ -105,3 +105,47 @@ def test_cli_reports_errors(tmp_path, capsys, monkeypatch):
     # the data is absent and the download fails: a clear error and exit code 2
     assert code == 2
     assert "nemon train: error" in capsys.readouterr().err
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_train_cli import config, tiny_data
+from nemon.train import train
+train(config(epochs=30, checkpoint_every=1), {out!r}, data=tiny_data(), progress=False, resume=True)
+"""
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL between checkpoints: the resumed run ends with the same parameters."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "killed"
+    code = CHILD.format(tests=str(Path(__file__).parent), out=str(out))
+    child = subprocess.Popen([sys.executable, "-c", code])
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and child.poll() is None:
+        if ckpt.exists():
+            state = torch.load(ckpt, weights_only=False)
+            if state["epoch"] >= 2 and state["step"] > 0:
+                child.send_signal(signal.SIGKILL)
+                killed_at = (state["epoch"], state["step"])
+                break
+        time.sleep(0.05)
+    child.wait()
+    assert killed_at is not None, "the run finished before it could be killed"
+    assert torch.load(ckpt, weights_only=False)["epoch"] < 30
+    subprocess.run([sys.executable, "-c", code], check=True)  # resume to the end
+    resumed = torch.load(ckpt, weights_only=False)
+    full = train(
+        config(epochs=30, checkpoint_every=1), tmp_path / "full", data=tiny_data(), progress=False
+    )["model"].state_dict()
+    for key, value in full.items():
+        assert torch.allclose(value, resumed["model"][key], atol=1e-6), key
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 31))
