@@ -79,14 +79,15 @@ class Equilibrium:
 
     def adjoint_system(
         self, weights: tuple[Tensor, ...], J: Tensor, g: Tensor
-    ) -> tuple[FixedPointSystem, Callable[[Tensor], Tensor]]:
-        """The adjoint equation and the map from its solution to ``w = dL/dp``.
+    ) -> tuple[FixedPointSystem, Callable[[Tensor], Tensor], Tensor | None]:
+        """The adjoint equation, the map from its solution to ``w = dL/dp``, and a start point.
 
         NEMON-type solvers solve ``p = A^T J p + g`` and return ``w = J p``: its iteration matrix
         ``(1 - alpha) I + alpha A^T J`` is the transpose of the forward linearisation, so it
         contracts in the dual norm ``||.||_{1,[eta]}`` with the forward factor (MATH.md section 4),
         also with per-coordinate steps (in the step-scaled dual norm). Splitting solvers (MON)
-        solve ``w = J (A^T w + g)``, a prox form they can split.
+        solve ``w = J (A^T w + g)``, a prox form they can split. The ``p`` form starts at
+        ``p = g``, the first term of its Neumann series (a warm start); the ``w`` form at 0.
         """
         op = self.operator
         common = dict(
@@ -104,7 +105,7 @@ class Equilibrium:
                 affine=self._fused("raffine", weights, g),
                 **common,
             )
-            return system, lambda w: w
+            return system, lambda w: w, None
         fused = getattr(op, "raffine", None)
         system = FixedPointSystem(
             matvec=lambda p: op.rmatvec(weights, J * p),
@@ -114,7 +115,7 @@ class Equilibrium:
             observe=lambda p: J * p,
             **common,
         )
-        return system, lambda p: J * p
+        return system, lambda p: J * p, g
 
     def _fused(self, name: str, weights, z):
         fused = getattr(self.operator, name, None)
@@ -149,10 +150,8 @@ class ImplicitSolve(torch.autograd.Function):
             w = J * grad_x  # drops (I - J A^T)^-1: a cheaper descent direction, not the gradient
             eq.stats["backward"] = SolverStats(iterations=0, converged=True, method=JACOBIAN_FREE)
         else:
-            system, to_w = eq.adjoint_system(weights, J, grad_x)
-            # warm start: p0 = g, the first term of the Neumann series of p = A^T J p + g
-            x0 = grad_x if system.phi.name == "identity" else None
-            solution, stats = solve(system, x0, eq.backward_options)
+            system, to_w, start = eq.adjoint_system(weights, J, grad_x)
+            solution, stats = solve(system, start, eq.backward_options)
             w = to_w(solution)
             eq.stats["backward"] = stats
         needs = ctx.needs_input_grad[2:]
