@@ -1,5 +1,6 @@
 """nemon: robust implicit neural networks via non-Euclidean (weighted l_inf) contraction."""
 
+from . import contraction
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
 from .conv_layers import MONConv2d, NEMONConv2d
 from .implicit import Equilibrium, ImplicitSolve, implicit_solve
@@ -48,6 +49,7 @@ from .solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "contraction",
     "Activation",
     "LeakyReLU",
     "ReLU",

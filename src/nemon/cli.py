@@ -1,4 +1,4 @@
-"""The ``nemon`` command line: ``train``, ``eval``, ``certify``, ``bench``. Thin: parses, calls the library."""
+"""nemon: train, evaluate, certify, attack, benchmark and reproduce implicit models."""
 
 from __future__ import annotations
 

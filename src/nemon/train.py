@@ -336,7 +336,12 @@ def _train(
             run["batches"] += 1
             state["step"] = i + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{run['loss'] / run['count']:.3f}", fwd=fwd, bwd=bwd)
+            bar.set_postfix(
+                loss=f"{run['loss'] / run['count']:.3f}",
+                acc=f"{run['correct'] / run['count']:.3f}",
+                fwd=fwd,
+                bwd=bwd,
+            )
             steps_done += 1
             if stop_after_steps is not None and steps_done >= stop_after_steps:
                 checkpoint()
