@@ -11,4 +11,5 @@ fi
 OUT="${OUT:-runs/demo}"
 rm -rf "$OUT"
 .venv/bin/nemon train --preset mnist-fc --epochs 1 --out "$OUT"
-.venv/bin/nemon certify "$OUT/checkpoint.pt" --eps 0 1e-5 1e-4 --json "$OUT/certify.json"
+.venv/bin/nemon certify "$OUT/checkpoint.pt" --eps 0 1e-4 1e-2 --method lipschitz pairwise interval \
+  --json "$OUT/certify.json"
