@@ -25,16 +25,18 @@ EPS = (0.05, 0.1, 0.2, 0.3)
 
 
 def configs(epochs: int) -> dict[str, TrainConfig]:
+    """The paper's FC model, plain and interval-trained (the radius ramps up over the first epochs)."""
+    ramp = max(1, epochs // 2)
     return {
         "NEMON (cross-entropy)": TrainConfig(epochs=epochs),
         "NEMON, interval training eps=0.1": TrainConfig(
             epochs=epochs, cert_eps=0.1, cert_weight=0.5, cert_ramp_epochs=max(1, epochs // 3)
         ),
-        "NEMON, interval training eps=0.2, weight 0.75": TrainConfig(
-            epochs=int(1.5 * epochs),
-            cert_eps=0.2,
-            cert_weight=0.75,
-            cert_ramp_epochs=max(1, epochs // 2),
+        "NEMON, interval training eps=0.1, lr 2e-3, 2x epochs": TrainConfig(
+            epochs=2 * epochs, lr=2e-3, cert_eps=0.1, cert_weight=0.5, cert_ramp_epochs=ramp
+        ),
+        "NEMON, interval training eps=0.15, weight 0.7, lr 2e-3, 2x epochs": TrainConfig(
+            epochs=2 * epochs, lr=2e-3, cert_eps=0.15, cert_weight=0.7, cert_ramp_epochs=ramp
         ),
     }
 
