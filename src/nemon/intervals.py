@@ -126,33 +126,37 @@ def logit_difference_bounds(
 
 
 @torch.no_grad()
-def certify_interval(model, u: Tensor, labels: Tensor, eps: float, clip=None) -> Tensor:
+def certify_interval(
+    model, u: Tensor, labels: Tensor, eps: float | list[float], clip=None
+) -> Tensor | list[Tensor]:
     """Certified on the ball when every worst-case logit difference is positive.
 
     The state box is the embedding box, widened by the solver's error bound, intersected with the
     Lipschitz box ``x(u) +- eta (||B|| eps / (1 - mu_+) + error)`` (sound on both counts, so never
-    looser than the pairwise Lipschitz certificate).
+    looser than the pairwise Lipschitz certificate). A list of radii shares the centre solve.
     """
-    u_flat, lo, hi = _box(model, u, eps, clip)
     layer = model.layer
-    x_lo, x_hi, err = interval_equilibrium(layer, lo, hi)
-    x = layer(u_flat)
+    x = layer(model._shape_input(u))
     err_x = layer.solver_stats["forward"].error_bound
     eta = layer.eta() if hasattr(layer, "eta") and layer.eta() is not None else None
     scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
-    if err is not None:
-        x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)
     terms = layer.lipschitz_terms()
-    if terms.norm == "inf" and err_x is not None:
-        radius = state_bound(terms) * eps + err_x
-        x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
-        x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
-    bounds = logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi)
-    correct = model.readout(layer.features(x)).argmax(1) == labels
-    if model.direct is not None:
-        correct = model(u).argmax(1) == labels
-    others = bounds.scatter(1, labels[:, None], float("inf"))
-    return correct & (others.amin(1) > 0)
+    logits = model(u) if model.direct is not None else model.readout(layer.features(x))
+    correct = logits.argmax(1) == labels
+    out = []
+    for radius_eps in [eps] if isinstance(eps, (int, float)) else eps:
+        _, lo, hi = _box(model, u, radius_eps, clip)
+        x_lo, x_hi, err = interval_equilibrium(layer, lo, hi)
+        if err is not None:
+            x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)
+        if terms.norm == "inf" and err_x is not None:
+            radius = state_bound(terms) * radius_eps + err_x
+            x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
+            x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
+        bounds = logit_difference_bounds(model, u, labels, radius_eps, clip, x_lo, x_hi)
+        others = bounds.scatter(1, labels[:, None], float("inf"))
+        out.append(correct & (others.amin(1) > 0))
+    return out[0] if isinstance(eps, (int, float)) else out
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

@@ -188,7 +188,7 @@ def certify(
         if method == "interval":
             from .intervals import certify_interval  # intervals builds on this module
 
-            out = [certify_interval(model, u, labels, e) for e in radii]
+            out = certify_interval(model, u, labels, radii)
         else:
             out = _certify_lipschitz(model, u, labels, radii, method)
     return out[0] if isinstance(eps, (int, float)) else torch.stack(out)
