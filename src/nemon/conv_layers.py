@@ -139,7 +139,7 @@ class NEMONConv2d(_ConvLayer):
         return self.gamma + (k0 - k0.abs()).amax()
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self._options()
+        fwd, bwd = self.solver_options, self.backward_options
         eta = self.eta().detach()[:, None, None]
         return Equilibrium(
             self.operator, self.activation, fwd, bwd, float(self.measure().detach()), eta
@@ -208,7 +208,7 @@ class MONConv2d(_ConvLayer):
         return self.gamma - torch.linalg.eigvalsh(gram)[..., 0].min()
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self._options()
+        fwd, bwd = self.solver_options, self.backward_options
         step = None
         if "forward_backward" in (fwd.method, bwd.method):
             A_hat = self.operator.spectrum(tuple(w.detach() for w in weights))

@@ -111,9 +111,6 @@ class ImplicitLayer(nn.Module):
         if not bool(torch.isfinite(u).all()):
             raise ValueError(f"{type(self).__name__} input contains NaN or inf")
 
-    def _options(self) -> tuple[SolverOptions, SolverOptions]:
-        return self.solver_options, self.backward_options
-
     def features(self, x: Tensor) -> Tensor:
         """The readout's input: the state itself for dense layers."""
         return x
@@ -208,7 +205,7 @@ class NEMONDense(_DenseLayer):
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         eta = self.eta()
         eta = None if eta is None else eta.detach()
-        fwd, bwd = self._options()
+        fwd, bwd = self.solver_options, self.backward_options
         return Equilibrium(
             self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach(), eta)), eta
         )
@@ -242,7 +239,7 @@ class IDLDense(_DenseLayer):
         return norm_inf(self.A)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self._options()
+        fwd, bwd = self.solver_options, self.backward_options
         # mu_inf(A) <= ||A||_inf < 1: the NEMON error bound applies to IDL's iterates too.
         return Equilibrium(
             self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach()))
@@ -282,7 +279,7 @@ class MONDense(_DenseLayer):
         return mu_2(self.A)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self._options()
+        fwd, bwd = self.solver_options, self.backward_options
         A = weights[0].detach()
         step = None
         if "forward_backward" in (fwd.method, bwd.method):

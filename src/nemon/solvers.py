@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .activations import Activation
+from .contraction import theorem2_alpha_star
 
 __all__ = [
     "ConvergenceWarning",
@@ -123,7 +124,7 @@ class SolverStats:
 
 def alpha_star(diagonal: Tensor) -> float:
     """Best averaged step ``alpha* = 1 / (1 - min_i (a_ii)_-)`` (Theorem 2, Corollary 5)."""
-    return 1.0 / (1.0 - min(float(diagonal.min()), 0.0))
+    return theorem2_alpha_star(float(diagonal.min()))
 
 
 def contraction_factor(alpha: float, measure: float) -> float:
