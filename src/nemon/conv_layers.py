@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from .activations import Activation
 from .implicit import Equilibrium
-from .layers import ImplicitLayer
+from .layers import ImplicitLayer, _capped
 from .lipschitz import LipschitzTerms
 from .operators import ConvOperator, MONConvOperator, conv_same, kernel_spectrum
-from .parametrize import check_gamma, conv_shift
+from .parametrize import check_gamma, conv_measure_upper, conv_shift
 
 __all__ = ["NEMONConv2d", "MONConv2d"]
 
@@ -130,13 +130,15 @@ class NEMONConv2d(_ConvLayer):
     def effective_weights(self) -> tuple[Tensor, Tensor]:
         eta = self.eta()
         scaled = self.kernel * (eta[:, None] / eta[None, :])[:, :, None, None]
-        return scaled, conv_shift(self.kernel, self.gamma)
+        return scaled, conv_shift(scaled, self.gamma, eta)
 
     def measure(self) -> Tensor:
-        """``mu_{inf,[eta]^-1}(A) = gamma + max_c (K_cc0 - |K_cc0|)`` (attained for image >= kernel)."""
-        centre = (self.kernel_size - 1) // 2
-        k0 = torch.diagonal(self.kernel[:, :, centre, centre])
-        return self.gamma + (k0 - k0.abs()).amax()
+        """Upper bound of ``mu_{inf,[eta]^-1}(A)``, about ``gamma + max_c (K_cc0 - |K_cc0|)``.
+
+        Attained for circular padding and image >= kernel; never above ``gamma``.
+        """
+        kernel, shift = self.effective_weights()
+        return _capped(conv_measure_upper(kernel, shift, self.eta()), self.gamma, kernel.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options

@@ -21,7 +21,7 @@ from .conv_layers import NEMONConv2d
 from .implicit import Equilibrium, implicit_solve
 from .layers import IDLDense, NEMONDense
 from .lipschitz import state_bound
-from .norms import mu_inf
+from .norms import mu_inf_upper
 from .operators import ConvOperator, DenseOperator, conv_same
 
 __all__ = ["interval_equilibrium", "logit_difference_bounds", "certify_interval", "interval_loss"]
@@ -43,7 +43,7 @@ def _dense_embedding(layer, u_lo: Tensor, u_hi: Tensor):
     z_hi = u_hi @ B_pos.T + u_lo @ B_neg.T + b
     eta = layer.eta() if isinstance(layer, NEMONDense) else None
     eta2 = None if eta is None else torch.cat([eta, eta]).detach()
-    measure = float(mu_inf(E.detach(), eta2))
+    measure = float(mu_inf_upper(E.detach(), eta2))  # the same entries as A: the same measure
     return DenseOperator(), (E,), torch.cat([z_lo, z_hi], 1), measure, eta2
 
 

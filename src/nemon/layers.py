@@ -20,7 +20,14 @@ from torch.nn.utils import parametrize
 from .activations import Activation, get_activation
 from .implicit import Equilibrium, implicit_solve
 from .lipschitz import LipschitzTerms
-from .norms import mu_2, mu_inf, norm_inf, norm_inf_from_input
+from .norms import (
+    mu_2,
+    mu_2_upper,
+    mu_inf_upper,
+    norm_inf_from_input,
+    norm_inf_upper,
+    round_to,
+)
 from .operators import ConvOperator, DenseOperator
 from .parametrize import (
     IDLConstraint,
@@ -120,6 +127,14 @@ class ImplicitLayer(nn.Module):
         raise NotImplementedError
 
 
+def _capped(upper: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
+    """``min(upper, gamma)`` rounded up to ``dtype``: the parametrizations guarantee the measure
+    is at most ``gamma`` exactly for the stored weights (``tests/test_rounding.py`` checks it in
+    rational arithmetic), so the float64 upper bound's own slack need not exceed it. NaN stays NaN.
+    """
+    return round_to(torch.minimum(upper, upper.new_tensor(gamma)), dtype, "up")
+
+
 class _DenseLayer(ImplicitLayer):
     """Dense families: ``A`` is the parametrized ``self.A``, ``B u + b`` an ``nn.Linear``."""
 
@@ -185,10 +200,8 @@ class NEMONDense(_DenseLayer):
                 f"eta must have shape ({hidden},), got {tuple(torch.as_tensor(eta).shape)}"
             )
         constraint = MuInfConstraint(self.gamma, eta=eta, learn_eta=learn_eta)
-        self.A = nn.Parameter(mu_inf_param(self._init_uniform(hidden), self.gamma))
-        if eta is not None:
-            e = torch.as_tensor(eta, dtype=self.A.dtype)
-            self.A.data = e[:, None] * self.A.data / e[None, :]
+        e = None if eta is None else torch.as_tensor(eta, dtype=torch.get_default_dtype())
+        self.A = nn.Parameter(mu_inf_param(self._init_uniform(hidden), self.gamma, e))
         parametrize.register_parametrization(self, "A", constraint)
 
     def eta(self) -> Tensor | None:
@@ -199,16 +212,15 @@ class NEMONDense(_DenseLayer):
         return None if c.log_eta is None else c.log_eta.exp()
 
     def measure(self) -> Tensor:
-        """``mu_{inf,[eta]^-1}(A)`` (at most ``gamma`` by construction)."""
-        return mu_inf(self.A, self.eta())
+        """Upper bound of the exact ``mu_{inf,[eta]^-1}(A)``: at most ``gamma``, exactly, by (17)."""
+        return _capped(mu_inf_upper(self.A, self.eta()), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         eta = self.eta()
         eta = None if eta is None else eta.detach()
         fwd, bwd = self.solver_options, self.backward_options
-        return Equilibrium(
-            self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach(), eta)), eta
-        )
+        measure = float(_capped(mu_inf_upper(weights[0].detach(), eta), self.gamma, torch.float64))
+        return Equilibrium(self.operator, self.activation, fwd, bwd, measure, eta)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         eta = self.eta()
@@ -235,15 +247,14 @@ class IDLDense(_DenseLayer):
             self.parametrizations.A.original.copy_(self._init_uniform(hidden))
 
     def measure(self) -> Tensor:
-        """``||A||_inf`` (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
-        return norm_inf(self.A)
+        """Upper bound of ``||A||_inf`` (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
+        return _capped(norm_inf_upper(self.A), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options
         # mu_inf(A) <= ||A||_inf < 1: the NEMON error bound applies to IDL's iterates too.
-        return Equilibrium(
-            self.operator, self.activation, fwd, bwd, float(mu_inf(weights[0].detach()))
-        )
+        measure = float(_capped(mu_inf_upper(weights[0].detach()), self.gamma, torch.float64))
+        return Equilibrium(self.operator, self.activation, fwd, bwd, measure)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         return LipschitzTerms(
@@ -275,8 +286,8 @@ class MONDense(_DenseLayer):
             self.parametrizations.A.original1.uniform_(-bound, bound)
 
     def measure(self) -> Tensor:
-        """``mu_2(A)`` (at most ``gamma`` by construction)."""
-        return mu_2(self.A)
+        """Upper bound of ``mu_2(A)`` (at most ``gamma`` by construction)."""
+        return round_to(mu_2_upper(self.A), self.A.dtype, "up")
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options

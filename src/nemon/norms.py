@@ -7,6 +7,8 @@ l_inf norm is ``||x||_{inf,[eta]^-1} = max_i |x_i| / eta_i``. Matrices act on co
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,12 @@ __all__ = [
     "norm_inf_to_output",
     "norm_inf_plain",
     "perron_frobenius",
+    "abs_row_sums_upper",
+    "mu_inf_upper",
+    "measure_upper",
+    "norm_inf_upper",
+    "mu_2_upper",
+    "round_to",
 ]
 
 
@@ -94,3 +102,85 @@ def perron_frobenius(A: Tensor) -> Tensor:
     """Perron-Frobenius eigenvalue of the entrywise absolute value ``|A|`` (IDL's condition)."""
     A = _square(A)
     return torch.linalg.eigvals(A.abs().to(torch.float64)).abs().amax().to(A.dtype)
+
+
+# -- sound upper bounds in floating point -------------------------------------------------------
+# The measure decides whether a layer is well posed and enters every bound and certificate, so it
+# is computed as an upper bound of the exact measure of the stored (rounded) matrix: in float64,
+# inflated by the worst-case relative rounding error of the float64 sums (Higham, Thm 3.1).
+
+_U64 = 2.0**-53  # unit roundoff of float64
+
+
+def abs_row_sums_upper(
+    M: Tensor, col_weight: Tensor | None = None, row_weight: Tensor | None = None
+) -> Tensor:
+    """Upper bound (float64) of the exact ``sum_j |m_ij| w_j / v_i`` for a stored matrix ``M``.
+
+    ``M`` has shape ``(rows, cols)``; ``col_weight`` (``w``) and ``row_weight`` (``v``) default to
+    ones. The float64 sum of ``cols`` terms, each formed with two roundings, is within the relative
+    error ``(cols + 2) u / (1 - (cols + 2) u)`` of the exact value; we inflate by twice that.
+    Differentiable in ``M`` and the weights.
+    """
+    terms = M.to(torch.float64).abs()
+    if col_weight is not None:
+        terms = terms * col_weight.to(torch.float64)
+    if row_weight is not None:
+        terms = terms / row_weight.to(torch.float64)[:, None]
+    cols = M.shape[1]
+    inflate = 1.0 + 2.0 * (cols + 2) * _U64
+    return terms.sum(dim=1) * inflate + cols * torch.finfo(torch.float64).tiny
+
+
+def mu_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
+    """Upper bound (float64) of the exact ``mu_{inf,[eta]^-1}(A)`` of the stored ``A``, eq. (2).
+
+    Differs from :func:`mu_inf` by a relative ``O(n u_64)``; it is what bounds, error bounds and
+    certificates use, so that rounding can never make them optimistic.
+    """
+    A = _square(A)
+    diag = torch.diagonal(A).to(torch.float64)
+    off = abs_row_sums_upper(
+        A * (1 - torch.eye(A.shape[0], dtype=A.dtype, device=A.device)), eta, eta
+    )
+    return measure_upper(diag, off)
+
+
+def measure_upper(diag: Tensor, off_upper: Tensor) -> Tensor:
+    """``max_i (a_ii + off_i)`` in float64, rounded up (``off_upper`` already an upper bound)."""
+    total = diag.to(torch.float64) + off_upper
+    slack = 4 * _U64 * (diag.to(torch.float64).abs() + off_upper)
+    return (total + slack).amax()
+
+
+def norm_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
+    """Upper bound (float64) of the exact ``||A||_{inf,[eta]^-1}`` of the stored ``A``, eq. (1)."""
+    A = _square(A)
+    return abs_row_sums_upper(A, eta, eta).amax()
+
+
+def mu_2_upper(A: Tensor) -> Tensor:
+    """Upper bound (float64) of ``mu_2(A)``: eigenvalues of the symmetric part, plus their error.
+
+    Symmetric eigensolvers are backward stable: the computed eigenvalues are exact for a matrix
+    within ``c n u ||S||_2`` of ``S``; we add ``4 n u ||S||_F`` (Frobenius bounds the 2-norm).
+    """
+    A = _square(A).to(torch.float64)
+    sym = (A + A.T) / 2
+    n = A.shape[0]
+    return torch.linalg.eigvalsh(sym)[-1] + 4 * n * _U64 * torch.linalg.matrix_norm(sym)
+
+
+def round_to(value: Tensor, dtype: torch.dtype, direction: str) -> Tensor:
+    """Cast float64 ``value`` to ``dtype`` rounding ``"down"`` or ``"up"`` (gradient passes through).
+
+    A plain cast rounds to nearest, which can land on the wrong side of a bound; one ``nextafter``
+    step fixes that.
+    """
+    if dtype == torch.float64:
+        return value
+    cast = value.to(dtype)
+    target = -math.inf if direction == "down" else math.inf
+    wrong = cast.double() > value if direction == "down" else cast.double() < value
+    fixed = torch.where(wrong, torch.nextafter(cast, torch.full_like(cast, target)), cast)
+    return cast + (fixed - cast).detach()

@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .norms import mu_inf, norm_inf
+from .norms import (
+    abs_row_sums_upper,
+    measure_upper,
+    mu_inf,
+    norm_inf,
+    norm_inf_upper,
+    round_to,
+)
 
 __all__ = [
     "check_gamma",
@@ -24,6 +31,7 @@ __all__ = [
     "mu_inf_right_inverse",
     "MuInfConstraint",
     "conv_shift",
+    "conv_measure_upper",
     "MONConstraint",
     "IDLConstraint",
 ]
@@ -39,14 +47,35 @@ def check_gamma(gamma: float, *, allow_negative: bool = True) -> float:
     return gamma
 
 
-def mu_inf_param(T: Tensor, gamma: float) -> Tensor:
-    """Eq. (17): ``T - diag(|T| 1) + gamma I``; its ``mu_inf`` is at most ``gamma`` for every T."""
-    row_abs = T.abs().sum(dim=1)
-    return (
-        T
-        - torch.diag_embed(row_abs)
-        + gamma * torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
-    )
+def mu_inf_param(T: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
+    """Eq. (17): ``[eta] (T - diag(|T| 1) + gamma I) [eta]^-1``, with ``mu_{inf,[eta]^-1} <= gamma``.
+
+    Exactly so in floating point: the off-diagonal entries are stored first and each diagonal
+    entry ``gamma + 2 min(t_ii, 0) - sum_{j!=i} |a_ij| eta_j / eta_i`` is formed from an upper bound
+    of the exact weighted sum of the *stored* off-diagonal entries and rounded down, so the exact
+    measure of the returned matrix is at most ``gamma`` for every ``T`` and ``eta`` (the diagonal
+    moves by a few units in the last place; the naive float32 form exceeded gamma by 0.18 at
+    ``|T| ~ 1e3``).
+    """
+    n = T.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=T.device)
+    off = T.masked_fill(eye, 0.0)
+    if eta is not None:
+        eta = eta.to(T.dtype)
+        off = eta[:, None] * off / eta[None, :]
+    return off + torch.diag_embed(_sound_diagonal(torch.diagonal(T), off, gamma, eta))
+
+
+def _sound_diagonal(t_diag: Tensor, off: Tensor, gamma: float, eta: Tensor | None) -> Tensor:
+    """``gamma + 2 min(t_ii, 0) - (weighted off-diagonal row sum)``, rounded down (see above)."""
+    row = abs_row_sums_upper(off, eta, eta)
+    t = t_diag.to(torch.float64)
+    head = t - t.abs()  # 2 min(t_ii, 0), with autograd's subgradient 1 at the kink t_ii = 0
+    value = gamma + head - row
+    value = value - 3 * 2.0**-53 * (
+        abs(gamma) + head.abs() + row
+    )  # float64 rounding of the line above
+    return round_to(value, t_diag.dtype, "down")
 
 
 def mu_inf_right_inverse(A: Tensor, gamma: float, rtol: float = 1e-5) -> Tensor:
@@ -85,13 +114,9 @@ class MuInfConstraint(nn.Module):
         self.register_buffer("log_eta", None if eta is None else eta.log())
 
     def forward(self, T: Tensor, d: Tensor | None = None) -> Tensor:
-        M = mu_inf_param(T, self.gamma)
         if d is None:
             d = self.log_eta
-        if d is None:
-            return M
-        eta = d.exp().to(M.dtype)
-        return eta[:, None] * M / eta[None, :]
+        return mu_inf_param(T, self.gamma, None if d is None else d.exp())
 
     def right_inverse(self, A: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Parameters for a given ``A`` (learnable weights restart at ``eta = 1``)."""
@@ -104,14 +129,37 @@ class MuInfConstraint(nn.Module):
         return T
 
 
-def conv_shift(kernel: Tensor, gamma: float) -> Tensor:
+def conv_shift(kernel: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
     """Per-channel diagonal shift ``gamma - r_c`` with ``r_c = sum_{c',dy,dx} |K[c,c',dy,dx]|``.
 
-    ``A x = conv(x, K) + (gamma - r) * x`` satisfies ``mu_inf(A) <= gamma`` for any padding and
-    image size (MATH.md section 3), because every row of the matrix of ``conv(., K)`` for output
-    channel ``c`` has absolute sum at most ``r_c``.
+    ``A x = conv(x, K) + (gamma - r) * x`` satisfies ``mu_{inf,[eta]^-1}(A) <= gamma`` for any
+    padding and image size (MATH.md section 3), because every row of the matrix of ``conv(., K)``
+    for output channel ``c`` has weighted absolute sum at most ``r_c``. ``kernel`` is the stored
+    (already ``eta``-scaled) kernel and ``r_c`` its weighted sum ``sum |K[c,c',.]| eta_c' / eta_c``,
+    bounded above in floating point; the shift is rounded down, so the bound holds exactly.
     """
-    return gamma - kernel.abs().sum(dim=(1, 2, 3))
+    r = _kernel_row_sums_upper(kernel, eta)
+    value = gamma - r - 3 * 2.0**-53 * (abs(gamma) + r)
+    return round_to(value, kernel.dtype, "down")
+
+
+def _kernel_row_sums_upper(kernel: Tensor, eta: Tensor | None) -> Tensor:
+    """Upper bound of ``sum_{c',dy,dx} |K[c,c',dy,dx]| eta_c' / eta_c`` per output channel."""
+    c_out, c_in, kh, kw = kernel.shape
+    col = None if eta is None else eta.repeat_interleave(kh * kw)
+    return abs_row_sums_upper(kernel.reshape(c_out, c_in * kh * kw), col, eta)
+
+
+def conv_measure_upper(kernel: Tensor, shift: Tensor, eta: Tensor | None = None) -> Tensor:
+    """Upper bound (float64) of ``mu_{inf,[eta]^-1}`` of ``x -> conv(x, K) + shift * x``.
+
+    Row ``c``: diagonal ``K[c,c,centre] + shift_c`` plus the weighted sum of the other taps,
+    at most ``r_c - |K[c,c,centre]|`` (equal for circular padding and images >= kernel).
+    """
+    centre = (kernel.shape[-1] - 1) // 2
+    k0 = torch.diagonal(kernel[:, :, centre, centre]).to(torch.float64)
+    off = _kernel_row_sums_upper(kernel, eta) - k0.abs()
+    return measure_upper(k0 + shift.to(torch.float64), off.clamp(min=0.0))
 
 
 class MONConstraint(nn.Module):
@@ -144,7 +192,10 @@ class IDLConstraint(nn.Module):
         self.gamma = check_gamma(gamma, allow_negative=False)
 
     def forward(self, T: Tensor) -> Tensor:
-        return self.gamma * T / torch.clamp(norm_inf(T), min=self.gamma)
+        """The scale is rounded so that the stored ``A`` has ``||A||_inf <= gamma`` exactly."""
+        norm = round_to(norm_inf_upper(T), T.dtype, "up")
+        shrink = 1.0 - 2.0 * torch.finfo(T.dtype).eps  # covers the rounding of scale and product
+        return T * (self.gamma * shrink / torch.clamp(norm, min=self.gamma))
 
     def right_inverse(self, A: Tensor) -> Tensor:
         if float(norm_inf(A)) > self.gamma + 1e-6:
