@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from nemon import certify
 from nemon.attacks import robust_accuracy
 from nemon.data import load_dataset
-from nemon.lipschitz import certify
 from nemon.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"

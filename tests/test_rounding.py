@@ -142,4 +142,6 @@ def test_large_trained_weights_keep_layer_measure(dtype):
         layer.parametrizations.A.original.mul_(1e6)
     assert exact_measure(layer.A.detach()) <= Fraction(0.95)
     assert float(layer.measure().detach()) <= 0.95
-    assert float(mu_inf_upper(layer.A.detach())) <= 0.95 + 1e-12 * float(layer.A.detach().abs().sum(1).max())
+    assert float(mu_inf_upper(layer.A.detach())) <= 0.95 + 1e-12 * float(
+        layer.A.detach().abs().sum(1).max()
+    )

@@ -112,7 +112,9 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_train_cli import config, tiny_data
 from nemon.train import train
-train(config(epochs=30, checkpoint_every=1), {out!r}, data=tiny_data(), progress=False, resume=True)
+from pathlib import Path
+resume = (Path({out!r}) / "checkpoint.pt").exists()
+train(config(epochs=30, checkpoint_every=1), {out!r}, data=tiny_data(), progress=False, resume=resume)
 """
 
 
@@ -132,7 +134,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     killed_at = None
     while time.time() < deadline and child.poll() is None:
         if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
+            state = torch.load(ckpt, weights_only=True)
             if state["epoch"] >= 2 and state["step"] > 0:
                 child.send_signal(signal.SIGKILL)
                 killed_at = (state["epoch"], state["step"])
@@ -140,9 +142,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         time.sleep(0.05)
     child.wait()
     assert killed_at is not None, "the run finished before it could be killed"
-    assert torch.load(ckpt, weights_only=False)["epoch"] < 30
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 30
     subprocess.run([sys.executable, "-c", code], check=True)  # resume to the end
-    resumed = torch.load(ckpt, weights_only=False)
+    resumed = torch.load(ckpt, weights_only=True)
     full = train(
         config(epochs=30, checkpoint_every=1), tmp_path / "full", data=tiny_data(), progress=False
     )["model"].state_dict()

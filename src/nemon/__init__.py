@@ -2,13 +2,13 @@
 
 from . import contraction
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
+from .certificates import CERTIFICATES, CertificateWarning, certificate_obstacle, certify
 from .conv_layers import MONConv2d, NEMONConv2d
 from .implicit import Equilibrium, ImplicitSolve, implicit_solve
 from .layers import IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import (
     certified_lipschitz,
     certified_pairwise,
-    certify,
     lipschitz_bound,
     lipschitz_regularizer,
     output_bound,
@@ -67,6 +67,9 @@ __all__ = [
     "certified_lipschitz",
     "certified_pairwise",
     "certify",
+    "certificate_obstacle",
+    "CertificateWarning",
+    "CERTIFICATES",
     "lipschitz_bound",
     "lipschitz_regularizer",
     "output_bound",

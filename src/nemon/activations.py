@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Activation", "ReLU", "LeakyReLU", "Tanh", "Identity", "DiagonalGain", "get_activation"]
+__all__ = [
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "Tanh",
+    "Identity",
+    "DiagonalGain",
+    "get_activation",
+    "ACTIVATIONS",
+]
 
 
 class Activation:
@@ -132,6 +141,7 @@ class DiagonalGain(Activation):
 
 
 _REGISTRY = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "identity": Identity}
+ACTIVATIONS = tuple(_REGISTRY)
 
 
 def get_activation(activation: str | Activation) -> Activation:

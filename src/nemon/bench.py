@@ -54,7 +54,7 @@ def solver_comparison(
     """
     layer = model.layer
     weights = tuple(w.detach() for w in layer.effective_weights())
-    z = layer.injection(model._shape_input(u)).detach()
+    z = layer.injection(model.prepare_input(u)).detach()
     eq = layer.equilibrium(weights)
     system = eq.forward_system(weights, z)
     tight = 1e-10 if z.dtype == torch.float64 else 2e-6  # float32 stalls near 1e-6

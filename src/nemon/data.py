@@ -9,6 +9,7 @@ truncated file raises :class:`DataError` naming it. Images are float32 in [0, 1]
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -46,6 +47,7 @@ class Dataset:
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    classes: int | None = None  # the dataset's number of classes (not that of a subset)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -53,7 +55,9 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return int(self.train_y.max()) + 1
+        if self.classes is not None:
+            return self.classes
+        return int(max(self.train_y.max(), self.test_y.max())) + 1
 
 
 _IDX_FILES = {
@@ -125,8 +129,22 @@ def _md5(path: Path) -> str:
 
 
 def _download(urls: list[str], target: Path, md5: str | None, timeout: float = 30.0) -> None:
-    """Fetch the first mirror that answers into ``target`` atomically, checking the md5."""
+    """Fetch the first mirror that answers into ``target`` atomically, checking the md5.
+
+    Folders created for ``target`` are removed again when every mirror fails.
+    """
+    created = [d for d in [target.parent, *target.parent.parents] if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_first(urls, target, md5, timeout)
+    except DataError:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _fetch_first(urls: list[str], target: Path, md5: str | None, timeout: float) -> None:
     errors = []
     for url in urls:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -214,7 +232,30 @@ def _load_idx_dataset(name: str, paths: dict[str, Path]) -> Dataset:
         _labels(arrays["train_y"], len(train_x), paths["train_y"]),
         test_x,
         _labels(arrays["test_y"], len(test_x), paths["test_y"]),
+        classes=10,
     )
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches only: dicts, lists, bytes and numpy arrays, nothing callable.
+
+    The archive's md5 is checked before reading when it comes through :func:`load_dataset`; this
+    restriction keeps a crafted archive passed to :func:`read_cifar10` from running code.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
 
 
 def read_cifar10(path: str | os.PathLike) -> Dataset:
@@ -228,7 +269,7 @@ def read_cifar10(path: str | os.PathLike) -> Dataset:
                 if base.startswith("data_batch_") or base == "test_batch":
                     f = tar.extractfile(member)
                     if f is not None:
-                        parts[base] = pickle.load(f, encoding="bytes")
+                        parts[base] = _CifarUnpickler(f, encoding="bytes").load()
     except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"{path} is not a readable CIFAR-10 archive ({exc})") from None
     wanted = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -251,6 +292,7 @@ def read_cifar10(path: str | os.PathLike) -> Dataset:
         torch.cat([t[1] for t in train]),
         test_x,
         test_y,
+        classes=10,
     )
 
 

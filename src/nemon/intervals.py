@@ -20,11 +20,10 @@ from torch import Tensor
 from .conv_layers import NEMONConv2d
 from .implicit import Equilibrium, implicit_solve
 from .layers import IDLDense, NEMONDense
-from .lipschitz import state_bound
 from .norms import mu_inf_upper
 from .operators import ConvOperator, DenseOperator, conv_same
 
-__all__ = ["interval_equilibrium", "logit_difference_bounds", "certify_interval", "interval_loss"]
+__all__ = ["interval_equilibrium", "logit_difference_bounds", "interval_loss"]
 
 
 def _split(M: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,7 +92,7 @@ def interval_equilibrium(layer, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Ten
 
 
 def _box(model, u: Tensor, eps: float, clip: tuple[float, float] | None):
-    u = model._shape_input(u)
+    u = model.prepare_input(u)
     lo, hi = u - eps, u + eps
     if clip is not None:
         lo, hi = lo.clamp(*clip), hi.clamp(*clip)
@@ -123,48 +122,6 @@ def logit_difference_bounds(
         lo_f, hi_f = lo.flatten(1)[:, None], hi.flatten(1)[:, None]
         bound = bound + (dd.clamp(min=0) * lo_f).sum(-1) + (dd.clamp(max=0) * hi_f).sum(-1)
     return bound.scatter(1, labels[:, None], 0.0)
-
-
-@torch.no_grad()
-def certify_interval(
-    model, u: Tensor, labels: Tensor, eps: float | list[float], clip=None
-) -> Tensor | list[Tensor]:
-    """Certified on the ball when every worst-case logit difference is positive.
-
-    The state box is the embedding box, widened by the solver's error bound, intersected with the
-    Lipschitz box ``x(u) +- eta (||B|| eps / (1 - mu_+) + error)`` (sound on both counts, so never
-    looser than the pairwise Lipschitz certificate). A list of radii shares the centre solve.
-    """
-    layer = model.layer
-    x = layer(model._shape_input(u))
-    err_x = layer.solver_stats["forward"].error_bound
-    eta = layer.eta() if hasattr(layer, "eta") and layer.eta() is not None else None
-    scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
-    terms = layer.lipschitz_terms()
-    logits = model(u) if model.direct is not None else model.readout(layer.features(x))
-    correct = logits.argmax(1) == labels
-    out = []
-    for radius_eps in [eps] if isinstance(eps, (int, float)) else eps:
-        _, lo, hi = _box(model, u, radius_eps, clip)
-        x_lo, x_hi, err = interval_equilibrium(layer, lo, hi)
-        if err is not None:
-            x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)
-        if terms.norm == "inf" and err_x is not None:
-            radius = state_bound(terms) * radius_eps + err_x
-            x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
-            x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
-        bounds = logit_difference_bounds(model, u, labels, radius_eps, clip, x_lo, x_hi)
-        others = bounds.scatter(1, labels[:, None], float("inf"))
-        out.append(correct & (others.amin(1) > 0))
-    return out[0] if isinstance(eps, (int, float)) else out
-
-
-def _broadcast(eta: Tensor, x: Tensor) -> Tensor:
-    return eta.reshape(1, -1, *([1] * (x.dim() - 2)))
-
-
-def _per_sample(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def interval_loss(model, u: Tensor, labels: Tensor, eps: float, clip=(0.0, 1.0)) -> Tensor:

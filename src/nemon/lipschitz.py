@@ -6,7 +6,6 @@ with a readout ``y = C features(x) + D u + c``. All bounds are from ``u`` in l_i
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,6 @@ __all__ = [
     "certified_lipschitz",
     "certified_pairwise",
     "lipschitz_bound",
-    "certify",
 ]
 
 
@@ -145,67 +143,3 @@ def certified_pairwise(
 def lipschitz_bound(model) -> Tensor:
     """Input-output l_inf Lipschitz bound (15) of a :class:`~nemon.Classifier`."""
     return output_bound(model.layer.lipschitz_terms(), *model.readout_weights())
-
-
-@contextmanager
-def _tight(model, solve_tol, u: Tensor):
-    """Solve to ``solve_tol`` (fixed-point residual) inside the block; see :func:`certify`."""
-    if solve_tol == "auto":
-        solve_tol = 1e-10 if u.dtype == torch.float64 else 1e-5
-    if solve_tol is None:
-        yield
-        return
-    max_iter = max(2000, model.layer.solver_options.max_iter)
-    with model.layer.solver_settings(tol=solve_tol, residual="fixed_point", max_iter=max_iter):
-        yield
-
-
-@torch.no_grad()
-def certify(
-    model,
-    u: Tensor,
-    labels: Tensor,
-    eps: float | list[float],
-    method: str = "pairwise",
-    solve_tol: float | str | None = "auto",
-) -> Tensor:
-    """Which samples are certified robust on the l_inf ball of radius ``eps``.
-
-    ``method="lipschitz"`` uses (19), ``"pairwise"`` the per-pair bounds (never weaker),
-    ``"interval"`` the embedding-system box (never weaker than pairwise; NEMON and IDL). The
-    solver's a-posteriori error bound on the equilibrium is charged against the margins, so the
-    certificate holds for the exact equilibrium, not only for the computed one; to keep that
-    charge small the equilibrium is solved to ``solve_tol`` (fixed-point residual; ``"auto"``: 1e-5
-    in float32, 1e-10 in float64; None keeps the layer's settings). Returns a bool tensor
-    ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
-    """
-    if method not in ("lipschitz", "pairwise", "interval"):
-        raise ValueError(
-            f"unknown certificate {method!r}; use 'lipschitz', 'pairwise' or 'interval'"
-        )
-    radii = [eps] if isinstance(eps, (int, float)) else list(eps)
-    with _tight(model, solve_tol, u):
-        if method == "interval":
-            from .intervals import certify_interval  # intervals builds on this module
-
-            out = certify_interval(model, u, labels, radii)
-        else:
-            out = _certify_lipschitz(model, u, labels, radii, method)
-    return out[0] if isinstance(eps, (int, float)) else torch.stack(out)
-
-
-def _certify_lipschitz(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
-    logits = model(u)
-    terms = model.layer.lipschitz_terms()
-    C, D = model.readout_weights()
-    error = model.layer.solver_stats["forward"].error_bound
-    if method == "lipschitz":
-        L = output_bound(terms, C, D)
-        slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
-        return [certified_lipschitz(logits, labels, L, e, slack) for e in radii]
-    L_pair = pairwise_bounds(terms, C, D)
-    slack = 0.0
-    if error is not None:
-        pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
-        slack = error[:, None] * pair_c[labels]
-    return [certified_pairwise(logits, labels, L_pair, e, slack) for e in radii]

@@ -30,14 +30,14 @@ class Classifier(nn.Module):
         self.direct = nn.Linear(in_dim, num_classes, bias=False) if direct else None
 
     def forward(self, u: Tensor) -> Tensor:
-        u = self._shape_input(u)
+        u = self.prepare_input(u)
         y = self.readout(self.layer.features(self.layer(u)))
         if self.direct is not None:
             y = y + self.direct(u.flatten(1))
         return y
 
-    def _shape_input(self, u: Tensor) -> Tensor:
-        """Flatten images for dense layers; conv layers take ``(batch, c, h, w)`` as is."""
+    def prepare_input(self, u: Tensor) -> Tensor:
+        """The layer's input: images flattened for dense layers, ``(batch, c, h, w)`` for conv."""
         if len(self.layer.input_shape()) == 1 and u.dim() > 2:
             return u.flatten(1)
         return u

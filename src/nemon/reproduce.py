@@ -230,7 +230,7 @@ def reproduce_conv(
     ``quick``: Fashion-MNIST, 16 channels, 1 epoch, 10k training images, on CPU (exercises the
     conv path end to end). Reports accuracy, certified accuracy (Lipschitz) and PGD accuracy.
     """
-    from .lipschitz import certify
+    from .certificates import certify
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

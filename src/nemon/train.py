@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data import Dataset, batches, load_dataset
-from .lipschitz import certify
-from .models import Classifier, build_model
+from .activations import ACTIVATIONS
+from .certificates import certify
+from .data import DATASETS, Dataset, batches, load_dataset
+from .models import MODEL_FAMILIES, Classifier, build_model
+from .solvers import SOLVERS, ConvergenceWarning
 
 __all__ = [
     "TrainConfig",
@@ -35,7 +38,13 @@ __all__ = [
     "evaluate",
     "certified_accuracy",
     "save_atomic",
+    "read_checkpoint",
     "load_checkpoint",
+    "check_run_folder",
+    "CheckpointError",
+    "RunFolderError",
+    "TrainingDiverged",
+    "ConvergenceTally",
 ]
 
 
@@ -67,6 +76,54 @@ class TrainConfig:
     cert_weight: float = 0.5
     cert_ramp_epochs: int = 1
     layer_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
+        _choice("model", self.model, MODEL_FAMILIES)
+        _choice("arch", self.arch, ("dense", "conv"))
+        _choice("dataset", self.dataset, tuple(DATASETS))
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("residual", self.residual, ("step", "fixed_point"))
+        _choice("reg_kind", self.reg_kind, ("product", "halved_sum"))
+        if self.solver is not None:
+            _choice("solver", self.solver, tuple(SOLVERS))
+        for name in ("hidden", "epochs", "batch_size", "max_iter"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 0)
+        _at_least("cert_ramp_epochs", self.cert_ramp_epochs, 0)
+        _finite("gamma", self.gamma, high=1.0, high_open=True)
+        for name in ("tol", "lr"):
+            _finite(name, getattr(self, name), low=0.0, low_open=True)
+        for name in ("lam", "cert_eps"):
+            _finite(name, getattr(self, name), low=0.0)
+        _finite("cert_weight", self.cert_weight, low=0.0, high=1.0)
+        if not isinstance(self.layer_kwargs, dict):
+            raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
+        return self
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _at_least(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _finite(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}"
+        rule = " and ".join(r for r in (lo, hi) if r) or "finite"
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
 
 
 PRESETS: dict[str, dict] = {
@@ -103,36 +160,86 @@ def build_from_config(cfg: TrainConfig, input_shape, num_classes: int) -> Classi
     )
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: missing, unreadable, foreign or written by other code."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600; a kill
+    leaves at most a ``.NAME.*`` temporary file, removed by the next run in the folder.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (see :func:`_atomic_write`); ``obj`` must hold only plain data
+    and tensors, so that it loads with ``weights_only=True``."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
 def _write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed run left in ``folder`` (``.checkpoint.pt.*`` and the like)."""
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
+        for tmp in folder.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """The checkpoint's contents, read with ``weights_only=True``: a crafted file cannot run code."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's fault
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable nemon checkpoint ({first})") from None
+    missing = (
+        [k for k in ("config", "input_shape", "num_classes", "model") if k not in ckpt]
+        if (isinstance(ckpt, dict))
+        else ["config"]
+    )
+    if missing:
+        raise CheckpointError(f"{path} is not a nemon checkpoint (no {', '.join(missing)})")
+    return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
     """Rebuild the model of a checkpoint; returns ``(model, checkpoint dict)``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    cfg = TrainConfig(**ckpt["config"])
-    model = build_from_config(cfg, ckpt["input_shape"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        cfg = TrainConfig(**ckpt["config"]).validate()
+        model = build_from_config(cfg, ckpt["input_shape"], ckpt["num_classes"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not match this version of nemon ({first})") from None
+    return model.to(map_location), ckpt
 
 
 def _solver_iterations(model: Classifier) -> tuple[int, int]:
@@ -189,6 +296,7 @@ def _limit(data: Dataset, cfg: TrainConfig) -> Dataset:
         data.train_y[:tr] if tr else data.train_y,
         data.test_x[:te] if te else data.test_x,
         data.test_y[:te] if te else data.test_y,
+        classes=data.num_classes,
     )
 
 
@@ -248,6 +356,55 @@ def _flushing_subnormals(fn):
     return wrapper
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (it holds another run, or nothing to resume)."""
+
+
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a folder holding files needs ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise RunFolderError("choose one of resume and overwrite, not both")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"run folder {out} exists and is not a folder")
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise RunFolderError(f"nothing to resume: {out} holds no checkpoint.pt")
+        return
+    held = (
+        sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    )
+    if held and not overwrite:
+        raise RunFolderError(
+            f"run folder {out} is not empty ({', '.join(held[:4])}); resume it or overwrite it"
+        )
+
+
+def _json_safe(value):
+    """Non-finite floats become None (JSON has no Infinity or NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(_json_safe(record), allow_nan=False)
+
+
+def _nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
 @_flushing_subnormals
 def train(
     cfg: TrainConfig,
@@ -255,10 +412,16 @@ def train(
     data: Dataset | None = None,
     data_dir: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
 ) -> dict:
     """Train ``cfg`` and return the history; see the module docstring for the files written.
+
+    Everything is checked (settings, run folder, data, checkpoint to resume) before the first
+    file is written. A folder that holds files needs ``resume=True`` (continue the run it holds;
+    an error if it holds none) or ``overwrite=True`` (replace its run files). A non-finite loss or
+    parameter stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
 
     Under ``torchrun`` (an initialised process group) the model is wrapped in
     ``DistributedDataParallel`` and every global batch of ``batch_size`` is split between the
@@ -266,9 +429,11 @@ def train(
     the files. ``stop_after_steps`` ends the run early after that many steps (tests of resume).
     On CPU, subnormal floats are flushed to zero while training (see ``_flushing_subnormals``).
     """
+    cfg.validate()
     rank, world = _distributed()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, resume, overwrite)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -278,25 +443,35 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
     state = {"epoch": 0, "step": 0, "history": [], "running": _fresh_running()}
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if resume:
+        ckpt = read_checkpoint(ckpt_path, map_location=str(device))
         if ckpt["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt_path} was written by a different configuration")
+            raise RunFolderError(f"{ckpt_path} was written by a different configuration")
         raw.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in ("epoch", "step", "history", "running")}
-        if rank == 0:
-            _write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), log_path)
-    if rank == 0:
+    if rank == 0:  # the first write: everything above has been checked
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        if overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        _write_text_atomic("".join(json_line(h) + "\n" for h in state["history"]), log_path)
         _write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
 
     def checkpoint() -> None:
+        bad = _nonfinite_parameters(raw)
+        if bad:
+            raise TrainingDiverged(
+                f"parameters {', '.join(bad)} became non-finite at epoch {state['epoch'] + 1}, "
+                f"step {state['step']}; lower the learning rate (lr = {cfg.lr:g}). "
+                f"The last good checkpoint is kept in {ckpt_path}"
+            )
         if rank == 0:
             payload = {
                 "config": asdict(cfg),
-                "input_shape": data.input_shape,
+                "input_shape": tuple(data.input_shape),
                 "num_classes": data.num_classes,
                 "model": raw.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -319,47 +494,56 @@ def train(
             mininterval=1.0,
         )
         gen = _epoch_generator(cfg.seed, epoch)
-        for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, cfg.batch_size, gen)):
-            if i < state["step"]:
-                continue
-            start = time.perf_counter()
-            xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
-            eps = _cert_eps(cfg, epoch, i, n_batches)
-            logits, loss = _loss(model, raw, cfg, xb, yb, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            fwd, bwd = _solver_iterations(raw)
-            run["seconds"] += time.perf_counter() - start
-            run["loss"] += float(loss.detach()) * len(xb)
-            run["correct"] += int((logits.argmax(1) == yb).sum())
-            run["count"] += len(xb)
-            run["fwd"] += fwd
-            run["bwd"] += bwd
-            run["batches"] += 1
-            state["step"] = i + 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{run['loss'] / run['count']:.3f}",
-                acc=f"{run['correct'] / run['count']:.3f}",
-                fwd=fwd,
-                bwd=bwd,
-            )
-            steps_done += 1
-            if stop_after_steps is not None and steps_done >= stop_after_steps:
-                checkpoint()
-                bar.close()
-                return {"history": state["history"], "stopped": True, "model": raw}
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                checkpoint()
+        with ConvergenceTally() as tally:
+            for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, cfg.batch_size, gen)):
+                if i < state["step"]:
+                    continue
+                start = time.perf_counter()
+                xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
+                eps = _cert_eps(cfg, epoch, i, n_batches)
+                logits, loss = _loss(model, raw, cfg, xb, yb, eps)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"the loss is {loss_value} at epoch {epoch + 1}, step {i + 1}; lower the "
+                        f"learning rate (lr = {cfg.lr:g}). The last good checkpoint is kept in "
+                        f"{ckpt_path}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                fwd, bwd = _solver_iterations(raw)
+                run["seconds"] += time.perf_counter() - start
+                run["loss"] += loss_value * len(xb)
+                run["correct"] += int((logits.argmax(1) == yb).sum())
+                run["count"] += len(xb)
+                run["fwd"] += fwd
+                run["bwd"] += bwd
+                run["batches"] += 1
+                state["step"] = i + 1
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{run['loss'] / run['count']:.3f}",
+                    acc=f"{run['correct'] / run['count']:.3f}",
+                    fwd=fwd,
+                    bwd=bwd,
+                )
+                steps_done += 1
+                if stop_after_steps is not None and steps_done >= stop_after_steps:
+                    checkpoint()
+                    bar.close()
+                    return {"history": state["history"], "stopped": True, "model": raw}
+                if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                    checkpoint()
         bar.close()
         record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
+        record["unconverged_solves"] = tally.count
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, running=_fresh_running())
         checkpoint()
         if rank == 0:
             with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_line(record) + "\n")
         if progress and rank == 0:
             tqdm.write(
                 f"epoch {epoch + 1}: test acc {record['test_accuracy']:.4f}  "
@@ -367,6 +551,38 @@ def train(
                 f"{record['train_seconds']:.2f} s  Lip {record['lipschitz']:.3g}"
             )
     return {"history": state["history"], "stopped": False, "model": raw}
+
+
+class ConvergenceTally(warnings.catch_warnings):
+    """Collects :class:`~nemon.ConvergenceWarning` inside the block and re-issues one summary.
+
+    Other warnings pass through unchanged. ``count`` is the number of solves that stopped early.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(record=True)
+        self.count = 0
+
+    def __enter__(self):
+        self._log = super().__enter__()
+        warnings.simplefilter("always", ConvergenceWarning)
+        return self
+
+    def __exit__(self, *exc_info):
+        super().__exit__(*exc_info)
+        caught = [w for w in self._log if issubclass(w.category, ConvergenceWarning)]
+        for w in self._log:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.count = len(caught)
+        if caught and exc_info[0] is None:
+            warnings.warn(
+                f"{len(caught)} solves stopped before reaching their tolerance; the last: "
+                f"{caught[-1].message}",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return False
 
 
 def _reduce(run: dict, world: int, device) -> dict:
