@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["image_inversion", "uniform_noise", "fgsm", "pgd", "ATTACKS", "robust_accuracy"]
+__all__ = [
+    "image_inversion",
+    "uniform_noise",
+    "fgsm",
+    "pgd",
+    "ATTACKS",
+    "robust_accuracy",
+    "accuracy_under_attack",
+]
 
 Box = tuple[float, float] | None
 
@@ -100,3 +108,21 @@ def robust_accuracy(
         raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
     adv = ATTACKS[attack](model, u, labels, eps, **kw)
     return (model(u).argmax(1) == labels) & (model(adv).argmax(1) == labels)
+
+
+@torch.no_grad()
+def accuracy_under_attack(
+    model, x: Tensor, y: Tensor, eps_list, attack: str = "inversion", batch_size: int = 1000, **kw
+) -> list[float]:
+    """Accuracy under ``attack`` for every radius in ``eps_list`` (batched over the data)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for eps in eps_list:
+        ok = 0
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size].to(device)
+            yb = y[start : start + batch_size].to(device)
+            ok += int(robust_accuracy(model, xb, yb, eps, attack, **kw).sum())
+        out.append(ok / len(x))
+    return out

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import NEMONDense
+from .plots import pyplot
 from .solvers import SolverOptions, alpha_star, solve
 
 __all__ = ["matmul_peak", "solver_comparison", "scaling", "epoch_times", "run_bench"]
@@ -182,10 +183,7 @@ def epoch_times(
 
 
 def _plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rows = result["scaling"]

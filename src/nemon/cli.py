@@ -1,111 +1,224 @@
-"""nemon: train, evaluate, certify, attack, benchmark and reproduce implicit models."""
+"""nemon: train, evaluate, certify, attack, benchmark and reproduce implicit models.
+
+Every argument is checked (types, ranges, paths, device) before any work starts. A user error is
+one line on stderr naming the argument and the fix, with exit status 2 (``--debug`` shows the
+traceback); a run that fails on the way (a diverging loss) exits with status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import traceback
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
-from .data import DataError, load_dataset
-from .train import PRESETS, TrainConfig, certified_accuracy, evaluate, load_checkpoint, train
+from .activations import ACTIVATIONS
+from .attacks import ATTACKS, accuracy_under_attack
+from .certificates import CERTIFICATES
+from .data import DATASETS, DataError, load_dataset
+from .models import MODEL_FAMILIES
+from .solvers import SOLVERS
+from .train import (
+    PRESETS,
+    CheckpointError,
+    ConvergenceTally,
+    RunFolderError,
+    TrainConfig,
+    TrainingDiverged,
+    certified_accuracy,
+    check_run_folder,
+    evaluate,
+    json_line,
+    load_checkpoint,
+    train,
+)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError"]
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train an implicit model (NEMON, MON or IDL)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
-    p.add_argument("--model", choices=["nemon", "mon", "idl"])
-    p.add_argument("--arch", choices=["dense", "conv"])
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"])
-    p.add_argument("--hidden", type=int, help="state size (dense) or channels (conv)")
-    p.add_argument("--gamma", type=float, help="contraction bound, < 1")
-    p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "identity"])
-    p.add_argument(
-        "--solver", help="averaged | anderson | picard | peaceman_rachford | forward_backward"
+class UsageError(ValueError):
+    """A command-line argument that cannot work; the message names it and the fix."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (exit status 2), without the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# -- argument types: each names the rule it enforces --------------------------------------------
+def _integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(low=-math.inf, high=math.inf, low_open=False, high_open=False):
+    rule = " and ".join(
+        r
+        for r in (
+            "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}",
+            "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}",
+        )
+        if r
     )
-    p.add_argument("--tol", type=float, help="relative residual tolerance")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lam", type=float, help="weight of the Lipschitz regulariser (18)")
-    p.add_argument("--cert-eps", type=float, help="certified (interval) training radius")
-    p.add_argument("--cert-weight", type=float, help="weight of the worst-case loss (0..1)")
-    p.add_argument("--cert-ramp-epochs", type=int, help="epochs to ramp the radius from 0")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--train-limit", type=int, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text}".strip())
+        return value
+
+    parse.__name__ = f"number {rule}"
+    return parse
+
+
+POSITIVE = _integer(1)
+NONNEGATIVE = _integer(0)
+RADIUS = _number(low=0.0)
+RATE = _number(low=0.0, low_open=True)
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument(
+        "--threads",
+        type=POSITIVE,
+        help="torch threads (default: torch's; one per run when sharing)",
+    )
+    return p
+
+
+def _add_train(sub, common) -> None:
+    p = sub.add_parser(
+        "train", help="train an implicit model (NEMON, MON or IDL)", parents=[common]
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
+    p.add_argument("--model", choices=MODEL_FAMILIES)
+    p.add_argument("--arch", choices=["dense", "conv"])
+    p.add_argument("--dataset", choices=sorted(DATASETS))
+    p.add_argument("--hidden", type=POSITIVE, help="state size (dense) or channels (conv)")
+    p.add_argument("--gamma", type=_number(high=1.0, high_open=True), help="contraction bound < 1")
+    p.add_argument("--activation", choices=ACTIVATIONS)
+    p.add_argument("--solver", choices=sorted(SOLVERS), help="default: the family's own")
+    p.add_argument("--tol", type=RATE, help="relative residual tolerance (> 0)")
+    p.add_argument("--epochs", type=POSITIVE)
+    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--lr", type=RATE)
+    p.add_argument("--lam", type=RADIUS, help="weight of the Lipschitz regulariser (18), >= 0")
+    p.add_argument("--cert-eps", type=RADIUS, help="certified (interval) training radius")
+    p.add_argument(
+        "--cert-weight", type=_number(0.0, 1.0), help="weight of the worst-case loss (0..1)"
+    )
+    p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
+    p.add_argument("--seed", type=NONNEGATIVE)
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--train-limit", type=POSITIVE, help="use only the first N training images")
+    p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoint, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--data-dir")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _add_eval(sub) -> None:
+def _add_eval(sub, common) -> None:
     for name, help_text in (
         ("eval", "accuracy, Lipschitz bound and iterations of a checkpoint"),
         ("certify", "certified accuracy of a checkpoint at radii --eps"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, parents=[common])
         p.add_argument("checkpoint")
         p.add_argument("--data-dir")
-        p.add_argument("--test-limit", type=int)
+        p.add_argument("--test-limit", type=POSITIVE)
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         p.add_argument("--json", help="write the results to this JSON file")
         if name == "certify":
-            p.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+            p.add_argument("--eps", type=RADIUS, nargs="+", default=[1e-4, 1e-3, 1e-2])
             p.add_argument(
-                "--method",
-                nargs="+",
-                default=["lipschitz", "pairwise"],
-                choices=["lipschitz", "pairwise", "interval"],
+                "--method", nargs="+", default=["lipschitz", "pairwise"], choices=CERTIFICATES
             )
+            p.add_argument(
+                "--clip",
+                nargs=2,
+                type=_number(),
+                default=[0.0, 1.0],
+                metavar=("LO", "HI"),
+                help="data range the ball is intersected with (default 0 1)",
+            )
+            p.add_argument("--no-clip", action="store_true", help="certify the whole ball")
             p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
 
 
-def _add_attack(sub) -> None:
+def _add_attack(sub, common) -> None:
     p = sub.add_parser(
-        "attack", help="accuracy of a checkpoint under an l_inf attack at radii --eps"
+        "attack",
+        help="accuracy of a checkpoint under an l_inf attack at radii --eps",
+        parents=[common],
     )
     p.add_argument("checkpoint")
-    p.add_argument(
-        "--attack", nargs="+", default=["pgd"], choices=["pgd", "fgsm", "inversion", "noise"]
-    )
-    p.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--restarts", type=int, default=1, help="PGD restarts")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-limit", type=int, default=1000)
+    p.add_argument("--attack", nargs="+", default=["pgd"], choices=sorted(ATTACKS))
+    p.add_argument("--eps", type=RADIUS, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
+    p.add_argument("--steps", type=POSITIVE, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=POSITIVE, default=1, help="PGD restarts")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0)
+    p.add_argument("--test-limit", type=POSITIVE, default=1000)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="write accuracy vs eps to this PNG")
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="solver / scaling / epoch-time benchmark (JSON and plot)")
+def _add_bench(sub, common) -> None:
+    p = sub.add_parser(
+        "bench", help="solver / scaling / epoch-time benchmark (JSON and plot)", parents=[common]
+    )
     p.add_argument("--checkpoint", help="model for the solver comparison (default: untrained)")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--epochs", type=int, default=1, help="MNIST epochs per family")
+    p.add_argument("--epochs", type=POSITIVE, default=1, help="MNIST epochs per family")
     p.add_argument("--quick", action="store_true", help="tiny sizes, no MNIST epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir")
 
 
-def _add_reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", help="the paper's experiments: mnist (6.2) or cifar10 (6.3)")
+def _add_reproduce(sub, common) -> None:
+    p = sub.add_parser(
+        "reproduce", help="the paper's experiments: mnist (6.2) or cifar10 (6.3)", parents=[common]
+    )
     p.add_argument("experiment", choices=["mnist", "cifar10"])
     p.add_argument("--out", help="results folder (default runs/reproduce-EXPERIMENT)")
-    p.add_argument("--runs", type=int, default=None, help="runs per model (mnist: 5)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lams", type=float, nargs="*", default=[1e-5, 1e-4, 1e-3])
-    p.add_argument("--train-limit", type=int)
-    p.add_argument("--test-limit", type=int)
-    p.add_argument("--attack-limit", type=int, default=2000)
+    p.add_argument("--runs", type=POSITIVE, default=None, help="runs per model (mnist: 5)")
+    p.add_argument("--epochs", type=POSITIVE, default=10)
+    p.add_argument("--lams", type=RADIUS, nargs="*", default=[1e-5, 1e-4, 1e-3])
+    p.add_argument("--train-limit", type=POSITIVE)
+    p.add_argument("--test-limit", type=POSITIVE)
+    p.add_argument("--attack-limit", type=POSITIVE, default=2000)
     p.add_argument("--quick", action="store_true", help="cifar10: Fashion-MNIST, small, on CPU")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir")
@@ -113,14 +226,82 @@ def _add_reproduce(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nemon", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_attack(sub)
-    _add_bench(sub)
-    _add_reproduce(sub)
+    parser = _Parser(prog="nemon", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = _common()
+    for add in (_add_train, _add_eval, _add_attack, _add_bench, _add_reproduce):
+        add(sub, common)
     return parser
+
+
+# -- checks that need the file system or the machine ---------------------------------------------
+def _check_device(name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def _check_output_file(option: str, path: str | None) -> None:
+    """The file can be created: its folder exists (or can be) and it is not a folder itself."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    parent = target.parent
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is not a folder")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise UsageError(f"{option} {path}: {existing} is not writable")
+
+
+def _check_input_file(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    if not Path(path).exists():
+        raise UsageError(f"{option} {path} does not exist")
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path} is not a file")
+
+
+def _check_data_dir(path: str | None) -> None:
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"--data-dir {path} is not a folder")
+
+
+def _validate(args) -> None:
+    """Everything that can be checked before the work starts."""
+    _check_device(getattr(args, "device", None))
+    _check_data_dir(getattr(args, "data_dir", None))
+    _check_output_file("--json", getattr(args, "json", None))
+    _check_output_file("--plot", getattr(args, "plot", None))
+    if args.command in ("eval", "certify", "attack"):
+        _check_input_file("checkpoint", args.checkpoint)
+    if args.command == "bench":
+        _check_input_file("--checkpoint", args.checkpoint)
+    if args.command == "certify" and not args.no_clip and args.clip[0] > args.clip[1]:
+        raise UsageError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: LO must not exceed HI")
+    if args.command == "train":
+        try:
+            check_run_folder(Path(args.out), args.resume, args.overwrite)
+        except RunFolderError as exc:
+            hint = " (pass --resume or --overwrite)" if "not empty" in str(exc) else ""
+            raise UsageError(f"--out: {exc}{hint}") from None
+    if args.command in ("bench", "reproduce") and args.out is not None:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UsageError(f"--out {args.out} is not a folder")
 
 
 def _config(args) -> TrainConfig:
@@ -129,7 +310,10 @@ def _config(args) -> TrainConfig:
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values).validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _init_distributed(cfg: TrainConfig) -> TrainConfig:
@@ -148,7 +332,12 @@ def _cmd_train(args) -> dict:
     cfg = _init_distributed(_config(args))
     try:
         result = train(
-            cfg, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress
+            cfg,
+            args.out,
+            data_dir=args.data_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
     finally:
         if torch.distributed.is_initialized():
@@ -165,59 +354,60 @@ def _cmd_train(args) -> dict:
     return {"config": asdict(cfg), "history": result["history"]}
 
 
-def _test_data(args, ckpt):
+def _load(args):
+    model, ckpt = load_checkpoint(args.checkpoint, map_location=args.device)
     data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
     n = args.test_limit
-    return (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
+    x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
+    return model, x, y
 
 
 def _cmd_eval(args) -> dict:
-    model, ckpt = load_checkpoint(args.checkpoint)
-    x, y = _test_data(args, ckpt)
-    result = evaluate(model, x, y)
+    model, x, y = _load(args)
+    with ConvergenceTally():
+        result = evaluate(model, x, y)
     result["lipschitz_bound"] = float(model.lipschitz_bound().detach())
     print(json.dumps(result, indent=2))
     return result
 
 
 def _cmd_certify(args) -> dict:
-    model, ckpt = load_checkpoint(args.checkpoint)
-    x, y = _test_data(args, ckpt)
-    result = {"lipschitz_bound": float(model.lipschitz_bound().detach()), "eps": args.eps}
-    for method in args.method:
-        result[method] = certified_accuracy(model, x, y, args.eps, method)
+    model, x, y = _load(args)
+    clip = None if args.no_clip else tuple(args.clip)
+    if clip is not None and (float(x.min()) < clip[0] or float(x.max()) > clip[1]):
+        raise UsageError(
+            f"--clip {clip[0]:g} {clip[1]:g}: the test images range from {float(x.min()):g} "
+            f"to {float(x.max()):g}; widen --clip or pass --no-clip"
+        )
+    result = {
+        "lipschitz_bound": float(model.lipschitz_bound().detach()),
+        "eps": args.eps,
+        "clip": clip,
+    }
+    with ConvergenceTally():
+        for method in args.method:
+            result[method] = certified_accuracy(model, x, y, args.eps, method, clip=clip)
     print(f"Lipschitz bound {result['lipschitz_bound']:.4g}")
     print("eps        " + "  ".join(f"{m:>10}" for m in args.method))
     for e in args.eps:
         print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))
-    if args.plot:
-        curves = {m: [result[m][e] for e in args.eps] for m in args.method}
-        _plot_curves(curves, args.eps, args.plot, "certified accuracy")
     return result
 
 
-def _plot_curves(curves: dict, eps: list[float], path: str, ylabel: str) -> None:
-    from .reproduce import _plot_attack
-
-    _plot_attack(curves, eps, Path(path), ylabel)
-
-
 def _cmd_attack(args) -> dict:
-    from .reproduce import attack_curve
-
-    model, ckpt = load_checkpoint(args.checkpoint)
-    x, y = _test_data(args, ckpt)
+    model, x, y = _load(args)
     result = {"eps": args.eps}
-    for name in args.attack:
-        kw = {"steps": args.steps, "restarts": args.restarts} if name == "pgd" else {}
-        if name in ("pgd", "noise"):
-            kw["seed"] = args.seed
-        result[name] = attack_curve(model, x, y, args.eps, attack=name, batch_size=500, **kw)
+    with ConvergenceTally():
+        for name in args.attack:
+            kw = {"steps": args.steps, "restarts": args.restarts} if name == "pgd" else {}
+            if name in ("pgd", "noise"):
+                kw["seed"] = args.seed
+            result[name] = accuracy_under_attack(
+                model, x, y, args.eps, attack=name, batch_size=500, **kw
+            )
     print("eps        " + "  ".join(f"{a:>10}" for a in args.attack))
     for i, e in enumerate(args.eps):
         print(f"{e:<10g} " + "  ".join(f"{result[a][i]:>10.4f}" for a in args.attack))
-    if args.plot:
-        _plot_curves({a: result[a] for a in args.attack}, args.eps, args.plot, "attack accuracy")
     return result
 
 
@@ -281,23 +471,57 @@ def _cmd_reproduce(args) -> dict:
     return {"out": out}
 
 
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "certify": _cmd_certify,
+    "attack": _cmd_attack,
+    "bench": _cmd_bench,
+    "reproduce": _cmd_reproduce,
+}
+
+USER_ERRORS = (UsageError, DataError, CheckpointError, RunFolderError, FileNotFoundError)
+
+
+def _write_outputs(args, result: dict) -> None:
+    """JSON first (the numbers), then the figure, so a failing plot loses no result."""
+    for option in ("json", "plot"):
+        if getattr(args, option, None):
+            Path(getattr(args, option)).parent.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            f.write(json_line(result) + "\n")
+    if getattr(args, "plot", None):
+        from .plots import plot_curves
+
+        if args.command == "certify":
+            curves = {m: [result[m][e] for e in args.eps] for m in args.method}
+            plot_curves(curves, args.eps, args.plot, "certified accuracy")
+        else:
+            plot_curves({a: result[a] for a in args.attack}, args.eps, args.plot, "attack accuracy")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_printoptions(precision=4)
     try:
-        commands = {
-            "train": _cmd_train,
-            "eval": _cmd_eval,
-            "certify": _cmd_certify,
-            "attack": _cmd_attack,
-            "bench": _cmd_bench,
-            "reproduce": _cmd_reproduce,
-        }
-        result = commands[args.command](args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        _validate(args)
+        result = COMMANDS[args.command](args)
+        _write_outputs(args, result)
+    except USER_ERRORS as exc:
+        return _report(args, exc, 2)
+    except TrainingDiverged as exc:
+        return _report(args, exc, 1)
+    except ValueError as exc:  # an argument the library refused
+        return _report(args, exc, 2)
     return 0
+
+
+def _report(args, exc: Exception, status: int) -> int:
+    if args.debug:
+        traceback.print_exception(exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"nemon {args.command}: error: {message}", file=sys.stderr)
+    return status

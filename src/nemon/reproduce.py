@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .attacks import robust_accuracy
+from .attacks import accuracy_under_attack
 from .data import load_dataset
+from .plots import plot_curves, pyplot
 from .train import TrainConfig, evaluate, train
 
 __all__ = ["reproduce_mnist", "reproduce_conv", "PAPER_MNIST"]
@@ -36,7 +37,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _run(cfg: TrainConfig, folder: Path, data, progress: bool) -> dict:
-    result = train(cfg, folder, data=data, resume=True, progress=progress)
+    resume = (folder / "checkpoint.pt").is_file()  # continue a killed reproduction
+    result = train(cfg, folder, data=data, resume=resume, overwrite=not resume, progress=progress)
     return {"history": result["history"], "model": result["model"]}
 
 
@@ -69,10 +71,7 @@ def _table(summary: dict[str, dict], paper: dict[str, float]) -> str:
 
 
 def _plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, runs in histories.items():
@@ -93,10 +92,7 @@ def _plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> None:
 
 
 def _plot_lipschitz(sweep: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for name in sorted({r["model"] for r in sweep}):
@@ -113,42 +109,6 @@ def _plot_lipschitz(sweep: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _plot_attack(curves: dict[str, list[float]], eps: list[float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for name, acc in curves.items():
-        ax.plot(eps, acc, "o-", label=name)
-    ax.set_xlabel("l_inf perturbation eps")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-@torch.no_grad()
-def attack_curve(model, x, y, eps_list, attack="inversion", batch_size=1000, **kw) -> list[float]:
-    """Accuracy under ``attack`` for every radius (batched over the data)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for eps in eps_list:
-        ok = 0
-        for start in range(0, len(x), batch_size):
-            xb, yb = (
-                x[start : start + batch_size].to(device),
-                y[start : start + batch_size].to(device),
-            )
-            ok += int(robust_accuracy(model, xb, yb, eps, attack, **kw).sum())
-        out.append(ok / len(x))
-    return out
 
 
 def reproduce_mnist(
@@ -198,8 +158,10 @@ def reproduce_mnist(
     _plot_lipschitz(sweep, out / "figure2_lipschitz.png")
 
     xa, ya = data.test_x[:attack_limit], data.test_y[:attack_limit]
-    curves = {name: attack_curve(m, xa, ya, list(eps_list)) for name, m in attacked.items()}
-    _plot_attack(
+    curves = {
+        name: accuracy_under_attack(m, xa, ya, list(eps_list)) for name, m in attacked.items()
+    }
+    plot_curves(
         curves, list(eps_list), out / "figure2_inversion.png", "Figure 2 (right): image inversion"
     )
 
@@ -270,7 +232,7 @@ def reproduce_conv(
         certified = (
             certify(model, x, y, list(eps_list), method="lipschitz").float().mean(1).tolist()
         )
-        curves[name] = attack_curve(
+        curves[name] = accuracy_under_attack(
             model, x, y, list(eps_list), attack="pgd", batch_size=200, steps=steps
         )
         result["models"][name] = {
@@ -278,7 +240,7 @@ def reproduce_conv(
             "lipschitz": float(model.lipschitz_bound().detach()),
             "certified_lipschitz": certified,
         }
-    _plot_attack(
+    plot_curves(
         curves, list(eps_list), out / "figure3_pgd.png", f"Figure 3 (right): PGD, {dataset}"
     )
     result["pgd"] = {"eps": list(eps_list), "accuracy": curves}

@@ -214,11 +214,22 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch's zip format or a raw pickle
+        raise CheckpointError(f"{path} is not a nemon checkpoint (not a PyTorch file)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's fault
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable nemon checkpoint ({first})") from None
+        if "Weights only load failed" in str(exc):
+            why = "it holds objects other than tensors and plain data; refused, as loading them could run code"
+        elif isinstance(exc, (RuntimeError, IndexError, EOFError)) or "pickle" in str(exc).lower():
+            why = "not a PyTorch checkpoint, or truncated"
+        else:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable nemon checkpoint ({why})") from None
     missing = (
         [k for k in ("config", "input_shape", "num_classes", "model") if k not in ckpt]
         if (isinstance(ckpt, dict))
@@ -277,13 +288,14 @@ def certified_accuracy(
     eps: list[float],
     method: str = "pairwise",
     batch_size=1000,
+    clip: tuple[float, float] | None = (0.0, 1.0),
 ) -> dict[float, float]:
-    """Fraction of samples certified robust at each radius in ``eps``."""
+    """Fraction of samples certified robust at each radius in ``eps`` (see :func:`nemon.certify`)."""
     model.eval()
     device = next(model.parameters()).device
     total = torch.zeros(len(eps))
     for xb, yb in batches(x, y, batch_size):
-        ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method)
+        ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method, clip=clip)
         total += ok.sum(dim=1).cpu().float()
     return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
 
