@@ -115,8 +115,23 @@ class ImplicitLayer(nn.Module):
                 f"{type(self).__name__} expects input of shape (batch, {', '.join(map(str, expected))}),"
                 f" got {tuple(u.shape)}"
             )
+        if not u.is_floating_point():
+            raise ValueError(f"{self._name()} expects a floating-point input, got {u.dtype}")
+        dtype = self.injection_dtype()
+        if u.dtype != dtype:
+            raise ValueError(
+                f"{self._name()} has {dtype} parameters but the input is {u.dtype}; "
+                f"convert one of them (u.to({dtype}) or model.to({u.dtype}))"
+            )
         if not bool(torch.isfinite(u).all()):
             raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+
+    def _name(self) -> str:
+        return type(self).__name__.removeprefix("Parametrized")
+
+    def injection_dtype(self) -> torch.dtype:
+        """The dtype inputs must have: that of the layer's parameters."""
+        return next(self.parameters()).dtype
 
     def features(self, x: Tensor) -> Tensor:
         """The readout's input: the state itself for dense layers."""

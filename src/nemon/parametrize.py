@@ -13,6 +13,8 @@ matrix back to parameters, so ``layer.A = A0`` initialises from a given matrix.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -40,8 +42,10 @@ __all__ = [
 def check_gamma(gamma: float, *, allow_negative: bool = True) -> float:
     """Validate a contraction bound ``gamma < 1`` (well-posedness needs it strictly)."""
     gamma = float(gamma)
-    if not gamma < 1.0 or gamma != gamma:
-        raise ValueError(f"gamma must be < 1 for a well-posed implicit layer, got {gamma}")
+    if not (math.isfinite(gamma) and gamma < 1.0):
+        raise ValueError(
+            f"gamma must be finite and < 1 for a well-posed implicit layer, got {gamma}"
+        )
     if not allow_negative and gamma < 0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}")
     return gamma

@@ -107,6 +107,24 @@ class SolverOptions:
     memory: int = 5  # Anderson history
     warn: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of its range."""
+        if self.method not in SOLVERS and self.method != "jacobian_free":
+            raise ValueError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
+        for name in ("max_iter", "check_every", "memory"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
+        if self.residual not in ("step", "fixed_point"):
+            raise ValueError(f"residual must be 'step' or 'fixed_point', got {self.residual!r}")
+
 
 @dataclass
 class SolverStats:
@@ -393,16 +411,10 @@ def solve(
 ) -> tuple[Tensor, SolverStats]:
     """Solve ``x = phi(A x + z)`` with the solver named in ``options.method``."""
     opts = options or SolverOptions()
-    try:
-        method = SOLVERS[opts.method]
-    except KeyError:
-        raise ValueError(
-            f"unknown solver {opts.method!r}; choose one of {sorted(SOLVERS)}"
-        ) from None
-    if opts.tol <= 0 or opts.max_iter < 1 or opts.check_every < 1:
-        raise ValueError("solver needs tol > 0, max_iter >= 1 and check_every >= 1")
-    if opts.residual not in ("step", "fixed_point"):
-        raise ValueError(f"residual must be 'step' or 'fixed_point', got {opts.residual!r}")
+    opts.validate()  # also after in-place changes
+    if opts.method not in SOLVERS:
+        raise ValueError(f"unknown solver {opts.method!r}; choose one of {sorted(SOLVERS)}")
+    method = SOLVERS[opts.method]
     x = torch.zeros_like(system.z) if x0 is None else x0.clone()
     stats = SolverStats(method=opts.method)
     start = time.perf_counter()

@@ -413,6 +413,12 @@ def json_line(record: dict) -> str:
     return json.dumps(_json_safe(record), allow_nan=False)
 
 
+def _kept(ckpt_path: Path) -> str:
+    if ckpt_path.exists():
+        return f" The last good checkpoint is kept in {ckpt_path}"
+    return " No checkpoint had been written yet"
+
+
 def _nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
@@ -477,8 +483,8 @@ def train(
         if bad:
             raise TrainingDiverged(
                 f"parameters {', '.join(bad)} became non-finite at epoch {state['epoch'] + 1}, "
-                f"step {state['step']}; lower the learning rate (lr = {cfg.lr:g}). "
-                f"The last good checkpoint is kept in {ckpt_path}"
+                f"step {state['step']}; lower the learning rate (lr = {cfg.lr:g})."
+                f"{_kept(ckpt_path)}"
             )
         if rank == 0:
             payload = {
@@ -518,8 +524,7 @@ def train(
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"the loss is {loss_value} at epoch {epoch + 1}, step {i + 1}; lower the "
-                        f"learning rate (lr = {cfg.lr:g}). The last good checkpoint is kept in "
-                        f"{ckpt_path}"
+                        f"learning rate (lr = {cfg.lr:g}).{_kept(ckpt_path)}"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -547,8 +552,8 @@ def train(
                     return {"history": state["history"], "stopped": True, "model": raw}
                 if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                     checkpoint()
-        bar.close()
-        record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
+            bar.close()
+            record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
         record["unconverged_solves"] = tally.count
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, running=_fresh_running())
