@@ -96,7 +96,8 @@ def test_download_is_atomic_and_checked(tmp_path, monkeypatch):
 def test_data_dir_discovery(tmp_path, monkeypatch):
     monkeypatch.setenv("NEMON_DATA_DIR", str(tmp_path))
     assert find_data_dir() == tmp_path
-    assert find_data_dir("/somewhere") == find_data_dir("/somewhere")
+    assert find_data_dir("/somewhere") == Path("/somewhere")  # an explicit folder wins
+    assert find_data_dir("~/d") == Path.home() / "d"
     monkeypatch.delenv("NEMON_DATA_DIR")
     assert find_data_dir().name == "nemon"
 

@@ -75,3 +75,76 @@ def test_mon_is_rejected():
         nemon.certify(
             model, torch.rand(2, 5, dtype=DT), torch.zeros(2, dtype=torch.long), 0.1, "interval"
         )
+
+
+def _wide_classifier(kind, seed=0):
+    """A wider layer (12 inputs, 16 states, relu) with a 3-class readout, in float64."""
+    torch.manual_seed(seed)
+    if kind == "idl":
+        layer = nemon.IDLDense(12, 16, gamma=0.9, activation="relu")
+    else:
+        layer = nemon.NEMONDense(
+            12, 16, gamma=0.9, activation="relu", learn_eta=kind == "nemon-eta"
+        )
+        with torch.no_grad():
+            next(layer.parametrizations.A.parameters()).normal_(0, 0.4)  # T
+            if kind == "nemon-eta":
+                layer.parametrizations.A.original1.normal_(0, 0.5)  # d = log eta
+    with torch.no_grad():
+        layer.B.weight.mul_(3.0)  # decisions that small perturbations can flip
+    layer.solver_options.tol = layer.backward_options.tol = 1e-10
+    return nemon.Classifier(layer, 3).double()
+
+
+@pytest.mark.parametrize("kind", ["nemon", "nemon-eta", "idl"])
+def test_certified_points_survive_pgd_at_radii_where_pgd_breaks_points(kind):
+    """The radius is chosen so that PGD does break points; none of them is certified, and the
+    interval certificate still certifies some points at that radius."""
+    model = _wide_classifier(kind, seed=1)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(80, 12, generator=g, dtype=DT)
+    with torch.no_grad():
+        labels = model(u).argmax(1)
+    eps = 0.005
+    while True:
+        broken = pgd_breaks(model, u, labels, eps, steps=50)
+        if broken.any() or eps > 1:
+            break
+        eps *= 1.5
+    assert 0 < int(broken.sum()) < len(u), "the radius must break some points, not all"
+    certified = {}
+    for method in nemon.CERTIFICATES:
+        ok = nemon.certify(model, u, labels, eps, method=method, clip=None)
+        assert not torch.any(ok & broken), method
+        certified[method] = int(ok.sum())
+    assert certified["interval"] > 0, certified
+
+
+@pytest.mark.parametrize("kind", ["nemon", "nemon-eta", "idl"])
+def test_box_contains_pgd_extremes_of_every_state(kind):
+    """Each state coordinate maximised and minimised over the ball by PGD stays in the box."""
+    model = _wide_classifier(kind, seed=2)
+    layer = model.layer
+    g = torch.Generator().manual_seed(0)
+    u, eps = torch.rand(3, 12, generator=g, dtype=DT), 0.1
+    x_lo, x_hi, err = interval_equilibrium(layer, u - eps, u + eps)
+    spread = 0.0
+    for sign in (1.0, -1.0):
+        delta = torch.zeros(16, 3, 12, dtype=DT, requires_grad=True)
+        for _ in range(40):
+            x = layer((u + delta).reshape(-1, 12)).reshape(16, 3, 16)
+            objective = sign * torch.diagonal(x, dim1=0, dim2=2).sum()  # coordinate i in copy i
+            (grad,) = torch.autograd.grad(objective, delta)
+            with torch.no_grad():
+                delta += 0.02 * grad.sign()
+                delta.clamp_(-eps, eps)
+        with torch.no_grad():
+            x = layer((u + delta).reshape(-1, 12)).reshape(16, 3, 16)
+            extreme = torch.diagonal(x, dim1=0, dim2=2)  # (3, 16)
+        if sign > 0:
+            assert torch.all(extreme <= x_hi + 1e-8)
+            spread = extreme
+        else:
+            assert torch.all(extreme >= x_lo - 1e-8)
+            spread = spread - extreme
+    assert float(spread.max()) > 0.01  # the attack moved the states: a real check

@@ -6,7 +6,7 @@ from conftest import mnist_dir, requires_mnist
 
 from nemon.cli import main
 from nemon.data import Dataset
-from nemon.train import TrainConfig, load_checkpoint, train
+from nemon.train import TrainConfig, build_from_config, evaluate, load_checkpoint, train
 
 
 def tiny_data(seed=0, n=240):
@@ -31,6 +31,17 @@ def test_training_reduces_loss_and_logs(model, tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert hist[0]["forward_iterations"] > 0 and hist[0]["backward_iterations"] > 0
+
+
+def test_training_lowers_the_loss_of_the_initial_model(tmp_path):
+    """The trained model's test loss is well below that of the same initial parameters."""
+    data, cfg = tiny_data(), config(epochs=3, lr=2e-2)
+    torch.manual_seed(cfg.seed)
+    initial = build_from_config(cfg, data.input_shape, data.num_classes)
+    before = evaluate(initial, data.test_x, data.test_y)["loss"]
+    model = train(cfg, tmp_path, data=data, progress=False)["model"]
+    after = evaluate(model, data.test_x, data.test_y)["loss"]
+    assert after < 0.9 * before
 
 
 def test_resume_after_kill_mid_epoch_loses_nothing(tmp_path):

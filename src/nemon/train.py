@@ -469,6 +469,8 @@ def train(
         raw.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in ("epoch", "step", "history", "running")}
+    if world > 1:  # every rank has checked the folder before any rank writes to it
+        torch.distributed.barrier()
     if rank == 0:  # the first write: everything above has been checked
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
@@ -626,6 +628,7 @@ def _epoch_record(model: Classifier, data: Dataset, epoch: int, run: dict) -> di
         "epoch": epoch + 1,
         "train_loss": run["loss"] / max(run["count"], 1),
         "train_accuracy": run["correct"] / max(run["count"], 1),
+        "train_samples": int(run["count"]),
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "forward_iterations": run["fwd"] / max(run["batches"], 1),

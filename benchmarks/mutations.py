@@ -1,0 +1,226 @@
+"""Mutation check: each listed source edit must make at least one test fail.
+
+Every mutation is applied to a fresh copy of ``src/`` and ``tests/`` in a temporary folder and the
+named test files are run there (``PYTHONPATH`` points at the copy; the script checks that the
+mutated package is the one imported). A mutation that no test kills is a hole in the suite.
+
+    python benchmarks/mutations.py            # all, JSON to benchmarks/results/mutations.json
+    python benchmarks/mutations.py --only 3 7 # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "pairwise certificate 2x too optimistic",
+        "src/nemon/lipschitz.py",
+        "need = L_pair[labels] * eps + ",
+        "need = 0.5 * L_pair[labels] * eps + ",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "Lipschitz certificate (19) without the factor 2",
+        "src/nemon/lipschitz.py",
+        "return correct & (margin > 2 * L * eps)",
+        "return correct & (margin > L * eps)",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "solver error bound not charged (Lipschitz, pairwise)",
+        "src/nemon/certificates.py",
+        '    error = model.layer.solver_stats["forward"].error_bound\n',
+        "    error = None\n",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "solver error bound not charged (interval)",
+        "src/nemon/certificates.py",
+        "x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)",
+        "pass",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "embedding system without off-diagonal coupling (dense)",
+        "src/nemon/intervals.py",
+        "E = torch.cat([torch.cat([A_M, A_neg], 1), torch.cat([A_neg, A_M], 1)], 0)",
+        "E = torch.cat([torch.cat([A_M + A_neg, 0 * A_neg], 1), torch.cat([0 * A_neg, A_M + A_neg], 1)], 0)",
+        ("tests/test_exact.py", "tests/test_intervals.py"),
+    ),
+    Mutation(
+        "Lipschitz-box radius halved in the interval certificate",
+        "src/nemon/certificates.py",
+        "radius = state_bound(terms) * eps + err_x",
+        "radius = 0.5 * state_bound(terms) * eps + err_x",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "MON's sqrt(input dimension) factor dropped",
+        "src/nemon/layers.py",
+        "input_dim_factor=math.sqrt(self.in_features),",
+        "input_dim_factor=1.0,",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "conv ||B|| halved",
+        "src/nemon/conv_layers.py",
+        "b_norm = (self.input_kernel.abs().sum(dim=(1, 2, 3)) / eta).amax()",
+        "b_norm = 0.5 * (self.input_kernel.abs().sum(dim=(1, 2, 3)) / eta).amax()",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "a-posteriori error bound halved",
+        "src/nemon/solvers.py",
+        "return system.norm(residual) / (1.0 - max(system.measure, 0.0))",
+        "return 0.5 * system.norm(residual) / (1.0 - max(system.measure, 0.0))",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "a-posteriori error bound without 1 / (1 - mu)",
+        "src/nemon/solvers.py",
+        "return system.norm(residual) / (1.0 - max(system.measure, 0.0))",
+        "return system.norm(residual)",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "Anderson's safeguard removed",
+        "src/nemon/solvers.py",
+        "accept = ~(from_extrapolation & ~(res < base_res))",
+        "accept = torch.ones_like(from_extrapolation)",
+        ("tests/test_solvers.py",),
+    ),
+    Mutation(
+        "residual='fixed_point' replaced by the step residual",
+        "src/nemon/solvers.py",
+        "return float(_relative(residual, residual + x))",
+        "return float(_relative(x_next - x, x_next))",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "opt.step() deleted from training",
+        "src/nemon/train.py",
+        "                opt.step()\n",
+        "                pass\n",
+        ("tests/test_train_cli.py",),
+    ),
+    Mutation(
+        "interval_loss replaced by the clean cross-entropy",
+        "src/nemon/intervals.py",
+        "return F.cross_entropy(-logit_difference_bounds(model, u, labels, eps, clip), labels)",
+        "return F.cross_entropy(model(u), labels)",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "every DDP rank trains on the full batch",
+        "src/nemon/train.py",
+        "xb, yb = _shard(xb.to(device), yb.to(device), rank, world)",
+        "xb, yb = xb.to(device), yb.to(device)",
+        ("tests/test_distributed.py",),
+    ),
+    Mutation(
+        "parametrization (17) rounded to nearest instead of down",
+        "src/nemon/parametrize.py",
+        '    return round_to(value, t_diag.dtype, "down")',
+        "    return value.to(t_diag.dtype)",
+        ("tests/test_rounding.py",),
+    ),
+    Mutation(
+        "certificates ignore a measure >= 1",
+        "src/nemon/certificates.py",
+        "    reason = certificate_obstacle(model)\n",
+        "    reason = None\n",
+        ("tests/test_refusals.py",),
+    ),
+    Mutation(
+        "checkpoints unpickled without weights_only",
+        "src/nemon/train.py",
+        "weights_only=True)",
+        "weights_only=False)",
+        ("tests/test_refusals.py",),
+    ),
+]
+
+
+def run(mutation: Mutation, workdir: Path) -> dict:
+    copy = workdir / "repo"
+    if copy.exists():
+        shutil.rmtree(copy)
+    for part in ("src", "tests"):
+        shutil.copytree(ROOT / part, copy / part)
+    target = copy / mutation.path
+    text = target.read_text()
+    if text.count(mutation.old) < 1:
+        return {"name": mutation.name, "status": "not applied (source changed)"}
+    target.write_text(text.replace(mutation.old, mutation.new))
+    env = dict(os.environ, PYTHONPATH=str(copy / "src"))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import nemon; print(nemon.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=copy,
+    )
+    if not probe.stdout.strip().startswith(str(copy)):
+        raise RuntimeError(f"the mutated copy is not the imported package: {probe.stdout}")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=copy,
+    )
+    killed = result.returncode != 0
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    return {
+        "name": mutation.name,
+        "status": "killed" if killed else "SURVIVED",
+        "by": failed[:1],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", type=int, nargs="*", help="indices (0-based) of mutations")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutations.json"))
+    args = parser.parse_args()
+    chosen = [MUTATIONS[i] for i in args.only] if args.only else MUTATIONS
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in chosen:
+            r = run(m, Path(tmp))
+            results.append(r)
+            print(f"{r['status']:>9}  {m.name}  {r.get('by', [''])[:1]}", flush=True)
+    killed = sum(r["status"] == "killed" for r in results)
+    summary = {"killed": killed, "total": len(results), "mutations": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{killed} of {len(results)} mutations killed; results in {args.out}")
+    return 0 if killed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
