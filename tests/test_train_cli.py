@@ -35,7 +35,7 @@ def test_training_reduces_loss_and_logs(model, tmp_path):
 
 def test_training_lowers_the_loss_of_the_initial_model(tmp_path):
     """The trained model's test loss is well below that of the same initial parameters."""
-    data, cfg = tiny_data(), config(epochs=3, lr=2e-2)
+    data, cfg = tiny_data(), config(epochs=8, lr=3e-2)
     torch.manual_seed(cfg.seed)
     initial = build_from_config(cfg, data.input_shape, data.num_classes)
     before = evaluate(initial, data.test_x, data.test_y)["loss"]
