@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from .intervals import interval_equilibrium, logit_difference_bounds
+from .intervals import input_box, interval_equilibrium, logit_difference_bounds
 from .lipschitz import (
     _readout_norms,
     certified_lipschitz,
@@ -74,7 +74,7 @@ def certificate_obstacle(model) -> str | None:
     measure = float(layer.measure().detach())
     if not math.isfinite(measure) or measure >= 1:
         return f"the layer's measure is {measure:.6g} >= 1: it is not contracting"
-    terms = layer.lipschitz_terms()
+    terms = model.lipschitz_terms()
     for name, value in (("||B||", terms.input_norm), ("1 - mu_+", terms.denominator)):
         v = float(value.detach())
         if not (math.isfinite(v) and v > 0):
@@ -152,7 +152,7 @@ def certify(
 
 def _certify_lipschitz(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
     logits = model(u)
-    terms = model.layer.lipschitz_terms()
+    terms = model.lipschitz_terms()
     C, D = model.readout_weights()
     error = model.layer.solver_stats["forward"].error_bound
     if method == "lipschitz":
@@ -176,17 +176,18 @@ def _certify_interval(model, u: Tensor, labels: Tensor, radii: list[float], clip
     """
     layer = model.layer
     u = model.prepare_input(u)
-    x = layer(u)
+    x = layer(model.encode(u))
     err_x = layer.solver_stats["forward"].error_bound
-    eta = layer.eta() if hasattr(layer, "eta") and layer.eta() is not None else None
+    eta = layer.eta()
     scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
-    terms = layer.lipschitz_terms()
+    terms = model.lipschitz_terms()
     logits = model(u) if model.direct is not None else model.readout(layer.features(x))
     correct = logits.argmax(1) == labels
     out = []
     for eps in radii:
-        lo, hi = _box(u, eps, clip)
-        x_lo, x_hi, err = interval_equilibrium(layer, lo, hi)
+        x_lo, x_hi, err = interval_equilibrium(
+            layer, *model.encode_interval(*input_box(u, eps, clip))
+        )
         if err is None:
             raise ValueError("the interval solve gave no error bound; cannot certify soundly")
         x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)
@@ -198,13 +199,6 @@ def _certify_interval(model, u: Tensor, labels: Tensor, radii: list[float], clip
         others = bounds.scatter(1, labels[:, None], float("inf"))
         out.append(correct & (others.amin(1) > 0))
     return out
-
-
-def _box(u: Tensor, eps: float, clip) -> tuple[Tensor, Tensor]:
-    lo, hi = u - eps, u + eps
-    if clip is not None:
-        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
-    return lo, hi
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

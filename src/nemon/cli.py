@@ -22,7 +22,7 @@ from .activations import ACTIVATIONS
 from .attacks import ATTACKS, accuracy_under_attack
 from .certificates import CERTIFICATES
 from .data import DATASETS, DataError, load_dataset
-from .models import MODEL_FAMILIES
+from .models import ARCHITECTURES, MODEL_FAMILIES
 from .solvers import SOLVERS
 from .train import (
     PRESETS,
@@ -120,7 +120,7 @@ def _add_train(sub, common) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
     p.add_argument("--model", choices=MODEL_FAMILIES)
-    p.add_argument("--arch", choices=["dense", "conv"])
+    p.add_argument("--arch", choices=ARCHITECTURES, help="dense, conv or an encoder + dense layer")
     p.add_argument("--dataset", choices=sorted(DATASETS))
     p.add_argument("--hidden", type=POSITIVE, help="state size (dense) or channels (conv)")
     p.add_argument("--gamma", type=_number(high=1.0, high_open=True), help="contraction bound < 1")
@@ -136,6 +136,13 @@ def _add_train(sub, common) -> None:
         "--cert-weight", type=_number(0.0, 1.0), help="weight of the worst-case loss (0..1)"
     )
     p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
+    p.add_argument("--warmup-epochs", type=NONNEGATIVE, help="clean epochs before the ramp")
+    p.add_argument("--ramp", choices=["linear", "smooth"], help="shape of the radius ramp")
+    p.add_argument("--lr-milestones", type=POSITIVE, nargs="*", help="epochs where lr decays")
+    p.add_argument("--lr-decay", type=_number(0.0, 1.0, low_open=True), help="lr factor (0..1]")
+    p.add_argument("--grad-clip", type=RADIUS, help="max gradient norm (0: off)")
+    p.add_argument("--cert-eval-eps", type=RADIUS, nargs="*", help="radii certified each epoch")
+    p.add_argument("--cert-eval-limit", type=POSITIVE, help="test images certified each epoch")
     p.add_argument("--seed", type=NONNEGATIVE)
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--train-limit", type=POSITIVE, help="use only the first N training images")

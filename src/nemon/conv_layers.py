@@ -147,6 +147,25 @@ class NEMONConv2d(_ConvLayer):
             self.operator, self.activation, fwd, bwd, float(self.measure().detach()), eta
         )
 
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
+        """Embedding system with the off-centre taps split by sign (MATH.md section 6)."""
+        kernel, shift = self.effective_weights()
+        c, centre = self.channels, (self.kernel_size - 1) // 2
+        diag = torch.diagonal(kernel[:, :, centre, centre]) + shift
+        mask = torch.ones_like(kernel)
+        mask[torch.arange(c), torch.arange(c), centre, centre] = 0.0
+        K_pos, K_neg = (kernel * mask).clamp(min=0), (kernel * mask).clamp(max=0)
+        E = torch.cat([torch.cat([K_pos, K_neg], 1), torch.cat([K_neg, K_pos], 1)], 0)
+        Bk_pos, Bk_neg = self.input_kernel.clamp(min=0), self.input_kernel.clamp(max=0)
+        bias = self.input_bias[:, None, None]
+        z_lo = conv_same(u_lo, Bk_pos, "zeros") + conv_same(u_hi, Bk_neg, "zeros") + bias
+        z_hi = conv_same(u_hi, Bk_pos, "zeros") + conv_same(u_lo, Bk_neg, "zeros") + bias
+        eta2 = torch.cat([self.eta(), self.eta()]).detach()[:, None, None]
+        measure = float(self.measure().detach())  # the embedding matrix has the same measure
+        weights = (E, torch.cat([diag, diag]))
+        z = torch.cat([z_lo, z_hi], 1)
+        return self._solve_embedding(ConvOperator(self.padding), weights, z, measure, eta2)
+
     def lipschitz_terms(self) -> LipschitzTerms:
         eta = self.eta()
         b_norm = (self.input_kernel.abs().sum(dim=(1, 2, 3)) / eta).amax()

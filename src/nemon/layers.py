@@ -38,7 +38,7 @@ from .parametrize import (
 )
 from .solvers import SolverOptions, SolverStats
 
-__all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense"]
+__all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense", "ExplicitDense"]
 
 
 class ImplicitLayer(nn.Module):
@@ -137,6 +137,28 @@ class ImplicitLayer(nn.Module):
         """The readout's input: the state itself for dense layers."""
         return x
 
+    def eta(self) -> Tensor | None:
+        """Weights of the state norm ``||x||_{inf,[eta]^-1}`` per state (None: all ones)."""
+        return None
+
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(x_lo, x_hi, error_bound)``: a box containing ``x*(u)`` for every ``u`` in the box.
+
+        Layers with ``mu_inf(A) < 1`` by construction solve the embedding system (MATH.md section
+        6); others cannot give a sound box this way.
+        """
+        raise NotImplementedError(
+            f"interval bounds need mu_inf(A) < 1 by construction (NEMON, IDL), not {self._name()}"
+        )
+
+    def _solve_embedding(self, operator, weights, z_both, measure, eta) -> tuple:
+        """Solve the embedding system ``[x_lo; x_hi]`` with this layer's solvers and adjoint."""
+        fwd, bwd = self.solver_options, self.backward_options
+        eq = Equilibrium(operator, self.activation, fwd, bwd, measure, eta)
+        both = implicit_solve(eq, z_both, weights)
+        half = both.shape[1] // 2
+        return both[:, :half], both[:, half:], eq.stats["forward"].error_bound
+
     @property
     def num_features(self) -> int:
         raise NotImplementedError
@@ -148,6 +170,13 @@ def _capped(upper: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
     rational arithmetic), so the float64 upper bound's own slack need not exceed it. NaN stays NaN.
     """
     return round_to(torch.minimum(upper, upper.new_tensor(gamma)), dtype, "up")
+
+
+def _affine_interval(linear: nn.Linear, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor]:
+    """``B u + b`` over the box, by the split ``B = B+ + B-``."""
+    B_pos, B_neg = linear.weight.clamp(min=0), linear.weight.clamp(max=0)
+    b = linear.bias if linear.bias is not None else 0.0
+    return u_lo @ B_pos.T + u_hi @ B_neg.T + b, u_hi @ B_pos.T + u_lo @ B_neg.T + b
 
 
 class _DenseLayer(ImplicitLayer):
@@ -178,6 +207,22 @@ class _DenseLayer(ImplicitLayer):
     @property
     def num_features(self) -> int:
         return self.hidden
+
+    def _dense_interval_bounds(self, u_lo: Tensor, u_hi: Tensor, eta: Tensor | None):
+        """Embedding system of a dense layer: ``E = [[A_M, A_N], [A_N, A_M]]`` with ``A_M`` the
+        Metzler part (diagonal and nonnegative off-diagonal entries) and ``A_N`` the rest; its
+        measure in the doubled weighted norm equals that of ``A``."""
+        A = self.A
+        diag = torch.diag_embed(torch.diagonal(A))
+        A_pos, A_neg = (A - diag).clamp(min=0), (A - diag).clamp(max=0)
+        A_M = A_pos + diag
+        E = torch.cat([torch.cat([A_M, A_neg], 1), torch.cat([A_neg, A_M], 1)], 0)
+        z_lo, z_hi = _affine_interval(self.B, u_lo, u_hi)
+        eta2 = None if eta is None else torch.cat([eta, eta]).detach()
+        measure = float(self.measure().detach())  # E holds the entries of A: the same measure
+        return self._solve_embedding(
+            DenseOperator(), (E,), torch.cat([z_lo, z_hi], 1), measure, eta2
+        )
 
     def _init_uniform(self, n: int) -> Tensor:
         bound = 1.0 / math.sqrt(n)
@@ -237,6 +282,9 @@ class NEMONDense(_DenseLayer):
         measure = float(_capped(mu_inf_upper(weights[0].detach(), eta), self.gamma, torch.float64))
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure, eta)
 
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
+        return self._dense_interval_bounds(u_lo, u_hi, self.eta())
+
     def lipschitz_terms(self) -> LipschitzTerms:
         eta = self.eta()
         return LipschitzTerms(
@@ -271,12 +319,56 @@ class IDLDense(_DenseLayer):
         measure = float(_capped(mu_inf_upper(weights[0].detach()), self.gamma, torch.float64))
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure)
 
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
+        return self._dense_interval_bounds(u_lo, u_hi, None)
+
     def lipschitz_terms(self) -> LipschitzTerms:
         return LipschitzTerms(
             norm="inf",
             input_norm=norm_inf_from_input(self.B.weight),
             denominator=1 - self.measure(),
             feature_eta=None,
+        )
+
+
+class ExplicitDense(_DenseLayer):
+    """``x = relu(B u + b)``: the explicit layer of the same width, for ablations (``A = 0``).
+
+    Same interface as the implicit layers (its "solve" is one evaluation), so an architecture can
+    swap its implicit layer for this one and keep training, bounds and certificates unchanged.
+    """
+
+    family = "explicit"
+
+    def __init__(self, in_features: int, hidden: int, gamma: float = 0.0, activation="relu", **kw):
+        super().__init__(in_features, hidden, activation=activation, **kw)
+        self.gamma = 0.0
+        self.register_buffer("A", torch.zeros(hidden, hidden))
+
+    def forward(self, u: Tensor) -> Tensor:
+        if self.check_inputs:
+            self._check_input(u)
+        self.solver_stats = {
+            "forward": SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
+        }
+        x = self.activation(self.B(u))
+        self.solver_stats["forward"].error_bound = torch.zeros(
+            len(u), dtype=x.dtype, device=x.device
+        )
+        return x
+
+    def measure(self) -> Tensor:
+        return torch.zeros((), dtype=self.B.weight.dtype, device=self.B.weight.device)
+
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
+        z_lo, z_hi = _affine_interval(self.B, u_lo, u_hi)
+        zero = torch.zeros(len(u_lo), dtype=z_lo.dtype, device=z_lo.device)
+        return self.activation(z_lo), self.activation(z_hi), zero
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        one = torch.ones((), dtype=self.B.weight.dtype, device=self.B.weight.device)
+        return LipschitzTerms(
+            norm="inf", input_norm=norm_inf_from_input(self.B.weight), denominator=one
         )
 
 

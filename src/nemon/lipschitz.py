@@ -142,4 +142,4 @@ def certified_pairwise(
 
 def lipschitz_bound(model) -> Tensor:
     """Input-output l_inf Lipschitz bound (15) of a :class:`~nemon.Classifier`."""
-    return output_bound(model.layer.lipschitz_terms(), *model.readout_weights())
+    return output_bound(model.lipschitz_terms(), *model.readout_weights())

@@ -1,50 +1,88 @@
-"""Classifiers built from an implicit layer and a linear readout (the paper's FC and conv nets)."""
+"""Classifiers around an implicit layer: an optional explicit encoder, the layer, a linear readout.
+
+``y = C features(x*) + D u + c`` with ``x* = Phi(A x* + B v + b)`` and ``v = encoder(u)`` (the
+identity, with images flattened for dense layers, when there is no encoder). The paper's FC and
+conv networks have no encoder; certified architectures inject through a small conv stack.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
 from torch import Tensor, nn
 
 from .conv_layers import MONConv2d, NEMONConv2d
-from .layers import IDLDense, ImplicitLayer, MONDense, NEMONDense
-from .lipschitz import lipschitz_bound, lipschitz_regularizer
+from .explicit import ENCODERS, ibp_initialise, linf_lipschitz, propagate_interval
+from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
+from .lipschitz import LipschitzTerms, lipschitz_bound, lipschitz_regularizer
 
-__all__ = ["Classifier", "build_model", "MODEL_FAMILIES"]
+__all__ = ["Classifier", "build_model", "MODEL_FAMILIES", "ARCHITECTURES"]
 
 
 class Classifier(nn.Module):
-    """``y = C features(x*) + D u + c`` with ``x*`` the equilibrium of ``layer``.
+    """An implicit layer between an optional explicit encoder and a linear readout.
 
     Args:
-        layer: any implicit layer (NEMON, MON, IDL; dense or conv).
+        layer: any implicit layer (NEMON, MON, IDL; dense or conv), or :class:`ExplicitDense`.
         num_classes: number of logits ``q``.
         direct: include the direct term ``D u`` of model (11) (off in the paper's experiments).
+        encoder: explicit modules mapping the input to the layer's input (see
+            :mod:`nemon.explicit` for the ones bounds and certificates support).
     """
 
-    def __init__(self, layer: ImplicitLayer, num_classes: int, direct: bool = False) -> None:
+    def __init__(
+        self,
+        layer: ImplicitLayer,
+        num_classes: int,
+        direct: bool = False,
+        encoder: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
+        self.encoder = encoder
         self.layer = layer
         self.readout = nn.Linear(layer.num_features, num_classes)
+        shape = input_shape if input_shape is not None else layer.input_shape()
         in_dim = 1
-        for s in layer.input_shape():
+        for s in shape:
             in_dim *= s
         self.direct = nn.Linear(in_dim, num_classes, bias=False) if direct else None
 
     def forward(self, u: Tensor) -> Tensor:
         u = self.prepare_input(u)
-        y = self.readout(self.layer.features(self.layer(u)))
+        y = self.readout(self.layer.features(self.layer(self.encode(u))))
         if self.direct is not None:
             y = y + self.direct(u.flatten(1))
         return y
 
     def prepare_input(self, u: Tensor) -> Tensor:
-        """The layer's input: images flattened for dense layers, ``(batch, c, h, w)`` for conv."""
-        if len(self.layer.input_shape()) == 1 and u.dim() > 2:
+        """The model's input: images flattened for a dense layer without encoder."""
+        if self.encoder is None and len(self.layer.input_shape()) == 1 and u.dim() > 2:
             return u.flatten(1)
         return u
+
+    def encode(self, u: Tensor) -> Tensor:
+        """The implicit layer's input ``v = encoder(u)``."""
+        return u if self.encoder is None else self.encoder(u)
+
+    def encode_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """A box containing ``encoder(u)`` for every ``u`` in ``[lo, hi]``."""
+        return (lo, hi) if self.encoder is None else propagate_interval(self.encoder, lo, hi)
 
     def readout_weights(self) -> tuple[Tensor, Tensor | None]:
         """``(C, D)`` acting on features and on the flattened input."""
         return self.readout.weight, None if self.direct is None else self.direct.weight
+
+    def lipschitz_terms(self) -> LipschitzTerms:
+        """The layer's terms with the encoder's l_inf Lipschitz bound folded into ``||B||``."""
+        terms = self.layer.lipschitz_terms()
+        if self.encoder is None:
+            return terms
+        if terms.norm != "inf":
+            raise NotImplementedError("an encoder needs a layer with l_inf bounds (NEMON, IDL)")
+        scale = linf_lipschitz(self.encoder).to(terms.input_norm)
+        return replace(terms, input_norm=terms.input_norm * scale)
 
     def lipschitz_bound(self) -> Tensor:
         """Input-output l_inf Lipschitz bound, eq. (15)."""
@@ -52,12 +90,11 @@ class Classifier(nn.Module):
 
     def lipschitz_penalty(self, kind: str = "product") -> Tensor:
         """The regulariser of eq. (18) (``kind``: ``product`` or ``halved_sum``)."""
-        return lipschitz_regularizer(
-            self.layer.lipschitz_terms(), *self.readout_weights(), kind=kind
-        )
+        return lipschitz_regularizer(self.lipschitz_terms(), *self.readout_weights(), kind=kind)
 
 
-MODEL_FAMILIES = ("nemon", "mon", "idl")
+MODEL_FAMILIES = ("nemon", "mon", "idl", "explicit")
+ARCHITECTURES = ("dense", "conv", *ENCODERS)
 
 
 def build_model(
@@ -67,25 +104,39 @@ def build_model(
     num_classes: int = 10,
     hidden: int = 100,
     gamma: float = 0.95,
+    ibp_init: bool = False,
     **layer_kwargs,
 ) -> Classifier:
-    """A classifier by name: ``family`` in ``nemon | mon | idl``, ``arch`` in ``dense | conv``.
+    """A classifier by name.
 
-    ``hidden`` is the state dimension (dense) or the number of channels (conv).
+    ``family``: ``nemon | mon | idl`` or ``explicit`` (a ReLU layer of the same width, ablations).
+    ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer) or an encoder
+    from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
+    ``conv-medium``; ``ibp_init=True``: the initialisation of Shi et al. 2021). ``hidden`` is the state dimension (dense) or
+    the number of channels (conv).
     """
     c, h, w = input_shape
+    dense = {"nemon": NEMONDense, "mon": MONDense, "idl": IDLDense, "explicit": ExplicitDense}
+    if family not in dense:
+        raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
     if arch == "dense":
-        dense = {"nemon": NEMONDense, "mon": MONDense, "idl": IDLDense}
-        if family not in dense:
-            raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
         layer = dense[family](c * h * w, hidden, gamma=gamma, **layer_kwargs)
-    elif arch == "conv":
+        return Classifier(layer, num_classes)
+    if arch == "conv":
         conv = {"nemon": NEMONConv2d, "mon": MONConv2d}
         if family not in conv:
             raise ValueError(
                 f"conv architecture is available for 'nemon' and 'mon', not {family!r}"
             )
-        layer = conv[family](c, hidden, h, gamma=gamma, **layer_kwargs)
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; use 'dense' or 'conv'")
-    return Classifier(layer, num_classes)
+        return Classifier(conv[family](c, hidden, h, gamma=gamma, **layer_kwargs), num_classes)
+    if arch in ENCODERS:
+        encoder = ENCODERS[arch](c)
+        with torch.no_grad():
+            features = encoder(torch.zeros(1, c, h, w)).shape[1]
+        layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
+        model = Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
+        if ibp_init:
+            ibp_initialise(model.encoder)
+            ibp_initialise(model.layer.B)
+        return model
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .activations import ACTIVATIONS
 from .certificates import certify
 from .data import DATASETS, Dataset, batches, load_dataset
-from .models import MODEL_FAMILIES, Classifier, build_model
+from .intervals import interval_loss
+from .models import ARCHITECTURES, MODEL_FAMILIES, Classifier, build_model
 from .solvers import SOLVERS, ConvergenceWarning
 
 __all__ = [
@@ -75,12 +76,20 @@ class TrainConfig:
     cert_eps: float = 0.0
     cert_weight: float = 0.5
     cert_ramp_epochs: int = 1
+    warmup_epochs: int = 0  # clean-only epochs before the radius starts to grow
+    ramp: str = "linear"  # or "smooth": cubic smoothstep of radius and robust weight
+    lr_milestones: list = field(default_factory=list)  # epochs at which lr *= lr_decay
+    lr_decay: float = 0.2
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    cert_eval_eps: list = field(default_factory=list)  # certified accuracy logged each epoch
+    cert_eval_limit: int = 1000  # on the first N test images
     layer_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
         _choice("model", self.model, MODEL_FAMILIES)
-        _choice("arch", self.arch, ("dense", "conv"))
+        _choice("arch", self.arch, ARCHITECTURES)
+        _choice("ramp", self.ramp, ("linear", "smooth"))
         _choice("dataset", self.dataset, tuple(DATASETS))
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("residual", self.residual, ("step", "fixed_point"))
@@ -94,6 +103,14 @@ class TrainConfig:
                 _at_least(name, getattr(self, name), 1)
         _at_least("checkpoint_every", self.checkpoint_every, 0)
         _at_least("cert_ramp_epochs", self.cert_ramp_epochs, 0)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
+        _at_least("cert_eval_limit", self.cert_eval_limit, 1)
+        for m in self.lr_milestones:
+            _at_least("lr_milestones", m, 1)
+        for e in self.cert_eval_eps:
+            _finite("cert_eval_eps", e, low=0.0)
+        _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
+        _finite("grad_clip", self.grad_clip, low=0.0)
         _finite("gamma", self.gamma, high=1.0, high_open=True)
         for name in ("tol", "lr"):
             _finite(name, getattr(self, name), low=0.0, low_open=True)
@@ -136,6 +153,41 @@ PRESETS: dict[str, dict] = {
         "batch_size": 256,
         "lr": 1e-3,
         "epochs": 40,
+    },
+    # certified (interval-trained) MNIST models: conv encoder + NEMON dense layer (issue #9)
+    "mnist-cert-0.1": {
+        "arch": "conv-small",
+        "hidden": 100,
+        "gamma": 0.5,
+        "batch_size": 100,
+        "lr": 1e-3,
+        "epochs": 60,
+        "cert_eps": 0.2,
+        "cert_weight": 0.5,
+        "warmup_epochs": 1,
+        "cert_ramp_epochs": 15,
+        "ramp": "smooth",
+        "lr_milestones": [40, 52],
+        "grad_clip": 10.0,
+        "cert_eval_eps": [0.1],
+        "checkpoint_every": 100,
+    },
+    "mnist-cert-0.3": {
+        "arch": "conv-small",
+        "hidden": 100,
+        "gamma": 0.5,
+        "batch_size": 100,
+        "lr": 1e-3,
+        "epochs": 60,
+        "cert_eps": 0.4,
+        "cert_weight": 1.0,
+        "warmup_epochs": 1,
+        "cert_ramp_epochs": 15,
+        "ramp": "smooth",
+        "lr_milestones": [40, 52],
+        "grad_clip": 10.0,
+        "cert_eval_eps": [0.3],
+        "checkpoint_every": 100,
     },
     "fashion-conv-quick": {
         "arch": "conv",
@@ -328,22 +380,37 @@ def _shard(xb: Tensor, yb: Tensor, rank: int, world: int) -> tuple[Tensor, Tenso
     return (xb[rank::world], yb[rank::world]) if world > 1 else (xb, yb)
 
 
+def _ramp(cfg: TrainConfig, epoch: int, step: int, n_batches: int) -> float:
+    """Progress in [0, 1] of certified training: 0 during warm-up, then over the ramp epochs.
+
+    ``ramp="smooth"`` is the cubic smoothstep ``3 t^2 - 2 t^3``: a slow start, as the radius
+    schedules of Shi et al. (2021), without the kink of the linear ramp at its end.
+    """
+    done = (epoch - cfg.warmup_epochs) * n_batches + step
+    t = min(1.0, max(0.0, done / max(cfg.cert_ramp_epochs * n_batches, 1)))
+    return t * t * (3 - 2 * t) if cfg.ramp == "smooth" else t
+
+
 def _cert_eps(cfg: TrainConfig, epoch: int, step: int, n_batches: int) -> float:
-    """Linear ramp of the certified-training radius over ``cert_ramp_epochs``."""
-    if cfg.cert_eps <= 0:
+    """The certified-training radius at this step (see :func:`_ramp`)."""
+    if cfg.cert_eps <= 0 or epoch < cfg.warmup_epochs:
         return 0.0
-    done = (epoch * n_batches + step) / max(cfg.cert_ramp_epochs * n_batches, 1)
-    return cfg.cert_eps * min(1.0, done)
+    return cfg.cert_eps * _ramp(cfg, epoch, step, n_batches)
 
 
-def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float):
+def _learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.lr * cfg.lr_decay ** sum(1 for m in cfg.lr_milestones if epoch >= m)
+
+
+def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, progress: float):
+    """Clean cross-entropy mixed with the worst-case (interval) loss, whose weight grows with the
+    radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal et al., 2018)."""
     logits = model(xb)
     loss = F.cross_entropy(logits, yb)
     if eps > 0:
-        from .intervals import interval_loss
-
+        weight = cfg.cert_weight * progress if cfg.ramp == "smooth" else cfg.cert_weight
         robust = interval_loss(raw, xb, yb, eps)
-        loss = (1 - cfg.cert_weight) * loss + cfg.cert_weight * robust
+        loss = (1 - weight) * loss + weight * robust
     if cfg.lam > 0:
         loss = loss + cfg.lam * raw.lipschitz_penalty(cfg.reg_kind)
     return logits, loss
@@ -514,6 +581,8 @@ def train(
             mininterval=1.0,
         )
         gen = _epoch_generator(cfg.seed, epoch)
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(cfg, epoch)
         with ConvergenceTally() as tally:
             for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, cfg.batch_size, gen)):
                 if i < state["step"]:
@@ -521,7 +590,8 @@ def train(
                 start = time.perf_counter()
                 xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
                 eps = _cert_eps(cfg, epoch, i, n_batches)
-                logits, loss = _loss(model, raw, cfg, xb, yb, eps)
+                progress_i = _ramp(cfg, epoch, i, n_batches)
+                logits, loss = _loss(model, raw, cfg, xb, yb, eps, progress_i)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
@@ -530,6 +600,8 @@ def train(
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
                 opt.step()
                 fwd, bwd = _solver_iterations(raw)
                 run["seconds"] += time.perf_counter() - start
@@ -556,6 +628,14 @@ def train(
                     checkpoint()
             bar.close()
             record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
+            record["lr"] = _learning_rate(cfg, epoch)
+            record["train_eps"] = _cert_eps(cfg, epoch, n_batches - 1, n_batches)
+            if cfg.cert_eval_eps:
+                n = cfg.cert_eval_limit
+                cert = certified_accuracy(
+                    raw, data.test_x[:n], data.test_y[:n], list(cfg.cert_eval_eps), "interval"
+                )
+                record["certified"] = {f"{e:g}": v for e, v in cert.items()}
         record["unconverged_solves"] = tally.count
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, running=_fresh_running())

@@ -1,0 +1,105 @@
+"""Explicit encoders: interval arithmetic contains every output, Lipschitz bounds are never
+exceeded, and whole models (encoder + implicit layer) certify soundly."""
+
+import pytest
+import torch
+from torch import nn
+
+import nemon
+from nemon.explicit import Normalize, linf_lipschitz, propagate_interval
+
+DT = torch.float64
+
+
+def encoder(seed=0):
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    net = nn.Sequential(
+        Normalize([0.5], [0.3]),
+        nn.Conv2d(1, 4, 3, stride=2, padding=1),
+        bn,
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 3, 2),
+        nn.MaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 5),
+    )
+    return net.double().eval()
+
+
+def test_interval_contains_sampled_outputs_and_vertices():
+    net = encoder()
+    g = torch.Generator().manual_seed(1)
+    u, eps = torch.rand(3, 1, 8, 8, generator=g, dtype=DT), 0.05
+    lo, hi = propagate_interval(net, u - eps, u + eps)
+    with torch.no_grad():
+        for _ in range(50):
+            v = u + eps * torch.sign(torch.randn(u.shape, generator=g, dtype=DT))
+            out = net(v)
+            assert torch.all(out >= lo - 1e-12) and torch.all(out <= hi + 1e-12)
+    assert torch.all(hi - lo > 0)
+
+
+def test_degenerate_box_is_the_output():
+    net = encoder()
+    u = torch.rand(2, 1, 8, 8, dtype=DT)
+    lo, hi = propagate_interval(net, u, u)
+    assert torch.allclose(lo, net(u)) and torch.allclose(hi, net(u))
+
+
+def test_lipschitz_bound_never_exceeded():
+    net = encoder(2)
+    L = float(linf_lipschitz(net))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(30):
+            u = torch.rand(1, 1, 8, 8, generator=g, dtype=DT)
+            du = 1e-3 * torch.sign(torch.randn(u.shape, generator=g, dtype=DT))
+            assert float((net(u + du) - net(u)).abs().max()) <= L * 1e-3 * (1 + 1e-9)
+
+
+def test_unsupported_module_is_refused_by_name():
+    with pytest.raises(NotImplementedError, match="Tanh"):
+        propagate_interval(nn.Tanh(), torch.zeros(1, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="eval mode"):
+        propagate_interval(nn.BatchNorm2d(1), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("family", ["nemon", "idl", "explicit"])
+def test_encoder_models_certify_soundly(family):
+    from test_lipschitz import pgd_breaks
+
+    torch.manual_seed(0)
+    model = nemon.build_model(family, "conv-small", hidden=20, gamma=0.5).double()
+    model.layer.solver_options.tol = 1e-10
+    u = torch.rand(40, 1, 28, 28, dtype=DT)
+    with torch.no_grad():
+        labels = model(u).argmax(1)
+    for eps in (0.001, 0.01, 0.05):
+        broken = pgd_breaks(model, u, labels, eps, steps=20)
+        for method in nemon.CERTIFICATES:
+            ok = nemon.certify(model, u, labels, eps, method=method)
+            assert not torch.any(ok & broken), (eps, method)
+    ok = nemon.certify(model, u, labels, 1e-5, method="interval")
+    pair = nemon.certify(model, u, labels, 1e-5, method="pairwise")
+    assert torch.all(ok | ~pair) and ok.any()
+
+
+def test_encoder_model_lipschitz_bound_covers_the_encoder():
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", "conv-small", hidden=20, gamma=0.5).double()
+    L = float(model.lipschitz_bound())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(10):
+            u = torch.rand(1, 1, 28, 28, generator=g, dtype=DT)
+            du = 1e-3 * torch.sign(torch.randn(u.shape, generator=g, dtype=DT))
+            assert float((model(u + du) - model(u)).abs().max()) <= L * 1e-3
+    layer_only = float(nemon.output_bound(model.layer.lipschitz_terms(), model.readout.weight))
+    assert L > layer_only  # the encoder's constant is folded in
