@@ -182,5 +182,5 @@ def round_to(value: Tensor, dtype: torch.dtype, direction: str) -> Tensor:
     cast = value.to(dtype)
     target = -math.inf if direction == "down" else math.inf
     wrong = cast.double() > value if direction == "down" else cast.double() < value
-    fixed = torch.where(wrong, torch.nextafter(cast, torch.full_like(cast, target)), cast)
-    return cast + (fixed - cast).detach()
+    fixed = torch.nextafter(cast.detach(), torch.full_like(cast, target))
+    return torch.where(wrong, fixed + (cast - cast.detach()), cast)  # gradient of the cast

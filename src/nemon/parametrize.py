@@ -39,12 +39,15 @@ __all__ = [
 ]
 
 
+GAMMA_MIN = -1e6  # far below any useful bound; keeps gamma * I representable next to |T|
+
+
 def check_gamma(gamma: float, *, allow_negative: bool = True) -> float:
     """Validate a contraction bound ``gamma < 1`` (well-posedness needs it strictly)."""
     gamma = float(gamma)
-    if not (math.isfinite(gamma) and gamma < 1.0):
+    if not (math.isfinite(gamma) and GAMMA_MIN <= gamma < 1.0):
         raise ValueError(
-            f"gamma must be finite and < 1 for a well-posed implicit layer, got {gamma}"
+            f"gamma must be in [{GAMMA_MIN:g}, 1) for a well-posed implicit layer, got {gamma}"
         )
     if not allow_negative and gamma < 0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}")
