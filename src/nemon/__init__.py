@@ -5,7 +5,7 @@ from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
 from .certificates import CERTIFICATES, CertificateWarning, certificate_obstacle, certify
 from .conv_layers import MONConv2d, NEMONConv2d
 from .implicit import Equilibrium, ImplicitSolve, implicit_solve
-from .layers import IDLDense, ImplicitLayer, MONDense, NEMONDense
+from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import (
     certified_lipschitz,
     certified_pairwise,
@@ -15,7 +15,7 @@ from .lipschitz import (
     pairwise_bounds,
     state_bound,
 )
-from .models import MODEL_FAMILIES, Classifier, build_model
+from .models import ARCHITECTURES, MODEL_FAMILIES, Classifier, build_model
 from .norms import (
     mu_1,
     mu_2,
@@ -35,6 +35,7 @@ from .parametrize import (
     mu_inf_param,
     mu_inf_right_inverse,
 )
+from .pretrained import load_pretrained, pretrained_names
 from .solvers import (
     SOLVERS,
     ConvergenceWarning,
@@ -76,6 +77,10 @@ __all__ = [
     "pairwise_bounds",
     "state_bound",
     "MODEL_FAMILIES",
+    "ARCHITECTURES",
+    "ExplicitDense",
+    "load_pretrained",
+    "pretrained_names",
     "Classifier",
     "build_model",
     "mu_1",

@@ -23,6 +23,7 @@ from .attacks import ATTACKS, accuracy_under_attack
 from .certificates import CERTIFICATES
 from .data import DATASETS, DataError, load_dataset
 from .models import ARCHITECTURES, MODEL_FAMILIES
+from .pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from .solvers import SOLVERS
 from .train import (
     PRESETS,
@@ -161,7 +162,7 @@ def _add_eval(sub, common) -> None:
         ("certify", "certified accuracy of a checkpoint at radii --eps"),
     ):
         p = sub.add_parser(name, help=help_text, parents=[common])
-        p.add_argument("checkpoint")
+        p.add_argument("checkpoint", help="checkpoint file or shipped model name")
         p.add_argument("--data-dir")
         p.add_argument("--test-limit", type=POSITIVE)
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -189,7 +190,7 @@ def _add_attack(sub, common) -> None:
         help="accuracy of a checkpoint under an l_inf attack at radii --eps",
         parents=[common],
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file or shipped model name")
     p.add_argument("--attack", nargs="+", default=["pgd"], choices=sorted(ATTACKS))
     p.add_argument("--eps", type=RADIUS, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--steps", type=POSITIVE, default=20, help="PGD steps")
@@ -294,7 +295,7 @@ def _validate(args) -> None:
     _check_data_dir(getattr(args, "data_dir", None))
     _check_output_file("--json", getattr(args, "json", None))
     _check_output_file("--plot", getattr(args, "plot", None))
-    if args.command in ("eval", "certify", "attack"):
+    if args.command in ("eval", "certify", "attack") and args.checkpoint not in pretrained_names():
         _check_input_file("checkpoint", args.checkpoint)
     if args.command == "bench":
         _check_input_file("--checkpoint", args.checkpoint)
@@ -361,9 +362,17 @@ def _cmd_train(args) -> dict:
     return {"config": asdict(cfg), "history": result["history"]}
 
 
+def _load_model(name_or_path: str, device: str):
+    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``)."""
+    if not Path(name_or_path).exists() and name_or_path in pretrained_names():
+        return load_pretrained(name_or_path, device), describe_pretrained(name_or_path)["config"]
+    model, ckpt = load_checkpoint(name_or_path, map_location=device)
+    return model, ckpt["config"]
+
+
 def _load(args):
-    model, ckpt = load_checkpoint(args.checkpoint, map_location=args.device)
-    data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
+    model, config = _load_model(args.checkpoint, args.device)
+    data = load_dataset(config["dataset"], args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
     return model, x, y
@@ -487,7 +496,14 @@ COMMANDS = {
     "reproduce": _cmd_reproduce,
 }
 
-USER_ERRORS = (UsageError, DataError, CheckpointError, RunFolderError, FileNotFoundError)
+USER_ERRORS = (
+    UsageError,
+    DataError,
+    CheckpointError,
+    RunFolderError,
+    PretrainedError,
+    FileNotFoundError,
+)
 
 
 def _write_outputs(args, result: dict) -> None:
