@@ -107,15 +107,15 @@ MUTATIONS = [
     Mutation(
         "Anderson's safeguard removed",
         "src/nemon/solvers.py",
-        "accept = ~(from_extrapolation & ~(res < base_res))",
-        "accept = torch.ones_like(from_extrapolation)",
+        "accept = ~(self.from_extrapolation & ~(res < self.base_res))",
+        "accept = torch.ones_like(self.from_extrapolation)",
         ("tests/test_solvers.py",),
     ),
     Mutation(
         "residual='fixed_point' replaced by the step residual",
         "src/nemon/solvers.py",
-        "return float(_relative(residual, residual + x))",
-        "return float(_relative(x_next - x, x_next))",
+        "return float(_relative(residual, residual + point))",
+        "return float(_relative(end - start, end))",
         ("tests/test_exact.py",),
     ),
     Mutation(

@@ -41,6 +41,7 @@ __all__ = [
     "weighted_l1_norm",
     "SOLVERS",
     "SPLITTING_SOLVERS",
+    "Step",
 ]
 
 _TINY = 1e-30
@@ -183,29 +184,55 @@ def _default_alpha(system: FixedPointSystem) -> float:
     return 1.0 if system.diagonal is None else alpha_star(system.diagonal)
 
 
-def _stopping_residual(
-    opts: SolverOptions, x: Tensor, x_next: Tensor, residual: Tensor, observe=None
-) -> float:
+@dataclass
+class Step:
+    """One iteration of a step rule.
+
+    ``next`` is the new iterate. On a check iteration the rule also reports ``residual`` ``=
+    F(point) - point`` at the iterate ``point``, the pair ``(step_from, step_to)`` whose relative
+    difference is the ``"step"`` residual, and ``final``: the iterate returned if the solve stops.
+    """
+
+    next: Tensor
+    residual: Tensor | None = None
+    point: Tensor | None = None
+    step_from: Tensor | None = None
+    step_to: Tensor | None = None
+    final: Tensor | None = None
+
+
+def _stopping_residual(opts: SolverOptions, step: Step, observe=None) -> float:
+    point, start, end, residual = step.point, step.step_from, step.step_to, step.residual
     if observe is not None:
-        x, x_next, residual = observe(x), observe(x_next), observe(residual)
+        point, start, end, residual = (
+            observe(point),
+            observe(start),
+            observe(end),
+            observe(residual),
+        )
     if opts.residual == "fixed_point":
-        return float(_relative(residual, residual + x))
-    return float(_relative(x_next - x, x_next))
+        return float(_relative(residual, residual + point))
+    return float(_relative(end - start, end))
 
 
-def _loop(step: Callable[[Tensor], tuple[Tensor, Tensor]], system, x, opts, stats):
-    """Run ``x <- step(x)`` with the stopping rule; ``step`` returns ``(next, F(x) - x)``."""
-    residual = x
+def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> Tensor:
+    """The one solver loop: ``rule.step`` every iteration, the stopping rule every
+    ``check_every`` iterations (the only host sync), then the statistics and the a-posteriori
+    error bound at the last checked iterate."""
+    residual = None
     for k in range(1, opts.max_iter + 1):
-        x_next, residual = step(x)
-        if k % opts.check_every == 0 or k == opts.max_iter:
-            rel = _stopping_residual(opts, x, x_next, residual, system.observe)
+        check = k % opts.check_every == 0 or k == opts.max_iter
+        step = rule.step(x, check)
+        if check:
+            residual = step.residual
+            rel = _stopping_residual(opts, step, system.observe)
             stats.iterations, stats.residual = k, rel
             if rel <= opts.tol or not math.isfinite(rel) or k == opts.max_iter:
-                break  # return the iterate whose residual is known
-        x = x_next
+                x = step.final
+                break
+        x = step.next
     stats.converged = stats.residual <= opts.tol
-    stats.error_bound = _error_bound(system, residual)
+    stats.error_bound = None if residual is None else _error_bound(system, residual)
     return x
 
 
@@ -220,40 +247,38 @@ def diagonal_steps(diagonal: Tensor) -> Tensor:
     return 1.0 / (1.0 - diagonal.clamp(max=0.0))
 
 
-def _averaged_loop(system, x, opts, stats, step, alpha_ref: float):
-    """``x <- x + step (F(x) - x)`` in place (``step`` a scalar or per-coordinate tensor)."""
-    if system.measure is not None:
-        stats.contraction_factor = contraction_factor(alpha_ref, system.measure)
-    residual = x
-    for k in range(1, opts.max_iter + 1):
-        fx = system.phi.inplace(system.preactivation(x))
-        if k % opts.check_every == 0 or k == opts.max_iter:
-            residual = fx - x
-            # the step rule is the residual of N_{alpha_ref} at x_k, whatever the step used
-            x_ref = torch.add(x, residual, alpha=alpha_ref)
-            rel = _stopping_residual(opts, x, x_ref, residual, system.observe)
-            x.lerp_(fx, step)
-            stats.iterations, stats.residual = k, rel
-            if rel <= opts.tol or not math.isfinite(rel):
-                break
-        else:
-            x.lerp_(fx, step)
-    stats.converged = stats.residual <= opts.tol
-    stats.error_bound = _error_bound(system, residual)
-    return x
+class AveragedStep:
+    """``x <- x + step (F(x) - x)`` (``step`` a scalar or per-coordinate tensor), in place.
+
+    On a check the residual ``F(x_k) - x_k`` is formed before the update and the stopping rule is
+    the residual of ``N_{alpha_ref}`` at ``x_k``, whatever the step used; the iterate returned is
+    ``x_{k+1}``, for which the bound computed at ``x_k`` still holds (the map contracts towards
+    ``x*``).
+    """
+
+    def __init__(self, system: FixedPointSystem, step, alpha_ref: float, stats) -> None:
+        self.system, self.step_size, self.alpha_ref = system, step, alpha_ref
+        if system.measure is not None:
+            stats.contraction_factor = contraction_factor(alpha_ref, system.measure)
+
+    def step(self, x: Tensor, check: bool) -> Step:
+        fx = self.system.phi.inplace(self.system.preactivation(x))
+        if not check:
+            return Step(next=x.lerp_(fx, self.step_size))
+        residual = fx - x
+        x_ref = torch.add(x, residual, alpha=self.alpha_ref)
+        x_next = torch.lerp(x, fx, self.step_size)
+        return Step(x_next, residual, x, x, x_ref, final=x_next)
 
 
 def averaged(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
     """Averaged (Krasnosel'skii-Mann) iteration ``x <- (1 - alpha) x + alpha F(x)``, alpha = alpha*.
 
-    Runs in place: one fused ``A x + z``, the activation and one ``lerp`` per iteration. On a check
-    iteration the residual ``F(x_k) - x_k`` is formed before the update; the iterate returned is
-    ``x_{k+1} = N_alpha(x_k)``, for which the bound computed at ``x_k`` still holds (``N_alpha``
-    contracts towards ``x*``).
+    One fused ``A x + z``, the activation and one in-place ``lerp`` per iteration.
     """
     alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
     stats.alpha = alpha
-    return _averaged_loop(system, x, opts, stats, alpha, alpha)
+    return _iterate(AveragedStep(system, alpha, alpha, stats), system, x, opts, stats)
 
 
 def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
@@ -264,34 +289,60 @@ def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: So
     """
     if system.diagonal is None:
         raise ValueError("the diagonal solver needs the diagonal of A")
-    steps = diagonal_steps(system.diagonal)
+    steps = diagonal_steps(system.diagonal).to(x.dtype)
     stats.alpha = alpha_star(system.diagonal)
-    return _averaged_loop(system, x, opts, stats, steps.to(x.dtype), stats.alpha)
+    return _iterate(AveragedStep(system, steps, stats.alpha, stats), system, x, opts, stats)
 
 
 def picard(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
     """Picard iteration ``x <- F(x)`` (the averaged iteration at alpha = 1), as used by IDL."""
-    return averaged(system, x, SolverOptions(**{**opts.__dict__, "alpha": 1.0}), stats)
+    stats.alpha = 1.0
+    return _iterate(AveragedStep(system, 1.0, 1.0, stats), system, x, opts, stats)
+
+
+class ForwardBackwardStep:
+    """MON's forward-backward splitting ``x <- prox_{a f}((1 - a) x + a (A x + z))``."""
+
+    def __init__(self, system: FixedPointSystem, a: float) -> None:
+        self.system, self.a = system, a
+
+    def step(self, x: Tensor, check: bool) -> Step:
+        p = self.system.matvec(x) + self.system.z
+        x_next = self.system.phi.prox((1 - self.a) * x + self.a * p, self.a)
+        if not check:
+            return Step(next=x_next)
+        residual = self.system.phi(p) - x
+        return Step(x_next, residual, x, x, x_next, final=x)  # the iterate whose residual is known
 
 
 def forward_backward(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
-    """MON's forward-backward splitting ``x <- prox_{a f}((1 - a) x + a (A x + z))``.
-
-    The default step is the system's ``splitting_step`` (for MON, ``(1 - mu_2(A)) / ||I - A||_2^2``,
-    half the largest convergent one), else 1.
-    """
+    """Forward-backward splitting; the default step is the system's ``splitting_step`` (for MON,
+    ``(1 - mu_2(A)) / ||I - A||_2^2``, half the largest convergent one), else 1."""
     if opts.alpha is not None:
         a = opts.alpha
     else:
         a = system.splitting_step if system.splitting_step is not None else 1.0
     stats.alpha = a
+    return _iterate(ForwardBackwardStep(system, a), system, x, opts, stats)
 
-    def step(x):
-        p = system.matvec(x) + system.z
-        x_next = system.phi.prox((1 - a) * x + a * p, a)
-        return x_next, system.phi(p) - x
 
-    return _loop(step, system, x, opts, stats)
+class PeacemanRachfordStep:
+    """Peaceman-Rachford splitting with the resolvent ``(I + a (I - A))^-1``; carries ``u``."""
+
+    def __init__(self, system: FixedPointSystem, x: Tensor, a: float) -> None:
+        self.system, self.a = system, a
+        self.solve_linear = system.resolvent(a)
+        self.u = x.clone()
+
+    def step(self, x: Tensor, check: bool) -> Step:
+        u_half = 2 * x - self.u
+        x_half = self.solve_linear(u_half + self.a * self.system.z)
+        self.u = 2 * x_half - u_half
+        x_next = self.system.phi.prox(self.u, self.a)
+        if not check:
+            return Step(next=x_next)
+        residual = self.system.residual(x_next)
+        return Step(x_next, residual, x_next, x, x_next, final=x_next)
 
 
 def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
@@ -300,28 +351,58 @@ def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, 
         raise ValueError("Peaceman-Rachford needs the system's resolvent (MON layers provide it)")
     a = opts.alpha if opts.alpha is not None else 1.0
     stats.alpha = a
-    solve_linear = system.resolvent(a)
-    u = x.clone()
-    residual = x
-    for k in range(1, opts.max_iter + 1):
-        u_half = 2 * x - u
-        x_half = solve_linear(u_half + a * system.z)
-        u = 2 * x_half - u_half
-        x_next = system.phi.prox(u, a)
-        if k % opts.check_every == 0 or k == opts.max_iter:
-            residual = system.residual(x_next)
-            if opts.residual == "fixed_point":
-                rel = float(_relative(residual, residual + x_next))
-            else:
-                rel = float(_relative(x_next - x, x_next))
-            stats.iterations, stats.residual = k, rel
-            if rel <= opts.tol or not math.isfinite(rel):
-                x = x_next
-                break
-        x = x_next
-    stats.converged = stats.residual <= opts.tol
-    stats.error_bound = _error_bound(system, residual)
-    return x
+    return _iterate(PeacemanRachfordStep(system, x, a), system, x, opts, stats)
+
+
+class AndersonStep:
+    """Safeguarded Anderson mixing of ``G(x) = x + [alpha] (F(x) - x)``; see :func:`anderson`."""
+
+    def __init__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> None:
+        self.system = system
+        self.alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
+        per_coordinate = opts.alpha is None and system.diagonal is not None
+        self.step_size = (
+            diagonal_steps(system.diagonal).to(x.dtype) if per_coordinate else self.alpha
+        )
+        stats.alpha = self.alpha
+        if system.measure is not None:
+            stats.contraction_factor = contraction_factor(self.alpha, system.measure)
+        norm = system.norm or _euclidean
+        if system.step_scaled_norm and per_coordinate:
+            norm = (lambda base, steps: lambda r: base(r / steps))(norm, self.step_size)
+        self.norm = norm
+        self.m = max(1, opts.memory)
+        batch = x.shape[0]
+        self.X = x.new_zeros(self.m, x.numel())  # images G(x_i), flattened over the batch
+        self.R = x.new_zeros(self.m, x.numel())  # residuals G(x_i) - x_i
+        self.gram = torch.zeros(self.m, self.m, dtype=torch.float64, device=x.device)
+        self.base_g = x  # G at the last accepted point
+        self.base_res = x.new_full((batch,), math.inf)
+        self.from_extrapolation = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        self.k = 0
+
+    def step(self, x: Tensor, check: bool) -> Step:
+        self.k += 1
+        residual = self.system.residual(x)
+        steps = self.step_size
+        g = torch.addcmul(x, residual, steps) if torch.is_tensor(steps) else x + steps * residual
+        res = self.norm(residual)
+        accept = ~(self.from_extrapolation & ~(res < self.base_res))
+        slot = (self.k - 1) % self.m
+        self.X[slot] = g.reshape(-1)
+        self.R[slot] = (g - x).reshape(-1)
+        self.gram[slot] = self.gram[:, slot] = (self.R @ self.R[slot]).double()
+        used = min(self.k, self.m)
+        candidate = _anderson_mix(self.X[:used], self.gram[:used, :used]).reshape(x.shape)
+        keep = accept.reshape(-1, *([1] * (x.dim() - 1)))
+        self.base_g = torch.where(keep, g, self.base_g)
+        self.base_res = torch.where(accept, res, self.base_res)
+        x_next = torch.where(keep, candidate, self.base_g)  # a NaN candidate fails the next test
+        self.from_extrapolation = accept
+        if not check:
+            return Step(next=x_next)
+        x_ref = torch.add(x, residual, alpha=self.alpha)
+        return Step(x_next, residual, x, x, x_ref, final=x)
 
 
 def anderson(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
@@ -335,49 +416,7 @@ def anderson(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: So
     increases and every rejected step is a step of the convergent averaged iteration. All
     decisions are tensor ops: no host sync outside the periodic convergence checks.
     """
-    alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
-    per_coordinate = opts.alpha is None and system.diagonal is not None
-    step = diagonal_steps(system.diagonal).to(x.dtype) if per_coordinate else alpha
-    stats.alpha = alpha
-    if system.measure is not None:
-        stats.contraction_factor = contraction_factor(alpha, system.measure)
-    norm = system.norm or _euclidean
-    if system.step_scaled_norm and per_coordinate:
-        norm = (lambda base: lambda r: base(r / step))(norm)
-    m = max(1, opts.memory)
-    batch, shape = x.shape[0], x.shape
-    X = x.new_zeros(m, x.numel())  # images G(x_i), flattened over the batch
-    R = x.new_zeros(m, x.numel())  # residuals G(x_i) - x_i
-    gram = torch.zeros(m, m, dtype=torch.float64, device=x.device)
-    base_g = x  # G at the last accepted point
-    base_res = x.new_full((batch,), math.inf)
-    from_extrapolation = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    residual = x
-    for k in range(1, opts.max_iter + 1):
-        residual = system.residual(x)
-        g = torch.addcmul(x, residual, step) if torch.is_tensor(step) else x + step * residual
-        if k % opts.check_every == 0 or k == opts.max_iter:
-            x_ref = torch.add(x, residual, alpha=alpha)
-            rel = _stopping_residual(opts, x, x_ref, residual, system.observe)
-            stats.iterations, stats.residual = k, rel
-            if rel <= opts.tol or not math.isfinite(rel) or k == opts.max_iter:
-                break
-        res = norm(residual)
-        accept = ~(from_extrapolation & ~(res < base_res))
-        slot = (k - 1) % m
-        X[slot] = g.reshape(-1)
-        R[slot] = (g - x).reshape(-1)
-        gram[slot] = gram[:, slot] = (R @ R[slot]).double()
-        used = min(k, m)
-        candidate = _anderson_mix(X[:used], gram[:used, :used]).reshape(shape)
-        keep = accept.reshape(-1, *([1] * (x.dim() - 1)))
-        base_g = torch.where(keep, g, base_g)
-        base_res = torch.where(accept, res, base_res)
-        x = torch.where(keep, candidate, base_g)  # a NaN candidate fails the test next step
-        from_extrapolation = accept
-    stats.converged = stats.residual <= opts.tol
-    stats.error_bound = _error_bound(system, residual)
-    return x
+    return _iterate(AndersonStep(system, x, opts, stats), system, x, opts, stats)
 
 
 def _anderson_mix(X: Tensor, gram: Tensor) -> Tensor:
