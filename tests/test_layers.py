@@ -178,7 +178,7 @@ def test_conv_diagonal_matches_materialised_matrix(kind):
 
 
 def test_jacobian_free_backward_is_the_one_step_direction():
-    layer = make_layer("nemon", activation="tanh", backward_solver="jacobian_free")
+    layer = make_layer("nemon", activation="tanh", adjoint="jacobian_free")
     u = random_input(layer).requires_grad_()
     x = layer(u)
     g = torch.randn_like(x)
@@ -191,6 +191,8 @@ def test_jacobian_free_backward_is_the_one_step_direction():
     (grad_exact,) = torch.autograd.grad((exact(u) * g).sum(), u)
     assert not torch.allclose(grad_u, grad_exact, atol=1e-6)  # a different direction
     assert float((grad_u * grad_exact).sum()) > 0  # ...but a descent one here
+    with pytest.raises(ValueError, match="adjoint"):
+        make_layer("nemon", adjoint="magic")
 
 
 def test_cuda_matches_cpu():

@@ -4,7 +4,14 @@ from . import contraction
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
 from .certificates import CERTIFICATES, CertificateWarning, certificate_obstacle, certify
 from .conv_layers import MONConv2d, NEMONConv2d
-from .implicit import Equilibrium, ImplicitSolve, implicit_solve
+from .implicit import (
+    ADJOINTS,
+    Equilibrium,
+    ImplicitAdjoint,
+    ImplicitSolve,
+    JacobianFree,
+    implicit_solve,
+)
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import (
     certified_lipschitz,
@@ -58,6 +65,9 @@ __all__ = [
     "get_activation",
     "Equilibrium",
     "ImplicitSolve",
+    "ImplicitAdjoint",
+    "JacobianFree",
+    "ADJOINTS",
     "implicit_solve",
     "IDLDense",
     "ImplicitLayer",

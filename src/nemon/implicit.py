@@ -29,9 +29,50 @@ from .solvers import (
     weighted_l1_norm,
 )
 
-__all__ = ["Operator", "Equilibrium", "ImplicitSolve", "implicit_solve", "JACOBIAN_FREE"]
+__all__ = [
+    "Operator",
+    "Equilibrium",
+    "ImplicitSolve",
+    "implicit_solve",
+    "ImplicitAdjoint",
+    "JacobianFree",
+    "ADJOINTS",
+    "get_adjoint",
+]
 
-JACOBIAN_FREE = "jacobian_free"  # backward mode: w = J g (Fung et al., 2022), no adjoint solve
+
+class ImplicitAdjoint:
+    """The exact gradient: solve the adjoint equation (MATH.md section 4) with the layer's
+    backward solver options."""
+
+    name = "implicit"
+
+    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor):
+        system, to_w, start = eq.adjoint_system(weights, J, grad_x)
+        solution, stats = solve(system, start, eq.backward_options)
+        return to_w(solution), stats
+
+
+class JacobianFree:
+    """``w = J g`` (Fung et al., 2022): drops ``(I - J A^T)^-1``, so no adjoint solve; a cheaper
+    descent direction, not the gradient."""
+
+    name = "jacobian_free"
+
+    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor):
+        return J * grad_x, SolverStats(iterations=0, converged=True, method=self.name)
+
+
+ADJOINTS = {"implicit": ImplicitAdjoint, "jacobian_free": JacobianFree}
+
+
+def get_adjoint(adjoint) -> ImplicitAdjoint | JacobianFree:
+    """An adjoint method from its name (``implicit``, ``jacobian_free``) or as given."""
+    if not isinstance(adjoint, str):
+        return adjoint
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {sorted(ADJOINTS)}")
+    return ADJOINTS[adjoint]()
 
 
 class Operator(Protocol):
@@ -61,6 +102,7 @@ class Equilibrium:
     eta: Tensor | None = None
     resolvent: Callable[[tuple[Tensor, ...], float, bool], Callable] | None = None
     splitting_step: float | None = None
+    adjoint: ImplicitAdjoint | JacobianFree = field(default_factory=ImplicitAdjoint)
     stats: dict[str, SolverStats] = field(default_factory=dict)
 
     def forward_system(self, weights: tuple[Tensor, ...], z: Tensor) -> FixedPointSystem:
@@ -146,14 +188,7 @@ class ImplicitSolve(torch.autograd.Function):
         eq: Equilibrium = ctx.eq
         weights = tuple(weights)
         J = eq.phi.derivative(eq.operator.matvec(weights, x) + z)
-        if eq.backward_options.method == JACOBIAN_FREE:
-            w = J * grad_x  # drops (I - J A^T)^-1: a cheaper descent direction, not the gradient
-            eq.stats["backward"] = SolverStats(iterations=0, converged=True, method=JACOBIAN_FREE)
-        else:
-            system, to_w, start = eq.adjoint_system(weights, J, grad_x)
-            solution, stats = solve(system, start, eq.backward_options)
-            w = to_w(solution)
-            eq.stats["backward"] = stats
+        w, eq.stats["backward"] = eq.adjoint.gradient(eq, weights, J, grad_x)
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)
         if any(needs):

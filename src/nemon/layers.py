@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .activations import Activation, get_activation
-from .implicit import Equilibrium, implicit_solve
+from .implicit import Equilibrium, ImplicitAdjoint, JacobianFree, get_adjoint, implicit_solve
 from .lipschitz import LipschitzTerms
 from .norms import (
     mu_2,
@@ -57,8 +57,10 @@ class ImplicitLayer(nn.Module):
         backward_tol: float | None = None,
         residual: str = "step",
         check_inputs: bool = True,
+        adjoint: str | ImplicitAdjoint | JacobianFree = "implicit",
     ) -> None:
         super().__init__()
+        self.adjoint = get_adjoint(adjoint)
         self.activation = get_activation(activation)
         method = solver or self.default_solver
         self.solver_options = SolverOptions(
@@ -94,6 +96,7 @@ class ImplicitLayer(nn.Module):
             self._check_input(u)
         weights = self.effective_weights()
         eq = self.equilibrium(weights)
+        eq.adjoint = self.adjoint
         self.solver_stats = eq.stats
         return implicit_solve(eq, self.injection(u), weights)
 
@@ -154,7 +157,7 @@ class ImplicitLayer(nn.Module):
     def _solve_embedding(self, operator, weights, z_both, measure, eta) -> tuple:
         """Solve the embedding system ``[x_lo; x_hi]`` with this layer's solvers and adjoint."""
         fwd, bwd = self.solver_options, self.backward_options
-        eq = Equilibrium(operator, self.activation, fwd, bwd, measure, eta)
+        eq = Equilibrium(operator, self.activation, fwd, bwd, measure, eta, adjoint=self.adjoint)
         both = implicit_solve(eq, z_both, weights)
         half = both.shape[1] // 2
         return both[:, :half], both[:, half:], eq.stats["forward"].error_bound

@@ -113,7 +113,7 @@ class SolverOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
-        if self.method not in SOLVERS and self.method != "jacobian_free":
+        if self.method not in SOLVERS:
             raise ValueError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
