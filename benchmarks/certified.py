@@ -63,7 +63,8 @@ def main() -> None:
     rows = []
     for name, cfg in configs(args.epochs).items():
         folder = Path("runs") / ("certified-" + "".join(c if c.isalnum() else "-" for c in name))
-        result = train(cfg, folder, data=data, resume=True, progress=False)
+        resume = (folder / "checkpoint.pt").is_file()
+        result = train(cfg, folder, data=data, resume=resume, overwrite=not resume, progress=False)
         model = result["model"].eval()
         clean = float(batched(correct, model, x, y).float().mean())
         row = {

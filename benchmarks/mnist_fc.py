@@ -40,7 +40,7 @@ def run(model: str, solver: str | None, epochs: int, seed: int, tol: float, data
     )
     out = Path("/tmp") / f"nemon-bench-{model}-{solver}-{seed}"
     start = time.perf_counter()
-    result = train(cfg, out, data=data, progress=False)
+    result = train(cfg, out, data=data, progress=False, overwrite=True)
     hist = result["history"]
     return {
         "model": model,

@@ -168,7 +168,7 @@ def epoch_times(
             model=family, solver=solver, epochs=epochs, device=device, train_limit=train_limit
         )
         out = Path("/tmp") / f"nemon-bench-epoch-{family}-{solver}"
-        hist = train(cfg, out, data=data, progress=False)["history"]
+        hist = train(cfg, out, data=data, progress=False, overwrite=True)["history"]
         rows.append(
             {
                 "model": family,
