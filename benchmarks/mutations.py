@@ -35,6 +35,20 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "interval arithmetic through Conv2d with W instead of |W|",
+        "src/nemon/explicit.py",
+        "radius, module.weight.abs(), None,",
+        "radius, module.weight, None,",
+        ("tests/test_explicit.py",),
+    ),
+    Mutation(
+        "encoder's Lipschitz constant left out of the model's bound",
+        "src/nemon/models.py",
+        "        return replace(terms, input_norm=terms.input_norm * scale)",
+        "        return terms",
+        ("tests/test_explicit.py",),
+    ),
+    Mutation(
         "pairwise certificate 2x too optimistic",
         "src/nemon/lipschitz.py",
         "need = L_pair[labels] * eps + ",
@@ -64,7 +78,7 @@ MUTATIONS = [
     ),
     Mutation(
         "embedding system without off-diagonal coupling (dense)",
-        "src/nemon/intervals.py",
+        "src/nemon/layers.py",
         "E = torch.cat([torch.cat([A_M, A_neg], 1), torch.cat([A_neg, A_M], 1)], 0)",
         "E = torch.cat([torch.cat([A_M + A_neg, 0 * A_neg], 1), torch.cat([0 * A_neg, A_M + A_neg], 1)], 0)",
         ("tests/test_exact.py", "tests/test_intervals.py"),

@@ -74,6 +74,7 @@ def save_pretrained(checkpoint: str | Path, folder: str | Path, card: str) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in ckpt["model"].items()}
     save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "model.safetensors").chmod(0o644)
     info = {
         "config": ckpt["config"],
         "input_shape": list(ckpt["input_shape"]),
