@@ -143,6 +143,21 @@ def _finite(name, value, low=-math.inf, high=math.inf, low_open=False, high_open
         raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
 
 
+_CERTIFIED = {  # the recipe shared by the certified presets (Gowal et al. 2018, Shi et al. 2021)
+    "arch": "conv-small",
+    "hidden": 100,
+    "gamma": 0.5,
+    "batch_size": 100,
+    "lr": 1e-3,
+    "epochs": 60,
+    "warmup_epochs": 1,
+    "cert_ramp_epochs": 15,
+    "ramp": "smooth",
+    "lr_milestones": [40, 52],
+    "grad_clip": 10.0,
+    "checkpoint_every": 100,
+}
+
 PRESETS: dict[str, dict] = {
     "mnist-fc": {},
     "mnist-fc-gamma005": {"gamma": 0.05},
@@ -155,40 +170,8 @@ PRESETS: dict[str, dict] = {
         "epochs": 40,
     },
     # certified (interval-trained) MNIST models: conv encoder + NEMON dense layer (issue #9)
-    "mnist-cert-0.1": {
-        "arch": "conv-small",
-        "hidden": 100,
-        "gamma": 0.5,
-        "batch_size": 100,
-        "lr": 1e-3,
-        "epochs": 60,
-        "cert_eps": 0.2,
-        "cert_weight": 0.5,
-        "warmup_epochs": 1,
-        "cert_ramp_epochs": 15,
-        "ramp": "smooth",
-        "lr_milestones": [40, 52],
-        "grad_clip": 10.0,
-        "cert_eval_eps": [0.1],
-        "checkpoint_every": 100,
-    },
-    "mnist-cert-0.3": {
-        "arch": "conv-small",
-        "hidden": 100,
-        "gamma": 0.5,
-        "batch_size": 100,
-        "lr": 1e-3,
-        "epochs": 60,
-        "cert_eps": 0.4,
-        "cert_weight": 1.0,
-        "warmup_epochs": 1,
-        "cert_ramp_epochs": 15,
-        "ramp": "smooth",
-        "lr_milestones": [40, 52],
-        "grad_clip": 10.0,
-        "cert_eval_eps": [0.3],
-        "checkpoint_every": 100,
-    },
+    "mnist-cert-0.1": {**_CERTIFIED, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
+    "mnist-cert-0.3": {**_CERTIFIED, "cert_eps": 0.4, "cert_weight": 1.0, "cert_eval_eps": [0.3]},
     "fashion-conv-quick": {
         "arch": "conv",
         "dataset": "fashion-mnist",
