@@ -90,7 +90,9 @@ def _number(low=-math.inf, high=math.inf, low_open=False, high_open=False):
         ok = ok and (value > low if low_open else value >= low)
         ok = ok and (value < high if high_open else value <= high)
         if not ok:
-            raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text}".strip())
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number{' ' + rule if rule else ''}, got {text}"
+            )
         return value
 
     parse.__name__ = f"number {rule}"
@@ -296,6 +298,11 @@ def _validate(args) -> None:
     _check_output_file("--json", getattr(args, "json", None))
     _check_output_file("--plot", getattr(args, "plot", None))
     if args.command in ("eval", "certify", "attack") and args.checkpoint not in pretrained_names():
+        if not Path(args.checkpoint).exists():
+            raise UsageError(
+                f"checkpoint {args.checkpoint} is neither a file nor a shipped model "
+                f"({', '.join(pretrained_names())})"
+            )
         _check_input_file("checkpoint", args.checkpoint)
     if args.command == "bench":
         _check_input_file("--checkpoint", args.checkpoint)
