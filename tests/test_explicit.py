@@ -7,6 +7,7 @@ from torch import nn
 
 import nemon
 from nemon.explicit import Normalize, linf_lipschitz, propagate_interval
+from nemon.models import build_model
 
 DT = torch.float64
 
@@ -103,3 +104,22 @@ def test_encoder_model_lipschitz_bound_covers_the_encoder():
             assert float((model(u + du) - model(u)).abs().max()) <= L * 1e-3
     layer_only = float(nemon.output_bound(model.layer.lipschitz_terms(), model.readout.weight))
     assert L > layer_only  # the encoder's constant is folded in
+
+
+def test_ibp_initialisation_keeps_interval_widths_steady():
+    """Shi et al. (2021): ``sum_j |w_ij| ~ 2`` per row, so that a ReLU layer (halving the width on
+    average) keeps interval radii at their scale; biases start at zero."""
+    torch.manual_seed(0)
+    model = build_model("nemon", "conv-wide", gamma=0.5, ibp_init=True)
+    for m in [*model.encoder.modules(), model.layer.B]:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            row_sums = m.weight.abs().flatten(1).sum(dim=1)
+            assert float(row_sums.mean()) == pytest.approx(2.0, rel=0.1)
+            assert not m.bias.any()
+    lo, hi = torch.full((1, 1, 28, 28), 0.45), torch.full((1, 1, 28, 28), 0.55)
+    with torch.no_grad():
+        v_lo, v_hi = model.encode_interval(lo, hi)
+    growth = float((v_hi - v_lo).mean()) / 0.1
+    assert 0.5 < growth < 1.5  # the default initialisation: about 4.4x
+    with pytest.raises(ValueError, match="ibp_init needs a dense layer"):
+        build_model("nemon", "conv", hidden=4, ibp_init=True)

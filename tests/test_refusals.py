@@ -221,6 +221,7 @@ def test_number_of_classes_comes_from_the_dataset(tmp_path):
         {"model": "resnet"},
         {"solver": "newton"},
         {"hidden": True},
+        {"init": "xavier"},
     ],
 )
 def test_config_rejects_out_of_range_settings(change):

@@ -22,6 +22,7 @@ from .activations import ACTIVATIONS
 from .attacks import ATTACKS, accuracy_under_attack
 from .certificates import CERTIFICATES
 from .data import DATASETS, DataError, load_dataset
+from .export import export_onnx
 from .models import ARCHITECTURES, MODEL_FAMILIES
 from .pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from .solvers import SOLVERS
@@ -217,6 +218,24 @@ def _add_bench(sub, common) -> None:
     p.add_argument("--data-dir")
 
 
+def _add_export(sub, common) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint to ONNX (the solver as an ONNX Loop, with its error bound)",
+        parents=[common],
+    )
+    p.add_argument("checkpoint", help="checkpoint file or shipped model name")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument(
+        "--data-range",
+        nargs=2,
+        type=_number(),
+        default=[0.0, 1.0],
+        metavar=("LO", "HI"),
+        help="input range for the worst-case bounds in the metadata (default 0 1)",
+    )
+
+
 def _add_reproduce(sub, common) -> None:
     p = sub.add_parser(
         "reproduce", help="the paper's experiments: mnist (6.2) or cifar10 (6.3)", parents=[common]
@@ -239,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nemon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = _common()
-    for add in (_add_train, _add_eval, _add_attack, _add_bench, _add_reproduce):
+    for add in (_add_train, _add_eval, _add_attack, _add_bench, _add_export, _add_reproduce):
         add(sub, common)
     return parser
 
@@ -434,6 +453,19 @@ def _cmd_attack(args) -> dict:
     return result
 
 
+def _cmd_export(args) -> dict:
+    lo, hi = args.data_range
+    if not lo < hi:
+        raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
+    model, _ = _load_model(args.checkpoint, "cpu")
+    metadata = export_onnx(model.eval(), args.onnx, data_range=(lo, hi))
+    print(f"wrote {args.onnx}")
+    for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):
+        if key in metadata:
+            print(f"  {key}: {metadata[key]}")
+    return metadata
+
+
 def _cmd_bench(args) -> dict:
     from .bench import run_bench  # matplotlib and friends only when benchmarking
 
@@ -500,6 +532,7 @@ COMMANDS = {
     "certify": _cmd_certify,
     "attack": _cmd_attack,
     "bench": _cmd_bench,
+    "export": _cmd_export,
     "reproduce": _cmd_reproduce,
 }
 

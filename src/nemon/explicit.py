@@ -126,6 +126,17 @@ def _conv_small(in_channels: int) -> nn.Sequential:
     )
 
 
+def _conv_wide(in_channels: int) -> nn.Sequential:
+    """``conv-small`` with twice the channels (32 and 64): 28x28 -> 64 x 7 x 7 features."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
+
+
 def _conv_medium(in_channels: int) -> nn.Sequential:
     """Conv 32 (3x3), conv 32 (4x4, stride 2), conv 64 (3x3), conv 64 (4x4, stride 2)."""
     return nn.Sequential(
@@ -141,7 +152,7 @@ def _conv_medium(in_channels: int) -> nn.Sequential:
     )
 
 
-ENCODERS = {"conv-small": _conv_small, "conv-medium": _conv_medium}
+ENCODERS = {"conv-small": _conv_small, "conv-wide": _conv_wide, "conv-medium": _conv_medium}
 
 
 def ibp_initialise(module: nn.Module) -> None:

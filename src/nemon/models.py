@@ -44,6 +44,7 @@ class Classifier(nn.Module):
         self.layer = layer
         self.readout = nn.Linear(layer.num_features, num_classes)
         shape = input_shape if input_shape is not None else layer.input_shape()
+        self.input_shape = tuple(shape)  # one input sample (images for the dense FC too)
         in_dim = 1
         for s in shape:
             in_dim *= s
@@ -94,6 +95,7 @@ class Classifier(nn.Module):
 
 
 MODEL_FAMILIES = ("nemon", "mon", "idl", "explicit")
+INITIALISATIONS = ("default", "ibp")
 ARCHITECTURES = ("dense", "conv", *ENCODERS)
 
 
@@ -112,16 +114,30 @@ def build_model(
     ``family``: ``nemon | mon | idl`` or ``explicit`` (a ReLU layer of the same width, ablations).
     ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer) or an encoder
     from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
-    ``conv-medium``; ``ibp_init=True``: the initialisation of Shi et al. 2021). ``hidden`` is the state dimension (dense) or
-    the number of channels (conv).
+    ``conv-wide``, ``conv-medium``). ``hidden`` is the state dimension (dense) or the number of
+    channels (conv). ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
+    the encoder and the injection ``B``.
     """
+    model = _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs)
+    if ibp_init:
+        if not isinstance(getattr(model.layer, "B", None), nn.Linear):
+            raise ValueError(
+                f"ibp_init needs a dense layer (arch dense or an encoder), not {arch!r}"
+            )
+        if model.encoder is not None:
+            ibp_initialise(model.encoder)
+        ibp_initialise(model.layer.B)
+    return model
+
+
+def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) -> Classifier:
     c, h, w = input_shape
     dense = {"nemon": NEMONDense, "mon": MONDense, "idl": IDLDense, "explicit": ExplicitDense}
     if family not in dense:
         raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
     if arch == "dense":
         layer = dense[family](c * h * w, hidden, gamma=gamma, **layer_kwargs)
-        return Classifier(layer, num_classes)
+        return Classifier(layer, num_classes, input_shape=input_shape)
     if arch == "conv":
         conv = {"nemon": NEMONConv2d, "mon": MONConv2d}
         if family not in conv:
@@ -134,9 +150,5 @@ def build_model(
         with torch.no_grad():
             features = encoder(torch.zeros(1, c, h, w)).shape[1]
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
-        model = Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
-        if ibp_init:
-            ibp_initialise(model.encoder)
-            ibp_initialise(model.layer.B)
-        return model
+        return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")

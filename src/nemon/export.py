@@ -1,0 +1,416 @@
+"""Export a classifier to ONNX, its implicit layer as an ONNX ``Loop`` running the same solver.
+
+The graph computes ``v = encoder(u)``, ``z = B v + b``, then iterates from ``x_0 = 0``
+
+    x <- x + [alpha] (Phi(A x + z) - x)
+
+with the layer's own steps (``averaged``: ``alpha*``; ``diagonal``: ``1 / (1 - (a_ii)_-)``;
+``picard``: 1), the layer's stopping rule checked every ``check_every`` iterations and its
+iteration cap, and returns ``logits = C x + c (+ D u)`` with, per sample, the a-posteriori bound
+``||x - x*||_{inf,[eta]^-1} <= ||F(x_k) - x_k|| / (1 - mu(A)_+)`` (MATH.md section 2) and the
+bound it implies on the logits, ``||C||_{inf,(inf,[eta]^-1)}`` times it. The guarantees (measure,
+step, contraction factor, a bound on ``||x*||`` over the data range and the worst-case iteration
+count it gives) are written into the model's metadata.
+
+``onnx`` is needed to write the file (``pip install onnx``); ``onnxruntime`` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+from torch import Tensor, nn
+
+from .explicit import Normalize
+from .layers import ExplicitDense, IDLDense, NEMONDense
+from .models import Classifier
+from .norms import round_to
+from .solvers import _TINY, alpha_star, contraction_factor, diagonal_steps
+
+__all__ = ["export_onnx", "ExportError", "onnx_metadata"]
+
+OPSET = 17
+_AVERAGED_SOLVERS = ("averaged", "diagonal", "picard")
+
+
+class ExportError(ValueError):
+    """The model holds something the exporter cannot write faithfully."""
+
+
+def export_onnx(
+    model: Classifier,
+    path: str | os.PathLike,
+    data_range: tuple[float, float] = (0.0, 1.0),
+) -> dict:
+    """Write ``model`` (a :class:`~nemon.Classifier` with a dense NEMON, IDL or explicit layer)
+    to ``path``; return the metadata written into the file.
+
+    Inputs ``u`` of shape ``(batch, *input_shape)``; outputs ``logits (batch, q)``,
+    ``error_bound (batch,)`` (state, weighted l_inf), ``logit_error_bound (batch,)`` (l_inf) and
+    ``iterations`` (the solver's iteration count for the batch, int64).
+    """
+    onnx = _require_onnx()
+    graph, metadata = _Builder(model, data_range).build()
+    proto = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+        producer_name="nemon",
+    )
+    onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
+    onnx.checker.check_model(proto, full_check=True)
+    tmp = f"{os.fspath(path)}.tmp"
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+    return metadata
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    """The metadata :func:`export_onnx` wrote into the file, decoded."""
+    proto = _require_onnx().load(os.fspath(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+class _Builder:
+    """Collects nodes and initializers of one graph (names made unique by a counter)."""
+
+    def __init__(self, model: Classifier, data_range: tuple[float, float]) -> None:
+        if not isinstance(model, Classifier):
+            raise ExportError(f"export needs a nemon Classifier, got {type(model).__name__}")
+        layer = model.layer
+        if not isinstance(layer, (NEMONDense, IDLDense, ExplicitDense)):
+            raise ExportError(
+                f"export supports dense NEMON, IDL and explicit layers, not {layer._name()}"
+            )
+        self.model, self.layer, self.data_range = model, layer, data_range
+        self.dtype = layer.B.weight.dtype
+        self.nodes, self.inits, self.count = [], [], 0
+
+    # -- graph pieces ---------------------------------------------------------------------------
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, base: str, value) -> str:
+        from onnx import numpy_helper
+
+        tensor = torch.as_tensor(value)
+        if tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)
+        name = self.name(base)
+        self.inits.append(numpy_helper.from_array(tensor.detach().cpu().numpy(), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], nodes=None, outputs=None, **attrs) -> str:
+        from onnx import helper
+
+        out = outputs or [self.name(op.lower())]
+        (self.nodes if nodes is None else nodes).append(helper.make_node(op, inputs, out, **attrs))
+        return out[0]
+
+    # -- the model ------------------------------------------------------------------------------
+    def build(self):
+        from onnx import TensorProto, helper
+
+        model, layer = self.model, self.layer
+        elem = _elem_type(self.dtype)
+        shape = model.input_shape
+        u = "u"
+        v = u
+        if model.encoder is None and len(layer.input_shape()) == 1 and len(shape) > 1:
+            v = self.node("Flatten", [u], axis=1)
+        if model.encoder is not None:
+            v = self.module(model.encoder, v)
+        z = self.node(
+            "Gemm", [v, self.const("B", layer.B.weight), self.const("b", self._bias())], transB=1
+        )
+        x, err, iters = self.solve(z)
+        logits = self.node(
+            "Gemm",
+            [x, self.const("C", model.readout.weight), self.const("c", model.readout.bias)],
+            transB=1,
+        )
+        if model.direct is not None:
+            flat = self.node("Flatten", [u], axis=1)
+            d = self.node("MatMul", [flat, self.const("Dt", model.direct.weight.T)])
+            logits = self.node("Add", [logits, d])
+        c_norm = self._readout_norm()
+        self.node("Identity", [logits], outputs=["logits"])
+        self.node("Identity", [err], outputs=["error_bound"])
+        self.node("Mul", [err, self.const("C_norm", c_norm)], outputs=["logit_error_bound"])
+        self.node("Identity", [iters], outputs=["iterations"])
+        inputs = [helper.make_tensor_value_info("u", elem, ["batch", *shape])]
+        outputs = [
+            helper.make_tensor_value_info("logits", elem, ["batch", model.readout.out_features]),
+            helper.make_tensor_value_info("error_bound", elem, ["batch"]),
+            helper.make_tensor_value_info("logit_error_bound", elem, ["batch"]),
+            helper.make_tensor_value_info("iterations", TensorProto.INT64, []),
+        ]
+        graph = helper.make_graph(self.nodes, "nemon", inputs, outputs, self.inits)
+        return graph, self.metadata(shape, c_norm)
+
+    def _bias(self) -> Tensor:
+        b = self.layer.B.bias
+        return torch.zeros(self.layer.hidden) if b is None else b
+
+    def _readout_norm(self) -> float:
+        """``||C||_{inf,(inf,[eta]^-1)} = max_k sum_i |c_ki| eta_i``, rounded up."""
+        C = self.model.readout.weight.detach().double()
+        eta = self.layer.eta()
+        weighted = C.abs() if eta is None else C.abs() * eta.detach().double()
+        return float(round_to(weighted.sum(dim=1).amax() * (1 + 1e-12), torch.float64, "up"))
+
+    def _eta(self) -> Tensor:
+        eta = self.layer.eta()
+        return torch.ones(self.layer.hidden) if eta is None else eta.detach()
+
+    # -- explicit modules -----------------------------------------------------------------------
+    def module(self, m: nn.Module, x: str) -> str:
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                x = self.module(child, x)
+            return x
+        if isinstance(m, nn.ReLU):
+            return self.node("Relu", [x])
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise ExportError("only nn.Flatten(start_dim=1) can be exported")
+            return self.node("Flatten", [x], axis=1)
+        if isinstance(m, nn.Linear):
+            bias = m.bias if m.bias is not None else torch.zeros(m.out_features)
+            return self.node(
+                "Gemm", [x, self.const("W", m.weight), self.const("bias", bias)], transB=1
+            )
+        if isinstance(m, nn.Conv2d):
+            return self._conv(m, x)
+        if isinstance(m, Normalize):
+            centred = self.node("Sub", [x, self.const("mean", m.mean)])
+            return self.node("Div", [centred, self.const("std", m.std)])
+        if isinstance(m, nn.BatchNorm2d):
+            if m.training or m.running_mean is None:
+                raise ExportError("batch norm exports in eval mode with running statistics")
+            weight = m.weight if m.weight is not None else torch.ones(m.num_features)
+            bias = m.bias if m.bias is not None else torch.zeros(m.num_features)
+            ins = [x, self.const("gamma", weight), self.const("beta", bias)]
+            ins += [self.const("mean", m.running_mean), self.const("var", m.running_var)]
+            return self.node("BatchNormalization", ins, epsilon=float(m.eps))
+        if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            return self._pool(m, x)
+        raise ExportError(f"cannot export module {type(m).__name__}")
+
+    def _conv(self, m: nn.Conv2d, x: str) -> str:
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ExportError("only zero padding given as numbers can be exported for nn.Conv2d")
+        ph, pw = m.padding
+        ins = [x, self.const("K", m.weight)]
+        if m.bias is not None:
+            ins.append(self.const("kb", m.bias))
+        return self.node(
+            "Conv",
+            ins,
+            kernel_shape=list(m.kernel_size),
+            strides=list(m.stride),
+            pads=[ph, pw, ph, pw],
+            dilations=list(m.dilation),
+            group=m.groups,
+        )
+
+    def _pool(self, m, x: str) -> str:
+        pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+        stride = pair(m.stride if m.stride is not None else m.kernel_size)
+        ph, pw = pair(m.padding)
+        attrs = dict(kernel_shape=pair(m.kernel_size), strides=stride, pads=[ph, pw, ph, pw])
+        attrs["ceil_mode"] = int(m.ceil_mode)
+        if isinstance(m, nn.AvgPool2d):
+            if m.divisor_override is not None:
+                raise ExportError("AvgPool2d with divisor_override cannot be exported")
+            return self.node(
+                "AveragePool", [x], count_include_pad=int(m.count_include_pad), **attrs
+            )
+        return self.node("MaxPool", [x], dilations=pair(m.dilation), **attrs)
+
+    # -- the implicit layer ---------------------------------------------------------------------
+    def _activation(self, p: str, nodes) -> str:
+        phi = self.layer.activation
+        if phi.name == "relu":
+            return self.node("Relu", [p], nodes)
+        if phi.name == "leaky_relu":
+            return self.node("LeakyRelu", [p], nodes, alpha=phi.slope)
+        if phi.name == "tanh":
+            return self.node("Tanh", [p], nodes)
+        if phi.name == "identity":
+            return self.node("Identity", [p], nodes)
+        raise ExportError(f"cannot export the activation {phi.name!r}")
+
+    def solve(self, z: str) -> tuple[str, str, str]:
+        if isinstance(self.layer, ExplicitDense):
+            x = self._activation(z, self.nodes)
+            shape = self.node("Shape", [x], start=0, end=1)
+            zeros = self.node("ConstantOfShape", [shape], value=_scalar_tensor(0.0, self.dtype))
+            return x, zeros, self._int("one_iteration", 1)
+        return self._loop(z)
+
+    def solver_constants(self) -> dict:
+        """Steps, reference step, measure and factor exactly as the PyTorch solve uses them."""
+        layer, opts = self.layer, self.layer.solver_options
+        if opts.method not in _AVERAGED_SOLVERS:
+            raise ExportError(
+                f"export runs the averaged iterations {_AVERAGED_SOLVERS}; this layer's solver is "
+                f"{opts.method!r} (build the layer with solver='diagonal' to export it)"
+            )
+        A = layer.A.detach()
+        diagonal = torch.diagonal(A)
+        weights = layer.effective_weights()
+        measure = float(layer.equilibrium(weights).measure)
+        if opts.method == "diagonal":
+            steps, alpha_ref = diagonal_steps(diagonal).to(A.dtype), alpha_star(diagonal)
+        elif opts.method == "averaged":
+            alpha_ref = opts.alpha if opts.alpha is not None else alpha_star(diagonal)
+            steps = torch.tensor(alpha_ref, dtype=A.dtype)
+        else:
+            steps, alpha_ref = torch.tensor(1.0, dtype=A.dtype), 1.0
+        return dict(A=A, steps=steps, alpha_ref=alpha_ref, measure=measure)
+
+    def _loop(self, z: str) -> tuple[str, str, str]:
+        """``Loop(max_iter)`` over :meth:`_step_graph`, carrying ``(x, bound, count)``."""
+        trips = self._int("max_iter", self.layer.solver_options.max_iter)
+        batch = self.node("Shape", [z], start=0, end=1)
+        state = self.node("Concat", [batch, self._int("hidden", [self.layer.hidden])], axis=0)
+        x0 = self.node("ConstantOfShape", [state], value=_scalar_tensor(0.0, self.dtype))
+        bound0 = self.node("ConstantOfShape", [batch], value=_scalar_tensor(math.inf, self.dtype))
+        cond0 = self.const("true", torch.tensor(True))
+        x, bound, iters = self.name("x_star"), self.name("error_bound"), self.name("iterations")
+        self.node(
+            "Loop",
+            [trips, cond0, x0, bound0, self._int("count0", 0)],
+            outputs=[x, bound, iters],
+            body=self._step_graph(z),
+        )
+        return x, bound, iters
+
+    def _step_graph(self, z: str):
+        """One iteration: ``r = F(x) - x``, ``x <- x + [alpha] r``, the bound of ``r`` and, every
+        ``check_every`` iterations, the stopping rule (stop when converged or not finite)."""
+        from onnx import TensorProto, helper
+
+        opts, k, body = self.layer.solver_options, self.solver_constants(), []
+
+        def op(name, inputs, outputs=None, **attrs):
+            return self.node(name, inputs, body, outputs, **attrs)
+
+        At = self.const("At", k["A"].T.contiguous())
+        fx = self._activation(op("Add", [op("MatMul", ["x_in", At]), z]), body)
+        r = op("Sub", [fx, "x_in"])
+        op("Add", ["x_in", op("Mul", [r, self.const("steps", k["steps"])])], ["x_out"])
+        if opts.residual == "step":  # ||x_ref - x|| / ||x_ref|| with x_ref = x + alpha_ref r
+            change = op("Mul", [r, self.const("alpha_ref", k["alpha_ref"])])
+            reference = op("Add", ["x_in", change])
+        else:  # fixed_point: ||F(x) - x|| / ||F(x)||
+            change, reference = r, fx
+        size = op("Max", [op("ReduceL2", [reference], keepdims=0), self.const("tiny", _TINY)])
+        rel = op("Div", [op("ReduceL2", [change], keepdims=0), size])
+        broken = op("Or", [op("IsNaN", [rel]), op("IsInf", [rel])])
+        done = op("Or", [op("LessOrEqual", [rel, self.const("tol", opts.tol)]), broken])
+        count = op("Add", ["iter", self._int("one", 1)], ["count_out"])
+        every = self._int("check_every", opts.check_every)
+        check = op("Equal", [op("Mod", [count, every]), self._int("zero", 0)])
+        op("Not", [op("And", [check, done])], ["cond_out"])
+        weighted = op("Mul", [op("Abs", [r]), self.const("inv_eta", 1.0 / self._eta())])
+        denominator = self.const("one_minus_mu", 1.0 - max(k["measure"], 0.0))
+        op("Div", [op("ReduceMax", [weighted], axes=[1], keepdims=0), denominator], ["bound_out"])
+
+        elem = _elem_type(self.dtype)
+        n = self.layer.hidden
+        signature = [("x", elem, ["batch", n]), ("bound", elem, ["batch"])]
+        signature.append(("count", TensorProto.INT64, []))
+        head = [("iter", TensorProto.INT64, []), ("cond_in", TensorProto.BOOL, [])]
+        inputs = head + [(f"{name}_in", t, shape) for name, t, shape in signature]
+        outputs = [("cond_out", TensorProto.BOOL, [])]
+        outputs += [(f"{name}_out", t, shape) for name, t, shape in signature]
+        info = helper.make_tensor_value_info
+        return helper.make_graph(
+            body, "solver_step", [info(*i) for i in inputs], [info(*o) for o in outputs]
+        )
+
+    def _int(self, base: str, value) -> str:
+        return self.const(base, torch.tensor(value, dtype=torch.int64))
+
+    # -- guarantees -----------------------------------------------------------------------------
+    def metadata(self, shape, c_norm: float) -> dict:
+        layer, opts = self.layer, self.layer.solver_options
+        meta = {
+            "nemon_layer": layer._name(),
+            "input_shape": list(shape),
+            "data_range": list(self.data_range),
+            "readout_norm": c_norm,
+            "outputs": "logits; error_bound >= ||x - x*||_{inf,[eta]^-1}; logit_error_bound >= "
+            "||logits - logits*||_inf; iterations",
+        }
+        if isinstance(layer, ExplicitDense):
+            return {**meta, "measure": 0.0, "solver": "explicit"}
+        k = self.solver_constants()
+        rho = contraction_factor(k["alpha_ref"], k["measure"])
+        radius = self._state_bound(k["measure"])
+        worst = (
+            math.ceil(math.log(opts.tol) / math.log(rho))
+            if 0 < rho < 1
+            else (1 if rho <= 0 else None)
+        )
+        return {
+            **meta,
+            "solver": opts.method,
+            "measure": k["measure"],
+            "gamma": layer.gamma,
+            "alpha": k["alpha_ref"],
+            "contraction_factor": rho,
+            "tol": opts.tol,
+            "residual": opts.residual,
+            "check_every": opts.check_every,
+            "max_iter": opts.max_iter,
+            "state_bound": radius,
+            "worst_case_iterations": worst,
+            "worst_case_note": "from x_0 = 0, ||x_k - x*||_{inf,[eta]^-1} <= rho^k state_bound "
+            "for every input in data_range; after worst_case_iterations, <= tol * state_bound",
+        }
+
+    def _state_bound(self, measure: float) -> float:
+        """``sup ||x*|| <= sup ||Phi(z)|| / (1 - mu_+)`` over the data range (the error bound
+        at ``x_0 = 0``), with ``Phi(z)`` bounded through the interval of ``z``."""
+        model, layer = self.model, self.layer
+        shape = model.input_shape
+        lo = torch.full((1, *shape), float(self.data_range[0]), dtype=self.dtype)
+        hi = torch.full((1, *shape), float(self.data_range[1]), dtype=self.dtype)
+        with torch.no_grad():
+            lo, hi = model.encode_interval(model.prepare_input(lo), model.prepare_input(hi))
+            W = layer.B.weight
+            b = self._bias()
+            z_lo = lo @ W.clamp(min=0).T + hi @ W.clamp(max=0).T + b
+            z_hi = hi @ W.clamp(min=0).T + lo @ W.clamp(max=0).T + b
+            phi = layer.activation
+            top = torch.maximum(phi(z_lo).abs(), phi(z_hi).abs()) / self._eta()
+        return float(top.amax()) / (1.0 - max(measure, 0.0)) * (1 + 1e-6)
+
+
+def _require_onnx():
+    """The ``onnx`` package (an optional dependency: ``pip install 'nemon[export]'``)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ExportError(
+            "ONNX export needs the onnx package: pip install 'nemon[export]'"
+        ) from exc
+    return onnx
+
+
+def _elem_type(dtype: torch.dtype) -> int:
+    from onnx import TensorProto
+
+    return TensorProto.DOUBLE if dtype == torch.float64 else TensorProto.FLOAT
+
+
+def _scalar_tensor(value: float, dtype: torch.dtype):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(torch.tensor([value], dtype=dtype).numpy(), "value")
