@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the checks: ruff lint, ruff format, pytest.
+# Set up (if needed) and run the checks: ruff lint, ruff format, the docs site (strict), pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,4 +9,5 @@ if [ -z "${NEMON_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
 fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 .venv/bin/python -m pytest "$@"

@@ -27,6 +27,7 @@ from .lipschitz import (
     pairwise_bounds,
     state_bound,
 )
+from .models import Classifier
 
 __all__ = ["CertificateWarning", "CERTIFICATES", "certify", "certificate_obstacle"]
 
@@ -104,7 +105,7 @@ def _in_dtype(model, u: Tensor, dtype):
 
 @torch.no_grad()
 def certify(
-    model,
+    model: Classifier,
     u: Tensor,
     labels: Tensor,
     eps: float | list[float],
@@ -117,7 +118,8 @@ def certify(
 
     Args:
         model: a :class:`~nemon.Classifier`.
-        u, labels: inputs in the data's range and their labels.
+        u: inputs in the data's range, ``(batch, *input_shape)``.
+        labels: their labels, ``(batch,)``.
         eps: a radius or a list of radii (the centre solve is shared).
         method: ``"lipschitz"``, ``"pairwise"`` or ``"interval"`` (NEMON and IDL).
         clip: the data range ``(lo, hi)``; the ball is intersected with it (``None``: no range).
@@ -129,7 +131,8 @@ def certify(
         dtype: precision of the evaluation (default float64, on a copy of the model; None: the
             model's own).
 
-    Returns a bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
+    Returns:
+        A bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
     """
     if method not in CERTIFICATES:
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -236,11 +237,15 @@ class NEMONDense(_DenseLayer):
     """NEMON dense layer: ``mu_{inf,[eta]^-1}(A) <= gamma`` for every parameter value, eq. (17).
 
     Args:
-        in_features, hidden: input dimension ``r`` and state dimension ``n``.
+        in_features: input dimension ``r``.
+        hidden: state dimension ``n``.
         gamma: the bound on the measure, ``gamma < 1``.
-        learn_eta: learn the weights ``eta = exp(d)`` of the norm; ``eta`` fixes them instead.
-        solver: ``diagonal`` (default: averaged iteration with per-coordinate steps
-            ``1 / (1 - (a_ii)_-)``), ``averaged`` (the paper's, at ``alpha*``) or ``anderson``.
+        activation: a non-expansive, weakly increasing activation (name or instance).
+        learn_eta: learn the weights ``eta = exp(d)`` of the norm.
+        eta: fixed weights of the norm instead.
+        **kwargs: solver settings of :class:`ImplicitLayer`: ``solver`` is ``diagonal``
+            (default: averaged iteration with per-coordinate steps ``1 / (1 - (a_ii)_-)``),
+            ``averaged`` (the paper's, at ``alpha*``) or ``anderson``; ``tol``, ``max_iter``...
     """
 
     family = "nemon"
@@ -254,7 +259,7 @@ class NEMONDense(_DenseLayer):
         activation: str | Activation = "relu",
         learn_eta: bool = False,
         eta: Tensor | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(in_features, hidden, activation=activation, **kwargs)
         self.gamma = check_gamma(gamma)
