@@ -162,3 +162,23 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     for key, value in full.items():
         assert torch.allclose(value, resumed["model"][key], atol=1e-6), key
     assert [h["epoch"] for h in resumed["history"]] == list(range(1, 31))
+
+
+def test_tensorboard_logs_the_epoch_records(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(
+        config(epochs=2),
+        tmp_path / "run",
+        data=tiny_data(),
+        progress=False,
+        tensorboard=tmp_path / "tb",
+    )
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("test_accuracy")]
+    expected = [(h["epoch"], h["test_accuracy"]) for h in result["history"]]
+    assert [s for s, _ in logged] == [s for s, _ in expected]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in expected])
+    assert "train_seconds" in events.Tags()["scalars"]

@@ -157,6 +157,7 @@ def _add_train(sub, common) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--data-dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", metavar="DIR", help="also log each epoch to TensorBoard in DIR")
 
 
 def _add_eval(sub, common) -> None:
@@ -372,6 +373,7 @@ def _cmd_train(args) -> dict:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            tensorboard=args.tensorboard,
         )
     finally:
         if torch.distributed.is_initialized():

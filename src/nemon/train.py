@@ -10,6 +10,7 @@ resumed with ``resume=True`` replays exactly the remaining batches of the epoch 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -510,6 +511,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    tensorboard: str | os.PathLike | None = None,
 ) -> dict:
     """Train ``cfg`` and return the history; see the module docstring for the files written.
 
@@ -528,6 +530,10 @@ def train(
     rank, world = _distributed()
     out = Path(out_dir)
     check_run_folder(out, resume, overwrite)
+    if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        raise RunFolderError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+        )
     ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
     torch.manual_seed(cfg.seed)
@@ -556,6 +562,7 @@ def train(
                 (out / name).unlink(missing_ok=True)
         _write_text_atomic("".join(json_line(h) + "\n" for h in state["history"]), log_path)
         _write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
+    board = _tensorboard_writer(tensorboard) if tensorboard is not None and rank == 0 else None
 
     def checkpoint() -> None:
         bad = _nonfinite_parameters(raw)
@@ -653,6 +660,8 @@ def train(
         if rank == 0:
             with open(log_path, "a") as f:
                 f.write(json_line(record) + "\n")
+        if board is not None:
+            _log_scalars(board, record, epoch + 1)
         if progress and rank == 0:
             tqdm.write(
                 f"epoch {epoch + 1}: test acc {record['test_accuracy']:.4f}  "
@@ -660,6 +669,22 @@ def train(
                 f"{record['train_seconds']:.2f} s  Lip {record['lipschitz']:.3g}"
             )
     return {"history": state["history"], "stopped": False, "model": raw}
+
+
+def _tensorboard_writer(folder):
+    from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+
+    return SummaryWriter(log_dir=os.fspath(folder))
+
+
+def _log_scalars(writer, record: dict, epoch: int) -> None:
+    """Every number of an epoch record (``certified/0.1`` for nested ones), flushed at once."""
+    for key, value in record.items():
+        values = value if isinstance(value, dict) else {"": value}
+        for sub, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                writer.add_scalar(f"{key}/{sub}" if sub else key, v, epoch)
+    writer.flush()
 
 
 class ConvergenceTally(warnings.catch_warnings):
