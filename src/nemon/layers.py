@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -177,10 +178,11 @@ def _capped(upper: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
 
 
 def _affine_interval(linear: nn.Linear, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor]:
-    """``B u + b`` over the box, by the split ``B = B+ + B-``."""
-    B_pos, B_neg = linear.weight.clamp(min=0), linear.weight.clamp(max=0)
-    b = linear.bias if linear.bias is not None else 0.0
-    return u_lo @ B_pos.T + u_hi @ B_neg.T + b, u_hi @ B_pos.T + u_lo @ B_neg.T + b
+    """``B u + b`` over the box: centre ``B c + b`` and radius ``|B| r`` (two products, the same
+    box as the split ``B = B+ + B-``)."""
+    centre = linear((u_hi + u_lo) / 2)
+    radius = F.linear((u_hi - u_lo) / 2, linear.weight.abs())
+    return centre - radius, centre + radius
 
 
 class _DenseLayer(ImplicitLayer):
