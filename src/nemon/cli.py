@@ -25,6 +25,7 @@ from .data import DATASETS, DataError, load_dataset
 from .export import export_onnx
 from .models import ARCHITECTURES, MODEL_FAMILIES
 from .pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
+from .runtime import auto_threads
 from .solvers import SOLVERS
 from .train import (
     PRESETS,
@@ -106,14 +107,23 @@ RADIUS = _number(low=0.0)
 RATE = _number(low=0.0, low_open=True)
 
 
+def _threads(text: str) -> int | str:
+    return "auto" if text == "auto" else POSITIVE(text)
+
+
+_threads.__name__ = "integer >= 1 or auto"
+
+
 def _common() -> argparse.ArgumentParser:
     """Options every command takes."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument(
         "--threads",
-        type=POSITIVE,
-        help="torch threads (default: torch's; one per run when sharing)",
+        type=_threads,
+        default="auto",
+        help="torch threads, or auto (default): the cores other processes leave idle, "
+        "re-evaluated each epoch while training",
     )
     return p
 
@@ -374,6 +384,7 @@ def _cmd_train(args) -> dict:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             tensorboard=args.tensorboard,
+            threads=args.threads,
         )
     finally:
         if torch.distributed.is_initialized():
@@ -570,8 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_printoptions(precision=4)
     try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        torch.set_num_threads(auto_threads() if args.threads == "auto" else args.threads)
         _validate(args)
         result = COMMANDS[args.command](args)
         _write_outputs(args, result)

@@ -30,6 +30,7 @@ from .certificates import certify
 from .data import DATASETS, Dataset, batches, load_dataset
 from .intervals import interval_loss
 from .models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES, Classifier, build_model
+from .runtime import auto_threads
 from .solvers import SOLVERS, ConvergenceWarning
 
 __all__ = [
@@ -512,6 +513,7 @@ def train(
     progress: bool = True,
     stop_after_steps: int | None = None,
     tensorboard: str | os.PathLike | None = None,
+    threads: int | str | None = None,
 ) -> dict:
     """Train ``cfg`` and return the history; see the module docstring for the files written.
 
@@ -585,6 +587,8 @@ def train(
 
     steps_done = 0
     n_batches = math.ceil(len(data.train_x) / cfg.batch_size)
+    _apply_threads(threads, working=False)
+    threads_checked = time.perf_counter()
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         model.train()
@@ -605,6 +609,9 @@ def train(
                 if i < state["step"]:
                     continue
                 start = time.perf_counter()
+                if threads == "auto" and start - threads_checked > 5.0:
+                    _apply_threads(threads, working=True)
+                    threads_checked = start
                 xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
                 eps = _cert_eps(cfg, epoch, i, n_batches)
                 progress_i = _ramp(cfg, epoch, i, n_batches)
@@ -654,6 +661,8 @@ def train(
                 )
                 record["certified"] = {f"{e:g}": v for e, v in cert.items()}
         record["unconverged_solves"] = tally.count
+        record["threads"] = torch.get_num_threads()
+        _apply_threads(threads, working=True)
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, running=_fresh_running())
         checkpoint()
@@ -669,6 +678,15 @@ def train(
                 f"{record['train_seconds']:.2f} s  Lip {record['lipschitz']:.3g}"
             )
     return {"history": state["history"], "stopped": False, "model": raw}
+
+
+def _apply_threads(threads: int | str | None, working: bool) -> None:
+    """Set torch's threads: a number, or ``"auto"`` (the cores others leave idle; ``working``:
+    this process's own threads are part of the load average)."""
+    if threads == "auto":
+        torch.set_num_threads(auto_threads(torch.get_num_threads() if working else 0))
+    elif threads is not None:
+        torch.set_num_threads(int(threads))
 
 
 def _tensorboard_writer(folder):
