@@ -17,6 +17,9 @@ def test_bench_quick(tmp_path, capsys):
     for row in ours.values():
         assert row["relative_error"] < 1e-2  # every solver reached the same fixed point
     assert all(r["us_per_iteration"] > 0 for r in result["scaling"])
+    (step,) = result["certified_steps"]
+    assert step["interval_over_clean"] > 1  # the interval step does the clean step's work too
+    assert sum(step["profile"].values()) <= 1
     assert "matmul peak" in capsys.readouterr().out
 
 

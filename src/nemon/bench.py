@@ -15,8 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 
+from .intervals import interval_loss
 from .layers import NEMONDense
+from .models import build_model
 from .plots import pyplot
 from .solvers import SolverOptions, alpha_star, solve
 
@@ -182,6 +185,56 @@ def epoch_times(
     return rows
 
 
+def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
+    """Median seconds of one Adam step on the clean loss (``eps = 0``) or on the clean/interval
+    mix that certified training uses at the end of its ramp."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(repeat + 2):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(u), y)
+        if eps > 0:
+            loss = 0.5 * loss + 0.5 * interval_loss(model, u, y, eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(u.device)
+        times.append(time.perf_counter() - start)
+    return sorted(times[2:])[repeat // 2]
+
+
+def certified_step_times(
+    archs=("conv-small", "conv-wide"), batch: int = 100, device="cpu", repeat: int = 20
+) -> list[dict]:
+    """Clean against interval training steps of the certified architectures (NEMON dense 100,
+    gamma 0.5, batch 100, radius 0.2), the epoch time that implies, and the interval step's
+    profile (top operators by self CPU time)."""
+    rows = []
+    for arch in archs:
+        torch.manual_seed(0)
+        model = build_model("nemon", arch, gamma=0.5, hidden=100, ibp_init=True).to(device)
+        u = torch.rand(batch, 1, 28, 28, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        clean = _step_seconds(model, u, y, 0.0, repeat)
+        interval = _step_seconds(model, u, y, 0.2, repeat)
+        with profile() as prof:
+            _step_seconds(model, u, y, 0.2, 3)
+        top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        rows.append(
+            {
+                "arch": arch,
+                "batch": batch,
+                "clean_step_ms": 1e3 * clean,
+                "interval_step_ms": 1e3 * interval,
+                "interval_over_clean": interval / clean,
+                "certified_epoch_s": interval * 60000 / batch,
+                "profile": {e.key: e.self_cpu_time_total / total for e in top},
+            }
+        )
+    return rows
+
+
 def _plot(result: dict, path: Path) -> None:
     plt = pyplot()
 
@@ -244,7 +297,6 @@ def run_bench(
         u, y = data.train_x[:300].to(device), data.train_y[:300].to(device)
     else:  # an untrained model on random data: exercises the code path only
         torch.manual_seed(0)
-        from .models import build_model
 
         model = build_model("nemon", input_shape=(1, 8, 8), hidden=32).to(device)
         u, y = torch.rand(64, 1, 8, 8, device=device), torch.randint(0, 10, (64,), device=device)
@@ -260,8 +312,19 @@ def run_bench(
             ("nemon", "anderson"),
             ("mon", None),
             ("idl", None),
+            ("explicit", None),
         ]
         result["epochs"] = epoch_times(families, epochs, data_dir, device)
+        seconds = {(r["model"], r["solver"]): r["seconds_per_epoch"] for r in result["epochs"]}
+        result["implicit_over_explicit"] = (
+            seconds[("nemon", "diagonal")] / seconds[("explicit", "default")]
+        )
+    result["certified_steps"] = certified_step_times(
+        ("conv-small",) if quick else ("conv-small", "conv-wide"),
+        batch=16 if quick else 100,
+        device=device,
+        repeat=2 if quick else 20,
+    )
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     _plot(result, out / "bench.png")
     return result

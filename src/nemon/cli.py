@@ -499,6 +499,16 @@ def _cmd_bench(args) -> dict:
             f"fwd {r['forward_iterations']:.1f} bwd {r['backward_iterations']:.1f}  "
             f"acc {r['test_accuracy']:.4f}"
         )
+    if "implicit_over_explicit" in result:
+        print(
+            f"NEMON (diagonal) epoch / explicit MLP epoch: {result['implicit_over_explicit']:.2f}x"
+        )
+    for r in result["certified_steps"]:
+        print(
+            f"{r['arch']:10s} clean step {r['clean_step_ms']:7.1f} ms  interval step "
+            f"{r['interval_step_ms']:7.1f} ms ({r['interval_over_clean']:.2f}x)  "
+            f"certified epoch {r['certified_epoch_s']:.0f} s"
+        )
     print(f"wrote {args.out}/bench.json and bench.png")
     return result
 
