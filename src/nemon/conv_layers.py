@@ -241,7 +241,6 @@ class MONConv2d(_ConvLayer):
             self.activation,
             fwd,
             bwd,
-            resolvent=self.operator.resolvent,
             splitting_step=step,
         )
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import Activation, DiagonalGain, Identity
+from .operators import Operator
 from .solvers import (
     SPLITTING_SOLVERS,
     FixedPointSystem,
@@ -75,23 +75,13 @@ def get_adjoint(adjoint) -> ImplicitAdjoint | JacobianFree:
     return ADJOINTS[adjoint]()
 
 
-class Operator(Protocol):
-    """A linear map ``A`` given by its effective weights (built once per forward)."""
-
-    def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor: ...
-
-    def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor: ...
-
-    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor: ...
-
-
 @dataclass
 class Equilibrium:
     """Everything needed to solve one equilibrium and its adjoint.
 
     ``measure`` bounds ``mu(A)`` in the norm ``||.||_{inf,[eta]^-1}`` (``eta`` broadcastable to a
-    state; None for unit weights); it feeds the error bounds. ``resolvent(weights, a, transpose)``
-    is optional (splitting solvers). Solver statistics land in ``stats``.
+    state; None for unit weights); it feeds the error bounds. The splitting solvers use the
+    operator's resolvent where it has one. Solver statistics land in ``stats``.
     """
 
     operator: Operator
@@ -100,7 +90,6 @@ class Equilibrium:
     backward_options: SolverOptions
     measure: float | None = None
     eta: Tensor | None = None
-    resolvent: Callable[[tuple[Tensor, ...], float, bool], Callable] | None = None
     splitting_step: float | None = None
     adjoint: ImplicitAdjoint | JacobianFree = field(default_factory=ImplicitAdjoint)
     stats: dict[str, SolverStats] = field(default_factory=dict)
@@ -116,7 +105,7 @@ class Equilibrium:
             norm=weighted_inf_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=False),
             splitting_step=self.splitting_step,
-            affine=self._fused("affine", weights, z),
+            affine=lambda x: op.matvec_add(weights, x, z),
         )
 
     def adjoint_system(
@@ -144,29 +133,24 @@ class Equilibrium:
             system = FixedPointSystem(
                 matvec=lambda w: op.rmatvec(weights, w),
                 phi=DiagonalGain(J),
-                affine=self._fused("raffine", weights, g),
+                affine=lambda w: op.rmatvec_add(weights, w, g),
                 **common,
             )
             return system, lambda w: w, None
-        fused = getattr(op, "raffine", None)
         system = FixedPointSystem(
             matvec=lambda p: op.rmatvec(weights, J * p),
             phi=Identity(),
-            affine=None if fused is None else (lambda p: fused(weights, J * p, g)),
+            affine=lambda p: op.rmatvec_add(weights, J * p, g),
             step_scaled_norm=True,
             observe=lambda p: J * p,
             **common,
         )
         return system, lambda p: J * p, g
 
-    def _fused(self, name: str, weights, z):
-        fused = getattr(self.operator, name, None)
-        return None if fused is None else (lambda x: fused(weights, x, z))
-
     def _resolvent(self, weights, transpose: bool):
-        if self.resolvent is None:
+        if not self.operator.has_resolvent:
             return None
-        return lambda a: self.resolvent(weights, a, transpose)
+        return lambda a: self.operator.resolvent(weights, a, transpose)
 
 
 class ImplicitSolve(torch.autograd.Function):

@@ -30,7 +30,7 @@ from .norms import (
     norm_inf_upper,
     round_to,
 )
-from .operators import ConvOperator, DenseOperator
+from .operators import ConvOperator, DenseOperator, MONDenseOperator
 from .parametrize import (
     IDLConstraint,
     MONConstraint,
@@ -391,6 +391,7 @@ class MONDense(_DenseLayer):
 
     family = "mon"
     default_solver = "peaceman_rachford"
+    operator = MONDenseOperator()
 
     def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
         super().__init__(in_features, hidden, activation=activation, **kw)
@@ -421,7 +422,6 @@ class MONDense(_DenseLayer):
             self.activation,
             fwd,
             bwd,
-            resolvent=DenseOperator.resolvent,
             splitting_step=step,
         )
 

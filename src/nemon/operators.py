@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "Operator",
     "DenseOperator",
+    "MONDenseOperator",
     "ConvOperator",
     "MONConvOperator",
     "kernel_spectrum",
@@ -21,7 +23,40 @@ __all__ = [
 ]
 
 
-class DenseOperator:
+class Operator:
+    """A linear map ``A`` given by its effective weights (built once per forward).
+
+    Every operator applies ``A`` and ``A^T`` and gives its diagonal. ``matvec_add`` and
+    ``rmatvec_add`` (``A x + z``, ``A^T w + g``) may be fused by an operator that can; the
+    resolvent ``(I + a (I - A))^-1``, which the splitting solvers need, exists where
+    ``has_resolvent`` says so.
+    """
+
+    has_resolvent = False
+
+    def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def matvec_add(self, weights: tuple[Tensor, ...], x: Tensor, z: Tensor) -> Tensor:
+        """``A x + z``."""
+        return self.matvec(weights, x) + z
+
+    def rmatvec_add(self, weights: tuple[Tensor, ...], w: Tensor, g: Tensor) -> Tensor:
+        """``A^T w + g``."""
+        return self.rmatvec(weights, w) + g
+
+    def resolvent(self, weights: tuple[Tensor, ...], a: float, transpose: bool):
+        """``v -> (I + a (I - A))^-1 v`` (``A^T`` with ``transpose``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no resolvent")
+
+
+class DenseOperator(Operator):
     """``A x`` for batch rows: ``x @ A^T``; weights ``(A,)`` of shape ``(n, n)``."""
 
     def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
@@ -30,19 +65,24 @@ class DenseOperator:
     def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor:
         return w @ weights[0]
 
-    def affine(self, weights: tuple[Tensor, ...], x: Tensor, z: Tensor) -> Tensor:
+    def matvec_add(self, weights: tuple[Tensor, ...], x: Tensor, z: Tensor) -> Tensor:
         """``A x + z`` in one ``addmm``."""
         return torch.addmm(z, x, weights[0].T)
 
-    def raffine(self, weights: tuple[Tensor, ...], w: Tensor, g: Tensor) -> Tensor:
+    def rmatvec_add(self, weights: tuple[Tensor, ...], w: Tensor, g: Tensor) -> Tensor:
         """``A^T w + g`` in one ``addmm``."""
         return torch.addmm(g, w, weights[0])
 
     def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
         return torch.diagonal(weights[0])
 
-    @staticmethod
-    def resolvent(weights: tuple[Tensor, ...], a: float, transpose: bool):
+
+class MONDenseOperator(DenseOperator):
+    """A dense ``A`` with the resolvent MON's splittings use (one inverse per solve)."""
+
+    has_resolvent = True
+
+    def resolvent(self, weights: tuple[Tensor, ...], a: float, transpose: bool):
         """``v -> (I + a (I - A))^-1 v`` (or with ``A^T``), one inverse per solve."""
         A = weights[0]
         eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
@@ -72,7 +112,7 @@ def conv_same_adjoint(y: Tensor, kernel: Tensor, padding: str) -> Tensor:
     return F.conv2d(F.pad(y, same_padding(kernel.shape[-1], adjoint=True), mode=mode), flipped)
 
 
-class ConvOperator:
+class ConvOperator(Operator):
     """``A x = conv(x, K) + shift * x`` on ``(batch, c, h, w)``; weights ``(K, shift)``.
 
     ``K`` has shape ``(c, c, k, k)`` and ``shift`` shape ``(c,)`` (per output channel).
@@ -112,12 +152,14 @@ def kernel_spectrum(kernel: Tensor, size: int) -> Tensor:
     return torch.fft.fft2(G).permute(2, 3, 0, 1)
 
 
-class MONConvOperator:
+class MONConvOperator(Operator):
     """``A x = gamma x - W^T W x - Z x + Z^T x`` with circular convolutions ``W``, ``Z``.
 
     Weights ``(W, Z)`` of shape ``(c, c, k, k)``; ``mu_2(A) <= gamma`` by construction. The
     resolvent ``(I + a (I - A))^-1`` is applied frequency by frequency with the FFT.
     """
+
+    has_resolvent = True
 
     def __init__(self, gamma: float, size: int) -> None:
         self.gamma, self.size = gamma, size
