@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ TIGHT = {"tol": 1e-12, "max_iter": 20000}
 
 
 def tighten(layer: nemon.ImplicitLayer, residual: str = "fixed_point") -> nemon.ImplicitLayer:
-    for opts in (layer.solver_options, layer.backward_options):
-        opts.tol, opts.max_iter, opts.residual = TIGHT["tol"], TIGHT["max_iter"], residual
+    tight = dict(tol=TIGHT["tol"], max_iter=TIGHT["max_iter"], residual=residual)
+    layer.solver_options = replace(layer.solver_options, **tight)
+    layer.backward_options = replace(layer.backward_options, **tight)
     return layer
 
 

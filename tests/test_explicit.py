@@ -1,6 +1,8 @@
 """Explicit encoders: interval arithmetic contains every output, Lipschitz bounds are never
 exceeded, and whole models (encoder + implicit layer) certify soundly."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -78,7 +80,7 @@ def test_encoder_models_certify_soundly(family):
 
     torch.manual_seed(0)
     model = nemon.build_model(family, "conv-small", hidden=20, gamma=0.5).double()
-    model.layer.solver_options.tol = 1e-10
+    model.layer.solver_options = replace(model.layer.solver_options, tol=1e-10)
     u = torch.rand(40, 1, 28, 28, dtype=DT)
     with torch.no_grad():
         labels = model(u).argmax(1)

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,8 +80,9 @@ def test_error_bounds_hold_against_a_tight_solve(tmp_path):
     u = images(32)
     out = run_onnx(tmp_path / "loose.onnx", u)
     exact_model = copy.deepcopy(model).double()
-    exact_model.layer.solver_options.tol = 1e-12
-    exact_model.layer.solver_options.max_iter = 10000
+    exact_model.layer.solver_options = replace(
+        exact_model.layer.solver_options, tol=1e-12, max_iter=10000
+    )
     exact, _ = torch_outputs(exact_model, u.double())
     gap = np.abs(out["logits"] - exact.numpy()).max(axis=1)
     assert (out["logit_error_bound"] > 0).all()

@@ -1,5 +1,7 @@
 """Interval (embedding-system) bounds: they contain every equilibrium and certify soundly."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import make_layer
@@ -92,7 +94,8 @@ def _wide_classifier(kind, seed=0):
                 layer.parametrizations.A.original1.normal_(0, 0.5)  # d = log eta
     with torch.no_grad():
         layer.B.weight.mul_(3.0)  # decisions that small perturbations can flip
-    layer.solver_options.tol = layer.backward_options.tol = 1e-10
+    layer.solver_options = replace(layer.solver_options, tol=1e-10)
+    layer.backward_options = replace(layer.backward_options, tol=1e-10)
     return nemon.Classifier(layer, 3).double()
 
 

@@ -1,5 +1,7 @@
 """One battery for every model family: NEMON (dense, weighted, conv), MON and IDL."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import ALL_KINDS, DENSE_KINDS, make_layer, random_input, tighten
@@ -80,7 +82,7 @@ def unrolled(layer, u, iterations=3000):
 @pytest.mark.parametrize("kind", ["nemon-eta", "conv-zeros"])
 def test_gradcheck_other_nemon_solvers(kind, solver):
     layer = make_layer(kind, solver=solver)
-    layer.backward_options.method = solver
+    layer.backward_options = replace(layer.backward_options, method=solver)
     f, params = as_function(layer)
     u = random_input(layer, batch=2).requires_grad_()
     assert torch.autograd.gradcheck(f, (u, *params), atol=1e-6, rtol=1e-5)

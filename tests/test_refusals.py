@@ -1,5 +1,6 @@
 """What the tool refuses, and what it never loses (issue: certificates that cannot lie)."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -237,6 +238,10 @@ def test_api_rejects_bad_numbers_and_inputs():
     with pytest.raises(ValueError, match="max_iter"):
         nemon.SolverOptions(max_iter=0)
     layer = nemon.NEMONDense(3, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.solver_options.tol = 0.0  # options are frozen: no unchecked in-place change
+    with pytest.raises(ValueError, match="tol"):
+        dataclasses.replace(layer.solver_options, tol=-1.0)
     with pytest.raises(ValueError, match="float32 parameters but the input is torch.float64"):
         layer(torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="floating-point input"):

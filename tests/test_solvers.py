@@ -1,5 +1,6 @@
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_anderson_safeguard_keeps_convergence_with_bad_memory():
 def test_mon_splittings_reach_the_fixed_point(method):
     torch.manual_seed(0)
     layer = nemon.MONDense(6, 5, gamma=0.5, solver=method, tol=1e-11, max_iter=20000).double()
-    layer.solver_options.residual = "fixed_point"
+    layer.solver_options = replace(layer.solver_options, residual="fixed_point")
     u = torch.randn(4, 6, dtype=DT)
     x = layer(u)
     assert torch.allclose(torch.relu(x @ layer.A.T + layer.B(u)), x, atol=1e-8)

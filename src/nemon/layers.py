@@ -38,7 +38,7 @@ from .parametrize import (
     check_gamma,
     mu_inf_param,
 )
-from .solvers import SolverOptions, SolverStats
+from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SolverOptions, SolverStats
 
 __all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense", "ExplicitDense"]
 
@@ -53,8 +53,8 @@ class ImplicitLayer(nn.Module):
         self,
         activation: str | Activation = "relu",
         solver: str | None = None,
-        tol: float = 1e-4,
-        max_iter: int = 500,
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
         backward_solver: str | None = None,
         backward_tol: float | None = None,
         residual: str = "step",

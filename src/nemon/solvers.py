@@ -95,13 +95,22 @@ class FixedPointSystem:
         return self.phi.inplace(self.preactivation(x)).sub_(x)
 
 
-@dataclass
+DEFAULT_TOL = 1e-4  # relative residual at which solves stop, unless told otherwise
+DEFAULT_MAX_ITER = 500
+
+
+@dataclass(frozen=True)
 class SolverOptions:
-    """Solver name and stopping rule; ``alpha=None`` means the solver's best step."""
+    """Solver name and stopping rule; ``alpha=None`` means the solver's best step.
+
+    Frozen: change settings with ``dataclasses.replace(options, tol=...)`` (or a layer's
+    :meth:`~nemon.ImplicitLayer.solver_settings`). ``alpha`` is read by the averaged, Picard,
+    splitting and Anderson solvers, ``memory`` by Anderson only.
+    """
 
     method: str = "averaged"
-    tol: float = 1e-4
-    max_iter: int = 500
+    tol: float = DEFAULT_TOL
+    max_iter: int = DEFAULT_MAX_ITER
     alpha: float | None = None
     check_every: int = 4
     residual: str = "step"  # or "fixed_point" (see the module docstring)
@@ -450,9 +459,6 @@ def solve(
 ) -> tuple[Tensor, SolverStats]:
     """Solve ``x = phi(A x + z)`` with the solver named in ``options.method``."""
     opts = options or SolverOptions()
-    opts.validate()  # also after in-place changes
-    if opts.method not in SOLVERS:
-        raise ValueError(f"unknown solver {opts.method!r}; choose one of {sorted(SOLVERS)}")
     method = SOLVERS[opts.method]
     x = torch.zeros_like(system.z) if x0 is None else x0.clone()
     stats = SolverStats(method=opts.method)

@@ -31,7 +31,7 @@ from .data import DATASETS, Dataset, batches, load_dataset
 from .intervals import interval_loss
 from .models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES, Classifier, build_model
 from .runtime import auto_threads
-from .solvers import SOLVERS, ConvergenceWarning
+from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, ConvergenceWarning
 
 __all__ = [
     "TrainConfig",
@@ -62,9 +62,9 @@ class TrainConfig:
     gamma: float = 0.95
     activation: str = "relu"
     solver: str | None = None
-    tol: float = 1e-4
+    tol: float = DEFAULT_TOL
     residual: str = "step"
-    max_iter: int = 500
+    max_iter: int = DEFAULT_MAX_ITER
     epochs: int = 10
     batch_size: int = 300
     lr: float = 1.5e-2
