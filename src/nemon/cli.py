@@ -23,12 +23,13 @@ from .attacks import ATTACKS, accuracy_under_attack
 from .certificates import CERTIFICATES
 from .data import DATASETS, DataError, load_dataset
 from .export import export_onnx
-from .models import ARCHITECTURES, MODEL_FAMILIES
+from .models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from .pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from .runtime import auto_threads
 from .solvers import SOLVERS
 from .train import (
     PRESETS,
+    RAMPS,
     CheckpointError,
     ConvergenceTally,
     RunFolderError,
@@ -151,7 +152,8 @@ def _add_train(sub, common) -> None:
     )
     p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
     p.add_argument("--warmup-epochs", type=NONNEGATIVE, help="clean epochs before the ramp")
-    p.add_argument("--ramp", choices=["linear", "smooth"], help="shape of the radius ramp")
+    p.add_argument("--ramp", choices=RAMPS, help="shape of the radius ramp")
+    p.add_argument("--init", choices=INITIALISATIONS, help="ibp: Shi et al.'s initialisation")
     p.add_argument("--lr-milestones", type=POSITIVE, nargs="*", help="epochs where lr decays")
     p.add_argument("--lr-decay", type=_number(0.0, 1.0, low_open=True), help="lr factor (0..1]")
     p.add_argument("--grad-clip", type=RADIUS, help="max gradient norm (0: off)")

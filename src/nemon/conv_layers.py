@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from .activations import Activation
 from .implicit import Equilibrium
-from .layers import ImplicitLayer, _capped
+from .layers import ImplicitLayer
 from .lipschitz import LipschitzTerms
+from .norms import capped_measure
 from .operators import ConvOperator, MONConvOperator, conv_same, kernel_spectrum
 from .parametrize import check_gamma, conv_measure_upper, conv_shift
 
@@ -86,7 +87,6 @@ class NEMONConv2d(_ConvLayer):
     image size (MATH.md section 3).
     """
 
-    family = "nemon"
     default_solver = "diagonal"
 
     def __init__(
@@ -138,7 +138,9 @@ class NEMONConv2d(_ConvLayer):
         Attained for circular padding and image >= kernel; never above ``gamma``.
         """
         kernel, shift = self.effective_weights()
-        return _capped(conv_measure_upper(kernel, shift, self.eta()), self.gamma, kernel.dtype)
+        return capped_measure(
+            conv_measure_upper(kernel, shift, self.eta()), self.gamma, kernel.dtype
+        )
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options
@@ -185,7 +187,6 @@ class MONConv2d(_ConvLayer):
     resolvent applied by FFT. Only circular padding (the FFT diagonalises circular convolutions).
     """
 
-    family = "mon"
     default_solver = "peaceman_rachford"
 
     def __init__(

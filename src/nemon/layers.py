@@ -23,6 +23,7 @@ from .activations import Activation, get_activation
 from .implicit import Equilibrium, ImplicitAdjoint, JacobianFree, get_adjoint, implicit_solve
 from .lipschitz import LipschitzTerms
 from .norms import (
+    capped_measure,
     mu_2,
     mu_2_upper,
     mu_inf_upper,
@@ -46,7 +47,6 @@ __all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense", "ExplicitDense
 class ImplicitLayer(nn.Module):
     """Shared machinery: input checks, solver options, the implicit solve and its statistics."""
 
-    family = "implicit"
     default_solver = "averaged"
 
     def __init__(
@@ -169,14 +169,6 @@ class ImplicitLayer(nn.Module):
         raise NotImplementedError
 
 
-def _capped(upper: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
-    """``min(upper, gamma)`` rounded up to ``dtype``: the parametrizations guarantee the measure
-    is at most ``gamma`` exactly for the stored weights (``tests/test_rounding.py`` checks it in
-    rational arithmetic), so the float64 upper bound's own slack need not exceed it. NaN stays NaN.
-    """
-    return round_to(torch.minimum(upper, upper.new_tensor(gamma)), dtype, "up")
-
-
 def _affine_interval(linear: nn.Linear, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor]:
     """``B u + b`` over the box: centre ``B c + b`` and radius ``|B| r`` (two products, the same
     box as the split ``B = B+ + B-``)."""
@@ -250,7 +242,6 @@ class NEMONDense(_DenseLayer):
             ``averaged`` (the paper's, at ``alpha*``) or ``anderson``; ``tol``, ``max_iter``...
     """
 
-    family = "nemon"
     default_solver = "diagonal"
 
     def __init__(
@@ -283,13 +274,15 @@ class NEMONDense(_DenseLayer):
 
     def measure(self) -> Tensor:
         """Upper bound of the exact ``mu_{inf,[eta]^-1}(A)``: at most ``gamma``, exactly, by (17)."""
-        return _capped(mu_inf_upper(self.A, self.eta()), self.gamma, self.A.dtype)
+        return capped_measure(mu_inf_upper(self.A, self.eta()), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         eta = self.eta()
         eta = None if eta is None else eta.detach()
         fwd, bwd = self.solver_options, self.backward_options
-        measure = float(_capped(mu_inf_upper(weights[0].detach(), eta), self.gamma, torch.float64))
+        measure = float(
+            capped_measure(mu_inf_upper(weights[0].detach(), eta), self.gamma, torch.float64)
+        )
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure, eta)
 
     def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
@@ -308,7 +301,6 @@ class NEMONDense(_DenseLayer):
 class IDLDense(_DenseLayer):
     """Implicit deep learning layer (El Ghaoui et al.): ``||A||_inf <= gamma``, Picard iteration."""
 
-    family = "idl"
     default_solver = "picard"
 
     def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
@@ -321,12 +313,14 @@ class IDLDense(_DenseLayer):
 
     def measure(self) -> Tensor:
         """Upper bound of ``||A||_inf`` (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
-        return _capped(norm_inf_upper(self.A), self.gamma, self.A.dtype)
+        return capped_measure(norm_inf_upper(self.A), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options
         # mu_inf(A) <= ||A||_inf < 1: the NEMON error bound applies to IDL's iterates too.
-        measure = float(_capped(mu_inf_upper(weights[0].detach()), self.gamma, torch.float64))
+        measure = float(
+            capped_measure(mu_inf_upper(weights[0].detach()), self.gamma, torch.float64)
+        )
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure)
 
     def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
@@ -347,8 +341,6 @@ class ExplicitDense(_DenseLayer):
     Same interface as the implicit layers (its "solve" is one evaluation), so an architecture can
     swap its implicit layer for this one and keep training, bounds and certificates unchanged.
     """
-
-    family = "explicit"
 
     def __init__(self, in_features: int, hidden: int, gamma: float = 0.0, activation="relu", **kw):
         super().__init__(in_features, hidden, activation=activation, **kw)
@@ -389,7 +381,6 @@ class MONDense(_DenseLayer):
     same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU).
     """
 
-    family = "mon"
     default_solver = "peaceman_rachford"
     operator = MONDenseOperator()
 

@@ -25,6 +25,7 @@ __all__ = [
     "abs_row_sums_upper",
     "mu_inf_upper",
     "measure_upper",
+    "capped_measure",
     "norm_inf_upper",
     "mu_2_upper",
     "round_to",
@@ -184,3 +185,11 @@ def round_to(value: Tensor, dtype: torch.dtype, direction: str) -> Tensor:
     wrong = cast.double() > value if direction == "down" else cast.double() < value
     fixed = torch.nextafter(cast.detach(), torch.full_like(cast, target))
     return torch.where(wrong, fixed + (cast - cast.detach()), cast)  # gradient of the cast
+
+
+def capped_measure(upper: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
+    """``min(upper, gamma)`` rounded up to ``dtype``: the parametrizations guarantee the measure
+    is at most ``gamma`` exactly for the stored weights (``tests/test_rounding.py`` checks it in
+    rational arithmetic), so the float64 upper bound's own slack need not exceed it. NaN stays NaN.
+    """
+    return round_to(torch.minimum(upper, upper.new_tensor(gamma)), dtype, "up")

@@ -85,14 +85,22 @@ def _sound_diagonal(t_diag: Tensor, off: Tensor, gamma: float, eta: Tensor | Non
     return round_to(value, t_diag.dtype, "down")
 
 
-def mu_inf_right_inverse(A: Tensor, gamma: float, rtol: float = 1e-5) -> Tensor:
+RIGHT_INVERSE_RTOL = 1e-5  # round-off allowed in a matrix handed to a right inverse, relative
+
+
+def _within(value: float, bound: float, scale: float) -> bool:
+    """``value <= bound`` up to the caller's round-off, relative to ``max(1, scale)``."""
+    return value <= bound + RIGHT_INVERSE_RTOL * max(1.0, scale)
+
+
+def mu_inf_right_inverse(A: Tensor, gamma: float) -> Tensor:
     """A ``T`` with ``mu_inf_param(T, gamma) == A``, for any ``A`` with ``mu_inf(A) <= gamma``.
 
     Off the diagonal ``t_ij = a_ij``; on it ``t_ii = (a_ii - gamma + sum_{j!=i} |a_ij|) / 2 <= 0``,
     which solves ``t_ii - |t_ii| - off_i + gamma = a_ii``.
     """
     measure = float(mu_inf(A))
-    if measure > gamma + rtol * max(1.0, float(norm_inf(A))):  # round-off of the caller's A
+    if not _within(measure, gamma, float(norm_inf(A))):
         raise ValueError(f"mu_inf(A) = {measure:.6g} exceeds gamma = {gamma}: no T maps onto A")
     diag = torch.diagonal(A)
     off = A.abs().sum(dim=1) - diag.abs()
@@ -184,7 +192,7 @@ class MONConstraint(nn.Module):
         """``W`` from a Cholesky-type factor of the symmetric part, ``Z`` from the skew part."""
         sym = self.gamma * torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - (A + A.T) / 2
         evals, evecs = torch.linalg.eigh(sym)
-        if float(evals.min()) < -1e-6:
+        if not _within(-float(evals.min()), 0.0, float(evals.abs().max())):
             raise ValueError("mu_2(A) exceeds gamma: no (W, Z) maps onto A")
         W = (evecs * evals.clamp(min=0).sqrt()).T
         Z = -(A - A.T) / 4
@@ -205,6 +213,6 @@ class IDLConstraint(nn.Module):
         return T * (self.gamma * shrink / torch.clamp(norm, min=self.gamma))
 
     def right_inverse(self, A: Tensor) -> Tensor:
-        if float(norm_inf(A)) > self.gamma + 1e-6:
+        if not _within(float(norm_inf(A)), self.gamma, float(norm_inf(A))):
             raise ValueError(f"||A||_inf exceeds gamma = {self.gamma}: no T maps onto A")
         return A.clone()

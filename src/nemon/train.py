@@ -92,7 +92,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
         _choice("model", self.model, MODEL_FAMILIES)
         _choice("arch", self.arch, ARCHITECTURES)
-        _choice("ramp", self.ramp, ("linear", "smooth"))
+        _choice("ramp", self.ramp, RAMPS)
         _choice("init", self.init, INITIALISATIONS)
         _choice("dataset", self.dataset, tuple(DATASETS))
         _choice("activation", self.activation, ACTIVATIONS)
@@ -146,6 +146,8 @@ def _finite(name, value, low=-math.inf, high=math.inf, low_open=False, high_open
         rule = " and ".join(r for r in (lo, hi) if r) or "finite"
         raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
 
+
+RAMPS = ("linear", "smooth")
 
 _CERTIFIED = {  # the recipe shared by the certified presets (Gowal et al. 2018, Shi et al. 2021)
     "arch": "conv-small",
