@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from nemon import certify
+from nemon.app.train import TrainConfig, train
 from nemon.attacks import robust_accuracy
 from nemon.data import load_dataset
-from nemon.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 EPS = (0.05, 0.1, 0.2, 0.3)

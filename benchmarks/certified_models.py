@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import nemon
+from nemon.app.train import load_checkpoint
 from nemon.attacks import pgd
 from nemon.data import load_dataset
-from nemon.train import load_checkpoint
 
 
 def load(name_or_path: str):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from nemon.app.train import TrainConfig, train
 from nemon.data import load_dataset
-from nemon.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nemon.pretrained import save_pretrained
+from nemon.app.shipping import save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 

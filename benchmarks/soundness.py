@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from nemon import build_model, certify
+from nemon.app.train import TrainConfig, train
 from nemon.attacks import pgd
 from nemon.data import load_dataset
-from nemon.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 

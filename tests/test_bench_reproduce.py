@@ -4,7 +4,7 @@ import json
 
 from conftest import mnist_dir, requires_mnist
 
-from nemon.cli import main
+from nemon.app.cli import main
 
 
 def test_bench_quick(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from conftest import mnist_dir, requires_mnist
 
 import nemon
-from nemon import cli
+from nemon.app import cli
 from nemon.data import load_dataset
 from nemon.export import ExportError, export_onnx, onnx_metadata
 from nemon.models import build_model

@@ -7,8 +7,10 @@ import torch
 from test_train_cli import config, tiny_data
 
 import nemon
-from nemon import cli, pretrained
-from nemon.train import _learning_rate, _ramp, load_checkpoint, train
+from nemon import pretrained
+from nemon.app import cli
+from nemon.app.shipping import save_pretrained
+from nemon.app.train import _learning_rate, _ramp, load_checkpoint, train
 
 
 @pytest.fixture
@@ -16,7 +18,7 @@ def shipped(tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(config(epochs=1), run, data=tiny_data(), progress=False)
     root = tmp_path / "pretrained"
-    pretrained.save_pretrained(run / "checkpoint.pt", root / "tiny", "# tiny\n")
+    save_pretrained(run / "checkpoint.pt", root / "tiny", "# tiny\n")
     monkeypatch.setattr(pretrained, "_root", lambda: root)
     return run, root
 
@@ -60,7 +62,7 @@ def test_cli_accepts_a_name(shipped, monkeypatch, capsys):
 
 
 def test_ramp_and_learning_rate_schedule():
-    cfg = nemon.train.TrainConfig(
+    cfg = nemon.app.train.TrainConfig(
         warmup_epochs=1, cert_ramp_epochs=2, ramp="smooth", lr=1.0, lr_milestones=[3, 5]
     )
     assert _ramp(cfg, 0, 5, 10) == 0.0  # warm-up: clean only

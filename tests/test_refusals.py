@@ -16,10 +16,8 @@ from hypothesis import strategies as st
 from test_train_cli import config, tiny_data
 
 import nemon
-from nemon import cli
-from nemon.data import Dataset
-from nemon.norms import round_to
-from nemon.train import (
+from nemon.app import cli
+from nemon.app.train import (
     CheckpointError,
     RunFolderError,
     TrainConfig,
@@ -28,6 +26,8 @@ from nemon.train import (
     load_checkpoint,
     train,
 )
+from nemon.data import Dataset
+from nemon.norms import round_to
 
 
 # -- 1. false certificates ------------------------------------------------------------------------

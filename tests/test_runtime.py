@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from nemon import runtime
-from nemon.cli import build_parser
+from nemon.app import runtime
+from nemon.app.cli import build_parser
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_cli_threads_option():
 def test_training_records_its_threads(tmp_path):
     from test_train_cli import config, tiny_data
 
-    from nemon.train import train
+    from nemon.app.train import train
 
     before = torch.get_num_threads()
     try:

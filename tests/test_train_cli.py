@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import mnist_dir, requires_mnist
 
-from nemon.cli import main
+from nemon.app.cli import main
+from nemon.app.train import TrainConfig, build_from_config, evaluate, load_checkpoint, train
 from nemon.data import Dataset
-from nemon.train import TrainConfig, build_from_config, evaluate, load_checkpoint, train
 
 
 def tiny_data(seed=0, n=240):
@@ -122,7 +122,7 @@ CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_train_cli import config, tiny_data
-from nemon.train import train
+from nemon.app.train import train
 from pathlib import Path
 resume = (Path({out!r}) / "checkpoint.pt").exists()
 train(config(epochs=30, checkpoint_every=1), {out!r}, data=tiny_data(), progress=False, resume=resume)

@@ -7,7 +7,7 @@ conv networks have no encoder; certified architectures inject through a small co
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from .explicit import ENCODERS, ibp_initialise, linf_lipschitz, propagate_interv
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import LipschitzTerms, lipschitz_bound, lipschitz_regularizer
 
-__all__ = ["Classifier", "build_model", "MODEL_FAMILIES", "ARCHITECTURES"]
+__all__ = ["Classifier", "build_model", "build_from_config", "MODEL_FAMILIES", "ARCHITECTURES"]
 
 
 class Classifier(nn.Module):
@@ -152,3 +152,18 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
         return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+
+
+def build_from_config(config, input_shape, num_classes: int) -> Classifier:
+    """The classifier a run's configuration describes (a ``TrainConfig`` or its ``asdict``)."""
+    c = config if isinstance(config, dict) else asdict(config)
+    kwargs = dict(c.get("layer_kwargs") or {})
+    kwargs.update(activation=c["activation"], tol=c["tol"], max_iter=c["max_iter"])
+    kwargs["residual"] = c["residual"]
+    if c.get("solver"):
+        kwargs["solver"] = c["solver"]
+    ibp_init = c.get("init", "default") == "ibp"
+    shape = tuple(input_shape)
+    return build_model(
+        c["model"], c["arch"], shape, num_classes, c["hidden"], c["gamma"], ibp_init, **kwargs
+    )

@@ -13,9 +13,12 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["pretrained_names", "load_pretrained", "save_pretrained", "PretrainedError"]
+from .models import build_from_config
+
+__all__ = ["pretrained_names", "load_pretrained", "describe_pretrained", "PretrainedError"]
 
 
 class PretrainedError(ValueError):
@@ -49,38 +52,10 @@ def describe_pretrained(name: str) -> dict:
 
 def load_pretrained(name: str, map_location: str = "cpu") -> nn.Module:
     """The shipped model ``name`` in eval mode (weights checked against their sha256)."""
-    from safetensors.torch import load_file
-
-    from .train import TrainConfig, build_from_config
-
     info = describe_pretrained(name)
     weights = _root() / name / "model.safetensors"
     if _sha256(weights) != info["sha256"]:
         raise PretrainedError(f"{weights} is damaged: its sha256 does not match config.json")
-    cfg = TrainConfig(**info["config"]).validate()
-    model = build_from_config(cfg, tuple(info["input_shape"]), info["num_classes"])
+    model = build_from_config(info["config"], tuple(info["input_shape"]), info["num_classes"])
     model.load_state_dict(load_file(str(weights), device=map_location))
     return model.to(map_location).eval()
-
-
-def save_pretrained(checkpoint: str | Path, folder: str | Path, card: str) -> Path:
-    """Write a training checkpoint as a shippable model folder (weights, description, card)."""
-    from safetensors.torch import save_file
-
-    from .train import read_checkpoint
-
-    ckpt = read_checkpoint(checkpoint)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().clone() for k, v in ckpt["model"].items()}
-    save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "model.safetensors").chmod(0o644)
-    info = {
-        "config": ckpt["config"],
-        "input_shape": list(ckpt["input_shape"]),
-        "num_classes": ckpt["num_classes"],
-        "sha256": _sha256(folder / "model.safetensors"),
-    }
-    (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")
-    (folder / "card.md").write_text(card)
-    return folder

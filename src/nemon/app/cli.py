@@ -18,15 +18,18 @@ from pathlib import Path
 
 import torch
 
-from .activations import ACTIVATIONS
-from .attacks import ATTACKS, accuracy_under_attack
-from .certificates import CERTIFICATES
-from .data import DATASETS, DataError, load_dataset
-from .export import export_onnx
-from .models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
-from .pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
+from ..activations import ACTIVATIONS
+from ..attacks import ATTACKS, accuracy_under_attack
+from ..certificates import CERTIFICATES
+from ..data import DATASETS, DataError, load_dataset
+from ..export import export_onnx
+from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
+from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
+from ..solvers import SOLVERS
+from .bench import run_bench
+from .plots import plot_curves
+from .reproduce import reproduce_conv, reproduce_mnist
 from .runtime import auto_threads
-from .solvers import SOLVERS
 from .train import (
     PRESETS,
     RAMPS,
@@ -482,8 +485,6 @@ def _cmd_export(args) -> dict:
 
 
 def _cmd_bench(args) -> dict:
-    from .bench import run_bench  # matplotlib and friends only when benchmarking
-
     result = run_bench(
         args.out, args.checkpoint, args.data_dir, args.device, args.quick, args.epochs
     )
@@ -516,8 +517,6 @@ def _cmd_bench(args) -> dict:
 
 
 def _cmd_reproduce(args) -> dict:
-    from .reproduce import reproduce_conv, reproduce_mnist
-
     out = args.out or f"runs/reproduce-{args.experiment}"
     if args.experiment == "mnist":
         result = reproduce_mnist(
@@ -580,8 +579,6 @@ def _write_outputs(args, result: dict) -> None:
         with open(args.json, "w") as f:
             f.write(json_line(result) + "\n")
     if getattr(args, "plot", None):
-        from .plots import plot_curves
-
         if args.command == "certify":
             curves = {m: [result[m][e] for e in args.eps] for m in args.method}
             plot_curves(curves, args.eps, args.plot, "certified accuracy")

@@ -25,13 +25,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import ACTIVATIONS
-from .certificates import certify
-from .data import DATASETS, Dataset, batches, load_dataset
-from .intervals import interval_loss
-from .models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES, Classifier, build_model
+from ..activations import ACTIVATIONS
+from ..certificates import certify
+from ..data import DATASETS, Dataset, batches, load_dataset
+from ..intervals import interval_loss
+from ..models import (
+    ARCHITECTURES,
+    INITIALISATIONS,
+    MODEL_FAMILIES,
+    Classifier,
+    build_from_config,
+)
+from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, ConvergenceWarning
 from .runtime import auto_threads
-from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, ConvergenceWarning
 
 __all__ = [
     "TrainConfig",
@@ -205,25 +211,6 @@ PRESETS: dict[str, dict] = {
         "epochs": 1,
     },
 }
-
-
-def build_from_config(cfg: TrainConfig, input_shape, num_classes: int) -> Classifier:
-    kwargs = dict(cfg.layer_kwargs)
-    kwargs.update(
-        activation=cfg.activation, tol=cfg.tol, max_iter=cfg.max_iter, residual=cfg.residual
-    )
-    if cfg.solver:
-        kwargs["solver"] = cfg.solver
-    return build_model(
-        cfg.model,
-        cfg.arch,
-        tuple(input_shape),
-        num_classes,
-        cfg.hidden,
-        cfg.gamma,
-        ibp_init=cfg.init == "ibp",
-        **kwargs,
-    )
 
 
 class CheckpointError(ValueError):

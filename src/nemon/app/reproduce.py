@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .attacks import accuracy_under_attack
-from .data import load_dataset
+from ..attacks import accuracy_under_attack
+from ..certificates import certify
+from ..data import load_dataset
 from .plots import plot_curves, pyplot
 from .train import TrainConfig, evaluate, train
 
@@ -192,8 +193,6 @@ def reproduce_conv(
     ``quick``: Fashion-MNIST, 16 channels, 1 epoch, 10k training images, on CPU (exercises the
     conv path end to end). Reports accuracy, certified accuracy (Lipschitz) and PGD accuracy.
     """
-    from .certificates import certify
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if quick:

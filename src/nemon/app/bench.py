@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from .intervals import interval_loss
-from .layers import NEMONDense
-from .models import build_model
+from ..data import load_dataset
+from ..intervals import interval_loss
+from ..layers import NEMONDense
+from ..models import build_model
+from ..solvers import SolverOptions, alpha_star, solve
 from .plots import pyplot
-from .solvers import SolverOptions, alpha_star, solve
+from .train import TrainConfig, load_checkpoint, train
 
 __all__ = ["matmul_peak", "solver_comparison", "scaling", "epoch_times", "run_bench"]
 
@@ -161,9 +163,6 @@ def epoch_times(
     families, epochs: int = 1, data_dir=None, device="cpu", train_limit=None
 ) -> list[dict]:
     """Seconds per MNIST epoch and mean iterations, paper FC setting, one run per family."""
-    from .data import load_dataset
-    from .train import TrainConfig, train
-
     data = load_dataset("mnist", data_dir)
     rows = []
     for family, solver in families:
@@ -289,9 +288,6 @@ def run_bench(
         "matmul_peak_gflops": peak,
     }
     if checkpoint is not None:
-        from .data import load_dataset
-        from .train import load_checkpoint
-
         model, ckpt = load_checkpoint(checkpoint, map_location=device)
         data = load_dataset(ckpt["config"]["dataset"], data_dir)
         u, y = data.train_x[:300].to(device), data.train_y[:300].to(device)
