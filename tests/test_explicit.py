@@ -125,3 +125,63 @@ def test_ibp_initialisation_keeps_interval_widths_steady():
     assert 0.5 < growth < 1.5  # the default initialisation: about 4.4x
     with pytest.raises(ValueError, match="ibp_init needs a dense layer"):
         build_model("nemon", "conv", hidden=4, ibp_init=True)
+
+
+def stacked(seed=0):
+    torch.manual_seed(seed)
+    model = nemon.build_model("nemon", "conv-stacked", (1, 8, 8), 10, hidden=12, gamma=0.5)
+    model = model.double().eval()
+    inner = model.encoder[2]
+    with torch.no_grad():
+        inner.kernel.normal_(0, 0.3)  # a strongly coupled inner layer, not the small init
+    for layer in (inner, model.layer):
+        layer.solver_options = replace(layer.solver_options, tol=1e-12, max_iter=5000)
+    return model
+
+
+def test_stacked_box_contains_sampled_states_and_is_tight_at_a_point():
+    """The box through an inner implicit layer (embedding box widened by its error bound)."""
+    model = stacked()
+    g = torch.Generator().manual_seed(2)
+    u, eps = torch.rand(3, 1, 8, 8, generator=g, dtype=DT), 0.05
+    lo, hi = model.encode_interval(u - eps, u + eps)
+    with torch.no_grad():
+        for _ in range(30):
+            v = u + eps * torch.sign(torch.randn(u.shape, generator=g, dtype=DT))
+            out = model.encode(v)
+            assert torch.all(out >= lo) and torch.all(out <= hi)
+        point_lo, point_hi = model.encode_interval(u, u)
+        assert torch.allclose(point_lo, model.encode(u), atol=1e-8)
+        assert torch.allclose(point_hi, model.encode(u), atol=1e-8)
+
+
+def test_stacked_model_certifies_soundly_and_its_bound_holds():
+    from test_lipschitz import pgd_breaks
+
+    model = stacked(1)
+    u = torch.rand(30, 1, 8, 8, dtype=DT)
+    with torch.no_grad():
+        labels = model(u).argmax(1)
+    for eps in (1e-4, 1e-3, 0.01):
+        broken = pgd_breaks(model, u, labels, eps, steps=20)
+        ok = nemon.certify(model, u, labels, eps, method="interval")
+        assert not torch.any(ok & broken), eps
+    assert nemon.certify(model, u, labels, 1e-5, method="interval").any()
+    L = float(model.lipschitz_bound())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(10):
+            v = torch.rand(1, 1, 8, 8, generator=g, dtype=DT)
+            dv = 1e-3 * torch.sign(torch.randn(v.shape, generator=g, dtype=DT))
+            assert float((model(v + dv) - model(v)).abs().max()) <= L * 1e-3
+
+
+def test_interval_training_reaches_the_inner_implicit_layer():
+    from nemon.intervals import interval_loss
+
+    model = stacked(2)
+    u, y = torch.rand(4, 1, 8, 8, dtype=DT), torch.arange(4)
+    interval_loss(model, u, y, 0.05).backward()
+    inner = model.encoder[2]
+    assert inner.kernel.grad is not None and inner.kernel.grad.abs().sum() > 0
+    assert inner.input_kernel.grad.abs().sum() > 0

@@ -13,12 +13,13 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor
 
 from .intervals import input_box, interval_equilibrium, logit_difference_bounds
+from .layers import ImplicitLayer
 from .lipschitz import (
     _readout_norms,
     certified_lipschitz,
@@ -91,8 +92,13 @@ def _tight(model, solve_tol, u: Tensor):
     if solve_tol is None:
         yield
         return
-    max_iter = max(2000, model.layer.solver_options.max_iter)
-    with model.layer.solver_settings(tol=solve_tol, residual="fixed_point", max_iter=max_iter):
+    with ExitStack() as stack:  # every implicit layer of the model, encoder included
+        for layer in model.modules():
+            if isinstance(layer, ImplicitLayer):
+                max_iter = max(2000, layer.solver_options.max_iter)
+                stack.enter_context(
+                    layer.solver_settings(tol=solve_tol, residual="fixed_point", max_iter=max_iter)
+                )
         yield
 
 

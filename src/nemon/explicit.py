@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ImplicitLayer
+
 __all__ = [
     "Normalize",
     "propagate_interval",
@@ -47,6 +49,7 @@ SUPPORTED_MODULES = (
     nn.MaxPool2d,
     nn.BatchNorm2d,
     Normalize,
+    ImplicitLayer,
 )
 
 
@@ -73,6 +76,8 @@ def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tenso
         return lo, hi
     if isinstance(module, (nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d)):
         return module(lo), module(hi)  # monotone elementwise or order-preserving
+    if isinstance(module, ImplicitLayer):
+        return implicit_box(module, lo, hi)
     centre, radius = (hi + lo) / 2, (hi - lo) / 2
     if isinstance(module, nn.Linear):
         c, r = module(centre), F.linear(radius, module.weight.abs())
@@ -93,6 +98,19 @@ def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tenso
     return c - r, c + r
 
 
+def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """A sound box of an implicit layer's state inside a larger model: its embedding box widened
+    by the solver's a-posteriori error bound, ``eta_i * err`` per coordinate (MATH.md section 6)."""
+    x_lo, x_hi, err = layer.interval_bounds(lo, hi)
+    if err is None:
+        raise ValueError(f"{layer._name()} gave no error bound: its box would not be sound")
+    eta = layer.eta()
+    trailing = [1] * (x_lo.dim() - 2)
+    scale = 1.0 if eta is None else eta.detach().reshape(1, -1, *trailing)
+    widen = scale * err.detach().reshape(-1, 1, *trailing)
+    return x_lo - widen, x_hi + widen
+
+
 def linf_lipschitz(module: nn.Module | None) -> Tensor:
     """Upper bound of the l_inf -> l_inf Lipschitz constant of ``module`` (a product over layers)."""
     if module is None:
@@ -104,6 +122,15 @@ def linf_lipschitz(module: nn.Module | None) -> Tensor:
         return out
     if isinstance(module, (nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d)):
         return torch.ones(())  # averages and maxima do not grow the l_inf norm
+    if isinstance(
+        module, ImplicitLayer
+    ):  # (14) in the weighted norm, then ||x|| <= max eta ||x||_eta
+        terms = module.lipschitz_terms()
+        if terms.norm != "inf":
+            raise NotImplementedError(f"{module._name()} has no l_inf bound (NEMON and IDL do)")
+        eta = module.eta()
+        top = 1.0 if eta is None else eta.detach().amax()
+        return top * terms.input_norm / terms.denominator
     if isinstance(module, nn.Linear):
         return module.weight.abs().sum(dim=1).amax()
     if isinstance(module, nn.Conv2d):  # each output sums at most every tap of its channel

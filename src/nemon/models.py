@@ -96,7 +96,7 @@ class Classifier(nn.Module):
 
 MODEL_FAMILIES = ("nemon", "mon", "idl", "explicit")
 INITIALISATIONS = ("default", "ibp")
-ARCHITECTURES = ("dense", "conv", *ENCODERS)
+ARCHITECTURES = ("dense", "conv", *ENCODERS, "conv-stacked")
 
 
 def build_model(
@@ -151,7 +151,35 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
             features = encoder(torch.zeros(1, c, h, w)).shape[1]
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
         return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
+    if arch == "conv-stacked":
+        encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
+        with torch.no_grad():
+            features = encoder(torch.zeros(1, c, h, w)).shape[1]
+        layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
+        return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+
+
+def stacked_encoder(
+    in_channels: int, size: int, gamma: float, channels: int = 16, **layer_kwargs
+) -> nn.Sequential:
+    """Two implicit layers stacked: conv (stride 2) -> NEMON conv layer on the downsampled
+    image (zero padding, ``mu <= gamma``) -> conv (stride 2) -> flatten; the classifier adds the
+    dense NEMON layer. Each implicit layer is well posed by construction; bounds go through both
+    (:func:`nemon.explicit.implicit_box`)."""
+    if size % 4:
+        raise ValueError(f"conv-stacked needs an image size divisible by 4, got {size}")
+    implicit = NEMONConv2d(
+        channels, channels, size // 2, gamma=gamma, padding="zeros", pool=1, **layer_kwargs
+    )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+        nn.ReLU(),
+        implicit,
+        nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
 
 
 def build_from_config(config, input_shape, num_classes: int) -> Classifier:
