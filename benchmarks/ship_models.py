@@ -16,6 +16,12 @@ from nemon.app.shipping import save_pretrained
 ROOT = Path(__file__).resolve().parents[1]
 
 
+ENCODER_TEXT = {
+    "conv-small": "conv 16 4x4 stride 2, ReLU, conv 32 4x4 stride 2, ReLU, flatten to 1568 features",
+    "conv-wide": "conv 32 4x4 stride 2, ReLU, conv 64 4x4 stride 2, ReLU, flatten to 3136 features",
+}
+
+
 def card(name: str, run: Path, evaluation: dict, note: str) -> str:
     cfg = json.loads((run / "config.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -28,8 +34,8 @@ def card(name: str, run: Path, evaluation: dict, note: str) -> str:
     )
     return f"""# {name}
 
-Certified (interval-trained) MNIST classifier: an explicit encoder ({cfg["arch"]}: conv 16 4x4
-stride 2, ReLU, conv 32 4x4 stride 2, ReLU, flatten to 1568 features) injects into a NEMON dense
+Certified (interval-trained) MNIST classifier: an explicit encoder ({cfg["arch"]}:
+{ENCODER_TEXT[cfg["arch"]]}) injects into a NEMON dense
 implicit layer of {cfg["hidden"]} states with `mu_inf(A) <= {cfg["gamma"]}` (diagonal-step
 solver, tolerance {cfg["tol"]:g}), then a linear readout to 10 classes.
 
@@ -40,7 +46,8 @@ Retrain (the same command made it):
 Recipe: {cfg["epochs"]} epochs, batch {cfg["batch_size"]}, Adam lr {cfg["lr"]:g} decayed by
 {cfg["lr_decay"]:g} at epochs {cfg["lr_milestones"]}, {cfg["warmup_epochs"]} clean warm-up epoch,
 training radius {cfg["cert_eps"]:g} reached by a smooth ramp over {cfg["cert_ramp_epochs"]} epochs,
-robust-loss weight ramped to {cfg["cert_weight"]:g}, gradient clipping {cfg["grad_clip"]:g}.
+robust-loss weight ramped to {cfg["cert_weight"]:g}, gradient clipping {cfg["grad_clip"]:g},
+initialisation: {cfg.get("init", "default")}.
 Training time here: {minutes:.0f} minutes of training steps (2-core CPU, one thread, another run
 sharing the machine), plus the per-epoch evaluation.
 
