@@ -91,6 +91,20 @@ def solver_comparison(
     return rows
 
 
+def conv_solver_comparison(quick: bool = False, device="cpu") -> list[dict]:
+    """The NEMON solvers on the paper's conv layer (16 channels, 28x28; 8x8 when quick), whose
+    iteration costs a convolution: does Anderson's mixing pay off here? The kernel is drawn with
+    a spread that couples the channels (an untrained layer's is near zero)."""
+    torch.manual_seed(0)
+    size, batch = (8, 16) if quick else (28, 100)
+    model = build_model("nemon", "conv", (1, size, size), 10, 16, gamma=0.95).to(device)
+    with torch.no_grad():
+        model.layer.kernel.normal_(0.0, 0.15)
+    u = torch.rand(batch, 1, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return [r for r in solver_comparison(model, u, y) if r["solver"].startswith("nemon:")]
+
+
 def _torchdeq_rows(system, ref: torch.Tensor, tol: float) -> list[dict]:
     try:
         from torchdeq.solver import get_solver
@@ -297,6 +311,7 @@ def run_bench(
         model = build_model("nemon", input_shape=(1, 8, 8), hidden=32).to(device)
         u, y = torch.rand(64, 1, 8, 8, device=device), torch.randint(0, 10, (64,), device=device)
     result["solvers"] = solver_comparison(model, u, y)
+    result["conv_solvers"] = conv_solver_comparison(quick, device)
     widths, batches = (
         ((50, 100), (32,)) if quick else ((50, 100, 200, 400, 800, 1600), (32, 300, 1024))
     )

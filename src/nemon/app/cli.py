@@ -502,6 +502,12 @@ def _cmd_bench(args) -> dict:
             f"fwd {r['forward_iterations']:.1f} bwd {r['backward_iterations']:.1f}  "
             f"acc {r['test_accuracy']:.4f}"
         )
+    for r in result["conv_solvers"]:
+        print(
+            f"conv {r['solver']:29s} fwd {r['forward_iterations']:4d} "
+            f"bwd {r['backward_iterations']:4d} {1e3 * r['forward_seconds']:8.2f} ms fwd "
+            f"{1e3 * r['backward_seconds']:8.2f} ms bwd"
+        )
     if "implicit_over_explicit" in result:
         print(
             f"NEMON (diagonal) epoch / explicit MLP epoch: {result['implicit_over_explicit']:.2f}x"
