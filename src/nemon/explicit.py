@@ -142,26 +142,25 @@ def linf_lipschitz(module: nn.Module | None) -> Tensor:
     _refuse(module)
 
 
-def _conv_small(in_channels: int) -> nn.Sequential:
-    """Two stride-2 convolutions (16 and 32 channels, 4x4): 28x28 -> 32 x 7 x 7 features."""
+def _two_strided(in_channels: int, width: int) -> nn.Sequential:
+    """Two stride-2 4x4 convolutions (``width`` and ``2 width`` channels): 28x28 -> 7x7."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
+        nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
         nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
         nn.ReLU(),
         nn.Flatten(),
     )
+
+
+def _conv_small(in_channels: int) -> nn.Sequential:
+    """16 and 32 channels: 28x28 -> 32 x 7 x 7 features."""
+    return _two_strided(in_channels, 16)
 
 
 def _conv_wide(in_channels: int) -> nn.Sequential:
     """``conv-small`` with twice the channels (32 and 64): 28x28 -> 64 x 7 x 7 features."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-    )
+    return _two_strided(in_channels, 32)
 
 
 def _conv_medium(in_channels: int) -> nn.Sequential:
