@@ -145,7 +145,7 @@ def test_bad_input_is_rejected(kind):
         layer(u[..., :-1])
     with pytest.raises(ValueError, match="expects input of shape"):
         layer(u[0])
-    for bad in (float("nan"), float("inf")):
+    for bad in (float("nan"), float("inf"), float("-inf")):
         v = u.clone()
         v.view(-1)[0] = bad
         with pytest.raises(ValueError, match="NaN or inf"):
