@@ -142,3 +142,8 @@ def test_cli_refusals(tmp_path, capsys):
     args = ["export", "mnist-cert-0.1", "--onnx", str(tmp_path / "m.onnx")]
     assert cli.main([*args, "--data-range", "1", "0"]) == 2
     assert "LO must be below HI" in capsys.readouterr().err
+    assert cli.main(["export", "mnist-cert-0.1", "--onnx", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="is a folder"):
+        export_onnx(build_model("nemon", "dense", hidden=4), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left

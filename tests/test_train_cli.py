@@ -5,7 +5,14 @@ import torch
 from conftest import mnist_dir, requires_mnist
 
 from nemon.app.cli import main
-from nemon.app.train import TrainConfig, build_from_config, evaluate, load_checkpoint, train
+from nemon.app.train import (
+    RunFolderError,
+    TrainConfig,
+    build_from_config,
+    evaluate,
+    load_checkpoint,
+    train,
+)
 from nemon.data import Dataset
 
 
@@ -182,3 +189,7 @@ def test_tensorboard_logs_the_epoch_records(tmp_path):
     assert [s for s, _ in logged] == [s for s, _ in expected]
     assert [v for _, v in logged] == pytest.approx([v for _, v in expected])
     assert "train_seconds" in events.Tags()["scalars"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        train(config(), tmp_path / "run2", data=tiny_data(), tensorboard=tmp_path / "file")
+    assert not (tmp_path / "run2").exists()

@@ -53,6 +53,8 @@ def export_onnx(
     ``iterations`` (the solver's iteration count for the batch, int64).
     """
     onnx = _require_onnx()
+    if os.path.isdir(path):
+        raise ExportError(f"{path} is a folder; give the .onnx file name")
     graph, metadata = _Builder(model, data_range).build()
     proto = onnx.helper.make_model(
         graph,

@@ -332,7 +332,14 @@ def _validate(args) -> None:
     _check_data_dir(getattr(args, "data_dir", None))
     _check_output_file("--json", getattr(args, "json", None))
     _check_output_file("--plot", getattr(args, "plot", None))
-    if args.command in ("eval", "certify", "attack") and args.checkpoint not in pretrained_names():
+    _check_output_file("--onnx", getattr(args, "onnx", None))
+    board = getattr(args, "tensorboard", None)
+    if board is not None and Path(board).exists() and not Path(board).is_dir():
+        raise UsageError(f"--tensorboard {board} is not a folder")
+    if (
+        args.command in ("eval", "certify", "attack", "export")
+        and args.checkpoint not in pretrained_names()
+    ):
         if not Path(args.checkpoint).exists():
             raise UsageError(
                 f"checkpoint {args.checkpoint} is neither a file nor a shipped model "
@@ -476,6 +483,7 @@ def _cmd_export(args) -> dict:
     if not lo < hi:
         raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
     model, _ = _load_model(args.checkpoint, "cpu")
+    Path(args.onnx).parent.mkdir(parents=True, exist_ok=True)
     metadata = export_onnx(model.eval(), args.onnx, data_range=(lo, hi))
     print(f"wrote {args.onnx}")
     for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):

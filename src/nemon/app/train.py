@@ -521,6 +521,8 @@ def train(
     rank, world = _distributed()
     out = Path(out_dir)
     check_run_folder(out, resume, overwrite)
+    if tensorboard is not None and Path(tensorboard).exists() and not Path(tensorboard).is_dir():
+        raise RunFolderError(f"the TensorBoard folder {tensorboard} is a file")
     if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         raise RunFolderError(
             "TensorBoard logging needs the tensorboard package: pip install tensorboard"
