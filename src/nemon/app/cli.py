@@ -175,6 +175,13 @@ def _add_train(sub, common) -> None:
     p.add_argument("--tensorboard", metavar="DIR", help="also log each epoch to TensorBoard in DIR")
 
 
+def _add_range(p, flag: str, help_text: str) -> None:
+    """``FLAG LO HI``: a data range, [0, 1] unless given."""
+    p.add_argument(
+        flag, nargs=2, type=_number(), default=[0.0, 1.0], metavar=("LO", "HI"), help=help_text
+    )
+
+
 def _add_eval(sub, common) -> None:
     for name, help_text in (
         ("eval", "accuracy, Lipschitz bound and iterations of a checkpoint"),
@@ -191,14 +198,7 @@ def _add_eval(sub, common) -> None:
             p.add_argument(
                 "--method", nargs="+", default=["lipschitz", "pairwise"], choices=CERTIFICATES
             )
-            p.add_argument(
-                "--clip",
-                nargs=2,
-                type=_number(),
-                default=[0.0, 1.0],
-                metavar=("LO", "HI"),
-                help="data range the ball is intersected with (default 0 1)",
-            )
+            _add_range(p, "--clip", "data range the ball is intersected with (default 0 1)")
             p.add_argument("--no-clip", action="store_true", help="certify the whole ball")
             p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
 
@@ -242,14 +242,7 @@ def _add_export(sub, common) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint file or shipped model name")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument(
-        "--data-range",
-        nargs=2,
-        type=_number(),
-        default=[0.0, 1.0],
-        metavar=("LO", "HI"),
-        help="input range for the worst-case bounds in the metadata (default 0 1)",
-    )
+    _add_range(p, "--data-range", "input range for the bounds in the metadata (default 0 1)")
 
 
 def _add_reproduce(sub, common) -> None:
