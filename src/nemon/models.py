@@ -145,14 +145,11 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
                 f"conv architecture is available for 'nemon' and 'mon', not {family!r}"
             )
         return Classifier(conv[family](c, hidden, h, gamma=gamma, **layer_kwargs), num_classes)
-    if arch in ENCODERS:
-        encoder = ENCODERS[arch](c)
-        with torch.no_grad():
-            features = encoder(torch.zeros(1, c, h, w)).shape[1]
-        layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
-        return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
-    if arch == "conv-stacked":
-        encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
+    if arch in ENCODERS or arch == "conv-stacked":
+        if arch in ENCODERS:
+            encoder = ENCODERS[arch](c)
+        else:
+            encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
         with torch.no_grad():
             features = encoder(torch.zeros(1, c, h, w)).shape[1]
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
