@@ -193,3 +193,21 @@ def test_tensorboard_logs_the_epoch_records(tmp_path):
     with pytest.raises(RunFolderError, match="is a file"):
         train(config(), tmp_path / "run2", data=tiny_data(), tensorboard=tmp_path / "file")
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_robust_only_loss_skips_the_clean_graph_but_not_its_gradient(weight):
+    from nemon.app.train import _loss
+    from nemon.intervals import interval_loss
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="conv-small", hidden=16, gamma=0.5, cert_weight=weight, ramp="linear")
+    model = build_from_config(cfg, (1, 28, 28), 10).double()
+    u, y = torch.rand(6, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (6,))
+    logits, loss = _loss(model, model, cfg, u, y, 0.1, 1.0)
+    expected = (1 - weight) * torch.nn.functional.cross_entropy(model(u), y)
+    expected = expected + weight * interval_loss(model, u, y, 0.1)
+    params = list(model.parameters())
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(logits, model(u)) and logits.requires_grad == (weight < 1)

@@ -405,13 +405,21 @@ def _learning_rate(cfg: TrainConfig, epoch: int) -> float:
 
 def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, progress: float):
     """Clean cross-entropy mixed with the worst-case (interval) loss, whose weight grows with the
-    radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal et al., 2018)."""
-    logits = model(xb)
-    loss = F.cross_entropy(logits, yb)
+    radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal et al., 2018). At weight 1
+    the clean pass runs without autograd (its logits only feed the accuracy metric); under DDP it
+    keeps autograd, which the gradient synchronisation needs."""
+    weight = 0.0
     if eps > 0:
         weight = cfg.cert_weight * progress if cfg.ramp == "smooth" else cfg.cert_weight
-        robust = interval_loss(raw, xb, yb, eps)
-        loss = (1 - weight) * loss + weight * robust
+    if weight >= 1.0 and model is raw:  # the clean loss has no weight: logits for metrics only
+        with torch.no_grad():
+            logits = model(xb)
+        loss = interval_loss(raw, xb, yb, eps)
+    else:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        if eps > 0:
+            loss = (1 - weight) * loss + weight * interval_loss(raw, xb, yb, eps)
     if cfg.lam > 0:
         loss = loss + cfg.lam * raw.lipschitz_penalty(cfg.reg_kind)
     return logits, loss
