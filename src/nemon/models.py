@@ -146,8 +146,8 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
             )
         return Classifier(conv[family](c, hidden, h, gamma=gamma, **layer_kwargs), num_classes)
     if arch in ENCODERS or arch == "conv-stacked":
-        if arch in ENCODERS:
-            encoder = ENCODERS[arch](c)
+        if arch in ENCODERS:  # channels-last convolutions: faster backward passes on CPU
+            encoder = ENCODERS[arch](c).to(memory_format=torch.channels_last)
         else:
             encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
         with torch.no_grad():
