@@ -63,8 +63,16 @@ def _tiny_data(n=200):
 
 def test_certified_training_runs_on_cuda(tmp_path):
     cfg = TrainConfig(
-        arch="conv-small", hidden=32, gamma=0.5, epochs=2, batch_size=50, cert_eps=0.1,
-        warmup_epochs=1, cert_ramp_epochs=1, cert_eval_eps=[0.05], device="cuda",
+        arch="conv-small",
+        hidden=32,
+        gamma=0.5,
+        epochs=2,
+        batch_size=50,
+        cert_eps=0.1,
+        warmup_epochs=1,
+        cert_ramp_epochs=1,
+        cert_eval_eps=[0.05],
+        device="cuda",
     )
     result = train(cfg, tmp_path, data=_tiny_data(), progress=False)
     assert next(result["model"].parameters()).is_cuda

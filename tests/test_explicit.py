@@ -132,6 +132,39 @@ def test_ibp_initialisation_keeps_interval_widths_steady():
         build_model("nemon", "conv", hidden=4, ibp_init=True)
 
 
+@pytest.mark.parametrize("family", ["nemon", "idl"])
+def test_zero_feedback_starts_as_the_explicit_model(family):
+    """``A = 0``: the implicit layer computes ``relu(B u + b)``, so logits and interval bounds are
+    those of the explicit ablation with the same weights; and ``A`` is trainable from there."""
+    from nemon.intervals import logit_difference_bounds
+
+    torch.manual_seed(0)
+    model = build_model(
+        family, "conv-small", gamma=0.5, hidden=20, ibp_init=True, zero_feedback=True
+    ).double()
+    explicit = build_model("explicit", "conv-small", hidden=20).double()
+    explicit.load_state_dict(model.state_dict(), strict=False)
+    u, y = torch.rand(5, 1, 28, 28, dtype=torch.float64), torch.arange(5)
+    assert float(model.layer.A.detach().abs().max()) < 1e-12
+    assert torch.allclose(model(u), explicit(u), atol=1e-10)
+    with torch.no_grad():
+        ours, theirs = (logit_difference_bounds(m, u, y, 0.05) for m in (model, explicit))
+    assert torch.allclose(ours, theirs, atol=1e-8)
+    torch.nn.functional.cross_entropy(model(u), y).backward()
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for name, p in model.layer.named_parameters()
+        if "original" in name
+    )
+
+
+def test_zero_feedback_is_refused_where_a_cannot_be_zero():
+    with pytest.raises(ValueError, match="gamma >= 0"):
+        build_model("nemon", "conv-small", gamma=-0.5, hidden=8, zero_feedback=True)
+    with pytest.raises(ValueError, match="dense NEMON or IDL"):
+        build_model("mon", hidden=8, zero_feedback=True)
+
+
 def stacked(seed=0):
     torch.manual_seed(seed)
     model = nemon.build_model("nemon", "conv-stacked", (1, 8, 8), 10, hidden=12, gamma=0.5)

@@ -95,7 +95,7 @@ class Classifier(nn.Module):
 
 
 MODEL_FAMILIES = ("nemon", "mon", "idl", "explicit")
-INITIALISATIONS = ("default", "ibp")
+INITIALISATIONS = ("default", "ibp", "ibp-zero")
 ARCHITECTURES = ("dense", "conv", *ENCODERS, "conv-stacked")
 
 
@@ -107,6 +107,7 @@ def build_model(
     hidden: int = 100,
     gamma: float = 0.95,
     ibp_init: bool = False,
+    zero_feedback: bool = False,
     **layer_kwargs,
 ) -> Classifier:
     """A classifier by name.
@@ -116,9 +117,13 @@ def build_model(
     from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
     ``conv-wide``, ``conv-medium``). ``hidden`` is the state dimension (dense) or the number of
     channels (conv). ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
-    the encoder and the injection ``B``.
+    the encoder and the injection ``B``. ``zero_feedback=True``: start the dense implicit layer at
+    ``A = 0``, so that the model starts as its explicit ablation ``relu(B u + b)`` and training
+    adds feedback (NEMON and IDL with ``gamma >= 0``).
     """
     model = _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs)
+    if zero_feedback:
+        _zero_feedback(model.layer, family, gamma)
     if ibp_init:
         if not isinstance(getattr(model.layer, "B", None), nn.Linear):
             raise ValueError(
@@ -179,6 +184,18 @@ def stacked_encoder(
     )
 
 
+def _zero_feedback(layer: nn.Module, family: str, gamma: float) -> None:
+    """``A = 0`` through the layer's parametrization (its right inverse)."""
+    if family == "explicit":
+        return
+    if family not in ("nemon", "idl") or not isinstance(layer, (NEMONDense, IDLDense)):
+        raise ValueError(f"zero_feedback needs a dense NEMON or IDL layer, not {family!r}")
+    if gamma < 0:
+        raise ValueError(f"A = 0 needs gamma >= 0 (mu(A) <= gamma), got gamma = {gamma}")
+    with torch.no_grad():
+        layer.A = torch.zeros_like(layer.A)
+
+
 def build_from_config(config, input_shape, num_classes: int) -> Classifier:
     """The classifier a run's configuration describes (a ``TrainConfig`` or its ``asdict``)."""
     c = config if isinstance(config, dict) else asdict(config)
@@ -187,8 +204,16 @@ def build_from_config(config, input_shape, num_classes: int) -> Classifier:
     kwargs["residual"] = c["residual"]
     if c.get("solver"):
         kwargs["solver"] = c["solver"]
-    ibp_init = c.get("init", "default") == "ibp"
+    init = c.get("init", "default")
     shape = tuple(input_shape)
     return build_model(
-        c["model"], c["arch"], shape, num_classes, c["hidden"], c["gamma"], ibp_init, **kwargs
+        c["model"],
+        c["arch"],
+        shape,
+        num_classes,
+        c["hidden"],
+        c["gamma"],
+        ibp_init=init in ("ibp", "ibp-zero"),
+        zero_feedback=init == "ibp-zero",
+        **kwargs,
     )

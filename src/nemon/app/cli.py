@@ -156,7 +156,11 @@ def _add_train(sub, common) -> None:
     p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
     p.add_argument("--warmup-epochs", type=NONNEGATIVE, help="clean epochs before the ramp")
     p.add_argument("--ramp", choices=RAMPS, help="shape of the radius ramp")
-    p.add_argument("--init", choices=INITIALISATIONS, help="ibp: Shi et al.'s initialisation")
+    p.add_argument(
+        "--init",
+        choices=INITIALISATIONS,
+        help="ibp: Shi et al.'s initialisation; ibp-zero: also A = 0 (starts as the explicit model)",
+    )
     p.add_argument("--lr-milestones", type=POSITIVE, nargs="*", help="epochs where lr decays")
     p.add_argument("--lr-decay", type=_number(0.0, 1.0, low_open=True), help="lr factor (0..1]")
     p.add_argument("--grad-clip", type=RADIUS, help="max gradient norm (0: off)")
