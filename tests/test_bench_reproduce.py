@@ -20,7 +20,12 @@ def test_bench_quick(tmp_path, capsys):
     (step,) = result["certified_steps"]
     assert step["interval_over_clean"] > 1  # the interval step does the clean step's work too
     assert sum(step["profile"].values()) <= 1
-    assert "matmul peak" in capsys.readouterr().out
+    stacked = {r["solver"]: r for r in result["stacked_solvers"]}
+    assert set(stacked) == {"nemon:averaged", "nemon:diagonal", "nemon:anderson"}
+    for row in stacked.values():  # both implicit layers solved, forward and backward
+        assert len(row["forward_iterations"]) == 2 and min(row["backward_iterations"]) > 0
+    out = capsys.readouterr().out
+    assert "matmul peak" in out and "stacked nemon:diagonal" in out
 
 
 @requires_mnist

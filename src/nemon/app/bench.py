@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch.profiler import profile
 
 from ..data import load_dataset
 from ..intervals import interval_loss
-from ..layers import NEMONDense
+from ..layers import ImplicitLayer, NEMONDense
 from ..models import build_model
 from ..solvers import SolverOptions, alpha_star, solve
 from .plots import pyplot
@@ -103,6 +104,50 @@ def conv_solver_comparison(quick: bool = False, device="cpu") -> list[dict]:
     u = torch.rand(batch, 1, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return [r for r in solver_comparison(model, u, y) if r["solver"].startswith("nemon:")]
+
+
+def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5) -> list[dict]:
+    """The NEMON solvers on ``conv-stacked`` (a NEMON conv layer on the downsampled image, then
+    the dense NEMON layer), set for both implicit layers together: median seconds of a forward
+    and a backward pass of the whole model, and the iterations of each layer."""
+    torch.manual_seed(0)
+    batch = 16 if quick else 100
+    model = build_model("nemon", "conv-stacked", gamma=0.5, hidden=100).to(device)
+    layers = [m for m in model.modules() if isinstance(m, ImplicitLayer)]
+    with torch.no_grad():
+        layers[0].kernel.normal_(0.0, 0.15)  # couple the channels, as in the conv comparison
+    u = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    rows = []
+    for method in ("averaged", "diagonal", "anderson"):
+        with ExitStack() as stack:
+            for layer in layers:
+                stack.enter_context(layer.solver_settings(method=method))
+            forward, backward = [], []
+            for _ in range(repeat + 1):
+                model.zero_grad()
+                start = time.perf_counter()
+                loss = F.cross_entropy(model(u), y)
+                _sync(device)
+                mid = time.perf_counter()
+                loss.backward()
+                _sync(device)
+                forward.append(mid - start)
+                backward.append(time.perf_counter() - mid)
+        rows.append(
+            {
+                "solver": f"nemon:{method}",
+                "forward_seconds": sorted(forward[1:])[repeat // 2],
+                "backward_seconds": sorted(backward[1:])[repeat // 2],
+                "forward_iterations": [
+                    layer.solver_stats["forward"].iterations for layer in layers
+                ],
+                "backward_iterations": [
+                    layer.solver_stats["backward"].iterations for layer in layers
+                ],
+            }
+        )
+    return rows
 
 
 def _torchdeq_rows(system, ref: torch.Tensor, tol: float) -> list[dict]:
@@ -312,6 +357,7 @@ def run_bench(
         u, y = torch.rand(64, 1, 8, 8, device=device), torch.randint(0, 10, (64,), device=device)
     result["solvers"] = solver_comparison(model, u, y)
     result["conv_solvers"] = conv_solver_comparison(quick, device)
+    result["stacked_solvers"] = stacked_solver_comparison(quick, device, repeat=1 if quick else 5)
     widths, batches = (
         ((50, 100), (32,)) if quick else ((50, 100, 200, 400, 800, 1600), (32, 300, 1024))
     )

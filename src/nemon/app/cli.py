@@ -513,6 +513,12 @@ def _cmd_bench(args) -> dict:
             f"bwd {r['backward_iterations']:4d} {1e3 * r['forward_seconds']:8.2f} ms fwd "
             f"{1e3 * r['backward_seconds']:8.2f} ms bwd"
         )
+    for r in result["stacked_solvers"]:
+        print(
+            f"stacked {r['solver']:26s} fwd {r['forward_iterations']} "
+            f"bwd {r['backward_iterations']} {1e3 * r['forward_seconds']:8.2f} ms fwd "
+            f"{1e3 * r['backward_seconds']:8.2f} ms bwd"
+        )
     if "implicit_over_explicit" in result:
         print(
             f"NEMON (diagonal) epoch / explicit MLP epoch: {result['implicit_over_explicit']:.2f}x"
