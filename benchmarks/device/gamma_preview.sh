@@ -10,11 +10,5 @@ run g-1 --gamma -1.0
 run g0.9 --gamma 0.9
 run explicit --model explicit
 wait
-python3 - <<'PY' > $OUT/gamma.jsonl
-import json, pathlib
-for d in sorted(pathlib.Path("/tmp/r").iterdir()):
-    if d.is_dir() and (d / "metrics.jsonl").exists():
-        for line in (d / "metrics.jsonl").read_text().splitlines():
-            print(json.dumps({"run": d.name, **json.loads(line)}))
-PY
+python3 benchmarks/device/collect_runs.py /tmp/r > $OUT/gamma.jsonl
 tail -n 3 /tmp/r/*.log > $OUT/gamma.log 2>&1

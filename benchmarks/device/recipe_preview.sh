@@ -17,11 +17,5 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/tes
 echo "tests rc $?" >> $OUT/tests.log
 sleep 5; nvidia-smi > $OUT/smi.log 2>&1
 wait
-python3 - <<'PY' > $OUT/runs.jsonl
-import json, pathlib
-for d in sorted(pathlib.Path("/tmp/r").iterdir()):
-    if d.is_dir() and (d / "metrics.jsonl").exists():
-        for line in (d / "metrics.jsonl").read_text().splitlines():
-            print(json.dumps({"run": d.name, **json.loads(line)}))
-PY
+python3 benchmarks/device/collect_runs.py /tmp/r > $OUT/runs.jsonl
 tail -n 5 /tmp/r/*.log > $OUT/train.log 2>&1
