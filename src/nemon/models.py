@@ -188,7 +188,7 @@ def _zero_feedback(layer: nn.Module, family: str, gamma: float) -> None:
     """``A = 0`` through the layer's parametrization (its right inverse)."""
     if family == "explicit":
         return
-    if family not in ("nemon", "idl") or not isinstance(layer, (NEMONDense, IDLDense)):
+    if not isinstance(layer, (NEMONDense, IDLDense)):
         raise ValueError(f"zero_feedback needs a dense NEMON or IDL layer, not {family!r}")
     if gamma < 0:
         raise ValueError(f"A = 0 needs gamma >= 0 (mu(A) <= gamma), got gamma = {gamma}")
