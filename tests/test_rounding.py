@@ -145,3 +145,26 @@ def test_large_trained_weights_keep_layer_measure(dtype):
     assert float(mu_inf_upper(layer.A.detach())) <= 0.95 + 1e-12 * float(
         layer.A.detach().abs().sum(1).max()
     )
+
+
+def test_certificates_are_computed_without_tensorfloat32():
+    """TF32 (the GPU default of cuDNN convolutions) rounds to 10-bit mantissas, far above the
+    residuals a certificate charges: certify turns it off inside and restores the settings."""
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", "conv-small", hidden=8, gamma=0.5)
+    seen = []
+    model.layer.register_forward_hook(
+        lambda *_: seen.append(
+            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        )
+    )
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        u, y = torch.rand(3, 1, 28, 28), torch.arange(3)
+        for method in ("interval", "pairwise"):
+            nemon.certify(model, u, y, 0.01, method, dtype=None)
+        assert seen and set(seen) == {(False, False)}
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

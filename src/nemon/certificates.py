@@ -86,6 +86,27 @@ def certificate_obstacle(model) -> str | None:
 
 
 @contextmanager
+def full_float32():
+    """No TensorFloat-32 inside the block: on Ampere and later GPUs cuDNN convolutions (and
+    matmuls, where enabled) otherwise round their inputs to 10-bit mantissas, an error far above
+    the residuals whose bound a certificate charges (a float32 solve on an H200 stalled at a
+    relative residual of 7e-5). The previous settings are restored."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled,
+            benchmark=torch.backends.cudnn.benchmark,
+            deterministic=torch.backends.cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            yield
+    finally:
+        matmul.allow_tf32 = saved
+
+
+@contextmanager
 def _tight(model, solve_tol, u: Tensor):
     """Solve to ``solve_tol`` (fixed-point residual) inside the block; see :func:`certify`."""
     if solve_tol == "auto":
@@ -152,7 +173,7 @@ def certify(
         warnings.warn(f"nothing certified: {reason}", CertificateWarning, stacklevel=2)
         out = [torch.zeros(len(u), dtype=torch.bool, device=u.device) for _ in radii]
     else:
-        with _tight(model, solve_tol, u):
+        with _tight(model, solve_tol, u), full_float32():
             if method == "interval":
                 out = _certify_interval(model, u, labels, radii, clip)
             else:

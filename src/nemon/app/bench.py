@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
+from ..certificates import full_float32
 from ..data import load_dataset
 from ..intervals import interval_loss
 from ..layers import ImplicitLayer, NEMONDense
@@ -66,7 +67,8 @@ def solver_comparison(
     system = eq.forward_system(weights, z)
     tight = 1e-10 if z.dtype == torch.float64 else 2e-6  # float32 stalls near 1e-6
     ref_opts = SolverOptions(method="diagonal", tol=tight, residual="fixed_point", max_iter=20000)
-    ref, _ = solve(system, options=ref_opts)
+    with full_float32():  # the reference in IEEE float32, not TensorFloat-32 (GPUs)
+        ref, _ = solve(system, options=ref_opts)
     rows = []
     for method in ("averaged", "diagonal", "anderson"):
         with layer.solver_settings(method=method, tol=tol):
