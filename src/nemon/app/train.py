@@ -192,7 +192,16 @@ PRESETS: dict[str, dict] = {
     },
     # certified (interval-trained) MNIST models: conv encoder + NEMON dense layer (issue #9)
     "mnist-cert-0.1": {**_CERTIFIED, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
-    "mnist-cert-0.3": {**_CERTIFIED, "cert_eps": 0.4, "cert_weight": 1.0, "cert_eval_eps": [0.3]},
+    # 0.3: twice the schedule at a training radius of 0.35 (0.4 cost 2 points of clean accuracy)
+    "mnist-cert-0.3": {
+        **_CERTIFIED,
+        "epochs": 120,
+        "cert_ramp_epochs": 35,
+        "lr_milestones": [90, 110],
+        "cert_eps": 0.35,
+        "cert_weight": 1.0,
+        "cert_eval_eps": [0.3],
+    },
     # twice the encoder's channels, IBP initialisation, a longer schedule (trained within 2 h)
     "mnist-cert-wide-0.1": {**_WIDE, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
     "mnist-cert-wide-0.3": {
