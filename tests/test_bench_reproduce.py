@@ -2,9 +2,12 @@
 
 import json
 
+import torch
 from conftest import mnist_dir, requires_mnist
 
+from nemon.app.bench import step_flops
 from nemon.app.cli import main
+from nemon.models import build_model
 
 
 def test_bench_quick(tmp_path, capsys):
@@ -19,6 +22,7 @@ def test_bench_quick(tmp_path, capsys):
     assert all(r["us_per_iteration"] > 0 for r in result["scaling"])
     (step,) = result["certified_steps"]
     assert step["interval_over_clean"] > 1  # the interval step does the clean step's work too
+    assert step["interval_over_clean_flops"] > 2  # ... and the centre and radius passes
     assert sum(step["profile"].values()) <= 1
     stacked = {r["solver"]: r for r in result["stacked_solvers"]}
     assert set(stacked) == {"nemon:averaged", "nemon:diagonal", "nemon:anderson"}
@@ -26,6 +30,24 @@ def test_bench_quick(tmp_path, capsys):
         assert len(row["forward_iterations"]) == 2 and min(row["backward_iterations"]) > 0
     out = capsys.readouterr().out
     assert "matmul peak" in out and "stacked nemon:diagonal" in out
+
+
+def test_step_flops_count_the_solver_iterations_inside_the_implicit_function():
+    """A dense NEMON step costs its explicit twin's FLOPs plus one product ``A x`` (2 b n^2) per
+    forward and backward iteration, and three more: the preactivation for ``J``, and the
+    weight-gradient pass (its forward and its backward). Counting outside the autograd Function
+    or from the wrong step would miss the iterations."""
+    torch.manual_seed(0)
+    b, n = 30, 20
+    u, y = torch.rand(b, 1, 6, 6), torch.randint(0, 10, (b,))
+    ours = build_model("nemon", input_shape=(1, 6, 6), hidden=n)
+    twin = build_model("explicit", input_shape=(1, 6, 6), hidden=n)
+    flops, iterations = step_flops(ours, u, y)
+    its = step_flops(twin, u, y)[0]
+    assert iterations["forward"] > 1 and iterations["backward"] > 1
+    expected = 2 * b * n * n * (iterations["forward"] + iterations["backward"] + 3)
+    assert flops - its == expected
+    assert all(p.grad is None for p in ours.parameters())  # counting leaves no gradient behind
 
 
 @requires_mnist

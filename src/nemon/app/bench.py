@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..certificates import full_float32
 from ..data import load_dataset
@@ -27,7 +28,14 @@ from ..solvers import SolverOptions, alpha_star, solve
 from .plots import pyplot
 from .train import TrainConfig, load_checkpoint, train
 
-__all__ = ["matmul_peak", "solver_comparison", "scaling", "epoch_times", "run_bench"]
+__all__ = [
+    "matmul_peak",
+    "solver_comparison",
+    "scaling",
+    "step_flops",
+    "epoch_times",
+    "run_bench",
+]
 
 
 def _sync(device) -> None:
@@ -223,15 +231,19 @@ def scaling(
 def epoch_times(
     families, epochs: int = 1, data_dir=None, device="cpu", train_limit=None
 ) -> list[dict]:
-    """Seconds per MNIST epoch and mean iterations, paper FC setting, one run per family."""
+    """Seconds per MNIST epoch and mean iterations, paper FC setting, one run per family; and
+    the trained model's FLOPs for one step on the first 300 training images."""
     data = load_dataset("mnist", data_dir)
+    u, y = data.train_x[:300].to(device), data.train_y[:300].to(device)
     rows = []
     for family, solver in families:
         cfg = TrainConfig(
             model=family, solver=solver, epochs=epochs, device=device, train_limit=train_limit
         )
         out = Path("/tmp") / f"nemon-bench-epoch-{family}-{solver}"
-        hist = train(cfg, out, data=data, progress=False, overwrite=True)["history"]
+        run = train(cfg, out, data=data, progress=False, overwrite=True)
+        hist = run["history"]
+        flops, iterations = step_flops(run["model"], u, y)
         rows.append(
             {
                 "model": family,
@@ -240,21 +252,41 @@ def epoch_times(
                 "forward_iterations": sum(h["forward_iterations"] for h in hist) / len(hist),
                 "backward_iterations": sum(h["backward_iterations"] for h in hist) / len(hist),
                 "test_accuracy": hist[-1]["test_accuracy"],
+                "step_gflop": flops / 1e9,
+                "step_iterations": iterations,
             }
         )
     return rows
 
 
+def _step_loss(model, u, y, eps: float = 0.0):
+    """The clean loss (``eps = 0``) or the clean/interval mix that certified training uses at the
+    end of its ramp."""
+    loss = F.cross_entropy(model(u), y)
+    if eps > 0:
+        loss = 0.5 * loss + 0.5 * interval_loss(model, u, y, eps)
+    return loss
+
+
+def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
+    """Floating-point operations of one training step (the loss of :func:`_step_loss`, forward
+    and backward), counted by :class:`torch.utils.flop_counter.FlopCounterMode` on the operators
+    that run, and the solver iterations of that step: the arithmetic floor of a time ratio,
+    whatever the implementation's overheads."""
+    with FlopCounterMode(display=False) as counter:
+        _step_loss(model, u, y, eps).backward()
+    model.zero_grad(set_to_none=True)
+    stats = getattr(model.layer, "solver_stats", {})
+    return float(counter.get_total_flops()), {k: s.iterations for k, s in stats.items()}
+
+
 def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
-    """Median seconds of one Adam step on the clean loss (``eps = 0``) or on the clean/interval
-    mix that certified training uses at the end of its ramp."""
+    """Median seconds of one Adam step on :func:`_step_loss`."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = []
     for _ in range(repeat + 2):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(u), y)
-        if eps > 0:
-            loss = 0.5 * loss + 0.5 * interval_loss(model, u, y, eps)
+        loss = _step_loss(model, u, y, eps)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -267,8 +299,8 @@ def certified_step_times(
     archs=("conv-small", "conv-wide"), batch: int = 100, device="cpu", repeat: int = 20
 ) -> list[dict]:
     """Clean against interval training steps of the certified architectures (NEMON dense 100,
-    gamma 0.5, batch 100, radius 0.2), the epoch time that implies, and the interval step's
-    profile (top operators by self CPU time)."""
+    gamma 0.5, batch 100, radius 0.2): times, FLOPs, the epoch time that implies, and the
+    interval step's profile (top operators by self CPU time)."""
     rows = []
     for arch in archs:
         torch.manual_seed(0)
@@ -277,6 +309,7 @@ def certified_step_times(
         y = torch.randint(0, 10, (batch,), device=device)
         clean = _step_seconds(model, u, y, 0.0, repeat)
         interval = _step_seconds(model, u, y, 0.2, repeat)
+        clean_flops, interval_flops = step_flops(model, u, y)[0], step_flops(model, u, y, 0.2)[0]
         with profile() as prof:
             _step_seconds(model, u, y, 0.2, 3)
         top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
@@ -288,6 +321,7 @@ def certified_step_times(
                 "clean_step_ms": 1e3 * clean,
                 "interval_step_ms": 1e3 * interval,
                 "interval_over_clean": interval / clean,
+                "interval_over_clean_flops": interval_flops / clean_flops,
                 "certified_epoch_s": interval * 60000 / batch,
                 "profile": {e.key: e.self_cpu_time_total / total for e in top},
             }
@@ -374,10 +408,10 @@ def run_bench(
             ("explicit", None),
         ]
         result["epochs"] = epoch_times(families, epochs, data_dir, device)
-        seconds = {(r["model"], r["solver"]): r["seconds_per_epoch"] for r in result["epochs"]}
-        result["implicit_over_explicit"] = (
-            seconds[("nemon", "diagonal")] / seconds[("explicit", "default")]
-        )
+        rows = {(r["model"], r["solver"]): r for r in result["epochs"]}
+        nemon, mlp = rows[("nemon", "diagonal")], rows[("explicit", "default")]
+        result["implicit_over_explicit"] = nemon["seconds_per_epoch"] / mlp["seconds_per_epoch"]
+        result["implicit_over_explicit_flops"] = nemon["step_gflop"] / mlp["step_gflop"]
     result["certified_steps"] = certified_step_times(
         ("conv-small",) if quick else ("conv-small", "conv-wide"),
         batch=16 if quick else 100,

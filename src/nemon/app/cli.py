@@ -522,11 +522,13 @@ def _cmd_bench(args) -> dict:
     if "implicit_over_explicit" in result:
         print(
             f"NEMON (diagonal) epoch / explicit MLP epoch: {result['implicit_over_explicit']:.2f}x"
+            f" (FLOPs of a step: {result['implicit_over_explicit_flops']:.2f}x)"
         )
     for r in result["certified_steps"]:
         print(
             f"{r['arch']:10s} clean step {r['clean_step_ms']:7.1f} ms  interval step "
-            f"{r['interval_step_ms']:7.1f} ms ({r['interval_over_clean']:.2f}x)  "
+            f"{r['interval_step_ms']:7.1f} ms ({r['interval_over_clean']:.2f}x; FLOPs "
+            f"{r['interval_over_clean_flops']:.2f}x)  "
             f"certified epoch {r['certified_epoch_s']:.0f} s"
         )
     print(f"wrote {args.out}/bench.json and bench.png")
