@@ -5,7 +5,8 @@ graph (memory independent of the number of iterations) and its backward solves t
 equation for ``w = dL/dp``, ``w = J (g + A^T w)`` with ``J = diag(phi'(A x* + z))``, with a solver
 of the same family (see :meth:`Equilibrium.adjoint_system`). Then ``dL/dz = w``, and the
 gradient for the weights of ``A`` is the vector-Jacobian product of the single map
-``weights -> A x*`` with ``w``, obtained from autograd on that one application.
+``weights -> A x*`` with ``w`` (:meth:`Operator.weight_vjp`: ``w^T x*`` for a dense ``A``,
+autograd through one application otherwise).
 """
 
 from __future__ import annotations
@@ -176,11 +177,7 @@ class ImplicitSolve(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)
         if any(needs):
-            with torch.enable_grad():
-                leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(weights, needs))
-                wanted = [t for t in leaves if t.requires_grad]
-                found = iter(torch.autograd.grad(eq.operator.matvec(leaves, x), wanted, w))
-                grads = [next(found) if n else None for n in needs]
+            grads = eq.operator.weight_vjp(weights, x, w, needs)
         grad_z = w if ctx.needs_input_grad[1] else None
         return (None, grad_z, *grads)
 

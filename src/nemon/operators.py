@@ -55,6 +55,17 @@ class Operator:
         """``v -> (I + a (I - A))^-1 v`` (``A^T`` with ``transpose``)."""
         raise NotImplementedError(f"{type(self).__name__} has no resolvent")
 
+    def weight_vjp(
+        self, weights: tuple[Tensor, ...], x: Tensor, w: Tensor, needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        """``w^T d(A x)/d weights`` for the weights flagged in ``needs`` (None for the others),
+        by autograd through one application of ``A``."""
+        with torch.enable_grad():
+            leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(weights, needs))
+            wanted = [t for t in leaves if t.requires_grad]
+            found = iter(torch.autograd.grad(self.matvec(leaves, x), wanted, w))
+        return [next(found) if n else None for n in needs]
+
 
 class DenseOperator(Operator):
     """``A x`` for batch rows: ``x @ A^T``; weights ``(A,)`` of shape ``(n, n)``."""
@@ -75,6 +86,10 @@ class DenseOperator(Operator):
 
     def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
         return torch.diagonal(weights[0])
+
+    def weight_vjp(self, weights, x, w, needs):
+        """``dL/dA = w^T x`` summed over the batch: one product, no application of ``A``."""
+        return [w.T @ x if needs[0] else None]
 
 
 class MONDenseOperator(DenseOperator):
