@@ -205,3 +205,27 @@ def test_cuda_matches_cpu():
     cpu = layer(u)
     gpu = layer.cuda()(u.cuda())
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-9)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_mon_forward_backward_step_is_half_the_largest_convergent_one(conv):
+    """Forward-backward splitting on a MON layer steps by ``(1 - mu_2(A)) / ||I - A||_2^2``,
+    computed here from the materialised ``A`` in float64 (no step is computed for other solvers)."""
+    torch.manual_seed(0)
+    if conv:
+        layer = nemon.MONConv2d(
+            2, 3, 4, kernel_size=3, gamma=0.8, pool=2, solver="forward_backward"
+        )
+        A = layer.double().weight_matrix().detach()
+    else:
+        layer = nemon.MONDense(6, 5, gamma=0.8, solver="forward_backward").double()
+        A = layer.A.detach()
+    eye = torch.eye(A.shape[0], dtype=A.dtype)
+    sym = (A + A.T) / 2
+    expected = (1 - float(torch.linalg.eigvalsh(sym).max())) / float(
+        torch.linalg.matrix_norm(eye - A, ord=2) ** 2
+    )
+    eq = layer.equilibrium(tuple(w.detach() for w in layer.effective_weights()))
+    assert eq.splitting_step == pytest.approx(expected, rel=1e-9)
+    layer.solver_options = layer.backward_options = nemon.SolverOptions(method="peaceman_rachford")
+    assert layer.equilibrium(layer.effective_weights()).splitting_step is None

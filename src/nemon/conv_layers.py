@@ -230,20 +230,13 @@ class MONConv2d(_ConvLayer):
         return self.gamma - torch.linalg.eigvalsh(gram)[..., 0].min()
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self.solver_options, self.backward_options
-        step = None
-        if "forward_backward" in (fwd.method, bwd.method):
+        def terms() -> tuple[float, float]:
             A_hat = self.operator.spectrum(tuple(w.detach() for w in weights))
             eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
             lip = float(torch.linalg.matrix_norm(eye - A_hat, ord=2).max())
-            step = (1.0 - float(self.measure().detach())) / max(lip, 1e-12) ** 2
-        return Equilibrium(
-            self.operator,
-            self.activation,
-            fwd,
-            bwd,
-            splitting_step=step,
-        )
+            return float(self.measure().detach()), lip
+
+        return self._splitting_equilibrium(terms)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         """l_2 bound times ``sqrt(c s^2)``; ``||B||_2 <= sum_taps ||K_tap||_2``, ``||pool||_2 = 1/p``."""

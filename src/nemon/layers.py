@@ -156,6 +156,18 @@ class ImplicitLayer(nn.Module):
             f"interval bounds need mu_inf(A) < 1 by construction (NEMON, IDL), not {self._name()}"
         )
 
+    def _splitting_equilibrium(self, terms) -> Equilibrium:
+        """The equilibrium of a MON layer (``mu_2(A) < 1``). With forward-backward splitting its
+        step is half the largest convergent one, ``(1 - mu_2(A)) / ||I - A||_2^2``, from
+        ``terms() = (mu_2(A), ||I - A||_2)`` (evaluated only then). No measure: the error bound of
+        the weighted l_inf theory does not apply to a mu_2 bound."""
+        fwd, bwd = self.solver_options, self.backward_options
+        step = None
+        if "forward_backward" in (fwd.method, bwd.method):
+            mu, lip = terms()
+            step = (1.0 - mu) / max(lip, 1e-12) ** 2
+        return Equilibrium(self.operator, self.activation, fwd, bwd, splitting_step=step)
+
     def _solve_embedding(self, operator, weights, z_both, measure, eta) -> tuple:
         """Solve the embedding system ``[x_lo; x_hi]`` with this layer's solvers and adjoint."""
         fwd, bwd = self.solver_options, self.backward_options
@@ -405,22 +417,13 @@ class MONDense(_DenseLayer):
         return round_to(mu_2_upper(self.A), self.A.dtype, "up")
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
-        fwd, bwd = self.solver_options, self.backward_options
         A = weights[0].detach()
-        step = None
-        if "forward_backward" in (fwd.method, bwd.method):
-            # Half the largest convergent step 2 m / L^2, m = 1 - mu_2(A), L = ||I - A||_2.
+
+        def terms() -> tuple[float, float]:
             eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-            lip = float(torch.linalg.matrix_norm(eye - A, ord=2))
-            step = (1.0 - float(mu_2(A))) / max(lip, 1e-12) ** 2
-        # The error bound of the weighted l_inf theory does not apply (mu_2, not mu_inf): no measure.
-        return Equilibrium(
-            self.operator,
-            self.activation,
-            fwd,
-            bwd,
-            splitting_step=step,
-        )
+            return float(mu_2(A)), float(torch.linalg.matrix_norm(eye - A, ord=2))
+
+        return self._splitting_equilibrium(terms)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         """l_2 bound of Pabbaraju et al.: ``||B||_2 / (1 - mu_2(A))``, times ``sqrt(r)`` for l_inf."""
