@@ -1,6 +1,6 @@
 """Write a trained run as a shipped model (``src/nemon/pretrained/NAME``) with its card.
 
-    python benchmarks/ship_models.py RUN_DIR NAME EVAL_JSON [--note TEXT]
+    python benchmarks/ship_models.py RUN_DIR NAME EVAL_JSON [--threads N] [--shared] [--note TEXT]
 
 ``EVAL_JSON`` is the output of ``benchmarks/certified_models.py`` on the full test set.
 """
@@ -19,13 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 ENCODER_TEXT = {
     "conv-small": "conv 16 4x4 stride 2, ReLU, conv 32 4x4 stride 2, ReLU, flatten to 1568 features",
     "conv-wide": "conv 32 4x4 stride 2, ReLU, conv 64 4x4 stride 2, ReLU, flatten to 3136 features",
+    "conv-medium": "conv 32 3x3, ReLU, conv 32 4x4 stride 2, ReLU, conv 64 3x3, ReLU, conv 64 4x4"
+    " stride 2, ReLU, flatten to 3136 features",
 }
 
 
-def card(name: str, run: Path, evaluation: dict, note: str) -> str:
+def card(name: str, run: Path, evaluation: dict, note: str, threads: int, shared: bool) -> str:
     cfg = json.loads((run / "config.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     minutes = sum(h["train_seconds"] for h in history) / 60
+    setting = "one thread" if threads == 1 else f"{threads} threads"
+    if shared:
+        setting += ", another run sharing the machine"
     radii = sorted({k.split("@")[1] for k in evaluation if "@" in k}, key=float)
     rows = "\n".join(
         f"| {r} | {evaluation[f'interval@{r}']:.4f} | {evaluation[f'pairwise@{r}']:.4f} | "
@@ -41,15 +46,15 @@ solver, tolerance {cfg["tol"]:g}), then a linear readout to 10 classes.
 
 Retrain (the same command made it):
 
-    nemon train --preset {name} --out runs/{name} --threads 1
+    nemon train --preset {name} --out runs/{name} --threads {threads}
 
 Recipe: {cfg["epochs"]} epochs, batch {cfg["batch_size"]}, Adam lr {cfg["lr"]:g} decayed by
 {cfg["lr_decay"]:g} at epochs {cfg["lr_milestones"]}, {cfg["warmup_epochs"]} clean warm-up epoch,
 training radius {cfg["cert_eps"]:g} reached by a smooth ramp over {cfg["cert_ramp_epochs"]} epochs,
 robust-loss weight ramped to {cfg["cert_weight"]:g}, gradient clipping {cfg["grad_clip"]:g},
 initialisation: {cfg.get("init", "default")}.
-Training time here: {minutes:.0f} minutes of training steps (2-core CPU, one thread, another run
-sharing the machine), plus the per-epoch evaluation.
+Training time here: {minutes:.0f} minutes of training steps (2-core CPU, {setting}), plus the
+per-epoch evaluation.
 
 Full MNIST test set ({evaluation["images"]} images), box clipped to [0, 1], solver error bound
 charged, float64; PGD: {evaluation["pgd"]["steps"]} steps, {evaluation["pgd"]["restarts"]}
@@ -70,9 +75,11 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("evaluation", type=Path)
     parser.add_argument("--note", default="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads it trained with")
+    parser.add_argument("--shared", action="store_true", help="another run shared the machine")
     args = parser.parse_args()
     evaluation = json.loads(args.evaluation.read_text())
-    text = card(args.name, args.run, evaluation, args.note)
+    text = card(args.name, args.run, evaluation, args.note, args.threads, args.shared)
     folder = save_pretrained(
         args.run / "checkpoint.pt", ROOT / "src/nemon/pretrained" / args.name, text
     )
