@@ -119,7 +119,8 @@ def conv_solver_comparison(quick: bool = False, device="cpu") -> list[dict]:
 def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5) -> list[dict]:
     """The NEMON solvers on ``conv-stacked`` (a NEMON conv layer on the downsampled image, then
     the dense NEMON layer), set for both implicit layers together: median seconds of a forward
-    and a backward pass of the whole model, and the iterations of each layer."""
+    and a backward pass of the whole model over interleaved rounds, and the iterations of each
+    layer."""
     torch.manual_seed(0)
     batch = 16 if quick else 100
     model = build_model("nemon", "conv-stacked", gamma=0.5, hidden=100).to(device)
@@ -128,13 +129,14 @@ def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5
         layers[0].kernel.normal_(0.0, 0.15)  # couple the channels, as in the conv comparison
     u = torch.rand(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    rows = []
-    for method in ("averaged", "diagonal", "anderson"):
-        with ExitStack() as stack:
-            for layer in layers:
-                stack.enter_context(layer.solver_settings(method=method))
-            forward, backward = [], []
-            for _ in range(repeat + 1):
+    methods = ("averaged", "diagonal", "anderson")
+    times = {m: ([], []) for m in methods}
+    iterations = {}
+    for round_ in range(repeat + 1):  # interleaved rounds: drift of the machine hits all alike
+        for method in methods:
+            with ExitStack() as stack:
+                for layer in layers:
+                    stack.enter_context(layer.solver_settings(method=method))
                 model.zero_grad()
                 start = time.perf_counter()
                 loss = F.cross_entropy(model(u), y)
@@ -142,22 +144,23 @@ def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5
                 mid = time.perf_counter()
                 loss.backward()
                 _sync(device)
-                forward.append(mid - start)
-                backward.append(time.perf_counter() - mid)
-        rows.append(
-            {
-                "solver": f"nemon:{method}",
-                "forward_seconds": sorted(forward[1:])[repeat // 2],
-                "backward_seconds": sorted(backward[1:])[repeat // 2],
-                "forward_iterations": [
-                    layer.solver_stats["forward"].iterations for layer in layers
-                ],
-                "backward_iterations": [
-                    layer.solver_stats["backward"].iterations for layer in layers
-                ],
-            }
-        )
-    return rows
+            if round_ > 0:  # the first round warms up
+                times[method][0].append(mid - start)
+                times[method][1].append(time.perf_counter() - mid)
+            iterations[method] = [
+                [layer.solver_stats[k].iterations for layer in layers]
+                for k in ("forward", "backward")
+            ]
+    return [
+        {
+            "solver": f"nemon:{m}",
+            "forward_seconds": sorted(times[m][0])[repeat // 2],
+            "backward_seconds": sorted(times[m][1])[repeat // 2],
+            "forward_iterations": iterations[m][0],
+            "backward_iterations": iterations[m][1],
+        }
+        for m in methods
+    ]
 
 
 def _torchdeq_rows(system, ref: torch.Tensor, tol: float) -> list[dict]:
