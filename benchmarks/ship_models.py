@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads it trained with")
     parser.add_argument("--shared", action="store_true", help="another run shared the machine")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    for path in (args.run / "checkpoint.pt", args.run / "config.json", args.evaluation):
+        if not path.is_file():
+            parser.error(f"{path} is not a file")
     evaluation = json.loads(args.evaluation.read_text())
     text = card(args.name, args.run, evaluation, args.note, args.threads, args.shared)
     folder = save_pretrained(
