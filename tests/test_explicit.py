@@ -5,10 +5,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nemon
-from nemon.explicit import Normalize, linf_lipschitz, propagate_interval
+from nemon.explicit import BatchNorm2d, Normalize, linf_lipschitz, propagate_interval
 from nemon.models import build_model
 
 DT = torch.float64
@@ -70,16 +71,62 @@ def test_lipschitz_bound_never_exceeded():
 def test_unsupported_module_is_refused_by_name():
     with pytest.raises(NotImplementedError, match="Tanh"):
         propagate_interval(nn.Tanh(), torch.zeros(1, 2), torch.ones(1, 2))
-    with pytest.raises(ValueError, match="eval mode"):
+    with pytest.raises(ValueError, match="clean batch.*eval mode"):
         propagate_interval(nn.BatchNorm2d(1), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
 
 
-@pytest.mark.parametrize("family", ["nemon", "idl", "explicit"])
-def test_encoder_models_certify_soundly(family):
+def test_batch_norm_bounds_use_the_clean_batch_statistics_in_training():
+    """Training mode: the interval pass normalises with the last clean batch's statistics (a
+    degenerate box at that batch is the training-mode output, which running statistics are not);
+    eval mode: the running statistics. Running statistics are not moved by the interval pass."""
+    torch.manual_seed(0)
+    bn = BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = 2 + 3 * torch.randn(8, 3, 5, 5, dtype=DT)
+    out = bn(x)  # training mode: batch statistics, running ones move towards them
+    running = bn.running_mean.clone(), bn.running_var.clone()
+    lo, hi = propagate_interval(bn, x, x)
+    assert torch.allclose(lo, out) and torch.allclose(hi, out)
+    g = torch.Generator().manual_seed(1)
+    lo, hi = propagate_interval(bn, x - 0.1, x + 0.1)
+    for _ in range(20):
+        v = x + 0.1 * torch.sign(torch.randn(x.shape, generator=g, dtype=DT))
+        y = F.batch_norm(v, *bn.batch_stats, bn.weight, bn.bias, False, 0.0, bn.eps)
+        assert torch.all(y >= lo - 1e-12) and torch.all(y <= hi + 1e-12)
+    assert torch.equal(bn.running_mean, running[0]) and torch.equal(bn.running_var, running[1])
+    bn.eval()
+    lo, hi = propagate_interval(bn, x, x)
+    assert torch.allclose(lo, bn(x)) and not torch.allclose(lo, out, atol=1e-3)
+
+
+def test_certify_refuses_a_batch_norm_in_training_mode():
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", "conv-small-bn", hidden=10, gamma=0.5)
+    u, labels = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+    model(u)
+    with pytest.raises(ValueError, match="eval mode"):
+        nemon.certify(model, u, labels, 0.01, method="interval")
+    assert nemon.certify(model.eval(), u, labels, 0.01, method="interval").shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "family, arch",
+    [("nemon", "conv-small"), ("idl", "conv-small"), ("explicit", "conv-small"),
+     ("nemon", "conv-small-bn")],
+)  # fmt: skip
+def test_encoder_models_certify_soundly(family, arch):
     from test_lipschitz import pgd_breaks
 
     torch.manual_seed(0)
-    model = nemon.build_model(family, "conv-small", hidden=20, gamma=0.5).double()
+    model = nemon.build_model(family, arch, hidden=20, gamma=0.5).double()
+    if arch.endswith("-bn"):  # running statistics away from the defaults
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.rand(50, 1, 28, 28, dtype=DT))
+        model.eval()
     model.layer.solver_options = replace(model.layer.solver_options, tol=1e-10)
     u = torch.rand(40, 1, 28, 28, dtype=DT)
     with torch.no_grad():

@@ -44,6 +44,7 @@ def images(n=64, seed=0):
         ("nemon", "dense", {"activation": "leaky_relu"}),
         ("idl", "dense", {}),
         ("explicit", "conv-small", {}),
+        ("nemon", "conv-small-bn", {}),
     ],
 )
 def test_onnx_matches_pytorch(tmp_path, family, arch, kwargs):
@@ -52,6 +53,11 @@ def test_onnx_matches_pytorch(tmp_path, family, arch, kwargs):
     if kwargs.get("learn_eta"):
         with torch.no_grad():
             model.layer.parametrizations.A.original1.normal_(0, 0.5)
+    for bn in model.modules():  # batch norms: statistics away from the defaults
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 2.0)
     export_onnx(model, tmp_path / "m.onnx")
     u = images()
     logits, stats = torch_outputs(model, u)

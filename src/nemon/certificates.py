@@ -16,7 +16,7 @@ import warnings
 from contextlib import ExitStack, contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .explicit import implicit_box
 from .intervals import input_box, logit_difference_bounds
@@ -166,6 +166,7 @@ def certify(
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)
     clip = _check_clip(u, clip)
+    _check_eval_mode(model)
     model, u = _in_dtype(model, u, dtype)
     labels = labels.to(u.device)
     reason = certificate_obstacle(model)
@@ -179,6 +180,17 @@ def certify(
             else:
                 out = _certify_lipschitz(model, u, labels, radii, method)
     return out[0] if isinstance(eps, (int, float)) else torch.stack(out)
+
+
+def _check_eval_mode(model) -> None:
+    """A batch norm in training mode normalises with batch statistics: no fixed function to
+    certify (and the interval pass would use the last training batch's)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            raise ValueError(
+                f"certificates need eval mode: batch norm {name!r} is in training mode "
+                "(call model.eval())"
+            )
 
 
 def _certify_lipschitz(model, u: Tensor, labels: Tensor, radii: list[float], method: str):

@@ -5,8 +5,10 @@ strided conv stack) before the equilibrium. Certificates need two things from su
 a box that contains its outputs for every input in a box (:func:`propagate_interval`, interval
 bound propagation in centre-radius form, Gowal et al. 2018), and an upper bound of its l_inf
 Lipschitz constant (:func:`linf_lipschitz`). Supported: ``Linear``, ``Conv2d``, ``ReLU``,
-``Flatten``, ``AvgPool2d``, ``MaxPool2d``, :class:`Normalize`, ``BatchNorm2d`` in eval mode,
-and ``Sequential`` of these; anything else is refused by name.
+``Flatten``, ``AvgPool2d``, ``MaxPool2d``, :class:`Normalize`, ``BatchNorm2d`` and ``Sequential``
+of these; anything else is refused by name. A batch norm is an affine map per channel: its running
+statistics in eval mode; in training mode (interval training), the statistics of the last clean
+batch, which :class:`BatchNorm2d` records (Shi et al., 2021).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .layers import ImplicitLayer
 
 __all__ = [
     "Normalize",
+    "BatchNorm2d",
     "propagate_interval",
     "linf_lipschitz",
     "ibp_initialise",
@@ -37,6 +40,24 @@ class Normalize(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         return (u - self.mean) / self.std
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that records the statistics of its last training-mode batch.
+
+    Interval training runs the clean batch first; the interval pass then normalises with the same
+    statistics (``batch_stats``, detached), as Shi et al. (2021) do, so that the bounds train the
+    network the clean pass trains. Certificates use eval mode (running statistics).
+    """
+
+    batch_stats: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            with torch.no_grad():
+                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            self.batch_stats = (mean, var)
+        return super().forward(x)
 
 
 SUPPORTED_MODULES = (
@@ -61,11 +82,21 @@ def _refuse(module: nn.Module) -> None:
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Scale and shift of a batch norm in eval mode, per channel."""
-    if bn.training:
-        raise ValueError("bounds through BatchNorm2d need eval mode (call model.eval())")
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
+    """Scale and shift of a batch norm per channel: running statistics in eval mode, the last
+    clean batch's in training mode (:class:`BatchNorm2d`)."""
+    if not bn.training and bn.running_mean is not None:
+        mean, var = bn.running_mean, bn.running_var
+    elif getattr(bn, "batch_stats", None) is not None:
+        mean, var = bn.batch_stats
+    else:
+        raise ValueError(
+            "bounds through a BatchNorm2d in training mode need the statistics of a clean batch "
+            "(nemon.explicit.BatchNorm2d after a forward pass); certificates need eval mode"
+        )
+    weight = torch.ones_like(mean) if bn.weight is None else bn.weight
+    bias = torch.zeros_like(mean) if bn.bias is None else bn.bias
+    scale = weight / torch.sqrt(var + bn.eps)
+    return scale, bias - mean * scale
 
 
 def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,43 +173,42 @@ def linf_lipschitz(module: nn.Module | None) -> Tensor:
     _refuse(module)
 
 
-def _two_strided(in_channels: int, width: int) -> nn.Sequential:
-    """Two stride-2 4x4 convolutions (``width`` and ``2 width`` channels): 28x28 -> 7x7."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-    )
+def _conv_stack(in_channels: int, convs, batch_norm: bool = False) -> nn.Sequential:
+    """Convolutions ``(channels, kernel, stride)``, padding 1 (3x3 keeps the size, 4x4 stride 2
+    halves it), each followed by a ReLU, then flatten. With ``batch_norm``: conv (no bias) ->
+    :class:`BatchNorm2d` -> ReLU, as in Shi et al. (2021)."""
+    layers: list[nn.Module] = []
+    for channels, kernel, stride in convs:
+        layers.append(nn.Conv2d(in_channels, channels, kernel, stride, 1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(BatchNorm2d(channels))
+        layers.append(nn.ReLU())
+        in_channels = channels
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
 
 
-def _conv_small(in_channels: int) -> nn.Sequential:
-    """16 and 32 channels: 28x28 -> 32 x 7 x 7 features."""
-    return _two_strided(in_channels, 16)
+_SMALL = [(16, 4, 2), (32, 4, 2)]  # 28x28 -> 32 x 7 x 7 features
+_WIDE = [(32, 4, 2), (64, 4, 2)]  # twice conv-small's channels: 64 x 7 x 7
+_MEDIUM = [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)]  # 64 x 7 x 7
 
 
-def _conv_wide(in_channels: int) -> nn.Sequential:
-    """``conv-small`` with twice the channels (32 and 64): 28x28 -> 64 x 7 x 7 features."""
-    return _two_strided(in_channels, 32)
+def _encoder(convs, batch_norm: bool = False):
+    def build(in_channels: int) -> nn.Sequential:
+        return _conv_stack(in_channels, convs, batch_norm)
+
+    return build
 
 
-def _conv_medium(in_channels: int) -> nn.Sequential:
-    """Conv 32 (3x3), conv 32 (4x4, stride 2), conv 64 (3x3), conv 64 (4x4, stride 2)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-    )
-
-
-ENCODERS = {"conv-small": _conv_small, "conv-wide": _conv_wide, "conv-medium": _conv_medium}
+#: Encoders by name: conv-small (16, 32 channels, two 4x4 stride-2 convolutions), conv-wide
+#: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2); ``-bn``: with batch norm.
+ENCODERS = {
+    "conv-small": _encoder(_SMALL),
+    "conv-wide": _encoder(_WIDE),
+    "conv-medium": _encoder(_MEDIUM),
+    "conv-small-bn": _encoder(_SMALL, batch_norm=True),
+    "conv-medium-bn": _encoder(_MEDIUM, batch_norm=True),
+}
 
 
 def ibp_initialise(module: nn.Module) -> None:
