@@ -9,6 +9,7 @@ from nemon.app.train import (
     RunFolderError,
     TrainConfig,
     build_from_config,
+    certified_accuracy,
     evaluate,
     load_checkpoint,
     train,
@@ -211,3 +212,22 @@ def test_robust_only_loss_skips_the_clean_graph_but_not_its_gradient(weight):
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
         assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(logits, model(u)) and logits.requires_grad == (weight < 1)
+
+
+def test_interval_training_with_batch_norm_trains_its_statistics_and_certifies(tmp_path):
+    """conv-small-bn: the interval pass runs through batch norms in training mode (the clean
+    batch's statistics), the running statistics learn the data, and the loaded checkpoint (eval
+    mode) gives its Lipschitz bound and certificates."""
+    data = tiny_data()
+    cfg = config(
+        arch="conv-small-bn", gamma=0.5, epochs=2, warmup_epochs=1, cert_eps=0.05,
+        cert_ramp_epochs=1, cert_eval_eps=[0.01], cert_eval_limit=20,
+    )  # fmt: skip
+    result = train(cfg, tmp_path, data=data, progress=False)
+    assert result["history"][-1]["certified"]["0.01"] >= 0
+    model, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not model.training
+    bn = model.encoder[1]
+    assert int(bn.num_batches_tracked) == 2 * 7 and float(bn.running_var.min()) != 1.0
+    assert float(model.lipschitz_bound()) > 0
+    assert 0 <= certified_accuracy(model, data.test_x, data.test_y, [0.01], "interval")[0.01]

@@ -155,8 +155,9 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
             encoder = ENCODERS[arch](c).to(memory_format=torch.channels_last)
         else:
             encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
-        with torch.no_grad():
-            features = encoder(torch.zeros(1, c, h, w)).shape[1]
+        with torch.no_grad():  # eval mode: batch norms keep their initial running statistics
+            features = encoder.eval()(torch.zeros(1, c, h, w)).shape[1]
+        encoder.train()
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
         return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")

@@ -316,7 +316,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model of a checkpoint; returns ``(model, checkpoint dict)``."""
+    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``."""
     ckpt = read_checkpoint(path, map_location)
     try:
         cfg = TrainConfig(**ckpt["config"]).validate()
@@ -325,7 +325,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not match this version of nemon ({first})") from None
-    return model.to(map_location), ckpt
+    return model.to(map_location).eval(), ckpt
 
 
 def _solver_iterations(model: Classifier) -> tuple[int, int]:
