@@ -101,6 +101,21 @@ def test_batch_norm_bounds_use_the_clean_batch_statistics_in_training():
     assert torch.allclose(lo, bn(x)) and not torch.allclose(lo, out, atol=1e-3)
 
 
+def test_batch_norm_bounds_are_invariant_to_the_scale_of_the_convolution_before_it():
+    """conv -> batch norm is invariant to scaling the conv weight (no bias), and so must its
+    training-mode bounds be: their gradient is orthogonal to the weight. Detached statistics
+    would break this and let the robust loss shrink the weight."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), BatchNorm2d(3, eps=1e-12)).double()
+    x = torch.rand(6, 2, 6, 6, dtype=DT)
+    net(x)
+    lo, hi = propagate_interval(net, x - 0.05, x + 0.05)
+    w = net[0].weight
+    (grad,) = torch.autograd.grad((hi - lo).sum() + (hi**2).sum(), w)
+    w = w.detach()
+    assert abs(float((grad * w).sum())) < 1e-8 * float(grad.norm() * w.norm())
+
+
 def test_certify_refuses_a_batch_norm_in_training_mode():
     torch.manual_seed(0)
     model = nemon.build_model("nemon", "conv-small-bn", hidden=10, gamma=0.5)

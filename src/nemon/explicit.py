@@ -46,18 +46,27 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that records the statistics of its last training-mode batch.
 
     Interval training runs the clean batch first; the interval pass then normalises with the same
-    statistics (``batch_stats``, detached), as Shi et al. (2021) do, so that the bounds train the
-    network the clean pass trains. Certificates use eval mode (running statistics).
+    statistics (``batch_stats``), as Shi et al. (2021) do, so that the bounds train the network
+    the clean pass trains. The statistics keep their graph: detached, the robust loss would see
+    the convolution's scale without the normalisation that undoes it, and shrink the weights
+    (measured: 0.81 against 0.94 certified after 19 epochs). Certificates use eval mode (running
+    statistics).
     """
 
     batch_stats: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            with torch.no_grad():
-                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             self.batch_stats = (mean, var)
         return super().forward(x)
+
+    def train(self, mode: bool = True):
+        self.batch_stats = None  # a new mode: the last batch's statistics no longer apply
+        return super().train(mode)
+
+    def __getstate__(self):  # copies leave the statistics (and their graph) behind
+        return {**super().__getstate__(), "batch_stats": None}
 
 
 SUPPORTED_MODULES = (
