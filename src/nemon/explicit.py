@@ -13,6 +13,8 @@ batch, which :class:`BatchNorm2d` records (Shi et al., 2021).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -202,21 +204,14 @@ _WIDE = [(32, 4, 2), (64, 4, 2)]  # twice conv-small's channels: 64 x 7 x 7
 _MEDIUM = [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)]  # 64 x 7 x 7
 
 
-def _encoder(convs, batch_norm: bool = False):
-    def build(in_channels: int) -> nn.Sequential:
-        return _conv_stack(in_channels, convs, batch_norm)
-
-    return build
-
-
 #: Encoders by name: conv-small (16, 32 channels, two 4x4 stride-2 convolutions), conv-wide
 #: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2); ``-bn``: with batch norm.
 ENCODERS = {
-    "conv-small": _encoder(_SMALL),
-    "conv-wide": _encoder(_WIDE),
-    "conv-medium": _encoder(_MEDIUM),
-    "conv-small-bn": _encoder(_SMALL, batch_norm=True),
-    "conv-medium-bn": _encoder(_MEDIUM, batch_norm=True),
+    "conv-small": partial(_conv_stack, convs=_SMALL),
+    "conv-wide": partial(_conv_stack, convs=_WIDE),
+    "conv-medium": partial(_conv_stack, convs=_MEDIUM),
+    "conv-small-bn": partial(_conv_stack, convs=_SMALL, batch_norm=True),
+    "conv-medium-bn": partial(_conv_stack, convs=_MEDIUM, batch_norm=True),
 }
 
 
