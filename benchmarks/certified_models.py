@@ -24,7 +24,7 @@ from nemon.data import load_dataset
 
 def load(name_or_path: str):
     if Path(name_or_path).exists():
-        return load_checkpoint(name_or_path)[0].eval()
+        return load_checkpoint(name_or_path)[0]
     return nemon.load_pretrained(name_or_path)
 
 

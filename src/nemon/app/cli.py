@@ -481,7 +481,7 @@ def _cmd_export(args) -> dict:
         raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
     model, _ = _load_model(args.checkpoint, "cpu")
     Path(args.onnx).parent.mkdir(parents=True, exist_ok=True)
-    metadata = export_onnx(model.eval(), args.onnx, data_range=(lo, hi))
+    metadata = export_onnx(model, args.onnx, data_range=(lo, hi))
     print(f"wrote {args.onnx}")
     for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):
         if key in metadata:
