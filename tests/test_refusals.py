@@ -218,6 +218,7 @@ def test_number_of_classes_comes_from_the_dataset(tmp_path):
         {"gamma": 1.0},
         {"cert_eps": -0.1},
         {"cert_weight": 1.5},
+        {"adv_steps": -1},
         {"lam": float("inf")},
         {"model": "resnet"},
         {"solver": "newton"},

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -212,6 +213,54 @@ def test_robust_only_loss_skips_the_clean_graph_but_not_its_gradient(weight):
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
         assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(logits, model(u)) and logits.requires_grad == (weight < 1)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_adversarial_term_replaces_the_clean_one(weight):
+    """MTL-IBP: ``(1 - w) CE(PGD point) + w IBP``, the PGD point computed in eval mode from a
+    seeded start; the clean logits still feed the metric. Fails if the clean term is kept."""
+    from nemon.app.train import _adversarial_points, _loss
+    from nemon.intervals import interval_loss
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        arch="conv-small-bn", hidden=16, gamma=0.5, cert_weight=weight, ramp="linear",
+        adv_steps=2,
+    )  # fmt: skip
+    model = build_from_config(cfg, (1, 28, 28), 10).double().train()
+    u, y = torch.rand(6, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (6,))
+    model(u)  # record training-mode statistics, as every step's clean pass does
+    bn = model.encoder[1]
+    running = bn.running_mean.clone()
+    adv = _adversarial_points(model, u, y, 0.1, 2, seed=7)
+    assert model.training and torch.equal(bn.running_mean, running)  # attack in eval mode
+    assert (adv - u).abs().max() <= 0.1 + 1e-12 and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - u).abs().max() > 0.05  # it moved
+    logits, loss = _loss(model, model, cfg, u, y, 0.1, 1.0, step=7)
+    ce = torch.nn.functional.cross_entropy
+    expected = (1 - weight) * ce(model(adv), y)
+    if weight > 0:
+        expected = expected + weight * interval_loss(model, u, y, 0.1)
+    assert torch.allclose(loss, expected, atol=1e-12)
+    clean_mix = (1 - weight) * ce(model(u), y) + weight * interval_loss(model, u, y, 0.1)
+    assert not torch.allclose(loss, clean_mix, atol=1e-6)
+    assert torch.allclose(logits, model(u)) and not logits.requires_grad
+    params = list(model.parameters())
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_adversarial_training_runs_and_is_clean_at_radius_zero(tmp_path):
+    """``adv_steps`` only acts once the radius is positive: the warm-up epoch matches a run
+    without it, bit for bit; afterwards the runs differ."""
+    data = tiny_data()
+    kw = dict(arch="conv-small", gamma=0.5, warmup_epochs=1, cert_eps=0.05, cert_ramp_epochs=1)
+    plain = train(config(**kw), tmp_path / "plain", data=data, progress=False)["history"]
+    adv = train(config(**kw, adv_steps=1), tmp_path / "adv", data=data, progress=False)
+    adv = adv["history"]
+    assert adv[0]["train_loss"] == plain[0]["train_loss"]
+    assert adv[1]["train_loss"] != plain[1]["train_loss"]
+    assert all(math.isfinite(h["train_loss"]) for h in adv)
 
 
 def test_interval_training_with_batch_norm_trains_its_statistics_and_certifies(tmp_path):

@@ -153,6 +153,11 @@ def _add_train(sub, common) -> None:
     p.add_argument(
         "--cert-weight", type=_number(0.0, 1.0), help="weight of the worst-case loss (0..1)"
     )
+    p.add_argument(
+        "--adv-steps",
+        type=NONNEGATIVE,
+        help="PGD steps of an adversarial term that replaces the clean one (MTL-IBP); 0: clean",
+    )
     p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
     p.add_argument("--warmup-epochs", type=NONNEGATIVE, help="clean epochs before the ramp")
     p.add_argument("--ramp", choices=RAMPS, help="shape of the radius ramp")

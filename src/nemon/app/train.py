@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..activations import ACTIVATIONS
+from ..attacks import pgd
 from ..certificates import certify
 from ..data import DATASETS, Dataset, batches, load_dataset
 from ..intervals import interval_loss
@@ -83,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     cert_eps: float = 0.0
     cert_weight: float = 0.5
+    adv_steps: int = 0  # > 0: PGD steps of the adversarial term that replaces the clean one
     cert_ramp_epochs: int = 1
     warmup_epochs: int = 0  # clean-only epochs before the radius starts to grow
     ramp: str = "linear"  # or "smooth": cubic smoothstep of radius and robust weight
@@ -113,6 +115,7 @@ class TrainConfig:
                 _at_least(name, getattr(self, name), 1)
         _at_least("checkpoint_every", self.checkpoint_every, 0)
         _at_least("cert_ramp_epochs", self.cert_ramp_epochs, 0)
+        _at_least("adv_steps", self.adv_steps, 0)
         _at_least("warmup_epochs", self.warmup_epochs, 0)
         _at_least("cert_eval_limit", self.cert_eval_limit, 1)
         for m in self.lr_milestones:
@@ -425,11 +428,17 @@ def _learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** sum(1 for m in cfg.lr_milestones if epoch >= m)
 
 
-def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, progress: float):
+def _loss(
+    model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, progress: float, step=0
+):
     """Clean cross-entropy mixed with the worst-case (interval) loss, whose weight grows with the
     radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal et al., 2018). At weight 1
     the clean pass runs without autograd (its logits only feed the accuracy metric); under DDP it
-    keeps autograd, which the gradient synchronisation needs."""
+    keeps autograd, which the gradient synchronisation needs.
+
+    With ``adv_steps > 0`` and a radius, the clean term is the cross-entropy at a PGD point of the
+    same ball: the convex combination of adversarial and interval losses of MTL-IBP (De Palma et
+    al., 2024); the clean logits still feed the accuracy metric."""
     weight = 0.0
     if eps > 0:
         weight = cfg.cert_weight * progress if cfg.ramp == "smooth" else cfg.cert_weight
@@ -437,6 +446,13 @@ def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, prog
         with torch.no_grad():
             logits = model(xb)
         loss = interval_loss(raw, xb, yb, eps)
+    elif cfg.adv_steps > 0 and eps > 0:
+        adv = _adversarial_points(raw, xb, yb, eps, cfg.adv_steps, seed=step)
+        with torch.no_grad():
+            logits = model(xb)
+        loss = (1 - weight) * F.cross_entropy(model(adv), yb)
+        if weight > 0:
+            loss = loss + weight * interval_loss(raw, xb, yb, eps)
     else:
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
@@ -445,6 +461,18 @@ def _loss(model, raw, cfg: TrainConfig, xb: Tensor, yb: Tensor, eps: float, prog
     if cfg.lam > 0:
         loss = loss + cfg.lam * raw.lipschitz_penalty(cfg.reg_kind)
     return logits, loss
+
+
+def _adversarial_points(raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int) -> Tensor:
+    """PGD points in the l_inf ball of radius ``eps`` (clipped to [0, 1]) from a random start.
+
+    The attack runs in eval mode: batch norm uses its running statistics and neither records
+    the attack's batches nor moves the running statistics; training mode is restored after."""
+    raw.eval()
+    try:
+        return pgd(raw, xb, yb, eps, steps=steps, seed=seed)
+    finally:
+        raw.train()
 
 
 def _flushing_subnormals(fn):
@@ -636,7 +664,9 @@ def train(
                 xb, yb = _shard(xb.to(device), yb.to(device), rank, world)
                 eps = _cert_eps(cfg, epoch, i, n_batches)
                 progress_i = _ramp(cfg, epoch, i, n_batches)
-                logits, loss = _loss(model, raw, cfg, xb, yb, eps, progress_i)
+                logits, loss = _loss(
+                    model, raw, cfg, xb, yb, eps, progress_i, step=epoch * n_batches + i
+                )
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
