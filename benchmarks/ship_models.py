@@ -24,6 +24,13 @@ ENCODER_TEXT = {
 }
 
 
+def _other_term(cfg: dict) -> str:
+    steps = cfg.get("adv_steps", 0)
+    if not steps:
+        return "the rest clean cross-entropy"
+    return f"the rest cross-entropy at a {steps}-step PGD point of the same ball (MTL-IBP)"
+
+
 def card(name: str, run: Path, evaluation: dict, note: str, threads: int, shared: bool) -> str:
     cfg = json.loads((run / "config.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -51,7 +58,7 @@ Retrain (the same command made it):
 Recipe: {cfg["epochs"]} epochs, batch {cfg["batch_size"]}, Adam lr {cfg["lr"]:g} decayed by
 {cfg["lr_decay"]:g} at epochs {cfg["lr_milestones"]}, {cfg["warmup_epochs"]} clean warm-up epoch,
 training radius {cfg["cert_eps"]:g} reached by a smooth ramp over {cfg["cert_ramp_epochs"]} epochs,
-robust-loss weight ramped to {cfg["cert_weight"]:g}, gradient clipping {cfg["grad_clip"]:g},
+robust-loss weight ramped to {cfg["cert_weight"]:g}, {_other_term(cfg)}, gradient clipping {cfg["grad_clip"]:g},
 initialisation: {cfg.get("init", "default")}.
 Training time here: {minutes:.0f} minutes of training steps (2-core CPU, {setting}), plus the
 per-epoch evaluation.
