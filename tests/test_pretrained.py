@@ -1,6 +1,7 @@
 """Shipped models: safetensors weights with a checked digest, loadable by name, CLI included."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import nemon
 from nemon import pretrained
 from nemon.app import cli
 from nemon.app.shipping import save_pretrained
-from nemon.app.train import _learning_rate, _ramp, load_checkpoint, train
+from nemon.app.train import PRESETS, TrainConfig, _learning_rate, _ramp, load_checkpoint, train
 
 
 @pytest.fixture
@@ -70,3 +71,18 @@ def test_ramp_and_learning_rate_schedule():
     assert mid == pytest.approx(0.5) and _ramp(cfg, 1, 5, 10) < 0.25  # slow start
     assert _ramp(cfg, 3, 0, 10) == 1.0
     assert [_learning_rate(cfg, e) for e in (0, 3, 5)] == pytest.approx([1.0, 0.2, 0.04])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name):
+    TrainConfig(**PRESETS[name]).validate()
+
+
+@pytest.mark.parametrize("name", nemon.pretrained_names())
+def test_shipped_models_were_trained_by_their_preset(name):
+    """A card's "retrain" command is ``nemon train --preset NAME``: every setting of the preset
+    is the one the shipped run recorded (a setting older than the run's code: its default)."""
+    recorded = json.loads((pretrained._root() / name / "config.json").read_text())["config"]
+    default = asdict(TrainConfig())
+    for key, value in asdict(TrainConfig(**PRESETS[name])).items():
+        assert recorded.get(key, default[key]) == value, key
