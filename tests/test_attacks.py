@@ -60,6 +60,49 @@ def test_pgd_finds_at_least_as_many_as_foolbox(trained):
         assert int(our_success.sum()) >= int(success.sum()), eps
 
 
+def _reference_pgd(model, u, labels, eps, steps, restarts, seed):
+    """PGD that checks every iterate: first misclassifying one per sample, else the last."""
+    from nemon.attacks import _loss_gradient, _project
+
+    step_size = 2.5 * eps / steps
+    g = torch.Generator().manual_seed(seed)
+    best, fooled = u.clone(), torch.zeros(len(u), dtype=torch.bool)
+    for _ in range(restarts):
+        adv = _project(
+            u, u + eps * (torch.rand(u.shape, generator=g, dtype=u.dtype) * 2 - 1), eps, (0.0, 1.0)
+        )
+        for _ in range(steps):
+            adv = _project(
+                u, adv + step_size * _loss_gradient(model, adv, labels).sign(), eps, (0.0, 1.0)
+            )
+            with torch.no_grad():
+                wrong = model(adv).argmax(1) != labels
+            best[wrong & ~fooled] = adv[wrong & ~fooled]
+            fooled |= wrong
+        best[~fooled] = adv[~fooled]
+    return best
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, u):
+        self.calls += 1
+        return self.model(u)
+
+
+@pytest.mark.parametrize("steps,restarts", [(1, 1), (3, 1), (4, 2)])
+def test_pgd_skips_the_final_check_without_changing_the_result(trained, steps, restarts):
+    model, data = trained
+    u, y = data.test_x[:64], data.test_y[:64]
+    counting = _Counting(model)
+    ours = pgd(counting, u, y, 0.15, steps=steps, restarts=restarts, seed=3)
+    assert torch.equal(ours, _reference_pgd(model, u, y, 0.15, steps, restarts, seed=3))
+    assert counting.calls == 2 * steps * restarts - 1  # a gradient and a check per step, less one
+
+
 def test_unknown_attack():
     with pytest.raises(ValueError, match="unknown attack"):
         robust_accuracy(None, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 0.1, "magic")

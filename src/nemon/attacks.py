@@ -80,13 +80,15 @@ def pgd(
     g = torch.Generator(device=u.device).manual_seed(seed)
     best = u.clone()
     fooled = torch.zeros(len(u), dtype=torch.bool, device=u.device)
-    for _ in range(restarts):
+    for restart in range(restarts):
         adv = u.clone()
         if random_start and eps > 0:
             start = torch.rand(u.shape, generator=g, device=u.device, dtype=u.dtype) * 2 - 1
             adv = _project(u, u + eps * start, eps, box)
-        for _ in range(steps):
+        for step in range(steps):
             adv = _project(u, adv + step_size * _loss_gradient(model, adv, labels).sign(), eps, box)
+            if restart == restarts - 1 and step == steps - 1:
+                break  # the final iterate goes to every sample still unfooled: no check needed
             with torch.no_grad():
                 wrong = model(adv).argmax(1) != labels
             new = wrong & ~fooled
