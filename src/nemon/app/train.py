@@ -182,6 +182,18 @@ _WIDE = {
     "lr_milestones": [50, 62],
 }
 
+_MEDIUM = {
+    **_CERTIFIED,
+    "arch": "conv-medium",
+    "init": "ibp",
+    "epochs": 32,
+    "cert_ramp_epochs": 8,
+    "lr_milestones": [24, 29],
+    "cert_eps": 0.2,
+    "cert_weight": 0.5,
+    "cert_eval_eps": [0.1],
+}
+
 PRESETS: dict[str, dict] = {
     "mnist-fc": {},
     "mnist-fc-gamma005": {"gamma": 0.05},
@@ -207,17 +219,10 @@ PRESETS: dict[str, dict] = {
     },
     # the deeper conv-medium encoder (4 convolutions), IBP initialisation, 32 epochs: 80 minutes
     # of steps on 2 threads here, +0.3 points certified at 0.1 over mnist-cert-0.1
-    "mnist-cert-medium-0.1": {
-        **_CERTIFIED,
-        "arch": "conv-medium",
-        "init": "ibp",
-        "epochs": 32,
-        "cert_ramp_epochs": 8,
-        "lr_milestones": [24, 29],
-        "cert_eps": 0.2,
-        "cert_weight": 0.5,
-        "cert_eval_eps": [0.1],
-    },
+    "mnist-cert-medium-0.1": _MEDIUM,
+    # MTL-IBP (De Palma et al. 2024): 0.8 of the loss at a 1-step PGD point, 0.2 interval bound;
+    # 118 minutes of steps, +0.2 points clean and +0.4 certified at 0.1 over mnist-cert-medium-0.1
+    "mnist-cert-medium-mtl-0.1": {**_MEDIUM, "adv_steps": 1, "cert_weight": 0.2},
     # twice the encoder's channels, IBP initialisation, a longer schedule (trained within 2 h)
     "mnist-cert-wide-0.1": {**_WIDE, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
     "mnist-cert-wide-0.3": {
