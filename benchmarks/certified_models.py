@@ -10,6 +10,7 @@ random restarts); every certified image that PGD breaks is counted as a violatio
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -28,6 +29,38 @@ def load(name_or_path: str):
     return nemon.load_pretrained(name_or_path)
 
 
+def evaluate(model, x, y, radii, steps=50, restarts=2, batch=500, log=print) -> dict:
+    """Clean, interval- and pairwise-certified and PGD accuracy, and violations, per radius."""
+    counts = {"clean": 0}
+    for e in radii:
+        counts.update({f"interval@{e:g}": 0, f"pairwise@{e:g}": 0, f"pgd@{e:g}": 0})
+        counts[f"violations@{e:g}"] = 0
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        xb, yb = x[i : i + batch], y[i : i + batch]
+        with torch.no_grad():
+            correct = model(xb).argmax(1) == yb
+        counts["clean"] += int(correct.sum())
+        for e in radii:
+            inter = nemon.certify(model, xb, yb, e, method="interval")
+            pair = nemon.certify(model, xb, yb, e, method="pairwise")
+            adv = pgd(model, xb, yb, e, steps=steps, restarts=restarts, seed=i)
+            with torch.no_grad():
+                robust = (model(adv).argmax(1) == yb) & correct
+            counts[f"interval@{e:g}"] += int(inter.sum())
+            counts[f"pairwise@{e:g}"] += int(pair.sum())
+            counts[f"pgd@{e:g}"] += int(robust.sum())
+            counts[f"violations@{e:g}"] += int((inter & ~robust).sum() + (pair & ~robust).sum())
+        done = min(i + batch, len(x))
+        log(f"{done}/{len(x)} " + json.dumps({k: v / done for k, v in counts.items()}))
+    return {
+        "images": len(x),
+        "pgd": {"steps": steps, "restarts": restarts},
+        "seconds": round(time.perf_counter() - start, 1),
+        **{k: (v if k.startswith("violations") else v / len(x)) for k, v in counts.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="checkpoint file or shipped model name")
@@ -44,35 +77,10 @@ def main() -> None:
     model = load(args.model)
     data = load_dataset("mnist")
     x, y = data.test_x[: args.images], data.test_y[: args.images]
-    counts = {"clean": 0}
-    for e in args.eps:
-        counts.update({f"interval@{e:g}": 0, f"pairwise@{e:g}": 0, f"pgd@{e:g}": 0})
-        counts[f"violations@{e:g}"] = 0
-    start = time.perf_counter()
-    for i in range(0, len(x), args.batch):
-        xb, yb = x[i : i + args.batch], y[i : i + args.batch]
-        with torch.no_grad():
-            counts["clean"] += int((model(xb).argmax(1) == yb).sum())
-        for e in args.eps:
-            inter = nemon.certify(model, xb, yb, e, method="interval")
-            pair = nemon.certify(model, xb, yb, e, method="pairwise")
-            adv = pgd(model, xb, yb, e, steps=args.steps, restarts=args.restarts, seed=i)
-            with torch.no_grad():
-                robust = (model(adv).argmax(1) == yb) & (model(xb).argmax(1) == yb)
-            counts[f"interval@{e:g}"] += int(inter.sum())
-            counts[f"pairwise@{e:g}"] += int(pair.sum())
-            counts[f"pgd@{e:g}"] += int(robust.sum())
-            counts[f"violations@{e:g}"] += int((inter & ~robust).sum() + (pair & ~robust).sum())
-        done = min(i + args.batch, len(x))
-        print(
-            f"{done}/{len(x)} " + json.dumps({k: v / done for k, v in counts.items()}), flush=True
-        )
+    log = functools.partial(print, flush=True)
     result = {
         "model": args.model,
-        "images": len(x),
-        "pgd": {"steps": args.steps, "restarts": args.restarts},
-        "seconds": round(time.perf_counter() - start, 1),
-        **{k: (v if k.startswith("violations") else v / len(x)) for k, v in counts.items()},
+        **evaluate(model, x, y, args.eps, args.steps, args.restarts, args.batch, log),
     }
     print(json.dumps(result, indent=2))
     if args.json:

@@ -13,6 +13,8 @@ from nemon.app.train import (
     certified_accuracy,
     evaluate,
     load_checkpoint,
+    read_checkpoint,
+    save_atomic,
     train,
 )
 from nemon.data import Dataset
@@ -74,6 +76,18 @@ def test_resume_refuses_a_different_config(tmp_path):
     train(config(epochs=1), tmp_path, data=data, progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
+
+
+def test_resume_reads_a_setting_newer_than_the_checkpoint_as_its_default(tmp_path):
+    data = tiny_data()
+    train(config(epochs=1), tmp_path, data=data, progress=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    del ckpt["config"]["adv_steps"]  # as written before the setting existed
+    save_atomic(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="different configuration"):
+        train(config(epochs=1, adv_steps=1), tmp_path, data=data, progress=False, resume=True)
+    done = train(config(epochs=1), tmp_path, data=data, progress=False, resume=True)
+    assert [h["epoch"] for h in done["history"]] == [1]
 
 
 def test_checkpoint_rebuilds_the_model(tmp_path):

@@ -603,7 +603,8 @@ def train(
     state = {"epoch": 0, "step": 0, "history": [], "running": _fresh_running()}
     if resume:
         ckpt = read_checkpoint(ckpt_path, map_location=str(device))
-        if ckpt["config"] != asdict(cfg):
+        recorded = {**asdict(TrainConfig()), **ckpt["config"]}  # newer settings: their defaults
+        if recorded != asdict(cfg):
             raise RunFolderError(f"{ckpt_path} was written by a different configuration")
         raw.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -1,0 +1,133 @@
+"""A certified preset with its implicit layer and with an explicit layer in its place, side by side.
+
+The two runs share every setting but ``model`` (same encoder, width, recipe, seed and epochs):
+each is trained, resumed, or reused when finished, then evaluated on the MNIST test set by
+``certified_models.evaluate`` (clean, interval and pairwise certified, PGD, violations). An
+evaluation is cached in its run folder under the checkpoint's sha256 and the settings. Writes
+one JSON and prints a markdown table::
+
+    python benchmarks/ablation.py mnist-cert-medium-mtl-0.1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from certified_models import evaluate
+
+from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
+from nemon.data import load_dataset
+
+RESULTS = Path(__file__).parent / "results" / "certified-models"
+FAMILIES = ("nemon", "explicit")
+
+
+def configs(preset: str, **overrides) -> dict[str, TrainConfig]:
+    """The preset's config per family; ``overrides`` (smoke runs) apply to both alike."""
+    base = TrainConfig(**{**PRESETS[preset], **overrides}).validate()
+    return {family: replace(base, model=family) for family in FAMILIES}
+
+
+def trained(cfg: TrainConfig, folder: Path, threads: int | None) -> list[dict]:
+    """The run's history: trained from scratch, resumed, or read back when finished."""
+    resume = (folder / "checkpoint.pt").exists()
+    return train(cfg, folder, resume=resume, progress=False, threads=threads)["history"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def evaluated(folder: Path, x, y, settings: dict, log) -> dict:
+    """``evaluate`` on the run's final checkpoint, or the cached result for the same file."""
+    ckpt, cache = folder / "checkpoint.pt", folder / "evaluation.json"
+    key = {"checkpoint_sha256": _sha256(ckpt), "settings": settings}
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        if {k: stored.get(k) for k in key} == key:
+            log(f"{folder}: cached evaluation")
+            return stored["result"]
+    model = load_checkpoint(ckpt)[0]
+    s = settings
+    result = evaluate(model, x, y, s["eps"], s["steps"], s["restarts"], log=log)
+    cache.write_text(json.dumps({**key, "result": result}, indent=2) + "\n")
+    return result
+
+
+def table(rows: dict[str, dict], radii: list[float]) -> str:
+    head = ["model", "clean"]
+    for r in radii:
+        head += [f"interval@{r:g}", f"pairwise@{r:g}", f"PGD@{r:g}", f"broken@{r:g}"]
+    lines = ["| " + " | ".join(head + ["minutes of steps"]) + " |", "|---" * (len(head) + 1) + "|"]
+    for family, row in rows.items():
+        ev = row["evaluation"]
+        cells = [family, f"{ev['clean']:.4f}"]
+        for r in radii:
+            cells += [f"{ev[f'{k}@{r:g}']:.4f}" for k in ("interval", "pairwise", "pgd")]
+            cells.append(str(ev[f"violations@{r:g}"]))
+        lines.append("| " + " | ".join(cells + [f"{row['minutes']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", choices=[p for p in PRESETS if PRESETS[p].get("cert_eps")])
+    parser.add_argument("--implicit", type=Path, help="run folder (default runs/PRESET)")
+    parser.add_argument("--explicit", type=Path, help="run folder (default runs/PRESET-explicit)")
+    parser.add_argument("--eps", type=float, nargs="+", help="default: the preset's radii")
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--epochs", type=int, help="override (smoke runs)")
+    parser.add_argument("--train-limit", type=int, help="override (smoke runs)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("train_limit", args.train_limit)) if v}
+    runs = configs(args.preset, **overrides)
+    folders = {
+        "nemon": args.implicit or Path("runs") / args.preset,
+        "explicit": args.explicit or Path("runs") / f"{args.preset}-explicit",
+    }
+    radii = args.eps or runs["nemon"].cert_eval_eps
+    settings = {"images": args.images, "eps": radii, "steps": args.steps, "restarts": args.restarts}
+    data = load_dataset("mnist")
+    x, y = data.test_x[: args.images], data.test_y[: args.images]
+    log = functools.partial(print, flush=True)
+    rows = {}
+    for family, cfg in runs.items():
+        history = trained(cfg, folders[family], args.threads)
+        rows[family] = {
+            "run": str(folders[family]),
+            "config": asdict(cfg),
+            "minutes": sum(h["train_seconds"] for h in history) / 60,
+            "evaluation": evaluated(folders[family], x, y, settings, log),
+        }
+    result = {"preset": args.preset, "settings": settings, "runs": rows}
+    out = args.json or RESULTS / f"ablation-{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows, radii))
+    gap = {
+        r: rows["nemon"]["evaluation"][f"interval@{r:g}"]
+        - rows["explicit"]["evaluation"][f"interval@{r:g}"]
+        for r in radii
+    }
+    print(
+        f"{args.preset}: implicit minus explicit certified "
+        + ", ".join(f"{g:+.4f} at {r:g}" for r, g in gap.items())
+        + f"; {out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

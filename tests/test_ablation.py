@@ -1,0 +1,39 @@
+"""benchmarks/ablation.py: a preset with its implicit layer and with an explicit one, same budget."""
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from conftest import requires_mnist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ablation  # noqa: E402
+
+
+def test_the_two_runs_differ_only_in_the_layer():
+    runs = ablation.configs("mnist-cert-medium-mtl-0.1", epochs=2)
+    implicit, explicit = (asdict(runs[f]) for f in ("nemon", "explicit"))
+    assert implicit.pop("model") == "nemon" and explicit.pop("model") == "explicit"
+    assert implicit == explicit and implicit["epochs"] == 2 and implicit["adv_steps"] == 1
+
+
+@requires_mnist
+def test_smoke_run_trains_evaluates_and_caches(tmp_path, capsys):
+    base = ["mnist-cert-0.1", "--implicit", str(tmp_path / "a"), "--explicit", str(tmp_path / "b")]
+    base += ["--epochs", "1", "--train-limit", "200", "--images", "20", "--restarts", "1"]
+    out = tmp_path / "out.json"
+    first = ablation.main([*base, "--steps", "3", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(first))
+    assert set(first["runs"]) == {"nemon", "explicit"}
+    for row in first["runs"].values():
+        ev = row["evaluation"]
+        assert ev["images"] == 20 and ev["violations@0.1"] == 0 and row["minutes"] > 0
+        assert 0 <= ev["interval@0.1"] <= ev["pgd@0.1"] <= ev["clean"] <= 1
+    text = capsys.readouterr().out
+    assert "| nemon | " in text and "| explicit | " in text and "cached" not in text
+    again = ablation.main([*base, "--steps", "3", "--json", str(out)])
+    assert again["runs"] == first["runs"]
+    assert capsys.readouterr().out.count("cached evaluation") == 2  # same files, same settings
+    ablation.main([*base, "--steps", "4", "--json", str(out)])
+    assert "cached" not in capsys.readouterr().out  # other settings: evaluated again
