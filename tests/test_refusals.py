@@ -17,12 +17,12 @@ from test_train_cli import config, tiny_data
 
 import nemon
 from nemon.app import cli
+from nemon.app.checkpoints import json_line
 from nemon.app.train import (
     CheckpointError,
     RunFolderError,
     TrainConfig,
     TrainingDiverged,
-    json_line,
     load_checkpoint,
     train,
 )

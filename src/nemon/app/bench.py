@@ -25,8 +25,10 @@ from ..intervals import interval_loss
 from ..layers import ImplicitLayer, NEMONDense
 from ..models import build_model
 from ..solvers import SolverOptions, alpha_star, solve
+from .checkpoints import load_checkpoint
+from .config import TrainConfig
 from .plots import pyplot
-from .train import TrainConfig, load_checkpoint, train
+from .train import train
 
 __all__ = [
     "matmul_peak",

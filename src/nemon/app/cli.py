@@ -27,24 +27,18 @@ from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from ..solvers import SOLVERS
 from .bench import run_bench
+from .checkpoints import (
+    CheckpointError,
+    RunFolderError,
+    check_run_folder,
+    json_line,
+    load_checkpoint,
+)
+from .config import PRESETS, RAMPS, TrainConfig
 from .plots import plot_curves
 from .reproduce import reproduce_conv, reproduce_mnist
 from .runtime import auto_threads
-from .train import (
-    PRESETS,
-    RAMPS,
-    CheckpointError,
-    ConvergenceTally,
-    RunFolderError,
-    TrainConfig,
-    TrainingDiverged,
-    certified_accuracy,
-    check_run_folder,
-    evaluate,
-    json_line,
-    load_checkpoint,
-    train,
-)
+from .train import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, train
 
 __all__ = ["main", "build_parser", "UsageError"]
 

@@ -17,8 +17,9 @@ import torch
 from ..attacks import accuracy_under_attack
 from ..certificates import certify
 from ..data import load_dataset
+from .config import TrainConfig
 from .plots import plot_curves, pyplot
-from .train import TrainConfig, evaluate, train
+from .train import evaluate, train
 
 __all__ = ["reproduce_mnist", "reproduce_conv", "PAPER_MNIST"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..pretrained import _sha256
-from .train import read_checkpoint
+from .checkpoints import read_checkpoint
 
 __all__ = ["save_pretrained"]
 

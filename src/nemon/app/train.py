@@ -1,6 +1,7 @@
 """Training and evaluation with atomic checkpoints, exact resume and a JSONL metrics log.
 
-A run is described by a :class:`TrainConfig`; :func:`train` writes into ``out_dir``:
+A run is described by a :class:`TrainConfig` (``config.py``); :func:`train` writes into
+``out_dir`` (the files: ``checkpoints.py``):
 ``checkpoint.pt`` (model, optimiser, position inside the epoch, history; written atomically every
 ``checkpoint_every`` steps and at each epoch's end), ``metrics.jsonl`` (one line per epoch) and
 ``config.json``. The order of batches in epoch ``e`` depends only on ``(seed, e)``, so a killed run
@@ -14,10 +15,9 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,19 +25,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..activations import ACTIVATIONS
 from ..attacks import pgd
 from ..certificates import certify
-from ..data import DATASETS, Dataset, batches, load_dataset
+from ..data import Dataset, batches, load_dataset
 from ..intervals import interval_loss
-from ..models import (
-    ARCHITECTURES,
-    INITIALISATIONS,
-    MODEL_FAMILIES,
-    Classifier,
-    build_from_config,
+from ..models import Classifier, build_from_config
+from ..solvers import ConvergenceWarning
+from .checkpoints import (
+    RUN_FILES,
+    CheckpointError,
+    RunFolderError,
+    _write_text_atomic,
+    check_run_folder,
+    json_line,
+    load_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    save_atomic,
 )
-from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, ConvergenceWarning
+from .config import PRESETS, TrainConfig
 from .runtime import auto_threads
 
 __all__ = [
@@ -56,284 +62,6 @@ __all__ = [
     "TrainingDiverged",
     "ConvergenceTally",
 ]
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; the defaults are the paper's MNIST FC setting (6.2)."""
-
-    model: str = "nemon"
-    arch: str = "dense"
-    dataset: str = "mnist"
-    hidden: int = 100
-    gamma: float = 0.95
-    activation: str = "relu"
-    solver: str | None = None
-    tol: float = DEFAULT_TOL
-    residual: str = "step"
-    max_iter: int = DEFAULT_MAX_ITER
-    epochs: int = 10
-    batch_size: int = 300
-    lr: float = 1.5e-2
-    lam: float = 0.0
-    reg_kind: str = "product"
-    seed: int = 0
-    device: str = "cpu"
-    train_limit: int | None = None
-    test_limit: int | None = None
-    checkpoint_every: int = 50
-    cert_eps: float = 0.0
-    cert_weight: float = 0.5
-    adv_steps: int = 0  # > 0: PGD steps of the adversarial term that replaces the clean one
-    cert_ramp_epochs: int = 1
-    warmup_epochs: int = 0  # clean-only epochs before the radius starts to grow
-    ramp: str = "linear"  # or "smooth": cubic smoothstep of radius and robust weight
-    lr_milestones: list = field(default_factory=list)  # epochs at which lr *= lr_decay
-    lr_decay: float = 0.2
-    grad_clip: float = 0.0  # max gradient norm (0: off)
-    init: str = "default"  # or "ibp": the IBP-friendly initialisation of Shi et al. (2021)
-    cert_eval_eps: list = field(default_factory=list)  # certified accuracy logged each epoch
-    cert_eval_limit: int = 1000  # on the first N test images
-    layer_kwargs: dict = field(default_factory=dict)
-
-    def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
-        _choice("model", self.model, MODEL_FAMILIES)
-        _choice("arch", self.arch, ARCHITECTURES)
-        _choice("ramp", self.ramp, RAMPS)
-        _choice("init", self.init, INITIALISATIONS)
-        _choice("dataset", self.dataset, tuple(DATASETS))
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("residual", self.residual, ("step", "fixed_point"))
-        _choice("reg_kind", self.reg_kind, ("product", "halved_sum"))
-        if self.solver is not None:
-            _choice("solver", self.solver, tuple(SOLVERS))
-        for name in ("hidden", "epochs", "batch_size", "max_iter"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("train_limit", "test_limit"):
-            if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 1)
-        _at_least("checkpoint_every", self.checkpoint_every, 0)
-        _at_least("cert_ramp_epochs", self.cert_ramp_epochs, 0)
-        _at_least("adv_steps", self.adv_steps, 0)
-        _at_least("warmup_epochs", self.warmup_epochs, 0)
-        _at_least("cert_eval_limit", self.cert_eval_limit, 1)
-        for m in self.lr_milestones:
-            _at_least("lr_milestones", m, 1)
-        for e in self.cert_eval_eps:
-            _finite("cert_eval_eps", e, low=0.0)
-        _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
-        _finite("grad_clip", self.grad_clip, low=0.0)
-        _finite("gamma", self.gamma, high=1.0, high_open=True)
-        for name in ("tol", "lr"):
-            _finite(name, getattr(self, name), low=0.0, low_open=True)
-        for name in ("lam", "cert_eps"):
-            _finite(name, getattr(self, name), low=0.0)
-        _finite("cert_weight", self.cert_weight, low=0.0, high=1.0)
-        if not isinstance(self.layer_kwargs, dict):
-            raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
-        return self
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-def _at_least(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _finite(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}"
-        rule = " and ".join(r for r in (lo, hi) if r) or "finite"
-        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
-
-
-RAMPS = ("linear", "smooth")
-
-_CERTIFIED = {  # the recipe shared by the certified presets (Gowal et al. 2018, Shi et al. 2021)
-    "arch": "conv-small",
-    "hidden": 100,
-    "gamma": 0.5,
-    "batch_size": 100,
-    "lr": 1e-3,
-    "epochs": 60,
-    "warmup_epochs": 1,
-    "cert_ramp_epochs": 15,
-    "ramp": "smooth",
-    "lr_milestones": [40, 52],
-    "grad_clip": 10.0,
-    "checkpoint_every": 100,
-}
-
-_WIDE = {
-    **_CERTIFIED,
-    "arch": "conv-wide",
-    "init": "ibp",
-    "epochs": 70,
-    "cert_ramp_epochs": 20,
-    "lr_milestones": [50, 62],
-}
-
-_MEDIUM = {
-    **_CERTIFIED,
-    "arch": "conv-medium",
-    "init": "ibp",
-    "epochs": 32,
-    "cert_ramp_epochs": 8,
-    "lr_milestones": [24, 29],
-    "cert_eps": 0.2,
-    "cert_weight": 0.5,
-    "cert_eval_eps": [0.1],
-}
-
-PRESETS: dict[str, dict] = {
-    "mnist-fc": {},
-    "mnist-fc-gamma005": {"gamma": 0.05},
-    "cifar10-conv": {
-        "arch": "conv",
-        "dataset": "cifar10",
-        "hidden": 81,
-        "batch_size": 256,
-        "lr": 1e-3,
-        "epochs": 40,
-    },
-    # certified (interval-trained) MNIST models: conv encoder + NEMON dense layer (issue #9)
-    "mnist-cert-0.1": {**_CERTIFIED, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
-    # 0.3: twice the schedule at a training radius of 0.35 (0.4 cost 2 points of clean accuracy)
-    "mnist-cert-0.3": {
-        **_CERTIFIED,
-        "epochs": 120,
-        "cert_ramp_epochs": 35,
-        "lr_milestones": [90, 110],
-        "cert_eps": 0.35,
-        "cert_weight": 1.0,
-        "cert_eval_eps": [0.3],
-    },
-    # the deeper conv-medium encoder (4 convolutions), IBP initialisation, 32 epochs: 80 minutes
-    # of steps on 2 threads here, +0.3 points certified at 0.1 over mnist-cert-0.1
-    "mnist-cert-medium-0.1": _MEDIUM,
-    # MTL-IBP (De Palma et al. 2024): 0.8 of the loss at a 1-step PGD point, 0.2 interval bound;
-    # 118 minutes of steps, +0.2 points clean and +0.4 certified at 0.1 over mnist-cert-medium-0.1
-    "mnist-cert-medium-mtl-0.1": {**_MEDIUM, "adv_steps": 1, "cert_weight": 0.2},
-    # twice the encoder's channels, IBP initialisation, a longer schedule (trained within 2 h)
-    "mnist-cert-wide-0.1": {**_WIDE, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
-    "mnist-cert-wide-0.3": {
-        **_WIDE,
-        "cert_eps": 0.4,
-        "cert_weight": 1.0,
-        "cert_ramp_epochs": 25,
-        "cert_eval_eps": [0.3],
-    },
-    "fashion-conv-quick": {
-        "arch": "conv",
-        "dataset": "fashion-mnist",
-        "hidden": 16,
-        "batch_size": 128,
-        "lr": 1e-3,
-        "epochs": 1,
-    },
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: missing, unreadable, foreign or written by other code."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
-
-    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600; a kill
-    leaves at most a ``.NAME.*`` temporary file, removed by the next run in the folder.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically (see :func:`_atomic_write`); ``obj`` must hold only plain data
-    and tensors, so that it loads with ``weights_only=True``."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files a killed run left in ``folder`` (``.checkpoint.pt.*`` and the like)."""
-    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
-        for tmp in folder.glob(f".{name}.*"):
-            tmp.unlink(missing_ok=True)
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """The checkpoint's contents, read with ``weights_only=True``: a crafted file cannot run code."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch's zip format or a raw pickle
-        raise CheckpointError(f"{path} is not a nemon checkpoint (not a PyTorch file)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's fault
-        if "Weights only load failed" in str(exc):
-            why = "it holds objects other than tensors and plain data; refused, as loading them could run code"
-        elif isinstance(exc, (RuntimeError, IndexError, EOFError)) or "pickle" in str(exc).lower():
-            why = "not a PyTorch checkpoint, or truncated"
-        else:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable nemon checkpoint ({why})") from None
-    missing = (
-        [k for k in ("config", "input_shape", "num_classes", "model") if k not in ckpt]
-        if (isinstance(ckpt, dict))
-        else ["config"]
-    )
-    if missing:
-        raise CheckpointError(f"{path} is not a nemon checkpoint (no {', '.join(missing)})")
-    return ckpt
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``."""
-    ckpt = read_checkpoint(path, map_location)
-    try:
-        cfg = TrainConfig(**ckpt["config"]).validate()
-        model = build_from_config(cfg, ckpt["input_shape"], ckpt["num_classes"])
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not match this version of nemon ({first})") from None
-    return model.to(map_location).eval(), ckpt
 
 
 def _solver_iterations(model: Classifier) -> tuple[int, int]:
@@ -501,47 +229,6 @@ def _flushing_subnormals(fn):
 
 class TrainingDiverged(RuntimeError):
     """The loss or the parameters became non-finite; the last good checkpoint is kept."""
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (it holds another run, or nothing to resume)."""
-
-
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
-
-
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a folder holding files needs ``resume`` or ``overwrite``."""
-    if resume and overwrite:
-        raise RunFolderError("choose one of resume and overwrite, not both")
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"run folder {out} exists and is not a folder")
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise RunFolderError(f"nothing to resume: {out} holds no checkpoint.pt")
-        return
-    held = (
-        sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
-    )
-    if held and not overwrite:
-        raise RunFolderError(
-            f"run folder {out} is not empty ({', '.join(held[:4])}); resume it or overwrite it"
-        )
-
-
-def _json_safe(value):
-    """Non-finite floats become None (JSON has no Infinity or NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def json_line(record: dict) -> str:
-    return json.dumps(_json_safe(record), allow_nan=False)
 
 
 def _kept(ckpt_path: Path) -> str:
