@@ -22,7 +22,7 @@ import torch
 from certified_models import evaluate
 
 from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
-from nemon.data import load_dataset
+from nemon.data import DataError, load_dataset
 
 RESULTS = Path(__file__).parent / "results" / "certified-models"
 FAMILIES = ("nemon", "explicit")
@@ -75,31 +75,53 @@ def table(rows: dict[str, dict], radii: list[float]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _radius(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite radius >= 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=[p for p in PRESETS if PRESETS[p].get("cert_eps")])
     parser.add_argument("--implicit", type=Path, help="run folder (default runs/PRESET)")
     parser.add_argument("--explicit", type=Path, help="run folder (default runs/PRESET-explicit)")
-    parser.add_argument("--eps", type=float, nargs="+", help="default: the preset's radii")
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--epochs", type=int, help="override (smoke runs)")
-    parser.add_argument("--train-limit", type=int, help="override (smoke runs)")
+    parser.add_argument("--eps", type=_radius, nargs="+", help="default: the preset's radii")
+    parser.add_argument("--images", type=_positive, default=10000)
+    parser.add_argument("--steps", type=_positive, default=50)
+    parser.add_argument("--restarts", type=_positive, default=2)
+    parser.add_argument("--threads", type=_positive)
+    parser.add_argument("--epochs", type=_positive, help="override (smoke runs)")
+    parser.add_argument("--train-limit", type=_positive, help="override (smoke runs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("train_limit", args.train_limit)) if v}
-    runs = configs(args.preset, **overrides)
+    try:
+        runs = configs(args.preset, **overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
     folders = {
         "nemon": args.implicit or Path("runs") / args.preset,
         "explicit": args.explicit or Path("runs") / f"{args.preset}-explicit",
     }
     radii = args.eps or runs["nemon"].cert_eval_eps
     settings = {"images": args.images, "eps": radii, "steps": args.steps, "restarts": args.restarts}
-    data = load_dataset("mnist")
+    try:
+        data = load_dataset("mnist")
+    except DataError as exc:
+        parser.error(str(exc))
     x, y = data.test_x[: args.images], data.test_y[: args.images]
     log = functools.partial(print, flush=True)
     rows = {}

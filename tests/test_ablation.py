@@ -5,6 +5,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from conftest import requires_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -37,3 +38,11 @@ def test_smoke_run_trains_evaluates_and_caches(tmp_path, capsys):
     assert capsys.readouterr().out.count("cached evaluation") == 2  # same files, same settings
     ablation.main([*base, "--steps", "4", "--json", str(out)])
     assert "cached" not in capsys.readouterr().out  # other settings: evaluated again
+
+
+def test_bad_arguments_are_refused_in_one_line(capsys):
+    for bad in (["--images", "0"], ["--eps", "-1"], ["--epochs", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            ablation.main(["mnist-cert-0.1", *bad])
+        assert exit_info.value.code == 2
+        assert "error: argument" in capsys.readouterr().err.strip().splitlines()[-1]
