@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from certified_models import evaluate
 
-from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
+from nemon.app.checkpoints import load_checkpoint, write_text_atomic
+from nemon.app.config import PRESETS, TrainConfig
+from nemon.app.train import train
 from nemon.data import DataError, load_dataset
 
 RESULTS = Path(__file__).parent / "results" / "certified-models"
@@ -34,10 +36,10 @@ def configs(preset: str, **overrides) -> dict[str, TrainConfig]:
     return {family: replace(base, model=family) for family in FAMILIES}
 
 
-def trained(cfg: TrainConfig, folder: Path, threads: int | None) -> list[dict]:
+def trained(cfg: TrainConfig, folder: Path, data, threads: int | None) -> list[dict]:
     """The run's history: trained from scratch, resumed, or read back when finished."""
     resume = (folder / "checkpoint.pt").exists()
-    return train(cfg, folder, resume=resume, progress=False, threads=threads)["history"]
+    return train(cfg, folder, data, resume=resume, progress=False, threads=threads)["history"]
 
 
 def _sha256(path: Path) -> str:
@@ -54,9 +56,9 @@ def evaluated(folder: Path, x, y, settings: dict, log) -> dict:
             log(f"{folder}: cached evaluation")
             return stored["result"]
     model = load_checkpoint(ckpt)[0]
-    s = settings
-    result = evaluate(model, x, y, s["eps"], s["steps"], s["restarts"], log=log)
-    cache.write_text(json.dumps({**key, "result": result}, indent=2) + "\n")
+    steps, restarts = settings["steps"], settings["restarts"]
+    result = evaluate(model, x, y, settings["eps"], steps, restarts, log=log)
+    write_text_atomic(json.dumps({**key, "result": result}, indent=2) + "\n", cache)
     return result
 
 
@@ -126,7 +128,7 @@ def main(argv=None) -> dict:
     log = functools.partial(print, flush=True)
     rows = {}
     for family, cfg in runs.items():
-        history = trained(cfg, folders[family], args.threads)
+        history = trained(cfg, folders[family], data, args.threads)
         rows[family] = {
             "run": str(folders[family]),
             "config": asdict(cfg),
@@ -135,8 +137,7 @@ def main(argv=None) -> dict:
         }
     result = {"preset": args.preset, "settings": settings, "runs": rows}
     out = args.json or RESULTS / f"ablation-{args.preset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(json.dumps(result, indent=2) + "\n", out)
     print(table(rows, radii))
     gap = {
         r: rows["nemon"]["evaluation"][f"interval@{r:g}"]

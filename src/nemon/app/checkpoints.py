@@ -24,6 +24,7 @@ __all__ = [
     "RunFolderError",
     "RUN_FILES",
     "save_atomic",
+    "write_text_atomic",
     "read_checkpoint",
     "load_checkpoint",
     "check_run_folder",
@@ -68,7 +69,8 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`_atomic_write`)."""
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 

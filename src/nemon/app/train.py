@@ -35,13 +35,13 @@ from .checkpoints import (
     RUN_FILES,
     CheckpointError,
     RunFolderError,
-    _write_text_atomic,
     check_run_folder,
     json_line,
     load_checkpoint,
     read_checkpoint,
     remove_stale_temporaries,
     save_atomic,
+    write_text_atomic,
 )
 from .config import PRESETS, TrainConfig
 from .runtime import auto_threads
@@ -304,8 +304,8 @@ def train(
         if overwrite:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        _write_text_atomic("".join(json_line(h) + "\n" for h in state["history"]), log_path)
-        _write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
+        write_text_atomic("".join(json_line(h) + "\n" for h in state["history"]), log_path)
+        write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
     board = _tensorboard_writer(tensorboard) if tensorboard is not None and rank == 0 else None
 
     def checkpoint() -> None:
