@@ -67,8 +67,7 @@ def test_no_certified_image_is_broken_by_pgd(name, mnist_test):
 
 @requires_mnist
 @pytest.mark.parametrize("name", NAMES)
-def test_cli_and_library_certify_alike(name, mnist_test, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_cli_and_library_certify_alike(name, mnist_test, tmp_path):
     model = nemon.load_pretrained(name)
     x, y = mnist_test
     r = _radii(_evaluation(name))[0]
