@@ -232,7 +232,8 @@ def test_robust_only_loss_skips_the_clean_graph_but_not_its_gradient(weight):
 @pytest.mark.parametrize("weight", [0.0, 0.5])
 def test_adversarial_term_replaces_the_clean_one(weight):
     """MTL-IBP: ``(1 - w) CE(PGD point) + w IBP``, the PGD point computed in eval mode from a
-    seeded start; the clean logits still feed the metric. Fails if the clean term is kept."""
+    seeded start; the logits returned (the accuracy metric) are those at the PGD point, with no
+    clean pass. Fails if the clean term is kept."""
     from nemon.app.train import _adversarial_points, _loss
     from nemon.intervals import interval_loss
 
@@ -258,7 +259,8 @@ def test_adversarial_term_replaces_the_clean_one(weight):
     assert torch.allclose(loss, expected, atol=1e-12)
     clean_mix = (1 - weight) * ce(model(u), y) + weight * interval_loss(model, u, y, 0.1)
     assert not torch.allclose(loss, clean_mix, atol=1e-6)
-    assert torch.allclose(logits, model(u)) and not logits.requires_grad
+    assert torch.allclose(logits, model(adv)) and not logits.requires_grad
+    assert not torch.allclose(logits, model(u), atol=1e-6)
     params = list(model.parameters())
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
         assert torch.allclose(got, want, atol=1e-10)

@@ -171,7 +171,9 @@ def _loss(
 
     With ``adv_steps > 0`` and a radius, the clean term is the cross-entropy at a PGD point of the
     same ball: the convex combination of adversarial and interval losses of MTL-IBP (De Palma et
-    al., 2024); the clean logits still feed the accuracy metric."""
+    al., 2024). The logits returned are then those at the PGD points (the training accuracy is
+    measured where the loss is): a clean pass only for the metric would cost a forward solve a
+    step, 7% of the step on conv-medium."""
     weight = 0.0
     if eps > 0:
         weight = cfg.cert_weight * progress if cfg.ramp == "smooth" else cfg.cert_weight
@@ -181,9 +183,9 @@ def _loss(
         loss = interval_loss(raw, xb, yb, eps)
     elif cfg.adv_steps > 0 and eps > 0:
         adv = _adversarial_points(raw, xb, yb, eps, cfg.adv_steps, seed=step)
-        with torch.no_grad():
-            logits = model(xb)
-        loss = (1 - weight) * F.cross_entropy(model(adv), yb)
+        logits = model(adv)
+        loss = (1 - weight) * F.cross_entropy(logits, yb)
+        logits = logits.detach()
         if weight > 0:
             loss = loss + weight * interval_loss(raw, xb, yb, eps)
     else:
