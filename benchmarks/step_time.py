@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nemon.app import train as T
-from nemon.app.checkpoints import load_checkpoint, write_text_atomic
+from nemon.app.checkpoints import CheckpointError, load_checkpoint, write_text_atomic
 from nemon.app.config import PRESETS, TrainConfig
 from nemon.data import load_dataset
 from nemon.explicit import propagate_interval
@@ -115,7 +115,10 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
+        try:
+            model, _ = load_checkpoint(args.checkpoint)
+        except CheckpointError as err:
+            sys.exit(f"error: {err}")
     else:
         torch.manual_seed(0)
         model = build_from_config(cfg, tuple(data.train_x.shape[1:]), 10)

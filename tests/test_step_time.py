@@ -36,6 +36,14 @@ def test_parts_of_the_step_are_timed_and_written(tmp_path, preset, expected):
     "argv", [["--repeats", "0"], ["--threads", "0"], ["--preset", "mnist-fc"], ["--preset", "x"]]
 )
 def test_bad_arguments_are_refused(argv, capsys):
+    """One ``error:`` line each, no traceback."""
     with pytest.raises(SystemExit) as exc:
         step_time.main(argv)
     assert exc.value.code != 0 and "error" in capsys.readouterr().err
+
+
+@requires_mnist
+def test_a_missing_checkpoint_is_one_error_line(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        step_time.main(["--checkpoint", str(tmp_path / "none.pt"), "--repeats", "1"])
+    assert str(exc.value).startswith("error: ") and "none.pt" in str(exc.value)
