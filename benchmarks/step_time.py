@@ -41,22 +41,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "speed"
 def parts(model, cfg: TrainConfig, x, y, compiled_encoder=None) -> dict:
     """The callables to time: each runs one part of a training step (gradients zeroed first)."""
     eps = cfg.cert_eps
-    adv = T._adversarial_points(model, x, y, eps, max(cfg.adv_steps, 1), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that leaves the weights alone
 
     def backward(loss):
         model.zero_grad(set_to_none=True)
         loss.backward()
 
-    out = {
-        "pgd attack": lambda: T._adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0),
-        "adversarial forward+backward": lambda: backward(F.cross_entropy(model(adv), y)),
-        "interval forward+backward": lambda: backward(interval_loss(model, x, y, eps)),
-        "clean forward, no autograd": lambda: _no_grad(model, x),
-    }
-    if cfg.adv_steps == 0:
-        del out["pgd attack"], out["adversarial forward+backward"]
+    out = {}
+    if cfg.adv_steps > 0:
+        adv = T._adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
+        out["pgd attack"] = lambda: T._adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
+        out["adversarial forward+backward"] = lambda: backward(F.cross_entropy(model(adv), y))
+    else:
         out["clean forward+backward"] = lambda: backward(F.cross_entropy(model(x), y))
+    out["interval forward+backward"] = lambda: backward(interval_loss(model, x, y, eps))
+    out["clean forward, no autograd"] = lambda: _no_grad(model, x)
     if compiled_encoder is not None:
         out["interval forward+backward, compiled encoder"] = lambda: backward(
             _interval_loss_with(model, compiled_encoder, x, y, eps)
