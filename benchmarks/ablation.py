@@ -3,10 +3,15 @@
 The two runs share every setting but ``model`` (same encoder, width, recipe, seed and epochs):
 each is trained, resumed, or reused when finished, then evaluated on the MNIST test set by
 ``certified_models.evaluate`` (clean, interval and pairwise certified, PGD, violations). An
-evaluation is cached in its run folder under the checkpoint's sha256 and the settings. Writes
-one JSON and prints a markdown table::
+evaluation is cached in its run folder under the checkpoint's sha256 and the settings. The
+implicit side may instead be a shipped model (its name for ``--implicit``; its config must be
+the preset's), with its run's ``metrics.jsonl`` for the minutes of steps. Writes one JSON and
+prints a markdown table::
 
     python benchmarks/ablation.py mnist-cert-medium-mtl-0.1 --threads 2
+    python benchmarks/ablation.py mnist-cert-medium-mtl-h256-0.1 --threads 2 \
+        --implicit mnist-cert-medium-mtl-h256-0.1 \
+        --implicit-metrics benchmarks/results/certified-models/cert-0.1-medium-mtl-h256-38ep-metrics.jsonl
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from nemon.app.checkpoints import load_checkpoint, write_text_atomic
 from nemon.app.config import PRESETS, TrainConfig
 from nemon.app.train import train
 from nemon.data import DataError, load_dataset
+from nemon.pretrained import describe_pretrained, load_pretrained, pretrained_names
 
 RESULTS = Path(__file__).parent / "results" / "certified-models"
 FAMILIES = ("nemon", "explicit")
@@ -62,6 +68,29 @@ def evaluated(folder: Path, x, y, settings: dict, log) -> dict:
     return result
 
 
+def shipped(name: str, cfg: TrainConfig, metrics: Path | None, x, y, settings, log) -> dict:
+    """The row of a shipped model trained with ``cfg``: evaluated afresh, minutes from its log."""
+    stored = TrainConfig(**describe_pretrained(name)["config"])  # older files: defaults fill in
+    if asdict(stored) != json.loads(json.dumps(asdict(cfg))):
+        raise ValueError(f"shipped model {name!r} was not trained with this preset's config")
+    minutes = None
+    if metrics is not None:
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if len(history) != cfg.epochs:
+            raise ValueError(f"{metrics} holds {len(history)} epochs, the preset {cfg.epochs}")
+        minutes = sum(h["train_seconds"] for h in history) / 60
+    model = load_pretrained(name)
+    steps, restarts = settings["steps"], settings["restarts"]
+    evaluation = evaluate(model, x, y, settings["eps"], steps, restarts, log=log)
+    return {
+        "run": name,
+        "metrics": None if metrics is None else str(metrics),
+        "minutes": minutes,
+        "config": asdict(cfg),
+        "evaluation": evaluation,
+    }
+
+
 def table(rows: dict[str, dict], radii: list[float]) -> str:
     head = ["model", "clean"]
     for r in radii:
@@ -73,7 +102,8 @@ def table(rows: dict[str, dict], radii: list[float]) -> str:
         for r in radii:
             cells += [f"{ev[f'{k}@{r:g}']:.4f}" for k in ("interval", "pairwise", "pgd")]
             cells.append(str(ev[f"violations@{r:g}"]))
-        lines.append("| " + " | ".join(cells + [f"{row['minutes']:.0f}"]) + " |")
+        minutes = "?" if row["minutes"] is None else f"{row['minutes']:.0f}"
+        lines.append("| " + " | ".join(cells + [minutes]) + " |")
     return "\n".join(lines)
 
 
@@ -96,7 +126,12 @@ def _radius(text: str) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=[p for p in PRESETS if PRESETS[p].get("cert_eps")])
-    parser.add_argument("--implicit", type=Path, help="run folder (default runs/PRESET)")
+    parser.add_argument(
+        "--implicit", help="run folder (default runs/PRESET) or a shipped model's name"
+    )
+    parser.add_argument(
+        "--implicit-metrics", type=Path, help="metrics.jsonl of a shipped model's training run"
+    )
     parser.add_argument("--explicit", type=Path, help="run folder (default runs/PRESET-explicit)")
     parser.add_argument("--eps", type=_radius, nargs="+", help="default: the preset's radii")
     parser.add_argument("--images", type=_positive, default=10000)
@@ -114,8 +149,10 @@ def main(argv=None) -> dict:
         runs = configs(args.preset, **overrides)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.implicit_metrics and args.implicit not in pretrained_names():
+        parser.error("--implicit-metrics goes with a shipped model's name for --implicit")
     folders = {
-        "nemon": args.implicit or Path("runs") / args.preset,
+        "nemon": Path(args.implicit or Path("runs") / args.preset),
         "explicit": args.explicit or Path("runs") / f"{args.preset}-explicit",
     }
     radii = args.eps or runs["nemon"].cert_eval_eps
@@ -128,6 +165,14 @@ def main(argv=None) -> dict:
     log = functools.partial(print, flush=True)
     rows = {}
     for family, cfg in runs.items():
+        if family == "nemon" and args.implicit in pretrained_names():
+            try:
+                rows[family] = shipped(
+                    args.implicit, cfg, args.implicit_metrics, x, y, settings, log
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                parser.error(str(exc))
+            continue
         history = trained(cfg, folders[family], data, args.threads)
         rows[family] = {
             "run": str(folders[family]),

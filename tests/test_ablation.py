@@ -46,3 +46,34 @@ def test_bad_arguments_are_refused_in_one_line(capsys):
             ablation.main(["mnist-cert-0.1", *bad])
         assert exit_info.value.code == 2
         assert "error: argument" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@requires_mnist
+def test_a_shipped_model_stands_for_the_implicit_run(tmp_path):
+    from nemon.data import load_dataset
+
+    cfg = ablation.configs("mnist-cert-0.1")["nemon"]
+    data = load_dataset("mnist")
+    x, y = data.test_x[:20], data.test_y[:20]
+    settings = {"images": 20, "eps": [0.1], "steps": 3, "restarts": 1}
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"train_seconds": 30.0}) + "\n" for _ in range(cfg.epochs)))
+    row = ablation.shipped("mnist-cert-0.1", cfg, log, x, y, settings, lambda *_: None)
+    assert row["minutes"] == pytest.approx(cfg.epochs / 2) and row["run"] == "mnist-cert-0.1"
+    ev = row["evaluation"]
+    assert ev["images"] == 20 and ev["violations@0.1"] == 0
+    assert 0 <= ev["interval@0.1"] <= ev["pgd@0.1"] <= ev["clean"] <= 1
+    assert ablation.table({"nemon": {**row, "minutes": None}}, [0.1]).endswith(" | ? |")
+    log.write_text(json.dumps({"train_seconds": 30.0}) + "\n")
+    with pytest.raises(ValueError, match="holds 1 epochs"):
+        ablation.shipped("mnist-cert-0.1", cfg, log, x, y, settings, print)
+    other = ablation.configs("mnist-cert-0.3")["nemon"]
+    with pytest.raises(ValueError, match="not trained with this preset's config"):
+        ablation.shipped("mnist-cert-0.1", other, None, x, y, settings, print)
+
+
+def test_metrics_without_a_shipped_model_are_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(["mnist-cert-0.1", "--implicit-metrics", str(tmp_path / "m.jsonl")])
+    assert exit_info.value.code == 2
+    assert "goes with a shipped model's name" in capsys.readouterr().err
