@@ -48,6 +48,14 @@ def trained(cfg: TrainConfig, folder: Path, data, threads: int | None) -> list[d
     return train(cfg, folder, data, resume=resume, progress=False, threads=threads)["history"]
 
 
+def _minutes(history: list[dict]) -> float:
+    return sum(h["train_seconds"] for h in history) / 60
+
+
+def _evaluate(model, x, y, settings: dict, log) -> dict:
+    return evaluate(model, x, y, settings["eps"], settings["steps"], settings["restarts"], log=log)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -61,11 +69,20 @@ def evaluated(folder: Path, x, y, settings: dict, log) -> dict:
         if {k: stored.get(k) for k in key} == key:
             log(f"{folder}: cached evaluation")
             return stored["result"]
-    model = load_checkpoint(ckpt)[0]
-    steps, restarts = settings["steps"], settings["restarts"]
-    result = evaluate(model, x, y, settings["eps"], steps, restarts, log=log)
+    result = _evaluate(load_checkpoint(ckpt)[0], x, y, settings, log)
     write_text_atomic(json.dumps({**key, "result": result}, indent=2) + "\n", cache)
     return result
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The epochs of a ``metrics.jsonl``; a file that is not one is a ``ValueError`` naming it."""
+    try:
+        history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if all(isinstance(h, dict) and "train_seconds" in h for h in history):
+            return history
+    except json.JSONDecodeError:
+        pass
+    raise ValueError(f"{path} is not a metrics.jsonl (one JSON object with train_seconds a line)")
 
 
 def shipped(name: str, cfg: TrainConfig, metrics: Path | None, x, y, settings, log) -> dict:
@@ -75,13 +92,11 @@ def shipped(name: str, cfg: TrainConfig, metrics: Path | None, x, y, settings, l
         raise ValueError(f"shipped model {name!r} was not trained with this preset's config")
     minutes = None
     if metrics is not None:
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        history = _read_history(metrics)
         if len(history) != cfg.epochs:
             raise ValueError(f"{metrics} holds {len(history)} epochs, the preset {cfg.epochs}")
-        minutes = sum(h["train_seconds"] for h in history) / 60
-    model = load_pretrained(name)
-    steps, restarts = settings["steps"], settings["restarts"]
-    evaluation = evaluate(model, x, y, settings["eps"], steps, restarts, log=log)
+        minutes = _minutes(history)
+    evaluation = _evaluate(load_pretrained(name), x, y, settings, log)
     return {
         "run": name,
         "metrics": None if metrics is None else str(metrics),
@@ -149,7 +164,8 @@ def main(argv=None) -> dict:
         runs = configs(args.preset, **overrides)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.implicit_metrics and args.implicit not in pretrained_names():
+    shipped_name = args.implicit if args.implicit in pretrained_names() else None
+    if args.implicit_metrics and not shipped_name:
         parser.error("--implicit-metrics goes with a shipped model's name for --implicit")
     folders = {
         "nemon": Path(args.implicit or Path("runs") / args.preset),
@@ -165,19 +181,19 @@ def main(argv=None) -> dict:
     log = functools.partial(print, flush=True)
     rows = {}
     for family, cfg in runs.items():
-        if family == "nemon" and args.implicit in pretrained_names():
+        if family == "nemon" and shipped_name:
             try:
                 rows[family] = shipped(
-                    args.implicit, cfg, args.implicit_metrics, x, y, settings, log
+                    shipped_name, cfg, args.implicit_metrics, x, y, settings, log
                 )
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError) as exc:
                 parser.error(str(exc))
             continue
         history = trained(cfg, folders[family], data, args.threads)
         rows[family] = {
             "run": str(folders[family]),
             "config": asdict(cfg),
-            "minutes": sum(h["train_seconds"] for h in history) / 60,
+            "minutes": _minutes(history),
             "evaluation": evaluated(folders[family], x, y, settings, log),
         }
     result = {"preset": args.preset, "settings": settings, "runs": rows}

@@ -67,6 +67,10 @@ def test_a_shipped_model_stands_for_the_implicit_run(tmp_path):
     log.write_text(json.dumps({"train_seconds": 30.0}) + "\n")
     with pytest.raises(ValueError, match="holds 1 epochs"):
         ablation.shipped("mnist-cert-0.1", cfg, log, x, y, settings, print)
+    for bad in ("not json\n", '{"epoch": 1}\n', "[1]\n"):
+        log.write_text(bad)
+        with pytest.raises(ValueError, match="is not a metrics.jsonl"):
+            ablation.shipped("mnist-cert-0.1", cfg, log, x, y, settings, print)
     other = ablation.configs("mnist-cert-0.3")["nemon"]
     with pytest.raises(ValueError, match="not trained with this preset's config"):
         ablation.shipped("mnist-cert-0.1", other, None, x, y, settings, print)
