@@ -296,3 +296,53 @@ def test_interval_training_with_batch_norm_trains_its_statistics_and_certifies(t
     assert int(bn.num_batches_tracked) == 2 * 7 and float(bn.running_var.min()) != 1.0
     assert float(model.lipschitz_bound()) > 0
     assert 0 <= certified_accuracy(model, data.test_x, data.test_y, [0.01], "interval")[0.01]
+
+
+def _close(a: dict, b: dict) -> bool:
+    return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_weight_averaging_keeps_the_mean_of_the_epoch_ends_and_resumes_exactly(tmp_path):
+    data, cfg = tiny_data(), config(epochs=3, swa_start=2, checkpoint_every=0)
+    full = train(cfg, tmp_path / "full", data=data, progress=False)
+    # stopped one step into epoch 3: the average holds epoch 2's end only
+    train(cfg, tmp_path / "cut", data=data, progress=False, stop_after_steps=15)
+    after_two = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert after_two["average"]["count"] == 1 and not _close(
+        after_two["model"], after_two["live_model"]
+    )
+    resumed = train(cfg, tmp_path / "cut", data=data, progress=False, resume=True)
+    final = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert final["average"]["count"] == 2
+    w2, w3 = after_two["model"], final["live_model"]
+    mean = {k: (w2[k] + w3[k]) / 2 if w2[k].is_floating_point() else w3[k] for k in w2}
+    assert _close(final["model"], mean) and not _close(final["model"], w3)
+    assert _close(resumed["model"].state_dict(), mean)
+    assert _close(full["model"].state_dict(), mean)  # the interruption changed nothing
+    # the averaged epochs report the average's accuracy; load_checkpoint gives the average
+    model, _ = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert evaluate(model, data.test_x, data.test_y)["accuracy"] == pytest.approx(
+        resumed["history"][-1]["test_accuracy"]
+    )
+    assert [h.get("averaged_epochs") for h in resumed["history"]] == [None, 1, 2]
+
+
+def test_weight_averaging_over_the_last_epoch_alone_changes_nothing(tmp_path):
+    data = tiny_data()
+    plain = train(config(epochs=2), tmp_path / "plain", data=data, progress=False)
+    last = train(config(epochs=2, swa_start=2), tmp_path / "last", data=data, progress=False)
+    assert _close(plain["model"].state_dict(), last["model"].state_dict())
+    assert plain["history"][-1]["test_loss"] == pytest.approx(last["history"][-1]["test_loss"])
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(epochs=2, swa_start=3), "swa_start must be at most epochs"),
+        (dict(swa_start=-1), "swa_start must be an integer >= 0"),
+        (dict(arch="conv-small-bn", swa_start=1), "without batch norm"),
+    ],
+)
+def test_weight_averaging_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        config(**settings).validate()

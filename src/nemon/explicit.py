@@ -184,32 +184,46 @@ def linf_lipschitz(module: nn.Module | None) -> Tensor:
     _refuse(module)
 
 
-def _conv_stack(in_channels: int, convs, batch_norm: bool = False) -> nn.Sequential:
+def _conv_stack(
+    in_channels: int, convs, batch_norm: bool = False, image_size=(28, 28), dense=()
+) -> nn.Sequential:
     """Convolutions ``(channels, kernel, stride)``, padding 1 (3x3 keeps the size, 4x4 stride 2
-    halves it), each followed by a ReLU, then flatten. With ``batch_norm``: conv (no bias) ->
-    :class:`BatchNorm2d` -> ReLU, as in Shi et al. (2021)."""
+    halves it), each followed by a ReLU, then flatten, then ``Linear(width) -> ReLU`` for each
+    width in ``dense``. With ``batch_norm``: conv (no bias) -> :class:`BatchNorm2d` -> ReLU, as in
+    Shi et al. (2021). ``image_size``: the input's ``(height, width)`` (``dense`` needs it)."""
     layers: list[nn.Module] = []
+    height, width = image_size
     for channels, kernel, stride in convs:
         layers.append(nn.Conv2d(in_channels, channels, kernel, stride, 1, bias=not batch_norm))
         if batch_norm:
             layers.append(BatchNorm2d(channels))
         layers.append(nn.ReLU())
         in_channels = channels
+        height, width = ((n + 2 - kernel) // stride + 1 for n in (height, width))
     layers.append(nn.Flatten())
+    features = in_channels * height * width
+    for width in dense:
+        layers += [nn.Linear(features, width), nn.ReLU()]
+        features = width
     return nn.Sequential(*layers)
 
 
 _SMALL = [(16, 4, 2), (32, 4, 2)]  # 28x28 -> 32 x 7 x 7 features
 _WIDE = [(32, 4, 2), (64, 4, 2)]  # twice conv-small's channels: 64 x 7 x 7
 _MEDIUM = [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)]  # 64 x 7 x 7
+_DEEP = [*_MEDIUM, (64, 3, 1)]  # a fifth convolution at 7 x 7
 
 
 #: Encoders by name: conv-small (16, 32 channels, two 4x4 stride-2 convolutions), conv-wide
-#: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2); ``-bn``: with batch norm.
+#: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2), conv-medium-fc (conv-medium,
+#: then a dense ReLU layer of 512), conv-deep (conv-medium, conv 64 3x3, dense 512); ``-bn``: with
+#: batch norm. Each takes ``(in_channels, image_size=(height, width))``.
 ENCODERS = {
     "conv-small": partial(_conv_stack, convs=_SMALL),
     "conv-wide": partial(_conv_stack, convs=_WIDE),
     "conv-medium": partial(_conv_stack, convs=_MEDIUM),
+    "conv-medium-fc": partial(_conv_stack, convs=_MEDIUM, dense=(512,)),
+    "conv-deep": partial(_conv_stack, convs=_DEEP, dense=(512,)),
     "conv-small-bn": partial(_conv_stack, convs=_SMALL, batch_norm=True),
     "conv-medium-bn": partial(_conv_stack, convs=_MEDIUM, batch_norm=True),
 }

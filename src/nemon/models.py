@@ -115,7 +115,7 @@ def build_model(
     ``family``: ``nemon | mon | idl`` or ``explicit`` (a ReLU layer of the same width, ablations).
     ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer) or an encoder
     from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
-    ``conv-wide``, ``conv-medium``). ``hidden`` is the state dimension (dense) or the number of
+    ``conv-wide``, ``conv-medium``, ``conv-medium-fc``, ``conv-deep``). ``hidden`` is the state dimension (dense) or the number of
     channels (conv). ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
     the encoder and the injection ``B``. ``zero_feedback=True``: start the dense implicit layer at
     ``A = 0``, so that the model starts as its explicit ablation ``relu(B u + b)`` and training
@@ -152,7 +152,7 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
         return Classifier(conv[family](c, hidden, h, gamma=gamma, **layer_kwargs), num_classes)
     if arch in ENCODERS or arch == "conv-stacked":
         if arch in ENCODERS:  # channels-last convolutions: faster backward passes on CPU
-            encoder = ENCODERS[arch](c).to(memory_format=torch.channels_last)
+            encoder = ENCODERS[arch](c, image_size=(h, w)).to(memory_format=torch.channels_last)
         else:
             encoder = stacked_encoder(c, h, gamma, **layer_kwargs)
         with torch.no_grad():  # eval mode: batch norms keep their initial running statistics

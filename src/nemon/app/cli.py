@@ -163,6 +163,11 @@ def _add_train(sub, common) -> None:
     p.add_argument("--lr-milestones", type=POSITIVE, nargs="*", help="epochs where lr decays")
     p.add_argument("--lr-decay", type=_number(0.0, 1.0, low_open=True), help="lr factor (0..1]")
     p.add_argument("--grad-clip", type=RADIUS, help="max gradient norm (0: off)")
+    p.add_argument(
+        "--swa-start",
+        type=NONNEGATIVE,
+        help="average the weights of the epochs from this one on (0: off)",
+    )
     p.add_argument("--cert-eval-eps", type=RADIUS, nargs="*", help="radii certified each epoch")
     p.add_argument("--cert-eval-limit", type=POSITIVE, help="test images certified each epoch")
     p.add_argument("--seed", type=NONNEGATIVE)

@@ -47,6 +47,7 @@ class TrainConfig:
     lr_decay: float = 0.2
     grad_clip: float = 0.0  # max gradient norm (0: off)
     init: str = "default"  # or "ibp": the IBP-friendly initialisation of Shi et al. (2021)
+    swa_start: int = 0  # > 0: the model is the average of the weights at the ends of epochs >= this
     cert_eval_eps: list = field(default_factory=list)  # certified accuracy logged each epoch
     cert_eval_limit: int = 1000  # on the first N test images
     layer_kwargs: dict = field(default_factory=dict)
@@ -73,6 +74,16 @@ class TrainConfig:
         _at_least("adv_steps", self.adv_steps, 0)
         _at_least("warmup_epochs", self.warmup_epochs, 0)
         _at_least("cert_eval_limit", self.cert_eval_limit, 1)
+        _at_least("swa_start", self.swa_start, 0)
+        if self.swa_start > self.epochs:
+            raise ValueError(
+                f"swa_start must be at most epochs ({self.epochs}), got {self.swa_start}"
+            )
+        if self.swa_start and self.arch.endswith("-bn"):
+            raise ValueError(
+                f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
+                "batch statistics would have to be measured again"
+            )
         for m in self.lr_milestones:
             _at_least("lr_milestones", m, 1)
         for e in self.cert_eval_eps:

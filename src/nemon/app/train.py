@@ -289,15 +289,16 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr)
-    state = {"epoch": 0, "step": 0, "history": [], "running": _fresh_running()}
+    state = {"epoch": 0, "step": 0, "history": [], "running": _fresh_running(), "average": None}
     if resume:
         ckpt = read_checkpoint(ckpt_path, map_location=str(device))
         recorded = {**asdict(TrainConfig()), **ckpt["config"]}  # newer settings: their defaults
         if recorded != asdict(cfg):
             raise RunFolderError(f"{ckpt_path} was written by a different configuration")
-        raw.load_state_dict(ckpt["model"])
+        raw.load_state_dict(ckpt.get("live_model", ckpt["model"]))
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in ("epoch", "step", "history", "running")}
+        state["average"] = ckpt.get("average")
     if world > 1:  # every rank has checked the folder before any rank writes to it
         torch.distributed.barrier()
     if rank == 0:  # the first write: everything above has been checked
@@ -327,6 +328,8 @@ def train(
                 "optimizer": opt.state_dict(),
                 **state,
             }
+            if state["average"] is not None:  # "model": what to use; "live_model": to resume
+                payload.update(model=state["average"]["weights"], live_model=raw.state_dict())
             save_atomic(payload, ckpt_path)
 
     steps_done = 0
@@ -397,15 +400,20 @@ def train(
                 if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                     checkpoint()
             bar.close()
-            record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
+            if cfg.swa_start and epoch + 1 >= cfg.swa_start:
+                state["average"] = _averaged(state["average"], raw)
+            with _weights(raw, state["average"]):  # the epoch's results are the average's
+                record = _epoch_record(raw, data, epoch, _reduce(run, world, device))
+                if cfg.cert_eval_eps:
+                    n = cfg.cert_eval_limit
+                    cert = certified_accuracy(
+                        raw, data.test_x[:n], data.test_y[:n], list(cfg.cert_eval_eps), "interval"
+                    )
+                    record["certified"] = {f"{e:g}": v for e, v in cert.items()}
             record["lr"] = _learning_rate(cfg, epoch)
             record["train_eps"] = _cert_eps(cfg, epoch, n_batches - 1, n_batches)
-            if cfg.cert_eval_eps:
-                n = cfg.cert_eval_limit
-                cert = certified_accuracy(
-                    raw, data.test_x[:n], data.test_y[:n], list(cfg.cert_eval_eps), "interval"
-                )
-                record["certified"] = {f"{e:g}": v for e, v in cert.items()}
+            if state["average"] is not None:
+                record["averaged_epochs"] = state["average"]["count"]
         record["unconverged_solves"] = tally.count
         record["threads"] = torch.get_num_threads()
         _apply_threads(threads, working=True)
@@ -423,7 +431,42 @@ def train(
                 f"fwd {record['forward_iterations']:.1f}  bwd {record['backward_iterations']:.1f}  "
                 f"{record['train_seconds']:.2f} s  Lip {record['lipschitz']:.3g}"
             )
+    if state["average"] is not None:
+        raw.load_state_dict(state["average"]["weights"])
     return {"history": state["history"], "stopped": False, "model": raw}
+
+
+def _averaged(average: dict | None, model: torch.nn.Module) -> dict:
+    """Add the model's weights to their running mean, ``w_k = w_{k-1} + (w - w_{k-1}) / k``
+    (stochastic weight averaging, Izmailov et al. 2018). Any parameter value of a NEMON layer is
+    well posed, so the average is too. Integer buffers are taken from the model."""
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if average is None:
+        return {"count": 1, "weights": current}
+    count = average["count"] + 1
+    weights = {
+        k: (w + (current[k] - w) / count) if w.is_floating_point() else current[k]
+        for k, w in average["weights"].items()
+    }
+    return {"count": count, "weights": weights}
+
+
+class _weights:
+    """Within the block, ``model`` holds ``average``'s weights (if any); its own afterwards."""
+
+    def __init__(self, model: torch.nn.Module, average: dict | None) -> None:
+        self.model, self.average, self.kept = model, average, None
+
+    def __enter__(self):
+        if self.average is not None:
+            self.kept = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.average["weights"])
+        return self.model
+
+    def __exit__(self, *exc_info):
+        if self.kept is not None:
+            self.model.load_state_dict(self.kept)
+        return False
 
 
 def _apply_threads(threads: int | str | None, working: bool) -> None:
