@@ -21,7 +21,28 @@ ENCODER_TEXT = {
     "conv-wide": "conv 32 4x4 stride 2, ReLU, conv 64 4x4 stride 2, ReLU, flatten to 3136 features",
     "conv-medium": "conv 32 3x3, ReLU, conv 32 4x4 stride 2, ReLU, conv 64 3x3, ReLU, conv 64 4x4"
     " stride 2, ReLU, flatten to 3136 features",
+    "conv-medium-fc": "conv-medium's four convolutions, flatten to 3136 features, dense 512, ReLU",
+    "conv-deep": "conv-medium's four convolutions, conv 64 3x3, ReLU, flatten to 3136 features,"
+    " dense 512, ReLU",
 }
+
+
+def _averaging(cfg: dict) -> str:
+    start = cfg.get("swa_start", 0)
+    if not start:
+        return ""
+    return f", weights averaged over the ends of epochs {start}-{cfg['epochs']} (`--swa-start`)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or "CPU" where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
 
 
 def _other_term(cfg: dict) -> str:
@@ -59,8 +80,8 @@ Recipe: {cfg["epochs"]} epochs, batch {cfg["batch_size"]}, Adam lr {cfg["lr"]:g}
 {cfg["lr_decay"]:g} at epochs {cfg["lr_milestones"]}, {cfg["warmup_epochs"]} clean warm-up epoch,
 training radius {cfg["cert_eps"]:g} reached by a smooth ramp over {cfg["cert_ramp_epochs"]} epochs,
 robust-loss weight ramped to {cfg["cert_weight"]:g}, {_other_term(cfg)}, gradient clipping {cfg["grad_clip"]:g},
-initialisation: {cfg.get("init", "default")}.
-Training time here: {minutes:.0f} minutes of training steps (2-core CPU, {setting}), plus the
+initialisation: {cfg.get("init", "default")}{_averaging(cfg)}.
+Training time here: {minutes:.0f} minutes of training steps (2-core {cpu_model()}, {setting}), plus the
 per-epoch evaluation.
 
 Full MNIST test set ({evaluation["images"]} images), box clipped to [0, 1], solver error bound

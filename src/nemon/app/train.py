@@ -10,6 +10,7 @@ resumed with ``resume=True`` replays exactly the remaining batches of the epoch 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -451,22 +452,18 @@ def _averaged(average: dict | None, model: torch.nn.Module) -> dict:
     return {"count": count, "weights": weights}
 
 
-class _weights:
+@contextlib.contextmanager
+def _weights(model: torch.nn.Module, average: dict | None):
     """Within the block, ``model`` holds ``average``'s weights (if any); its own afterwards."""
-
-    def __init__(self, model: torch.nn.Module, average: dict | None) -> None:
-        self.model, self.average, self.kept = model, average, None
-
-    def __enter__(self):
-        if self.average is not None:
-            self.kept = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.average["weights"])
-        return self.model
-
-    def __exit__(self, *exc_info):
-        if self.kept is not None:
-            self.model.load_state_dict(self.kept)
-        return False
+    if average is None:
+        yield model
+        return
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average["weights"])
+    try:
+        yield model
+    finally:
+        model.load_state_dict(kept)
 
 
 def _apply_threads(threads: int | str | None, working: bool) -> None:
