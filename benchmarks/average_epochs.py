@@ -29,6 +29,8 @@ def average(paths: list[Path]):
         model, ckpt = load_checkpoint(path)
         if ckpt["step"] != 0:
             raise SystemExit(f"{path} was written inside epoch {ckpt['epoch'] + 1}, not at its end")
+        if "live_model" in ckpt:
+            raise SystemExit(f"{path} already holds an average (its run used --swa-start)")
         if config is not None and ckpt["config"] != config:
             raise SystemExit(f"{path} belongs to another run than {paths[0]}")
         config = ckpt["config"]
