@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nemon.app.checkpoints import load_checkpoint
+from nemon.app.checkpoints import CheckpointError, load_checkpoint
 from nemon.app.train import _averaged, certified_accuracy, evaluate
 from nemon.data import load_dataset
 
@@ -26,7 +26,10 @@ def average(paths: list[Path]):
     """The first checkpoint's model holding the mean of all their weights."""
     mean, model, config = None, None, None
     for path in paths:
-        model, ckpt = load_checkpoint(path)
+        try:
+            model, ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            raise SystemExit(str(err)) from None
         if ckpt["step"] != 0:
             raise SystemExit(f"{path} was written inside epoch {ckpt['epoch'] + 1}, not at its end")
         if "live_model" in ckpt:
