@@ -202,9 +202,9 @@ def _conv_stack(
         height, width = ((n + 2 - kernel) // stride + 1 for n in (height, width))
     layers.append(nn.Flatten())
     features = in_channels * height * width
-    for width in dense:
-        layers += [nn.Linear(features, width), nn.ReLU()]
-        features = width
+    for units in dense:
+        layers += [nn.Linear(features, units), nn.ReLU()]
+        features = units
     return nn.Sequential(*layers)
 
 

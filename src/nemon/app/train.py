@@ -299,7 +299,10 @@ def train(
         raw.load_state_dict(ckpt.get("live_model", ckpt["model"]))
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in ("epoch", "step", "history", "running")}
-        state["average"] = ckpt.get("average")
+        if "live_model" in ckpt:  # averaging: "model" holds the average's weights
+            state["average"] = {"count": ckpt["average"]["count"], "weights": ckpt["model"]}
+        else:
+            state["average"] = None
     if world > 1:  # every rank has checked the folder before any rank writes to it
         torch.distributed.barrier()
     if rank == 0:  # the first write: everything above has been checked
@@ -330,7 +333,12 @@ def train(
                 **state,
             }
             if state["average"] is not None:  # "model": what to use; "live_model": to resume
-                payload.update(model=state["average"]["weights"], live_model=raw.state_dict())
+                average = state["average"]
+                payload.update(
+                    model=average["weights"],
+                    live_model=raw.state_dict(),
+                    average={"count": average["count"]},  # its weights are "model", once
+                )
             save_atomic(payload, ckpt_path)
 
     steps_done = 0
