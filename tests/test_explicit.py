@@ -178,16 +178,22 @@ def test_encoder_model_lipschitz_bound_covers_the_encoder():
     assert L > layer_only  # the encoder's constant is folded in
 
 
-@pytest.mark.parametrize("arch", ["conv-medium-fc", "conv-deep"])
-def test_encoders_with_a_dense_layer_size_it_from_the_image(arch):
-    """The dense layer after the convolutions takes their flattened output, for any image size."""
+@pytest.mark.parametrize(
+    "arch, n_convs, dense_widths",
+    [("conv-medium-fc", 4, [512]), ("conv-medium5", 5, []), ("conv-deep", 5, [512])],
+)
+def test_deeper_encoders_size_their_layers_from_the_image(arch, n_convs, dense_widths):
+    """The layers after the convolutions take their flattened output, for any image size."""
     torch.manual_seed(0)
     for shape in [(1, 28, 28), (3, 32, 24)]:
         model = build_model("nemon", arch, input_shape=shape, hidden=8, gamma=0.5).double()
         dense = [m for m in model.encoder if isinstance(m, nn.Linear)]
-        assert [m.out_features for m in dense] == [512]
+        assert [m.out_features for m in dense] == dense_widths
         convs = [m for m in model.encoder if isinstance(m, nn.Conv2d)]
-        assert len(convs) == (5 if arch == "conv-deep" else 4)
+        assert len(convs) == n_convs
+        h, w = shape[1:]
+        features = 64 * (h // 4) * (w // 4)  # two stride-2 convolutions
+        assert model.layer.B.in_features == (dense_widths or [features])[-1]
         assert model(torch.rand(2, *shape, dtype=DT)).shape == (2, 10)
     assert_lipschitz(model, float(model.lipschitz_bound().detach()), (1, *shape))
 

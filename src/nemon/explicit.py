@@ -216,13 +216,14 @@ _DEEP = [*_MEDIUM, (64, 3, 1)]  # a fifth convolution at 7 x 7
 
 #: Encoders by name: conv-small (16, 32 channels, two 4x4 stride-2 convolutions), conv-wide
 #: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2), conv-medium-fc (conv-medium,
-#: then a dense ReLU layer of 512), conv-deep (conv-medium, conv 64 3x3, dense 512); ``-bn``: with
-#: batch norm. Each takes ``(in_channels, image_size=(height, width))``.
+#: then a dense ReLU layer of 512), conv-medium5 (conv-medium, conv 64 3x3), conv-deep (conv-medium5,
+#: dense 512); ``-bn``: with batch norm. Each takes ``(in_channels, image_size=(height, width))``.
 ENCODERS = {
     "conv-small": partial(_conv_stack, convs=_SMALL),
     "conv-wide": partial(_conv_stack, convs=_WIDE),
     "conv-medium": partial(_conv_stack, convs=_MEDIUM),
     "conv-medium-fc": partial(_conv_stack, convs=_MEDIUM, dense=(512,)),
+    "conv-medium5": partial(_conv_stack, convs=_DEEP),
     "conv-deep": partial(_conv_stack, convs=_DEEP, dense=(512,)),
     "conv-small-bn": partial(_conv_stack, convs=_SMALL, batch_norm=True),
     "conv-medium-bn": partial(_conv_stack, convs=_MEDIUM, batch_norm=True),
