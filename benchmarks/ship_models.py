@@ -22,6 +22,7 @@ ENCODER_TEXT = {
     "conv-medium": "conv 32 3x3, ReLU, conv 32 4x4 stride 2, ReLU, conv 64 3x3, ReLU, conv 64 4x4"
     " stride 2, ReLU, flatten to 3136 features",
     "conv-medium-fc": "conv-medium's four convolutions, flatten to 3136 features, dense 512, ReLU",
+    "conv-medium5": "conv-medium's four convolutions, conv 64 3x3, ReLU, flatten to 3136 features",
     "conv-deep": "conv-medium's four convolutions, conv 64 3x3, ReLU, flatten to 3136 features,"
     " dense 512, ReLU",
 }
