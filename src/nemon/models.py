@@ -115,8 +115,9 @@ def build_model(
     ``family``: ``nemon | mon | idl`` or ``explicit`` (a ReLU layer of the same width, ablations).
     ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer) or an encoder
     from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
-    ``conv-wide``, ``conv-medium``, ``conv-medium-fc``, ``conv-medium5``, ``conv-deep``). ``hidden`` is the state
-    dimension (dense) or the number of channels (conv). ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
+    ``conv-wide``, ``conv-medium``, ``conv-medium-fc``, ``conv-medium5``, ``conv-deep``).
+    ``hidden`` is the state dimension (dense) or the number of channels (conv).
+    ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
     the encoder and the injection ``B``. ``zero_feedback=True``: start the dense implicit layer at
     ``A = 0``, so that the model starts as its explicit ablation ``relu(B u + b)`` and training
     adds feedback (NEMON and IDL with ``gamma >= 0``).
