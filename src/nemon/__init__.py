@@ -4,6 +4,7 @@ from . import contraction
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
 from .certificates import CERTIFICATES, CertificateWarning, certificate_obstacle, certify
 from .conv_layers import MONConv2d, NEMONConv2d
+from .ensemble import Ensemble
 from .implicit import (
     ADJOINTS,
     Equilibrium,
@@ -92,6 +93,7 @@ __all__ = [
     "load_pretrained",
     "pretrained_names",
     "Classifier",
+    "Ensemble",
     "build_model",
     "mu_1",
     "mu_2",

@@ -18,13 +18,13 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor, nn
 
+from .ensemble import Ensemble
 from .explicit import implicit_box
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .lipschitz import (
+    _margin,
     _readout_norms,
-    certified_lipschitz,
-    certified_pairwise,
     output_bound,
     pairwise_bounds,
     state_bound,
@@ -68,8 +68,15 @@ def certificate_obstacle(model) -> str | None:
     """Why the model's bounds cannot certify anything, or None when they can.
 
     The measure must be finite and below 1 (it is an upper bound of the exact measure of the
-    stored weights, see :mod:`nemon.norms`), and every norm in the bounds finite and positive.
+    stored weights, see :mod:`nemon.norms`), and every norm in the bounds finite and positive;
+    for an :class:`~nemon.Ensemble`, for every member.
     """
+    if isinstance(model, Ensemble):
+        for i, member in enumerate(model.members):
+            reason = certificate_obstacle(member)
+            if reason is not None:
+                return f"member {i}: {reason}"
+        return None
     layer = model.layer
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
@@ -133,7 +140,7 @@ def _in_dtype(model, u: Tensor, dtype):
 
 @torch.no_grad()
 def certify(
-    model: Classifier,
+    model: Classifier | Ensemble,
     u: Tensor,
     labels: Tensor,
     eps: float | list[float],
@@ -145,7 +152,8 @@ def certify(
     """Which samples are certified robust on the l_inf ball of radius ``eps``.
 
     Args:
-        model: a :class:`~nemon.Classifier`.
+        model: a :class:`~nemon.Classifier`, or an :class:`~nemon.Ensemble` (certified by the
+            mean of its members' margin bounds).
         u: inputs in the data's range, ``(batch, *input_shape)``.
         labels: their labels, ``(batch,)``.
         eps: a radius or a list of radii (the centre solve is shared).
@@ -175,10 +183,8 @@ def certify(
         out = [torch.zeros(len(u), dtype=torch.bool, device=u.device) for _ in radii]
     else:
         with _tight(model, solve_tol, u), full_float32():
-            if method == "interval":
-                out = _certify_interval(model, u, labels, radii, clip)
-            else:
-                out = _certify_lipschitz(model, u, labels, radii, method)
+            correct, bounds = _margin_bounds(model, u, labels, radii, method, clip)
+        out = [correct & (b.scatter(1, labels[:, None], math.inf).amin(1) > 0) for b in bounds]
     return out[0] if isinstance(eps, (int, float)) else torch.stack(out)
 
 
@@ -193,25 +199,39 @@ def _check_eval_mode(model) -> None:
             )
 
 
-def _certify_lipschitz(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
-    logits = model(u)
+def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str, clip):
+    """``(correct, bounds)``: whether the centre is classified right, and per radius lower bounds
+    ``(batch, q)`` of ``y_label - y_j`` over the ball (an ensemble: the mean of its members')."""
+    if isinstance(model, Ensemble):
+        parts = [_margin_bounds(m, u, labels, radii, method, clip) for m in model.members]
+        correct = model(u).argmax(1) == labels
+        return correct, [
+            torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))
+        ]
+    if method == "interval":
+        return _interval_bounds(model, u, labels, radii, clip)
+    return _lipschitz_bounds(model, u, labels, radii, method)
+
+
+def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
+    """Certificate (19) and its pairwise form as margin bounds: each logit moves by at most
+    ``L eps`` (each difference by ``L_ij eps``), plus the solver's error bound."""
+    gaps, correct = _margin(model(u), labels)
     terms = model.lipschitz_terms()
     C, D = model.readout_weights()
     error = model.layer.solver_stats["forward"].error_bound
     if method == "lipschitz":
-        L = output_bound(terms, C, D)
-        slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
-        return [certified_lipschitz(logits, labels, L, e, slack) for e in radii]
-    L_pair = pairwise_bounds(terms, C, D)
-    slack = 0.0
-    if error is not None:
+        L = 2 * output_bound(terms, C, D)
+        slack = 0.0 if error is None else 2 * error[:, None] * _readout_norms(terms, C).amax()
+    else:
+        L = pairwise_bounds(terms, C, D)[labels]
         pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
-        slack = error[:, None] * pair_c[labels]
-    return [certified_pairwise(logits, labels, L_pair, e, slack) for e in radii]
+        slack = 0.0 if error is None else error[:, None] * pair_c[labels]
+    return correct, [gaps - L * e - slack for e in radii]
 
 
-def _certify_interval(model, u: Tensor, labels: Tensor, radii: list[float], clip):
-    """Certified when every worst-case logit difference over the state box is positive.
+def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
+    """Worst-case logit differences over the state box.
 
     The state box is the embedding box, widened by the solver's error bound
     (:func:`~nemon.explicit.implicit_box`, as for implicit layers inside encoders), intersected with the
@@ -227,17 +247,15 @@ def _certify_interval(model, u: Tensor, labels: Tensor, radii: list[float], clip
     terms = model.lipschitz_terms()
     logits = model(u) if model.direct is not None else model.readout(layer.features(x))
     correct = logits.argmax(1) == labels
-    out = []
+    bounds = []
     for eps in radii:
         x_lo, x_hi = implicit_box(layer, *model.encode_interval(*input_box(u, eps, clip)))
         if terms.norm == "inf" and err_x is not None:
             radius = state_bound(terms) * eps + err_x
             x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
-        bounds = logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi)
-        others = bounds.scatter(1, labels[:, None], float("inf"))
-        out.append(correct & (others.amin(1) > 0))
-    return out
+        bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
+    return correct, bounds
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

@@ -3,7 +3,9 @@
 Each model lives in ``nemon/pretrained/<name>/``: ``model.safetensors`` (tensors only: loading it
 cannot run code), ``config.json`` (the training configuration, input shape and classes, and the
 sha256 of the weights, checked before loading) and ``card.md`` (architecture, the command that
-retrains it, training time, clean / certified / PGD accuracy on the full test set).
+retrains it, training time, clean / certified / PGD accuracy on the full test set). An
+:class:`~nemon.Ensemble` is stored the same way, its description listing the members' training
+configurations (``members``) in place of one ``config``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
+from .ensemble import Ensemble
 from .models import build_from_config
 
 __all__ = ["pretrained_names", "load_pretrained", "describe_pretrained", "PretrainedError"]
@@ -56,6 +59,10 @@ def load_pretrained(name: str, map_location: str = "cpu") -> nn.Module:
     weights = _root() / name / "model.safetensors"
     if _sha256(weights) != info["sha256"]:
         raise PretrainedError(f"{weights} is damaged: its sha256 does not match config.json")
-    model = build_from_config(info["config"], tuple(info["input_shape"]), info["num_classes"])
+    shape, classes = tuple(info["input_shape"]), info["num_classes"]
+    if "members" in info:
+        model = Ensemble([build_from_config(c, shape, classes) for c in info["members"]])
+    else:
+        model = build_from_config(info["config"], shape, classes)
     model.load_state_dict(load_file(str(weights), device=map_location))
     return model.to(map_location).eval()

@@ -417,7 +417,9 @@ def _cmd_train(args) -> dict:
 def _load_model(name_or_path: str, device: str):
     """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``)."""
     if not Path(name_or_path).exists() and name_or_path in pretrained_names():
-        return load_pretrained(name_or_path, device), describe_pretrained(name_or_path)["config"]
+        info = describe_pretrained(name_or_path)
+        config = info["config"] if "config" in info else info["members"][0]  # an ensemble
+        return load_pretrained(name_or_path, device), config
     model, ckpt = load_checkpoint(name_or_path, map_location=device)
     return model, ckpt["config"]
 

@@ -15,20 +15,35 @@ from .checkpoints import read_checkpoint
 __all__ = ["save_pretrained"]
 
 
-def save_pretrained(checkpoint: str | Path, folder: str | Path, card: str) -> Path:
-    """Write a training checkpoint as a shippable model folder (weights, description, card)."""
-    ckpt = read_checkpoint(checkpoint)
+def save_pretrained(
+    checkpoint: str | Path | list[str | Path],
+    folder: str | Path,
+    card: str,
+    member_preset: str | None = None,
+) -> Path:
+    """Write a training checkpoint as a shippable model folder (weights, description, card).
+
+    A list of several checkpoints ships an :class:`~nemon.Ensemble` of their models;
+    ``member_preset`` names the preset its members were trained with (seeds apart).
+    """
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    ckpts = [read_checkpoint(p) for p in paths]
+    signatures = {(tuple(c["input_shape"]), c["num_classes"]) for c in ckpts}
+    if len(signatures) != 1:
+        raise ValueError(f"checkpoints disagree on (input shape, classes): {sorted(signatures)}")
+    if len(ckpts) == 1:
+        state, info = ckpts[0]["model"], {"config": ckpts[0]["config"]}
+    else:
+        state = {f"members.{i}.{k}": v for i, c in enumerate(ckpts) for k, v in c["model"].items()}
+        info = {"members": [c["config"] for c in ckpts], "member_preset": member_preset}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().clone() for k, v in ckpt["model"].items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     save_file(tensors, str(folder / "model.safetensors"))
     (folder / "model.safetensors").chmod(0o644)
-    info = {
-        "config": ckpt["config"],
-        "input_shape": list(ckpt["input_shape"]),
-        "num_classes": ckpt["num_classes"],
-        "sha256": _sha256(folder / "model.safetensors"),
-    }
+    info["input_shape"] = list(ckpts[0]["input_shape"])
+    info["num_classes"] = ckpts[0]["num_classes"]
+    info["sha256"] = _sha256(folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")
     (folder / "card.md").write_text(card)
     return folder

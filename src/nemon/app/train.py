@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..attacks import pgd
 from ..certificates import certify
 from ..data import Dataset, batches, load_dataset
+from ..ensemble import Ensemble
 from ..intervals import interval_loss
 from ..models import Classifier, build_from_config
 from ..solvers import ConvergenceWarning
@@ -65,7 +66,11 @@ __all__ = [
 ]
 
 
-def _solver_iterations(model: Classifier) -> tuple[int, int]:
+def _solver_iterations(model: Classifier | Ensemble) -> tuple[int, int]:
+    """Forward and backward iterations of the last solve (an ensemble: summed over members)."""
+    if isinstance(model, Ensemble):
+        counts = [_solver_iterations(m) for m in model.members]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
     stats = model.layer.solver_stats
     fwd = stats.get("forward")
     bwd = stats.get("backward")
