@@ -5,8 +5,9 @@ each is trained, resumed, or reused when finished, then evaluated on the MNIST t
 ``certified_models.evaluate`` (clean, interval and pairwise certified, PGD, violations). An
 evaluation is cached in its run folder under the checkpoint's sha256 and the settings. The
 implicit side may instead be a shipped model (its name for ``--implicit``; its config must be
-the preset's), with its run's ``metrics.jsonl`` for the minutes of steps. Writes one JSON and
-prints a markdown table::
+the preset's), with its run's ``metrics.jsonl`` for the minutes of steps. With ``--seeds S S ...``
+each side is the :class:`nemon.Ensemble` of one run per seed (a shipped ensemble on the implicit
+side). Writes one JSON and prints a markdown table::
 
     python benchmarks/ablation.py mnist-cert-medium-mtl-0.1 --threads 2
     python benchmarks/ablation.py mnist-cert-medium-mtl-h256-0.1 --threads 2 \
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from certified_models import evaluate
 
+from nemon import Ensemble
 from nemon.app.checkpoints import load_checkpoint, write_text_atomic
 from nemon.app.config import PRESETS, TrainConfig
 from nemon.app.train import train
@@ -85,23 +87,55 @@ def _read_history(path: Path) -> list[dict]:
     raise ValueError(f"{path} is not a metrics.jsonl (one JSON object with train_seconds a line)")
 
 
-def shipped(name: str, cfg: TrainConfig, metrics: Path | None, x, y, settings, log) -> dict:
-    """The row of a shipped model trained with ``cfg``: evaluated afresh, minutes from its log."""
-    stored = TrainConfig(**describe_pretrained(name)["config"])  # older files: defaults fill in
-    if asdict(stored) != json.loads(json.dumps(asdict(cfg))):
+def _one_or_list(items: list):
+    return str(items[0]) if len(items) == 1 else [str(i) for i in items]
+
+
+def shipped(
+    name: str, cfg: TrainConfig, metrics, x, y, settings, log, seeds: list[int] | None = None
+) -> dict:
+    """The row of a shipped model trained with ``cfg`` (an ensemble: one member per seed of
+    ``seeds``): evaluated afresh, minutes of steps summed from the members' ``metrics`` logs."""
+    info = describe_pretrained(name)
+    seeds = seeds or [cfg.seed]
+    stored = [asdict(TrainConfig(**c)) for c in info.get("members", [info.get("config")])]
+    wanted = [json.loads(json.dumps(asdict(replace(cfg, seed=s)))) for s in seeds]
+    if stored != wanted:  # older files: defaults fill in
         raise ValueError(f"shipped model {name!r} was not trained with this preset's config")
+    logs = [metrics] if isinstance(metrics, Path) else list(metrics or [])
+    if logs and len(logs) != len(seeds):
+        raise ValueError(f"give one metrics.jsonl per member ({len(seeds)}), got {len(logs)}")
     minutes = None
-    if metrics is not None:
-        history = _read_history(metrics)
+    for path in logs:
+        history = _read_history(path)
         if len(history) != cfg.epochs:
-            raise ValueError(f"{metrics} holds {len(history)} epochs, the preset {cfg.epochs}")
-        minutes = _minutes(history)
+            raise ValueError(f"{path} holds {len(history)} epochs, the preset {cfg.epochs}")
+        minutes = (minutes or 0.0) + _minutes(history)
     evaluation = _evaluate(load_pretrained(name), x, y, settings, log)
     return {
         "run": name,
-        "metrics": None if metrics is None else str(metrics),
+        "metrics": _one_or_list(logs) if logs else None,
         "minutes": minutes,
         "config": asdict(cfg),
+        "seeds": seeds,
+        "evaluation": evaluation,
+    }
+
+
+def trained_row(cfg, folders: list[Path], seeds: list[int], data, x, y, settings, log, threads):
+    """The row of run folders, one per seed: trained, resumed or reused, then evaluated (several:
+    their :class:`nemon.Ensemble`; minutes of steps summed)."""
+    histories = [trained(replace(cfg, seed=s), f, data, threads) for f, s in zip(folders, seeds)]
+    if len(folders) == 1:
+        evaluation = evaluated(folders[0], x, y, settings, log)
+    else:
+        members = [load_checkpoint(f / "checkpoint.pt")[0] for f in folders]
+        evaluation = _evaluate(Ensemble(members).eval(), x, y, settings, log)
+    return {
+        "run": _one_or_list(folders),
+        "config": asdict(cfg),
+        "seeds": seeds,
+        "minutes": sum(_minutes(h) for h in histories),
         "evaluation": evaluation,
     }
 
@@ -138,16 +172,42 @@ def _radius(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _default_folder(preset: str, suffix: str, seed: int, seeds: list[int]) -> Path:
+    return Path("runs") / (preset + suffix + (f"-seed{seed}" if len(seeds) > 1 else ""))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=[p for p in PRESETS if PRESETS[p].get("cert_eps")])
     parser.add_argument(
-        "--implicit", help="run folder (default runs/PRESET) or a shipped model's name"
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        help="several: each side is the ensemble of one run per seed (default: the preset's seed)",
     )
     parser.add_argument(
-        "--implicit-metrics", type=Path, help="metrics.jsonl of a shipped model's training run"
+        "--implicit",
+        nargs="+",
+        help="run folders, one per seed (default runs/PRESET[-seedS]), or a shipped model's name",
     )
-    parser.add_argument("--explicit", type=Path, help="run folder (default runs/PRESET-explicit)")
+    parser.add_argument(
+        "--implicit-metrics",
+        type=Path,
+        nargs="+",
+        help="metrics.jsonl of a shipped model's training run (an ensemble: one per member)",
+    )
+    parser.add_argument(
+        "--explicit",
+        type=Path,
+        nargs="+",
+        help="run folders, one per seed (default runs/PRESET-explicit[-seedS])",
+    )
     parser.add_argument("--eps", type=_radius, nargs="+", help="default: the preset's radii")
     parser.add_argument("--images", type=_positive, default=10000)
     parser.add_argument("--steps", type=_positive, default=50)
@@ -164,13 +224,17 @@ def main(argv=None) -> dict:
         runs = configs(args.preset, **overrides)
     except ValueError as exc:
         parser.error(str(exc))
-    shipped_name = args.implicit if args.implicit in pretrained_names() else None
+    seeds = args.seeds or [runs["nemon"].seed]
+    implicit = args.implicit or [_default_folder(args.preset, "", s, seeds) for s in seeds]
+    shipped_name = implicit[0] if implicit[0] in pretrained_names() else None
+    if shipped_name and len(implicit) > 1:
+        parser.error("--implicit: a shipped model's name stands alone (an ensemble is one name)")
     if args.implicit_metrics and not shipped_name:
         parser.error("--implicit-metrics goes with a shipped model's name for --implicit")
-    folders = {
-        "nemon": Path(args.implicit or Path("runs") / args.preset),
-        "explicit": args.explicit or Path("runs") / f"{args.preset}-explicit",
-    }
+    explicit = args.explicit or [_default_folder(args.preset, "-explicit", s, seeds) for s in seeds]
+    for side, folders in (("--implicit", implicit), ("--explicit", explicit)):
+        if len(folders) != len(seeds) and not (side == "--implicit" and shipped_name):
+            parser.error(f"{side}: give one run folder per seed ({len(seeds)}), got {len(folders)}")
     radii = args.eps or runs["nemon"].cert_eval_eps
     settings = {"images": args.images, "eps": radii, "steps": args.steps, "restarts": args.restarts}
     try:
@@ -180,22 +244,21 @@ def main(argv=None) -> dict:
     x, y = data.test_x[: args.images], data.test_y[: args.images]
     log = functools.partial(print, flush=True)
     rows = {}
-    for family, cfg in runs.items():
-        if family == "nemon" and shipped_name:
-            try:
-                rows[family] = shipped(
-                    shipped_name, cfg, args.implicit_metrics, x, y, settings, log
-                )
-            except (OSError, ValueError) as exc:
-                parser.error(str(exc))
-            continue
-        history = trained(cfg, folders[family], data, args.threads)
-        rows[family] = {
-            "run": str(folders[family]),
-            "config": asdict(cfg),
-            "minutes": _minutes(history),
-            "evaluation": evaluated(folders[family], x, y, settings, log),
-        }
+    if shipped_name:
+        try:
+            rows["nemon"] = shipped(
+                shipped_name, runs["nemon"], args.implicit_metrics, x, y, settings, log, seeds
+            )
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+    else:
+        folders = [Path(f) for f in implicit]
+        rows["nemon"] = trained_row(
+            runs["nemon"], folders, seeds, data, x, y, settings, log, args.threads
+        )
+    rows["explicit"] = trained_row(
+        runs["explicit"], explicit, seeds, data, x, y, settings, log, args.threads
+    )
     result = {"preset": args.preset, "settings": settings, "runs": rows}
     out = args.json or RESULTS / f"ablation-{args.preset}.json"
     write_text_atomic(json.dumps(result, indent=2) + "\n", out)

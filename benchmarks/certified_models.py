@@ -5,6 +5,8 @@ bound charged, float64) and accuracy under PGD (cross-entropy, ``--steps`` steps
 random restarts); every certified image that PGD breaks is counted as a violation (must be 0)::
 
     python benchmarks/certified_models.py mnist-cert-0.1 --eps 0.1 --json out.json
+
+Several models are evaluated as one :class:`nemon.Ensemble` (the mean of their logits).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from nemon.attacks import pgd
 from nemon.data import load_dataset
 
 
-def load(name_or_path: str):
-    if Path(name_or_path).exists():
-        return load_checkpoint(name_or_path)[0]
-    return nemon.load_pretrained(name_or_path)
+def load(*names_or_paths: str):
+    """A checkpoint file or shipped model name; several make an ensemble."""
+    models = [
+        load_checkpoint(p)[0] if Path(p).exists() else nemon.load_pretrained(p)
+        for p in names_or_paths
+    ]
+    return models[0] if len(models) == 1 else nemon.Ensemble(models).eval()
 
 
 def evaluate(model, x, y, radii, steps=50, restarts=2, batch=500, log=print) -> dict:
@@ -63,7 +68,9 @@ def evaluate(model, x, y, radii, steps=50, restarts=2, batch=500, log=print) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="checkpoint file or shipped model name")
+    parser.add_argument(
+        "model", nargs="+", help="checkpoint file or shipped model name (several: their ensemble)"
+    )
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1])
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--steps", type=int, default=50)
@@ -74,12 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load(args.model)
+    model = load(*args.model)
     data = load_dataset("mnist")
     x, y = data.test_x[: args.images], data.test_y[: args.images]
     log = functools.partial(print, flush=True)
     result = {
-        "model": args.model,
+        "model": args.model[0] if len(args.model) == 1 else args.model,
         **evaluate(model, x, y, args.eps, args.steps, args.restarts, args.batch, log),
     }
     print(json.dumps(result, indent=2))

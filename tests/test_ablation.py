@@ -40,8 +40,30 @@ def test_smoke_run_trains_evaluates_and_caches(tmp_path, capsys):
     assert "cached" not in capsys.readouterr().out  # other settings: evaluated again
 
 
+@requires_mnist
+def test_seeds_make_each_side_an_ensemble(tmp_path, capsys):
+    implicit, explicit = (
+        [str(tmp_path / f"a{s}") for s in (0, 1)],
+        [tmp_path / "b0", tmp_path / "b1"],
+    )
+    argv = ["mnist-cert-0.1", "--seeds", "0", "1", "--implicit", *implicit, "--explicit"]
+    argv += [*map(str, explicit), "--epochs", "1", "--train-limit", "200", "--images", "20"]
+    result = ablation.main(
+        [*argv, "--steps", "3", "--restarts", "1", "--json", str(tmp_path / "o")]
+    )
+    for family, folders in (("nemon", implicit), ("explicit", explicit)):
+        row = result["runs"][family]
+        assert row["run"] == [str(f) for f in folders] and row["seeds"] == [0, 1]
+        assert row["evaluation"]["violations@0.1"] == 0
+    seeds = [json.loads((tmp_path / f"b{s}" / "config.json").read_text())["seed"] for s in (0, 1)]
+    assert seeds == [0, 1]
+    with pytest.raises(SystemExit):
+        ablation.main(["mnist-cert-0.1", "--seeds", "0", "1", "--explicit", str(explicit[0])])
+    assert "one run folder per seed (2), got 1" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_refused_in_one_line(capsys):
-    for bad in (["--images", "0"], ["--eps", "-1"], ["--epochs", "x"]):
+    for bad in (["--images", "0"], ["--eps", "-1"], ["--epochs", "x"], ["--seeds", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             ablation.main(["mnist-cert-0.1", *bad])
         assert exit_info.value.code == 2
