@@ -5,7 +5,8 @@ each is trained, resumed, or reused when finished, then evaluated on the MNIST t
 ``certified_models.evaluate`` (clean, interval and pairwise certified, PGD, violations). An
 evaluation is cached in its run folder under the checkpoint's sha256 and the settings. The
 implicit side may instead be a shipped model (its name for ``--implicit``; its config must be
-the preset's), with its run's ``metrics.jsonl`` for the minutes of steps. With ``--seeds S S ...``
+the preset's), with its run's ``metrics.jsonl`` for the minutes of steps; the evaluation it was
+shipped with is reused when made with the same settings. With ``--seeds S S ...``
 each side is the :class:`nemon.Ensemble` of one run per seed (a shipped ensemble on the implicit
 side). Writes one JSON and prints a markdown table::
 
@@ -32,6 +33,7 @@ from nemon.app.checkpoints import load_checkpoint, write_text_atomic
 from nemon.app.config import PRESETS, TrainConfig
 from nemon.app.train import train
 from nemon.data import DataError, load_dataset
+from nemon.pretrained import _root as pretrained_root
 from nemon.pretrained import describe_pretrained, load_pretrained, pretrained_names
 
 RESULTS = Path(__file__).parent / "results" / "certified-models"
@@ -111,7 +113,11 @@ def shipped(
         if len(history) != cfg.epochs:
             raise ValueError(f"{path} holds {len(history)} epochs, the preset {cfg.epochs}")
         minutes = (minutes or 0.0) + _minutes(history)
-    evaluation = _evaluate(load_pretrained(name), x, y, settings, log)
+    evaluation = card_evaluation(name, settings)
+    if evaluation is None:
+        evaluation = _evaluate(load_pretrained(name), x, y, settings, log)
+    else:
+        log(f"{name}: the evaluation it was shipped with (same settings)")
     return {
         "run": name,
         "metrics": _one_or_list(logs) if logs else None,
@@ -120,6 +126,20 @@ def shipped(
         "seeds": seeds,
         "evaluation": evaluation,
     }
+
+
+def card_evaluation(name: str, settings: dict) -> dict | None:
+    """A shipped model's ``evaluation.json`` (``certified_models.py`` on its weights, the figures
+    of its card) when it was made with ``settings``; None otherwise."""
+    path = pretrained_root() / name / "evaluation.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    pgd = {"steps": settings["steps"], "restarts": settings["restarts"]}
+    radii = all(f"interval@{r:g}" in stored for r in settings["eps"])
+    if stored.get("images") != settings["images"] or stored.get("pgd") != pgd or not radii:
+        return None
+    return {k: v for k, v in stored.items() if k != "model"}
 
 
 def trained_row(cfg, folders: list[Path], seeds: list[int], data, x, y, settings, log, threads):

@@ -98,6 +98,17 @@ def test_a_shipped_model_stands_for_the_implicit_run(tmp_path):
         ablation.shipped("mnist-cert-0.1", other, None, x, y, settings, print)
 
 
+def test_a_shipped_model_brings_its_own_full_evaluation():
+    settings = {"images": 10000, "eps": [0.1], "steps": 50, "restarts": 2}
+    stored = ablation.card_evaluation("mnist-cert-0.1", settings)
+    card = json.loads(
+        (ablation.pretrained_root() / "mnist-cert-0.1" / "evaluation.json").read_text()
+    )
+    assert stored["interval@0.1"] == card["interval@0.1"] and "model" not in stored
+    for other in ({"images": 20}, {"steps": 3}, {"eps": [0.1, 0.3]}):
+        assert ablation.card_evaluation("mnist-cert-0.1", {**settings, **other}) is None
+
+
 def test_metrics_without_a_shipped_model_are_refused(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         ablation.main(["mnist-cert-0.1", "--implicit-metrics", str(tmp_path / "m.jsonl")])
