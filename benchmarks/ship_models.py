@@ -134,6 +134,7 @@ def ensemble_card(
     )
     members = " ".join(f"runs/{preset}-seed{s}" for s in seeds)
     minutes = ", ".join(f"{_minutes(run):.0f} (seed {s})" for run, s in zip(runs, seeds))
+    radii = " ".join(f"{e:g}" for e in cfgs[0]["cert_eval_eps"])
     return f"""# {name}
 
 Certified (interval-trained) MNIST classifier: an ensemble (`nemon.Ensemble`, the mean of the
@@ -145,7 +146,7 @@ model (the layers side by side: one layer with a block-diagonal `A`, `mu_inf(A) 
 Retrain: train the members, evaluate their ensemble, ship it:
 
 {train}
-    python benchmarks/certified_models.py {" ".join(f"runs/{preset}-seed{s}/checkpoint.pt" for s in seeds)} --eps 0.1 --json eval.json
+    python benchmarks/certified_models.py {" ".join(f"runs/{preset}-seed{s}/checkpoint.pt" for s in seeds)} --eps {radii} --json eval.json
     python benchmarks/ship_models.py {members} {name} eval.json --member-preset {preset}
 
 Each member's {_recipe(cfgs[0])[0].lower()}{_recipe(cfgs[0])[1:]}

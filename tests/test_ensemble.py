@@ -153,3 +153,19 @@ def test_checkpoints_of_different_shapes_are_not_shipped_together(tmp_path):
         runs.append(tmp_path / f"r{i}" / "checkpoint.pt")
     with pytest.raises(ValueError, match="disagree"):
         save_pretrained(runs, tmp_path / "bad", "#\n")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_margin_bounds_are_what_certify_checks(method):
+    model = nemon.Ensemble([classifier("nemon-eta", seed=8), classifier("idl", seed=9)])
+    u, labels = _inputs(model)
+    radii = [0.0, 0.01, 0.05]
+    correct, bounds = nemon.margin_bounds(model, u, labels, radii, method=method, clip=None)
+    assert bounds.shape == (3, len(u), model.num_classes)
+    assert torch.all(bounds.gather(2, labels[None, :, None].expand(3, -1, 1)) == 0)
+    others = bounds.scatter(2, labels[None, :, None].expand(3, -1, 1), math.inf).amin(2)
+    expected = nemon.certify(model, u, labels, radii, method=method, clip=None)
+    assert torch.equal(correct & (others > 0), expected)
+    assert torch.all(bounds[1:] <= bounds[:-1] + 1e-12)  # a larger ball: never a larger bound
+    single, one = nemon.margin_bounds(model, u, labels, 0.01, method=method, clip=None)
+    assert torch.equal(one, bounds[1]) and torch.equal(single, correct)

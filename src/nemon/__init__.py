@@ -2,7 +2,13 @@
 
 from . import contraction
 from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
-from .certificates import CERTIFICATES, CertificateWarning, certificate_obstacle, certify
+from .certificates import (
+    CERTIFICATES,
+    CertificateWarning,
+    certificate_obstacle,
+    certify,
+    margin_bounds,
+)
 from .conv_layers import MONConv2d, NEMONConv2d
 from .ensemble import Ensemble
 from .implicit import (
@@ -79,6 +85,7 @@ __all__ = [
     "certified_lipschitz",
     "certified_pairwise",
     "certify",
+    "margin_bounds",
     "certificate_obstacle",
     "CertificateWarning",
     "CERTIFICATES",

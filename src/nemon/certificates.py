@@ -31,7 +31,7 @@ from .lipschitz import (
 )
 from .models import Classifier
 
-__all__ = ["CertificateWarning", "CERTIFICATES", "certify", "certificate_obstacle"]
+__all__ = ["CertificateWarning", "CERTIFICATES", "certify", "margin_bounds", "certificate_obstacle"]
 
 CERTIFICATES = ("lipschitz", "pairwise", "interval")
 
@@ -170,6 +170,30 @@ def certify(
     Returns:
         A bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
     """
+    correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
+    index = _label_index(labels.to(bounds.device), bounds)
+    return correct & (bounds.scatter(-1, index, math.inf).amin(-1) > 0)
+
+
+@torch.no_grad()
+def margin_bounds(
+    model: Classifier | Ensemble,
+    u: Tensor,
+    labels: Tensor,
+    eps: float | list[float],
+    method: str = "pairwise",
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    solve_tol: float | str | None = "auto",
+    dtype: torch.dtype | None = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """Lower bounds of the logit differences ``y_label - y_j`` on the l_inf ball: what
+    :func:`certify` checks (certified: the centre classified right and every bound positive).
+
+    The arguments are :func:`certify`'s. Returns ``(correct, bounds)``: whether each centre is
+    classified right, ``(batch,)``, and the bounds, ``(batch, q)`` or ``(len(eps), batch, q)`` for
+    a list of radii, 0 at the label. A model that cannot be certified (see
+    :func:`certificate_obstacle`) gets bounds of ``-inf`` and a :class:`CertificateWarning`.
+    """
     if method not in CERTIFICATES:
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)
@@ -180,12 +204,20 @@ def certify(
     reason = certificate_obstacle(model)
     if reason is not None:
         warnings.warn(f"nothing certified: {reason}", CertificateWarning, stacklevel=2)
-        out = [torch.zeros(len(u), dtype=torch.bool, device=u.device) for _ in radii]
+        correct = torch.zeros(len(u), dtype=torch.bool, device=u.device)
+        bounds = [
+            torch.full((len(u), model.num_classes), -math.inf, dtype=u.dtype, device=u.device)
+        ]
+        bounds = bounds * len(radii)
     else:
         with _tight(model, solve_tol, u), full_float32():
             correct, bounds = _margin_bounds(model, u, labels, radii, method, clip)
-        out = [correct & (b.scatter(1, labels[:, None], math.inf).amin(1) > 0) for b in bounds]
-    return out[0] if isinstance(eps, (int, float)) else torch.stack(out)
+    bounds = [b.scatter(1, labels[:, None], 0.0) for b in bounds]
+    return (correct, bounds[0]) if isinstance(eps, (int, float)) else (correct, torch.stack(bounds))
+
+
+def _label_index(labels: Tensor, bounds: Tensor) -> Tensor:
+    return labels[:, None].expand(*bounds.shape[:-1], 1)
 
 
 def _check_eval_mode(model) -> None:

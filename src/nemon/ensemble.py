@@ -33,7 +33,7 @@ class Ensemble(nn.Module):
         for i, m in enumerate(members):
             if not isinstance(m, Classifier):
                 raise TypeError(f"member {i} is a {type(m).__name__}, not a nemon Classifier")
-        signatures = {(tuple(m.input_shape), m.readout.out_features) for m in members}
+        signatures = {(tuple(m.input_shape), m.num_classes) for m in members}
         if len(signatures) > 1:
             raise ValueError(
                 "ensemble members disagree on (input shape, classes): "
@@ -41,7 +41,7 @@ class Ensemble(nn.Module):
             )
         self.members = nn.ModuleList(members)
         self.input_shape = tuple(members[0].input_shape)
-        self.num_classes = members[0].readout.out_features
+        self.num_classes = members[0].num_classes
 
     def forward(self, u: Tensor) -> Tensor:
         return torch.stack([m(u) for m in self.members]).mean(0)

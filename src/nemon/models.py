@@ -57,6 +57,11 @@ class Classifier(nn.Module):
             y = y + self.direct(u.flatten(1))
         return y
 
+    @property
+    def num_classes(self) -> int:
+        """Number of logits ``q``."""
+        return self.readout.out_features
+
     def prepare_input(self, u: Tensor) -> Tensor:
         """The model's input: images flattened for a dense layer without encoder."""
         if self.encoder is None and len(self.layer.input_shape()) == 1 and u.dim() > 2:
