@@ -114,3 +114,25 @@ def test_metrics_without_a_shipped_model_are_refused(capsys, tmp_path):
         ablation.main(["mnist-cert-0.1", "--implicit-metrics", str(tmp_path / "m.jsonl")])
     assert exit_info.value.code == 2
     assert "goes with a shipped model's name" in capsys.readouterr().err
+
+
+@requires_mnist
+def test_ensemble_pairs_score_as_certify_does(tmp_path):
+    import ensemble_pairs
+
+    import nemon
+    from nemon.data import load_dataset
+
+    names = ["mnist-cert-0.1", "mnist-cert-medium-0.1"]
+    argv = [*names, "--images", "60", "--threads", "1", "--cache", str(tmp_path)]
+    result = ensemble_pairs.main(argv)
+    data = load_dataset("mnist")
+    x, y = data.test_x[:60], data.test_y[:60]
+    models = [nemon.load_pretrained(n) for n in names]
+    certified = nemon.certify(nemon.Ensemble(models), x, y, 0.1, method="interval")
+    assert result["ensembles"][0]["interval"] == pytest.approx(float(certified.double().mean()))
+    assert result["models"][names[0]]["interval"] == pytest.approx(
+        float(nemon.certify(models[0], x, y, 0.1, method="interval").double().mean())
+    )
+    assert len(list(tmp_path.iterdir())) == 2
+    assert ensemble_pairs.main(argv) == result  # read back from the cache
