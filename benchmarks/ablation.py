@@ -280,7 +280,8 @@ def main(argv=None) -> dict:
         runs["explicit"], explicit, seeds, data, x, y, settings, log, args.threads
     )
     result = {"preset": args.preset, "settings": settings, "runs": rows}
-    out = args.json or RESULTS / f"ablation-{args.preset}.json"
+    seeds_tag = f"-seeds{'-'.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    out = args.json or RESULTS / f"ablation-{args.preset}{seeds_tag}.json"
     write_text_atomic(json.dumps(result, indent=2) + "\n", out)
     print(table(rows, radii))
     gap = {
