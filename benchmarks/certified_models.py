@@ -34,6 +34,13 @@ def load(*names_or_paths: str):
     return models[0] if len(models) == 1 else nemon.Ensemble(models).eval()
 
 
+def check_models(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """Refuse, in one line, a model that is neither a file nor a shipped model's name."""
+    for name in names:
+        if not Path(name).exists() and name not in nemon.pretrained_names():
+            parser.error(f"{name} is neither a checkpoint file nor a shipped model's name")
+
+
 def evaluate(model, x, y, radii, steps=50, restarts=2, batch=500, log=print) -> dict:
     """Clean, interval- and pairwise-certified and PGD accuracy, and violations, per radius."""
     counts = {"clean": 0}
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json")
     args = parser.parse_args()
+    check_models(parser, args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(*args.model)

@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from certified_models import load
+from certified_models import check_models, load
 
 import nemon
 from nemon.data import load_dataset
@@ -80,9 +80,7 @@ def main(argv=None) -> dict:
         parser.error(f"--size must be between 1 and the number of models, got {args.size}")
     if not (math.isfinite(args.eps) and args.eps >= 0):
         parser.error(f"--eps must be a finite radius >= 0, got {args.eps}")
-    for name in args.models:
-        if not Path(name).exists() and name not in nemon.pretrained_names():
-            parser.error(f"{name} is neither a file nor a shipped model")
+    check_models(parser, args.models)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset("mnist")
