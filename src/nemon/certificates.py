@@ -23,10 +23,11 @@ from .explicit import implicit_box
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .lipschitz import (
-    _margin,
     _readout_norms,
+    lipschitz_margins,
     output_bound,
     pairwise_bounds,
+    pairwise_margins,
     state_bound,
 )
 from .models import Classifier
@@ -246,20 +247,21 @@ def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method:
 
 
 def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
-    """Certificate (19) and its pairwise form as margin bounds: each logit moves by at most
-    ``L eps`` (each difference by ``L_ij eps``), plus the solver's error bound."""
-    gaps, correct = _margin(model(u), labels)
+    """Certificate (19) or its pairwise form as margin bounds, the solver's error bound charged."""
+    logits = model(u)
     terms = model.lipschitz_terms()
     C, D = model.readout_weights()
     error = model.layer.solver_stats["forward"].error_bound
     if method == "lipschitz":
-        L = 2 * output_bound(terms, C, D)
-        slack = 0.0 if error is None else 2 * error[:, None] * _readout_norms(terms, C).amax()
+        L = output_bound(terms, C, D)
+        slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
+        bounds = [lipschitz_margins(logits, labels, L, e, slack) for e in radii]
     else:
-        L = pairwise_bounds(terms, C, D)[labels]
+        L_pair = pairwise_bounds(terms, C, D)
         pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
         slack = 0.0 if error is None else error[:, None] * pair_c[labels]
-    return correct, [gaps - L * e - slack for e in radii]
+        bounds = [pairwise_margins(logits, labels, L_pair, e, slack) for e in radii]
+    return logits.argmax(1) == labels, bounds
 
 
 def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):

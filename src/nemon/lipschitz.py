@@ -112,6 +112,31 @@ def _margin(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return true - logits, correct
 
 
+def lipschitz_margins(
+    logits: Tensor, labels: Tensor, L: Tensor | float, eps: float, slack: Tensor | float = 0.0
+) -> Tensor:
+    """Lower bounds of ``y_label - y_j`` on the l_inf ball of radius eps from (19): each logit
+    moves by at most ``L eps``, and by ``slack`` (a per-sample bound from the solver's
+    a-posteriori error bound) from the computed one. Shape ``(batch, q)``."""
+    gaps, _ = _margin(logits, labels)
+    slack = torch.as_tensor(slack, dtype=logits.dtype, device=logits.device)
+    return gaps - 2 * L * eps - 2 * (slack[:, None] if slack.dim() == 1 else slack)
+
+
+def pairwise_margins(
+    logits: Tensor, labels: Tensor, L_pair: Tensor, eps: float, slack: Tensor | float = 0.0
+) -> Tensor:
+    """Lower bounds of ``y_label - y_j``: ``y_label - y_j - L_label,j eps - slack``, where
+    ``slack`` bounds the error of each logit difference (``(batch, q)`` or a scalar)."""
+    gaps, _ = _margin(logits, labels)
+    return gaps - L_pair[labels] * eps - torch.as_tensor(slack, dtype=logits.dtype)
+
+
+def _certified(bounds: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    correct = logits.argmax(dim=1) == labels
+    return correct & (bounds.scatter(1, labels[:, None], float("inf")).amin(dim=1) > 0)
+
+
 def certified_lipschitz(
     logits: Tensor, labels: Tensor, L: Tensor | float, eps: float, slack: Tensor | float = 0.0
 ) -> Tensor:
@@ -120,10 +145,7 @@ def certified_lipschitz(
     ``slack`` is a per-sample bound on how far the computed logits may be from the exact ones (from
     the solver's a-posteriori error bound); it is taken off both sides of the margin.
     """
-    gaps, correct = _margin(logits, labels)
-    gaps = gaps.scatter(1, labels[:, None], float("inf"))
-    margin = gaps.amin(dim=1) - 2 * torch.as_tensor(slack, dtype=logits.dtype)
-    return correct & (margin > 2 * L * eps)
+    return _certified(lipschitz_margins(logits, labels, L, eps, slack), logits, labels)
 
 
 def certified_pairwise(
@@ -134,10 +156,7 @@ def certified_pairwise(
     ``slack`` here is a per-sample bound on the error of each logit difference; pass the
     per-pair error ``(batch, q)`` or a scalar bound.
     """
-    gaps, correct = _margin(logits, labels)
-    need = L_pair[labels] * eps + torch.as_tensor(slack, dtype=logits.dtype)
-    ok = (gaps > need).scatter(1, labels[:, None], True)
-    return correct & ok.all(dim=1)
+    return _certified(pairwise_margins(logits, labels, L_pair, eps, slack), logits, labels)
 
 
 def lipschitz_bound(model) -> Tensor:
