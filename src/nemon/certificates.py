@@ -212,7 +212,8 @@ def margin_bounds(
         bounds = bounds * len(radii)
     else:
         with _tight(model, solve_tol, u), full_float32():
-            correct, bounds = _margin_bounds(model, u, labels, radii, method, clip)
+            logits, bounds = _margin_bounds(model, u, labels, radii, method, clip)
+        correct = logits.argmax(1) == labels
     bounds = [b.scatter(1, labels[:, None], 0.0) for b in bounds]
     return (correct, bounds[0]) if isinstance(eps, (int, float)) else (correct, torch.stack(bounds))
 
@@ -233,12 +234,12 @@ def _check_eval_mode(model) -> None:
 
 
 def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str, clip):
-    """``(correct, bounds)``: whether the centre is classified right, and per radius lower bounds
-    ``(batch, q)`` of ``y_label - y_j`` over the ball (an ensemble: the mean of its members')."""
+    """``(logits, bounds)``: the centre's logits, and per radius lower bounds ``(batch, q)`` of
+    ``y_label - y_j`` over the ball (an ensemble: the mean of its members' logits and bounds)."""
     if isinstance(model, Ensemble):
         parts = [_margin_bounds(m, u, labels, radii, method, clip) for m in model.members]
-        correct = model(u).argmax(1) == labels
-        return correct, [
+        logits = torch.stack([p[0] for p in parts]).mean(0)
+        return logits, [
             torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))
         ]
     if method == "interval":
@@ -261,7 +262,7 @@ def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], meth
         pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
         slack = 0.0 if error is None else error[:, None] * pair_c[labels]
         bounds = [pairwise_margins(logits, labels, L_pair, e, slack) for e in radii]
-    return logits.argmax(1) == labels, bounds
+    return logits, bounds
 
 
 def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
@@ -280,7 +281,6 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
     scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
     terms = model.lipschitz_terms()
     logits = model(u) if model.direct is not None else model.readout(layer.features(x))
-    correct = logits.argmax(1) == labels
     bounds = []
     for eps in radii:
         x_lo, x_hi = implicit_box(layer, *model.encode_interval(*input_box(u, eps, clip)))
@@ -289,7 +289,7 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
             x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
         bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
-    return correct, bounds
+    return logits, bounds
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:
