@@ -3,6 +3,7 @@ strong PGD never breaks, and one answer from the CLI and the library."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +17,15 @@ from nemon.data import load_dataset
 
 NAMES = nemon.pretrained_names()
 IMAGES = 100  # MNIST test images per model: a few seconds each on one thread
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _evaluation(name: str) -> dict:
     return json.loads((pretrained._root() / name / "evaluation.json").read_text())
+
+
+def _card(name: str) -> str:
+    return (pretrained._root() / name / "card.md").read_text()
 
 
 def _radii(evaluation: dict) -> list[str]:
@@ -30,7 +36,7 @@ def _radii(evaluation: dict) -> list[str]:
 def test_card_states_the_full_test_evaluation(name):
     """Every figure in a card's table is its ``evaluation.json``'s, on all 10 000 test images."""
     evaluation = _evaluation(name)
-    card = (pretrained._root() / name / "card.md").read_text()
+    card = _card(name)
     assert evaluation["images"] == 10000 and evaluation["pgd"]["steps"] >= 50
     assert evaluation["pgd"]["restarts"] >= 2
     assert f"Clean accuracy: {evaluation['clean']:.4f}." in card
@@ -42,6 +48,50 @@ def test_card_states_the_full_test_evaluation(name):
         expected = [evaluation[f"{k}@{r}"] for k in ("interval", "pairwise", "pgd")]
         assert [float(c) for c in cells[:3]] == pytest.approx(expected, abs=5e-5)
         assert f"`nemon certify {name} --eps" in card
+
+
+def _table_rows(path: Path, width: int) -> dict[str, list[str]]:
+    """The cells after the first of each markdown table row that starts with a shipped name and
+    has ``width`` more cells (one row per name)."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^\| `([\w.-]+)`[^|]* \|(.*)\|$", line)
+        cells = [c.strip().strip("*") for c in match.group(2).split("|")] if match else []
+        if match and match.group(1) in NAMES and len(cells) == width:
+            assert match.group(1) not in rows, f"{path.name}: two rows for {match.group(1)}"
+            rows[match.group(1)] = cells
+    return rows
+
+
+def test_docs_table_states_each_shipped_evaluation():
+    """The pretrained guide lists every shipped model with its ``evaluation.json``'s figures."""
+    rows = _table_rows(ROOT / "docs" / "guide" / "pretrained.md", width=7)
+    assert sorted(rows) == sorted(NAMES)
+    for name, cells in rows.items():
+        evaluation = _evaluation(name)
+        (r,) = _radii(evaluation)
+        assert float(cells[1]) == float(r), name
+        figures = [evaluation["clean"]] + [evaluation[f"{k}@{r}"] for k in ("interval", "pgd")]
+        assert [float(c) for c in cells[2:5]] == pytest.approx(figures, abs=5e-5), name
+        assert int(cells[5]) == evaluation[f"violations@{r}"], name
+        training = re.search(r"^Training time.*$", _card(name), re.M).group(0)
+        for minutes in re.findall(r"\d+", cells[6]):
+            assert re.search(rf"\b{minutes}\b", training), f"{name}: {minutes} minutes"
+
+
+def test_readme_rows_state_each_shipped_evaluation():
+    """The README's robustness table gives each shipped model its ``evaluation.json``'s figures
+    (columns: clean, certified and PGD at 0.1, certified and PGD at 0.3, broken)."""
+    rows = _table_rows(ROOT / "README.md", width=6)
+    assert sorted(rows) == sorted(NAMES)
+    for name, cells in rows.items():
+        evaluation = _evaluation(name)
+        (r,) = _radii(evaluation)
+        at = {"0.1": 1, "0.3": 3}[r]
+        figures = [evaluation["clean"]] + [evaluation[f"{k}@{r}"] for k in ("interval", "pgd")]
+        stated = [cells[0], cells[at], cells[at + 1]]
+        assert [float(c) for c in stated] == pytest.approx(figures, abs=5e-5), name
+        assert int(cells[5]) == evaluation[f"violations@{r}"], name
 
 
 @pytest.fixture(scope="module")
