@@ -24,6 +24,7 @@ from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .lipschitz import (
     _readout_norms,
+    certified_by_margins,
     lipschitz_margins,
     output_bound,
     pairwise_bounds,
@@ -172,8 +173,7 @@ def certify(
         A bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
     """
     correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
-    index = _label_index(labels.to(bounds.device), bounds)
-    return correct & (bounds.scatter(-1, index, math.inf).amin(-1) > 0)
+    return certified_by_margins(correct, bounds, labels.to(bounds.device))
 
 
 @torch.no_grad()
@@ -216,10 +216,6 @@ def margin_bounds(
         correct = logits.argmax(1) == labels
     bounds = [b.scatter(1, labels[:, None], 0.0) for b in bounds]
     return (correct, bounds[0]) if isinstance(eps, (int, float)) else (correct, torch.stack(bounds))
-
-
-def _label_index(labels: Tensor, bounds: Tensor) -> Tensor:
-    return labels[:, None].expand(*bounds.shape[:-1], 1)
 
 
 def _check_eval_mode(model) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "lipschitz_regularizer",
     "certified_lipschitz",
     "certified_pairwise",
+    "certified_by_margins",
     "lipschitz_bound",
 ]
 
@@ -132,9 +133,11 @@ def pairwise_margins(
     return gaps - L_pair[labels] * eps - torch.as_tensor(slack, dtype=logits.dtype)
 
 
-def _certified(bounds: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-    correct = logits.argmax(dim=1) == labels
-    return correct & (bounds.scatter(1, labels[:, None], float("inf")).amin(dim=1) > 0)
+def certified_by_margins(correct: Tensor, bounds: Tensor, labels: Tensor) -> Tensor:
+    """Certified: the centre classified right (``correct``, ``(batch,)``) and every lower bound of
+    ``y_label - y_j``, ``j != label``, positive; ``bounds`` is ``(..., batch, q)``."""
+    index = labels[:, None].expand(*bounds.shape[:-1], 1)
+    return correct & (bounds.scatter(-1, index, float("inf")).amin(dim=-1) > 0)
 
 
 def certified_lipschitz(
@@ -145,7 +148,8 @@ def certified_lipschitz(
     ``slack`` is a per-sample bound on how far the computed logits may be from the exact ones (from
     the solver's a-posteriori error bound); it is taken off both sides of the margin.
     """
-    return _certified(lipschitz_margins(logits, labels, L, eps, slack), logits, labels)
+    bounds = lipschitz_margins(logits, labels, L, eps, slack)
+    return certified_by_margins(logits.argmax(dim=1) == labels, bounds, labels)
 
 
 def certified_pairwise(
@@ -156,7 +160,8 @@ def certified_pairwise(
     ``slack`` here is a per-sample bound on the error of each logit difference; pass the
     per-pair error ``(batch, q)`` or a scalar bound.
     """
-    return _certified(pairwise_margins(logits, labels, L_pair, eps, slack), logits, labels)
+    bounds = pairwise_margins(logits, labels, L_pair, eps, slack)
+    return certified_by_margins(logits.argmax(dim=1) == labels, bounds, labels)
 
 
 def lipschitz_bound(model) -> Tensor:
