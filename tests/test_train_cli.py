@@ -124,8 +124,18 @@ def test_cli_train_eval_certify(tmp_path, capsys):
         ]
     )
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "on 300 test images" in printed and "interval" in printed  # the default method
     cert = json.loads(js.read_text())
-    assert cert["pairwise"]["0.0"] >= cert["pairwise"]["1e-05"] >= cert["lipschitz"]["1e-05"]
+    assert cert["images"] == 300 and set(cert) >= {"interval"} and "pairwise" not in cert
+    code = main(
+        ["certify", str(out / "checkpoint.pt"), "--eps", "0", "1e-5", "--json", str(js)]
+        + ["--method", "interval", "pairwise", "lipschitz", *args, "--test-limit", "300"]
+    )
+    assert code == 0
+    cert = json.loads(js.read_text())
+    assert cert["interval"]["1e-05"] >= cert["pairwise"]["1e-05"] >= cert["lipschitz"]["1e-05"]
+    assert cert["pairwise"]["0.0"] >= cert["pairwise"]["1e-05"]
 
 
 def test_cli_reports_errors(tmp_path, capsys, monkeypatch):

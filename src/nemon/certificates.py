@@ -33,9 +33,27 @@ from .lipschitz import (
 )
 from .models import Classifier
 
-__all__ = ["CertificateWarning", "CERTIFICATES", "certify", "margin_bounds", "certificate_obstacle"]
+__all__ = [
+    "CertificateWarning",
+    "CERTIFICATES",
+    "certify",
+    "margin_bounds",
+    "certificate_obstacle",
+    "default_certificate",
+]
 
 CERTIFICATES = ("lipschitz", "pairwise", "interval")
+
+
+def default_certificate(model) -> str:
+    """The strongest sound certificate the model supports: ``"interval"`` when every implicit
+    layer in it gives interval bounds (NEMON, IDL, explicit layers), else ``"pairwise"`` (MON).
+
+    Each is never weaker than the next: interval >= pairwise >= lipschitz (tested)."""
+    members = model.members if isinstance(model, Ensemble) else [model]
+    layers = [m for member in members for m in member.modules() if isinstance(m, ImplicitLayer)]
+    boxed = all(type(m).interval_bounds is not ImplicitLayer.interval_bounds for m in layers)
+    return "interval" if boxed else "pairwise"
 
 
 class CertificateWarning(UserWarning):
@@ -146,7 +164,7 @@ def certify(
     u: Tensor,
     labels: Tensor,
     eps: float | list[float],
-    method: str = "pairwise",
+    method: str | None = None,
     clip: tuple[float, float] | None = (0.0, 1.0),
     solve_tol: float | str | None = "auto",
     dtype: torch.dtype | None = torch.float64,
@@ -159,7 +177,10 @@ def certify(
         u: inputs in the data's range, ``(batch, *input_shape)``.
         labels: their labels, ``(batch,)``.
         eps: a radius or a list of radii (the centre solve is shared).
-        method: ``"lipschitz"``, ``"pairwise"`` or ``"interval"`` (NEMON and IDL).
+        method: ``"interval"`` (NEMON, IDL and explicit layers), ``"pairwise"`` or
+            ``"lipschitz"``; None (default): the strongest the model supports
+            (:func:`default_certificate`). A :class:`CertificateWarning` says when a method
+            certifies none of the correctly classified inputs at a positive radius.
         clip: the data range ``(lo, hi)``; the ball is intersected with it (``None``: no range).
             Only the interval certificate gains from it; inputs outside it are an error.
         solve_tol: the equilibrium is solved to this fixed-point residual (``"auto"``: 1e-10 in
@@ -172,8 +193,30 @@ def certify(
     Returns:
         A bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
     """
+    method = method or default_certificate(model)
     correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
-    return certified_by_margins(correct, bounds, labels.to(bounds.device))
+    ok = certified_by_margins(correct, bounds, labels.to(bounds.device))
+    _warn_if_nothing_certified(model, method, _radii(eps), correct, ok)
+    return ok
+
+
+def _warn_if_nothing_certified(model, method: str, radii, correct: Tensor, ok: Tensor) -> None:
+    """A method that certifies none of the correct inputs at a radius says so (and names a
+    stronger one the model supports), instead of a silent 0."""
+    if not bool(correct.any()):
+        return
+    counts = ok.reshape(len(radii), -1).sum(1)
+    empty = [e for e, c in zip(radii, counts.tolist()) if e > 0 and c == 0]
+    if not empty:
+        return
+    best = default_certificate(model)
+    hint = f"; method={best!r} is the strongest this model supports" if best != method else ""
+    warnings.warn(
+        f"method {method!r} certifies none of the correctly classified inputs at eps "
+        f"{', '.join(f'{e:g}' for e in empty)}{hint}",
+        CertificateWarning,
+        stacklevel=4,  # the caller of certify (behind torch.no_grad's wrapper)
+    )
 
 
 @torch.no_grad()
@@ -182,7 +225,7 @@ def margin_bounds(
     u: Tensor,
     labels: Tensor,
     eps: float | list[float],
-    method: str = "pairwise",
+    method: str | None = None,
     clip: tuple[float, float] | None = (0.0, 1.0),
     solve_tol: float | str | None = "auto",
     dtype: torch.dtype | None = torch.float64,
@@ -195,6 +238,7 @@ def margin_bounds(
     a list of radii, 0 at the label. A model that cannot be certified (see
     :func:`certificate_obstacle`) gets bounds of ``-inf`` and a :class:`CertificateWarning`.
     """
+    method = method or default_certificate(model)
     if method not in CERTIFICATES:
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)

@@ -28,7 +28,11 @@ class Classifier(nn.Module):
         num_classes: number of logits ``q``.
         direct: include the direct term ``D u`` of model (11) (off in the paper's experiments).
         encoder: explicit modules mapping the input to the layer's input (see
-            :mod:`nemon.explicit` for the ones bounds and certificates support).
+            `nemon.explicit` for the ones bounds and certificates support).
+        input_shape: the shape of one input sample, e.g. ``(1, 28, 28)``; required with an
+            encoder (the layer alone cannot tell it), otherwise the layer's input shape. It is
+            checked by running the encoder once on zeros, so a model that is built also trains,
+            certifies and exports.
     """
 
     def __init__(
@@ -43,8 +47,15 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.layer = layer
         self.readout = nn.Linear(layer.num_features, num_classes)
+        if encoder is not None and input_shape is None:
+            raise ValueError(
+                "Classifier with an encoder needs input_shape, the shape of one input sample "
+                "(for example input_shape=(1, 28, 28))"
+            )
         shape = input_shape if input_shape is not None else layer.input_shape()
-        self.input_shape = tuple(shape)  # one input sample (images for the dense FC too)
+        self.input_shape = tuple(int(s) for s in shape)  # one sample (images for the dense FC too)
+        if encoder is not None:
+            _check_encoder(encoder, self.input_shape, layer)
         in_dim = 1
         for s in shape:
             in_dim *= s
@@ -97,6 +108,28 @@ class Classifier(nn.Module):
     def lipschitz_penalty(self, kind: str = "product") -> Tensor:
         """The regulariser of eq. (18) (``kind``: ``product`` or ``halved_sum``)."""
         return lipschitz_regularizer(self.lipschitz_terms(), *self.readout_weights(), kind=kind)
+
+
+def _check_encoder(encoder: nn.Module, input_shape: tuple[int, ...], layer) -> None:
+    """The encoder maps one zero sample of ``input_shape`` to the layer's input shape."""
+    try:
+        param = next(encoder.parameters(), None)
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        device = param.device if param is not None else None
+        training = encoder.training
+        with torch.no_grad():
+            out = encoder.eval()(torch.zeros(1, *input_shape, dtype=dtype, device=device))
+        encoder.train(training)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"the encoder cannot take inputs of shape {input_shape}: {first}"
+        ) from None
+    if tuple(out.shape[1:]) != tuple(layer.input_shape()):
+        raise ValueError(
+            f"the encoder maps inputs of shape {input_shape} to {tuple(out.shape[1:])}, but the "
+            f"layer expects {tuple(layer.input_shape())}"
+        )
 
 
 MODEL_FAMILIES = ("nemon", "mon", "idl", "explicit")

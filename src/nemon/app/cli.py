@@ -20,7 +20,7 @@ import torch
 
 from ..activations import ACTIVATIONS
 from ..attacks import ATTACKS, accuracy_under_attack
-from ..certificates import CERTIFICATES
+from ..certificates import CERTIFICATES, default_certificate
 from ..data import DATASETS, DataError, load_dataset
 from ..export import export_onnx
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
@@ -204,7 +204,11 @@ def _add_eval(sub, common) -> None:
         if name == "certify":
             p.add_argument("--eps", type=RADIUS, nargs="+", default=[1e-4, 1e-3, 1e-2])
             p.add_argument(
-                "--method", nargs="+", default=["lipschitz", "pairwise"], choices=CERTIFICATES
+                "--method",
+                nargs="+",
+                choices=CERTIFICATES,
+                help="certificates to compute (default: the strongest the model supports, "
+                "interval for NEMON and IDL)",
             )
             _add_range(p, "--clip", "data range the ball is intersected with (default 0 1)")
             p.add_argument("--no-clip", action="store_true", help="certify the whole ball")
@@ -223,7 +227,7 @@ def _add_attack(sub, common) -> None:
     p.add_argument("--steps", type=POSITIVE, default=20, help="PGD steps")
     p.add_argument("--restarts", type=POSITIVE, default=1, help="PGD restarts")
     p.add_argument("--seed", type=NONNEGATIVE, default=0)
-    p.add_argument("--test-limit", type=POSITIVE, default=1000)
+    p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results to this JSON file")
@@ -436,6 +440,7 @@ def _cmd_eval(args) -> dict:
     model, x, y = _load(args)
     with ConvergenceTally():
         result = evaluate(model, x, y)
+    result["images"] = len(x)
     result["lipschitz_bound"] = float(model.lipschitz_bound().detach())
     print(json.dumps(result, indent=2))
     return result
@@ -454,10 +459,14 @@ def _cmd_certify(args) -> dict:
         "eps": args.eps,
         "clip": clip,
     }
+    args.method = args.method or [default_certificate(model)]
+    result["images"] = len(x)
     with ConvergenceTally():
         for method in args.method:
             result[method] = certified_accuracy(model, x, y, args.eps, method, clip=clip)
-    print(f"Lipschitz bound {result['lipschitz_bound']:.4g}")
+    print(
+        f"certified accuracy on {len(x)} test images; Lipschitz bound {result['lipschitz_bound']:.4g}"
+    )
     print("eps        " + "  ".join(f"{m:>10}" for m in args.method))
     for e in args.eps:
         print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))
@@ -466,7 +475,7 @@ def _cmd_certify(args) -> dict:
 
 def _cmd_attack(args) -> dict:
     model, x, y = _load(args)
-    result = {"eps": args.eps}
+    result = {"eps": args.eps, "images": len(x)}
     with ConvergenceTally():
         for name in args.attack:
             kw = {"steps": args.steps, "restarts": args.restarts} if name == "pgd" else {}
@@ -475,6 +484,7 @@ def _cmd_attack(args) -> dict:
             result[name] = accuracy_under_attack(
                 model, x, y, args.eps, attack=name, batch_size=500, **kw
             )
+    print(f"accuracy under attack on {len(x)} test images")
     print("eps        " + "  ".join(f"{a:>10}" for a in args.attack))
     for i, e in enumerate(args.eps):
         print(f"{e:<10g} " + "  ".join(f"{result[a][i]:>10.4f}" for a in args.attack))
