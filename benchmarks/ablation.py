@@ -10,7 +10,7 @@ shipped with is reused when made with the same settings. With ``--seeds S S ...`
 each side is the :class:`nemon.Ensemble` of one run per seed (a shipped ensemble on the implicit
 side). Writes one JSON and prints a markdown table::
 
-    python benchmarks/ablation.py mnist-cert-medium-mtl-0.1 --threads 2
+    python benchmarks/ablation.py mnist-cert-medium-mtl-h256-0.1 --threads 2
     python benchmarks/ablation.py mnist-cert-medium-mtl-h256-0.1 --threads 2 \
         --implicit mnist-cert-medium-mtl-h256-0.1 \
         --implicit-metrics benchmarks/results/certified-models/cert-0.1-medium-mtl-h256-38ep-metrics.jsonl

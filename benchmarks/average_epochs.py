@@ -3,7 +3,7 @@
     python benchmarks/average_epochs.py CKPT [CKPT ...] [--json OUT] [--threads N]
 
 Each ``CKPT`` is a copy of a run's ``checkpoint.pt`` taken at an epoch's end (step 0); they are
-averaged as ``--swa-start`` would have (``nemon.app.train._averaged``), and the average's clean
+averaged as ``--swa-start`` would have (``nemon.training._averaged``), and the average's clean
 accuracy and interval-certified accuracy at ``--eps`` (box clipped to [0, 1], the model's
 float32) are printed. It tells, from one finished run, which averaging window would have paid.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from nemon.app.checkpoints import CheckpointError, load_checkpoint
-from nemon.app.train import _averaged, certified_accuracy, evaluate
 from nemon.data import load_dataset
+from nemon.training import _averaged, certified_accuracy, evaluate
 
 
 def average(paths: list[Path]):

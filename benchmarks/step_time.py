@@ -1,6 +1,6 @@
 """Where a certified-training step spends its time, part by part, side by side in one run.
 
-    python benchmarks/step_time.py [--preset mnist-cert-medium-mtl-0.1] [--threads 2]
+    python benchmarks/step_time.py [--preset mnist-cert-medium-mtl-h256-0.1] [--threads 2]
         [--checkpoint PATH] [--repeats 10] [--compile] [--json PATH]
 
 Times, on one batch of the preset's size at its training radius, each part of a step: the PGD
@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nemon.app import train as T
 from nemon.app.checkpoints import CheckpointError, load_checkpoint, write_text_atomic
 from nemon.app.config import PRESETS, TrainConfig
 from nemon.data import load_dataset
 from nemon.explicit import propagate_interval
 from nemon.intervals import input_box, interval_equilibrium, interval_loss, logit_difference_bounds
 from nemon.models import build_from_config
+from nemon.training import _adversarial_points as adversarial_points
+from nemon.training import recipe_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed"
 
@@ -49,8 +50,8 @@ def parts(model, cfg: TrainConfig, x, y, compiled_encoder=None) -> dict:
 
     out = {}
     if cfg.adv_steps > 0:
-        adv = T._adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
-        out["pgd attack"] = lambda: T._adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
+        adv = adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
+        out["pgd attack"] = lambda: adversarial_points(model, x, y, eps, cfg.adv_steps, seed=0)
         out["adversarial forward+backward"] = lambda: backward(F.cross_entropy(model(adv), y))
     else:
         out["clean forward+backward"] = lambda: backward(F.cross_entropy(model(x), y))
@@ -62,7 +63,7 @@ def parts(model, cfg: TrainConfig, x, y, compiled_encoder=None) -> dict:
         )
 
     def step():
-        _, loss = T._loss(model, model, cfg, x, y, eps, 1.0, step=0)
+        _, loss = recipe_loss(model, model, cfg.recipe(), x, y, eps, 1.0, step=0)
         backward(loss)
         opt.step()
 
@@ -97,7 +98,9 @@ def time_parts(fns: dict, repeats: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mnist-cert-medium-mtl-0.1", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset", default="mnist-cert-medium-mtl-h256-0.1", choices=sorted(PRESETS)
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)

@@ -13,7 +13,7 @@ import ablation  # noqa: E402
 
 
 def test_the_two_runs_differ_only_in_the_layer():
-    runs = ablation.configs("mnist-cert-medium-mtl-0.1", epochs=2)
+    runs = ablation.configs("mnist-cert-medium-mtl-h256-0.1", epochs=2)
     implicit, explicit = (asdict(runs[f]) for f in ("nemon", "explicit"))
     assert implicit.pop("model") == "nemon" and explicit.pop("model") == "explicit"
     assert implicit == explicit and implicit["epochs"] == 2 and implicit["adv_steps"] == 1
@@ -123,7 +123,7 @@ def test_ensemble_pairs_score_as_certify_does(tmp_path):
     import nemon
     from nemon.data import load_dataset
 
-    names = ["mnist-cert-0.1", "mnist-cert-medium-0.1"]
+    names = ["mnist-cert-0.1", "mnist-cert-medium-mtl-h256-0.1"]
     argv = [*names, "--images", "60", "--threads", "1", "--cache", str(tmp_path)]
     result = ensemble_pairs.main(argv)
     data = load_dataset("mnist")

@@ -40,7 +40,7 @@ def exact_radius(u, a=0.5, b=1.0):
 
 
 @pytest.mark.parametrize("family", ["nemon", "idl"])
-@pytest.mark.parametrize("method", nemon.CERTIFICATES)
+@pytest.mark.parametrize("method", nemon.certificates.CERTIFICATES)
 def test_certificates_reach_the_exact_radius_and_not_beyond(family, method):
     model = scalar_classifier(family=family)
     u = torch.tensor([[0.05], [0.1], [0.2]], dtype=DT)
@@ -57,7 +57,7 @@ def test_lipschitz_bound_is_exact_for_the_scalar_model():
     model = scalar_classifier(a=0.5, b=2.0)
     assert float(model.lipschitz_bound()) == pytest.approx(2.0 / 0.5 * 1.0, rel=1e-12)
     terms = model.layer.lipschitz_terms()
-    pair = nemon.pairwise_bounds(terms, model.readout.weight)
+    pair = nemon.lipschitz.pairwise_bounds(terms, model.readout.weight)
     assert float(pair[0, 1]) == pytest.approx(2.0 / 0.5 * 2.0, rel=1e-12)
 
 
@@ -66,7 +66,7 @@ def test_loose_solve_charges_its_error():
     model = scalar_classifier(a=0.9, b=1.0)
     u, labels = torch.tensor([[0.01]], dtype=DT), torch.zeros(1, dtype=torch.long)
     r = float(exact_radius(0.01, a=0.9))
-    for method in nemon.CERTIFICATES:
+    for method in nemon.certificates.CERTIFICATES:
         with pytest.warns(nemon.ConvergenceWarning):
             with model.layer.solver_settings(max_iter=8, check_every=1, warn=True):
                 above = nemon.certify(model, u, labels, r * 1.01, method, clip=None, solve_tol=None)
@@ -80,10 +80,10 @@ def test_a_posteriori_error_bound_is_tight_and_sound():
     """Linear scalar ``x = 0.9 x + z``: the bound ``|x - F(x)| / (1 - mu)`` is the exact error
     at the checked iterate, and the returned next iterate is closer by the factor 0.9."""
     z = torch.tensor([[1.0], [3.0]], dtype=DT)
-    system = nemon.FixedPointSystem(
+    system = nemon.solvers.FixedPointSystem(
         matvec=lambda x: 0.9 * x,
         z=z,
-        phi=nemon.get_activation("identity"),
+        phi=nemon.activations.get_activation("identity"),
         diagonal=torch.tensor([0.9], dtype=DT),
         measure=0.9,
         norm=nemon.solvers.weighted_inf_norm(None),
@@ -101,13 +101,13 @@ def test_fixed_point_residual_is_what_the_solver_claims():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         T = torch.randn(6, 6, generator=g, dtype=DT)
-        A = nemon.mu_inf_param(T, 0.3)
+        A = nemon.parametrize.mu_inf_param(T, 0.3)
         A = A - 19.0 * torch.eye(6, dtype=DT)  # diagonals near -19: alpha* ~ 0.05
         z = torch.randn(4, 6, generator=g, dtype=DT)
-        system = nemon.FixedPointSystem(
+        system = nemon.solvers.FixedPointSystem(
             matvec=lambda x, A=A: x @ A.T,
             z=z,
-            phi=nemon.get_activation("relu"),
+            phi=nemon.activations.get_activation("relu"),
             diagonal=torch.diagonal(A),
             measure=float(nemon.mu_inf(A)),
         )
@@ -145,7 +145,7 @@ def test_mon_linf_bound_needs_the_input_dimension_factor():
         layer.B.weight.fill_(1.0)
         layer.B.bias.fill_(1.0)
     terms = layer.lipschitz_terms()
-    bound = float(nemon.state_bound(terms)) * terms.input_dim_factor
+    bound = float(nemon.lipschitz.state_bound(terms)) * terms.input_dim_factor
     u = torch.zeros(1, 4, dtype=DT)
     with torch.no_grad():
         slope = float((layer(u + 1e-3) - layer(u)).abs().max()) / 1e-3
@@ -167,7 +167,7 @@ def test_conv_input_norm_is_exact_on_an_interior_pixel():
     du[0, 0, 1:4, 1:4] = eps * torch.sign(layer.input_kernel.detach()[0, 0])
     with torch.no_grad():
         change = float((layer(u + du) - layer(u))[0, 0, 2, 2].abs())
-    bound = float(nemon.state_bound(layer.lipschitz_terms())) * eps
+    bound = float(nemon.lipschitz.state_bound(layer.lipschitz_terms())) * eps
     exact = float(layer.input_kernel.abs().sum()) / 0.5 * eps
     assert change == pytest.approx(exact, rel=1e-6)
     assert bound >= change * (1 - 1e-9) and bound == pytest.approx(exact, rel=1e-9)

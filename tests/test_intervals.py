@@ -116,7 +116,7 @@ def test_certified_points_survive_pgd_at_radii_where_pgd_breaks_points(kind):
         eps *= 1.5
     assert 0 < int(broken.sum()) < len(u), "the radius must break some points, not all"
     certified = {}
-    for method in nemon.CERTIFICATES:
+    for method in nemon.certificates.CERTIFICATES:
         ok = nemon.certify(model, u, labels, eps, method=method, clip=None)
         assert not torch.any(ok & broken), method
         certified[method] = int(ok.sum())

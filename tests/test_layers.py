@@ -25,13 +25,13 @@ def as_function(layer):
 def constraint_holds(layer, kind):
     if kind == "mon-conv":
         A = layer.weight_matrix()
-        assert float(layer.measure()) == pytest.approx(float(nemon.mu_2(A)), abs=1e-9)
-        return nemon.mu_2(A) <= layer.gamma + 1e-10
+        assert float(layer.measure()) == pytest.approx(float(nemon.norms.mu_2(A)), abs=1e-9)
+        return nemon.norms.mu_2(A) <= layer.gamma + 1e-10
     if kind.startswith("conv"):
         eta = layer.eta().repeat_interleave(layer.image_size**2)
         return nemon.mu_inf(layer.weight_matrix(), eta) <= layer.gamma + 1e-10
     if kind == "mon":
-        return nemon.mu_2(layer.A) <= layer.gamma + 1e-10
+        return nemon.norms.mu_2(layer.A) <= layer.gamma + 1e-10
     if kind == "idl":
         return nemon.norm_inf(layer.A) <= layer.gamma + 1e-10
     return nemon.mu_inf(layer.A, layer.eta()) <= layer.gamma + 1e-10
@@ -162,7 +162,7 @@ def test_state_dict_round_trip(kind):
 
 def test_activation_checks():
     with pytest.raises(ValueError, match="slope"):
-        nemon.LeakyReLU(1.5)
+        nemon.activations.LeakyReLU(1.5)
     with pytest.raises(ValueError, match="unknown activation"):
         nemon.NEMONDense(3, 3, activation="gelu")
     with pytest.raises(NotImplementedError, match="prox"):

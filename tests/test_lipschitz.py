@@ -27,7 +27,7 @@ def test_output_bound_hand_example():
     C = torch.tensor([[1.0, 1.0], [0.0, -3.0]])
     D = torch.tensor([[0.1, 0.2], [0.0, 0.0]])
     eta = torch.tensor([2.0, 1.0])
-    terms = LipschitzTerms("inf", nemon.norm_inf_from_input(B, eta), torch.tensor(0.5), eta)
+    terms = LipschitzTerms("inf", nemon.norms.norm_inf_from_input(B, eta), torch.tensor(0.5), eta)
     # ||B|| = max(3/2, 1/1) = 1.5 ; ||C|| = max(1*2 + 1*1, 3*1) = 3 ; ||D|| = 0.3
     assert float(output_bound(terms, C, D)) == pytest.approx(1.5 * 3 / 0.5 + 0.3)
     pair = pairwise_bounds(terms, C, D)

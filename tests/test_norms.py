@@ -3,11 +3,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemon import (
+from nemon import mu_inf, norm_inf
+from nemon.norms import (
     mu_1,
     mu_2,
-    mu_inf,
-    norm_inf,
     norm_inf_from_input,
     norm_inf_plain,
     norm_inf_to_output,

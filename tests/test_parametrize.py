@@ -4,16 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nemon
-from nemon import (
+from nemon import mu_inf, norm_inf
+from nemon.norms import mu_2, perron_frobenius
+from nemon.parametrize import (
     IDLConstraint,
     MONConstraint,
     MuInfConstraint,
-    mu_2,
-    mu_inf,
     mu_inf_param,
     mu_inf_right_inverse,
-    norm_inf,
-    perron_frobenius,
 )
 
 DT = torch.float64

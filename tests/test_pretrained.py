@@ -11,7 +11,8 @@ import nemon
 from nemon import pretrained
 from nemon.app import cli
 from nemon.app.shipping import save_pretrained
-from nemon.app.train import PRESETS, TrainConfig, _learning_rate, _ramp, load_checkpoint, train
+from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
+from nemon.training import learning_rate, ramp_progress
 
 
 @pytest.fixture
@@ -66,11 +67,12 @@ def test_ramp_and_learning_rate_schedule():
     cfg = nemon.app.train.TrainConfig(
         warmup_epochs=1, cert_ramp_epochs=2, ramp="smooth", lr=1.0, lr_milestones=[3, 5]
     )
-    assert _ramp(cfg, 0, 5, 10) == 0.0  # warm-up: clean only
-    mid = _ramp(cfg, 2, 0, 10)  # half-way through the ramp
-    assert mid == pytest.approx(0.5) and _ramp(cfg, 1, 5, 10) < 0.25  # slow start
-    assert _ramp(cfg, 3, 0, 10) == 1.0
-    assert [_learning_rate(cfg, e) for e in (0, 3, 5)] == pytest.approx([1.0, 0.2, 0.04])
+    recipe = cfg.recipe()
+    assert ramp_progress(recipe, 0, 5, 10) == 0.0  # warm-up: clean only
+    mid = ramp_progress(recipe, 2, 0, 10)  # half-way through the ramp
+    assert mid == pytest.approx(0.5) and ramp_progress(recipe, 1, 5, 10) < 0.25  # slow start
+    assert ramp_progress(recipe, 3, 0, 10) == 1.0
+    assert [learning_rate(recipe, e) for e in (0, 3, 5)] == pytest.approx([1.0, 0.2, 0.04])
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

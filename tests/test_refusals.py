@@ -42,7 +42,7 @@ def test_huge_learning_rate_cannot_produce_false_certificates(tmp_path):
     x, y = data.test_x, data.test_y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for method in nemon.CERTIFICATES:
+        for method in nemon.certificates.CERTIFICATES:
             ok = nemon.certify(model, x, y, 1.0, method=method)
             assert len(set(y[ok].tolist())) <= 1, method
 
@@ -52,7 +52,7 @@ def test_certificates_refuse_a_layer_that_does_not_contract():
     with torch.no_grad():
         model.layer.parametrizations.A.original.fill_(float("nan"))
     u, labels = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
-    for method in nemon.CERTIFICATES:
+    for method in nemon.certificates.CERTIFICATES:
         with pytest.warns(nemon.CertificateWarning, match="not finite"):
             assert not nemon.certify(model, u, labels, 0.0, method=method).any()
     assert "not finite" in nemon.certificate_obstacle(model)
@@ -157,7 +157,7 @@ def test_run_folder_is_never_mixed(tmp_path):
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(RunFolderError, match="not empty"):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False)
-    with pytest.raises(RunFolderError, match="different configuration"):
+    with pytest.raises(RunFolderError, match="written with other settings"):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
     with pytest.raises(ValueError, match="epochs"):
         train(config(epochs=0), tmp_path, data=data, progress=False, overwrite=True)

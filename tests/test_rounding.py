@@ -49,7 +49,7 @@ def matrix(seed: int, n: int, scale: float, dtype) -> torch.Tensor:
     st.sampled_from(DTYPES),
 )
 def test_dense_measure_is_exactly_bounded(seed, n, scale, gamma, dtype):
-    A = nemon.mu_inf_param(matrix(seed, n, scale, dtype), gamma)
+    A = nemon.parametrize.mu_inf_param(matrix(seed, n, scale, dtype), gamma)
     assert A.dtype == dtype
     assert exact_measure(A) <= gamma
     assert float(mu_inf_upper(A)) >= exact_measure(A)  # the sound measure is an upper bound
@@ -67,7 +67,7 @@ def test_weighted_measure_is_exactly_bounded(seed, n, scale, spread, dtype):
     gamma = 0.95
     T = matrix(seed, n, scale, dtype)
     d = (torch.randn(n, generator=torch.Generator().manual_seed(seed + 1)) * spread).to(dtype)
-    A = nemon.MuInfConstraint(gamma, learn_eta=True)(T, d)
+    A = nemon.parametrize.MuInfConstraint(gamma, learn_eta=True)(T, d)
     eta = d.exp()
     assert exact_measure(A, eta) <= gamma
     assert float(mu_inf_upper(A, eta)) >= exact_measure(A, eta)
@@ -120,7 +120,7 @@ def _exact_conv_measure(kernel, shift, eta, A):
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 12), magnitudes, st.sampled_from(DTYPES))
 def test_idl_norm_is_exactly_bounded(seed, n, scale, dtype):
-    A = nemon.IDLConstraint(0.95)(matrix(seed, n, scale, dtype))
+    A = nemon.parametrize.IDLConstraint(0.95)(matrix(seed, n, scale, dtype))
     assert exact_norm(A) <= Fraction(0.95)
 
 
@@ -131,7 +131,7 @@ def test_naive_float32_parametrization_exceeds_gamma():
         T = matrix(seed, 100, 1e3, torch.float32)
         naive = T - torch.diag_embed(T.abs().sum(1)) + 0.95 * torch.eye(100)
         worst = max(worst, exact_measure(naive))
-        assert exact_measure(nemon.mu_inf_param(T, 0.95)) <= Fraction(0.95)
+        assert exact_measure(nemon.parametrize.mu_inf_param(T, 0.95)) <= Fraction(0.95)
     assert worst > Fraction(0.95)
 
 

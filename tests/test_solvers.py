@@ -16,7 +16,7 @@ def dense_system(seed=0, n=8, batch=4, gamma=0.9, spread=0.5):
     g = torch.Generator().manual_seed(seed)
     T = torch.randn(n, n, generator=g, dtype=DT)
     d = torch.randn(n, generator=g, dtype=DT) * spread
-    A = nemon.MuInfConstraint(gamma, learn_eta=True)(T, d)
+    A = nemon.parametrize.MuInfConstraint(gamma, learn_eta=True)(T, d)
     z = torch.randn(batch, n, generator=g, dtype=DT)
     eta = d.exp()
     system = FixedPointSystem(
@@ -142,12 +142,12 @@ def test_safeguarded_anderson_converges_where_plain_anderson_stalls():
     g = torch.Generator().manual_seed(0)
     for trial in range(40):
         T = torch.randn(20, 20, generator=g, dtype=torch.float64) * (0.3 + trial / 10)
-        A = nemon.mu_inf_param(T, 0.9)
+        A = nemon.parametrize.mu_inf_param(T, 0.9)
         z = torch.randn(8, 20, generator=g, dtype=torch.float64) * 3
-        system = nemon.FixedPointSystem(
+        system = nemon.solvers.FixedPointSystem(
             matvec=lambda x, A=A: x @ A.T,
             z=z,
-            phi=nemon.get_activation("relu"),
+            phi=nemon.activations.get_activation("relu"),
             diagonal=torch.diagonal(A),
             measure=0.9,
             norm=nemon.solvers.weighted_inf_norm(None),

@@ -16,7 +16,7 @@ import step_time  # noqa: E402
     "preset, expected",
     [
         ("mnist-cert-0.1", {"clean forward+backward"}),
-        ("mnist-cert-medium-mtl-0.1", {"pgd attack", "adversarial forward+backward"}),
+        ("mnist-cert-medium-mtl-h256-0.1", {"pgd attack", "adversarial forward+backward"}),
     ],
 )
 def test_parts_of_the_step_are_timed_and_written(tmp_path, preset, expected):

@@ -1,129 +1,65 @@
-"""nemon: robust implicit neural networks via non-Euclidean (weighted l_inf) contraction."""
+"""nemon: robust implicit neural networks via non-Euclidean (weighted l_inf) contraction.
 
-from . import contraction
-from .activations import Activation, LeakyReLU, ReLU, Tanh, get_activation
-from .certificates import (
-    CERTIFICATES,
-    CertificateWarning,
-    certificate_obstacle,
-    certify,
-    margin_bounds,
-)
+The public surface: layers, models, training, certificates, attacks, export and shipped models.
+Everything else (parametrizations, operators, solver steps, adjoints, norm helpers, interval
+arithmetic) lives in its submodule: ``nemon.norms``, ``nemon.parametrize``, ``nemon.solvers``,
+``nemon.implicit``, ``nemon.explicit``, ``nemon.intervals``, ``nemon.lipschitz``, ...
+"""
+
+from . import contraction, data, explicit, export, intervals, lipschitz, norms, solvers  # noqa: F401
+from .attacks import accuracy_under_attack, pgd
+from .certificates import CertificateWarning, certificate_obstacle, certify, margin_bounds
 from .conv_layers import MONConv2d, NEMONConv2d
 from .ensemble import Ensemble
-from .implicit import (
-    ADJOINTS,
-    Equilibrium,
-    ImplicitAdjoint,
-    ImplicitSolve,
-    JacobianFree,
-    implicit_solve,
-)
+from .export import export_onnx
+from .intervals import interval_loss
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
-from .lipschitz import (
-    certified_lipschitz,
-    certified_pairwise,
-    lipschitz_bound,
-    lipschitz_regularizer,
-    output_bound,
-    pairwise_bounds,
-    state_bound,
-)
-from .models import ARCHITECTURES, MODEL_FAMILIES, Classifier, build_model
-from .norms import (
-    mu_1,
-    mu_2,
-    mu_inf,
-    norm_inf,
-    norm_inf_from_input,
-    norm_inf_plain,
-    norm_inf_to_output,
-    perron_frobenius,
-    vector_norm_inf,
-)
-from .parametrize import (
-    IDLConstraint,
-    MONConstraint,
-    MuInfConstraint,
-    conv_shift,
-    mu_inf_param,
-    mu_inf_right_inverse,
-)
+from .models import Classifier, build_model
+from .norms import mu_inf, norm_inf
 from .pretrained import load_pretrained, pretrained_names
-from .solvers import (
-    SOLVERS,
-    ConvergenceWarning,
-    FixedPointSystem,
-    SolverOptions,
-    SolverStats,
-    alpha_star,
-    contraction_factor,
-    solve,
-)
+from .recipes import RECIPES, Recipe
+from .solvers import ConvergenceWarning, SolverOptions, alpha_star, contraction_factor, solve
+from .training import TrainingDiverged, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "contraction",
-    "Activation",
-    "LeakyReLU",
-    "ReLU",
-    "Tanh",
-    "get_activation",
-    "Equilibrium",
-    "ImplicitSolve",
-    "ImplicitAdjoint",
-    "JacobianFree",
-    "ADJOINTS",
-    "implicit_solve",
-    "IDLDense",
-    "ImplicitLayer",
+    # layers and models
+    "NEMONDense",
+    "NEMONConv2d",
     "MONDense",
     "MONConv2d",
-    "NEMONConv2d",
-    "NEMONDense",
-    "certified_lipschitz",
-    "certified_pairwise",
+    "IDLDense",
+    "ExplicitDense",
+    "ImplicitLayer",
+    "Classifier",
+    "Ensemble",
+    "build_model",
+    # training
+    "fit",
+    "Recipe",
+    "RECIPES",
+    "evaluate",
+    "interval_loss",
+    "TrainingDiverged",
+    # certificates and attacks
     "certify",
     "margin_bounds",
     "certificate_obstacle",
     "CertificateWarning",
-    "CERTIFICATES",
-    "lipschitz_bound",
-    "lipschitz_regularizer",
-    "output_bound",
-    "pairwise_bounds",
-    "state_bound",
-    "MODEL_FAMILIES",
-    "ARCHITECTURES",
-    "ExplicitDense",
+    "pgd",
+    "accuracy_under_attack",
+    # shipped models and export
     "load_pretrained",
     "pretrained_names",
-    "Classifier",
-    "Ensemble",
-    "build_model",
-    "mu_1",
-    "mu_2",
+    "export_onnx",
+    # solving and the theory's constants
+    "solve",
+    "SolverOptions",
+    "ConvergenceWarning",
     "mu_inf",
     "norm_inf",
-    "norm_inf_from_input",
-    "norm_inf_plain",
-    "norm_inf_to_output",
-    "perron_frobenius",
-    "vector_norm_inf",
-    "IDLConstraint",
-    "MONConstraint",
-    "MuInfConstraint",
-    "conv_shift",
-    "mu_inf_param",
-    "mu_inf_right_inverse",
-    "SOLVERS",
-    "ConvergenceWarning",
-    "FixedPointSystem",
-    "SolverOptions",
-    "SolverStats",
     "alpha_star",
     "contraction_factor",
-    "solve",
     "__version__",
 ]

@@ -399,7 +399,7 @@ def _cmd_train(args) -> dict:
             data_dir=args.data_dir,
             resume=args.resume,
             overwrite=args.overwrite,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
             tensorboard=args.tensorboard,
             threads=args.threads,
         )
@@ -564,7 +564,7 @@ def _cmd_reproduce(args) -> dict:
             train_limit=args.train_limit,
             test_limit=args.test_limit,
             attack_limit=args.attack_limit,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
         )
         print((Path(out) / "table.md").read_text())
     else:
@@ -574,7 +574,7 @@ def _cmd_reproduce(args) -> dict:
             runs=args.runs or 1,
             data_dir=args.data_dir,
             device=args.device,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
         )
         for name, r in result["models"].items():
             print(

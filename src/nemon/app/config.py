@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..activations import ACTIVATIONS
 from ..data import DATASETS
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
+from ..recipes import FIELDS as RECIPE_FIELDS
+from ..recipes import RAMPS, RECIPES, Recipe
 from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS
+from ..validation import check_choice, check_integer, check_number
 
 __all__ = ["TrainConfig", "PRESETS", "RAMPS"]
 
@@ -54,168 +56,60 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
-        _choice("model", self.model, MODEL_FAMILIES)
-        _choice("arch", self.arch, ARCHITECTURES)
-        _choice("ramp", self.ramp, RAMPS)
-        _choice("init", self.init, INITIALISATIONS)
-        _choice("dataset", self.dataset, tuple(DATASETS))
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("residual", self.residual, ("step", "fixed_point"))
-        _choice("reg_kind", self.reg_kind, ("product", "halved_sum"))
+        check_choice("model", self.model, MODEL_FAMILIES)
+        check_choice("arch", self.arch, ARCHITECTURES)
+        check_choice("init", self.init, INITIALISATIONS)
+        check_choice("dataset", self.dataset, tuple(DATASETS))
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("residual", self.residual, ("step", "fixed_point"))
         if self.solver is not None:
-            _choice("solver", self.solver, tuple(SOLVERS))
-        for name in ("hidden", "epochs", "batch_size", "max_iter"):
-            _at_least(name, getattr(self, name), 1)
+            check_choice("solver", self.solver, tuple(SOLVERS))
+        self.recipe()  # the training settings: their ranges are the recipe's
+        for name in ("hidden", "max_iter"):
+            check_integer(name, getattr(self, name), 1)
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 1)
-        _at_least("checkpoint_every", self.checkpoint_every, 0)
-        _at_least("cert_ramp_epochs", self.cert_ramp_epochs, 0)
-        _at_least("adv_steps", self.adv_steps, 0)
-        _at_least("warmup_epochs", self.warmup_epochs, 0)
-        _at_least("cert_eval_limit", self.cert_eval_limit, 1)
-        _at_least("swa_start", self.swa_start, 0)
-        if self.swa_start > self.epochs:
-            raise ValueError(
-                f"swa_start must be at most epochs ({self.epochs}), got {self.swa_start}"
-            )
+                check_integer(name, getattr(self, name), 1)
         if self.swa_start and self.arch.endswith("-bn"):
             raise ValueError(
                 f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
                 "batch statistics would have to be measured again"
             )
-        for m in self.lr_milestones:
-            _at_least("lr_milestones", m, 1)
-        for e in self.cert_eval_eps:
-            _finite("cert_eval_eps", e, low=0.0)
-        _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
-        _finite("grad_clip", self.grad_clip, low=0.0)
-        _finite("gamma", self.gamma, high=1.0, high_open=True)
-        for name in ("tol", "lr"):
-            _finite(name, getattr(self, name), low=0.0, low_open=True)
-        for name in ("lam", "cert_eps"):
-            _finite(name, getattr(self, name), low=0.0)
-        _finite("cert_weight", self.cert_weight, low=0.0, high=1.0)
+        check_number("gamma", self.gamma, high=1.0, high_open=True)
+        check_number("tol", self.tol, low=0.0, low_open=True)
         if not isinstance(self.layer_kwargs, dict):
             raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
         return self
 
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-def _at_least(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    def recipe(self) -> Recipe:
+        """The run's training schedule (the fields it shares with :class:`nemon.Recipe`)."""
+        return Recipe(**{name: getattr(self, name) for name in RECIPE_FIELDS})
 
 
-def _finite(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}"
-        rule = " and ".join(r for r in (lo, hi) if r) or "finite"
-        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+def _preset(recipe: str, **model) -> dict:
+    """A preset: a model (TrainConfig fields) trained with one of :data:`nemon.RECIPES`."""
+    return {**RECIPES[recipe].as_dict(), **model}
 
 
-RAMPS = ("linear", "smooth")
-
-_CERTIFIED = {  # the recipe shared by the certified presets (Gowal et al. 2018, Shi et al. 2021)
-    "arch": "conv-small",
-    "hidden": 100,
-    "gamma": 0.5,
-    "batch_size": 100,
-    "lr": 1e-3,
-    "epochs": 60,
-    "warmup_epochs": 1,
-    "cert_ramp_epochs": 15,
-    "ramp": "smooth",
-    "lr_milestones": [40, 52],
-    "grad_clip": 10.0,
-    "checkpoint_every": 100,
-}
-
-_WIDE = {
-    **_CERTIFIED,
-    "arch": "conv-wide",
-    "init": "ibp",
-    "epochs": 70,
-    "cert_ramp_epochs": 20,
-    "lr_milestones": [50, 62],
-}
-
-_MEDIUM = {
-    **_CERTIFIED,
-    "arch": "conv-medium",
-    "init": "ibp",
-    "epochs": 32,
-    "cert_ramp_epochs": 8,
-    "lr_milestones": [24, 29],
-    "cert_eps": 0.2,
-    "cert_weight": 0.5,
-    "cert_eval_eps": [0.1],
-}
-
-# MTL-IBP (De Palma et al. 2024): 0.8 of the loss at a 1-step PGD point, 0.2 interval bound
-_MEDIUM_MTL = {**_MEDIUM, "adv_steps": 1, "cert_weight": 0.2}
+_CERTIFIED_MODEL = {"arch": "conv-small", "hidden": 100, "gamma": 0.5}
 
 PRESETS: dict[str, dict] = {
-    "mnist-fc": {},
-    "mnist-fc-gamma005": {"gamma": 0.05},
-    "cifar10-conv": {
-        "arch": "conv",
-        "dataset": "cifar10",
-        "hidden": 81,
-        "batch_size": 256,
-        "lr": 1e-3,
-        "epochs": 40,
-    },
-    # certified (interval-trained) MNIST models: conv encoder + NEMON dense layer (issue #9)
-    "mnist-cert-0.1": {**_CERTIFIED, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
-    # 0.3: twice the schedule at a training radius of 0.35 (0.4 cost 2 points of clean accuracy)
-    "mnist-cert-0.3": {
-        **_CERTIFIED,
-        "epochs": 120,
-        "cert_ramp_epochs": 35,
-        "lr_milestones": [90, 110],
-        "cert_eps": 0.35,
-        "cert_weight": 1.0,
-        "cert_eval_eps": [0.3],
-    },
-    # the deeper conv-medium encoder (4 convolutions), IBP initialisation, 32 epochs: 80 minutes
-    # of steps on 2 threads here, +0.3 points certified at 0.1 over mnist-cert-0.1
-    "mnist-cert-medium-0.1": _MEDIUM,
-    # MTL-IBP: 118 minutes of steps, +0.2 points clean and +0.4 certified at 0.1 over
-    # mnist-cert-medium-0.1
-    "mnist-cert-medium-mtl-0.1": _MEDIUM_MTL,
-    # the same with 256 implicit states and 6 more epochs (ramp 10, decays at 29 and 35): 124
-    # minutes of steps, +0.14 points clean and +0.17 certified at 0.1 over mnist-cert-medium-mtl-0.1
-    "mnist-cert-medium-mtl-h256-0.1": {
-        **_MEDIUM_MTL,
-        "hidden": 256,
-        "epochs": 38,
-        "cert_ramp_epochs": 10,
-        "lr_milestones": [29, 35],
-    },
-    # twice the encoder's channels, IBP initialisation, a longer schedule (trained within 2 h)
-    "mnist-cert-wide-0.1": {**_WIDE, "cert_eps": 0.2, "cert_weight": 0.5, "cert_eval_eps": [0.1]},
-    "mnist-cert-wide-0.3": {
-        **_WIDE,
-        "cert_eps": 0.4,
-        "cert_weight": 1.0,
-        "cert_ramp_epochs": 25,
-        "cert_eval_eps": [0.3],
-    },
-    "fashion-conv-quick": {
-        "arch": "conv",
-        "dataset": "fashion-mnist",
-        "hidden": 16,
-        "batch_size": 128,
-        "lr": 1e-3,
-        "epochs": 1,
-    },
+    # the paper's MNIST FC network (section 6.2) and its gamma = 0.05 variant
+    "mnist-fc": _preset("paper"),
+    "mnist-fc-gamma005": _preset("paper", gamma=0.05),
+    # the paper's CIFAR-10 conv network (section 6.3)
+    "cifar10-conv": _preset(
+        "paper", arch="conv", dataset="cifar10", hidden=81, batch_size=256, lr=1e-3, epochs=40
+    ),
+    # certified models: conv encoder + NEMON dense layer, interval-trained. Fast at 0.1:
+    "mnist-cert-0.1": _preset("ibp-0.1", **_CERTIFIED_MODEL),
+    "mnist-cert-0.3": _preset("ibp-0.3", **_CERTIFIED_MODEL),
+    # best single model at 0.1: the conv-medium encoder, IBP initialisation, 256 states, MTL-IBP
+    "mnist-cert-medium-mtl-h256-0.1": _preset(
+        "mtl-ibp-0.1", **{**_CERTIFIED_MODEL, "arch": "conv-medium", "init": "ibp", "hidden": 256}
+    ),
+    # the conv path of section 6.3 on Fashion-MNIST, small enough for a CPU
+    "fashion-conv-quick": _preset(
+        "paper", arch="conv", dataset="fashion-mnist", hidden=16, batch_size=128, lr=1e-3, epochs=1
+    ),
 }

@@ -38,7 +38,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def _run(cfg: TrainConfig, folder: Path, data, progress: bool) -> dict:
+def _run(cfg: TrainConfig, folder: Path, data, progress: bool | None) -> dict:
     resume = (folder / "checkpoint.pt").is_file()  # continue a killed reproduction
     result = train(cfg, folder, data=data, resume=resume, overwrite=not resume, progress=progress)
     return {"history": result["history"], "model": result["model"]}
@@ -124,7 +124,7 @@ def reproduce_mnist(
     train_limit: int | None = None,
     test_limit: int | None = None,
     attack_limit: int | None = 2000,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Section 6.2: table and Figures 1 and 2 for NEMON, IDL and MON on MNIST (FC, n = 100)."""
     out = Path(out)
@@ -187,7 +187,7 @@ def reproduce_conv(
     data_dir=None,
     device: str = "cpu",
     eps_list: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05),
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Section 6.3: conv NEMON vs conv MON (81 channels, CIFAR-10, 40 epochs, batch 256, lr 1e-3).
 

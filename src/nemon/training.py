@@ -1,0 +1,699 @@
+"""Training any classifier with a :class:`~nemon.Recipe`: :func:`fit`.
+
+With ``out=`` a run folder holds ``checkpoint.pt`` (model, optimiser, position inside the epoch,
+history; written atomically every ``checkpoint_every`` steps and at each epoch's end) and
+``metrics.jsonl`` (one line per epoch). The order of batches in epoch ``e`` depends only on
+``(seed, e)``, so a killed run resumed with ``resume=True`` replays exactly the remaining batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attacks import pgd
+from .certificates import certify
+from .data import Dataset, batches
+from .intervals import interval_loss
+from .layers import ImplicitLayer
+from .models import Classifier
+from .recipes import Recipe, recipe_named
+from .runs import (
+    RUN_FILES,
+    RunFolderError,
+    check_run_folder,
+    json_line,
+    read_torch_file,
+    remove_stale_temporaries,
+    save_atomic,
+    write_text_atomic,
+)
+from .solvers import ConvergenceWarning
+
+__all__ = [
+    "fit",
+    "FitResult",
+    "evaluate",
+    "certified_accuracy",
+    "TrainingDiverged",
+    "ConvergenceTally",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model, one record per epoch, whether it stopped
+    early (``stop_after_steps``)."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+
+    def __getitem__(self, key: str):  # result["history"], as the command line's JSON has it
+        return getattr(self, key)
+
+
+def solver_iterations(model: nn.Module) -> tuple[int, int]:
+    """Forward and backward iterations of the last solves, summed over the implicit layers."""
+    fwd = bwd = 0
+    for layer in model.modules():
+        if isinstance(layer, ImplicitLayer):
+            stats = layer.solver_stats
+            fwd += stats["forward"].iterations if "forward" in stats else 0
+            bwd += stats["backward"].iterations if "backward" in stats else 0
+    return fwd, bwd
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> dict:
+    """Accuracy, mean loss and mean forward iterations on ``(x, y)``, in eval mode."""
+    model.eval()
+    device = _device(model)
+    correct, loss, iters, count = 0, 0.0, 0, 0
+    for xb, yb in batches(x, y, batch_size):
+        xb, yb = xb.to(device), yb.to(device)
+        logits = model(xb)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        iters += solver_iterations(model)[0]
+        count += 1
+    return {
+        "accuracy": correct / len(x),
+        "loss": loss / len(x),
+        "forward_iterations": iters / max(count, 1),
+    }
+
+
+@torch.no_grad()
+def certified_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: list[float],
+    method: str | None = None,
+    batch_size=1000,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> dict[float, float]:
+    """Fraction of samples certified robust at each radius in ``eps`` (see :func:`nemon.certify`;
+    ``method=None``: the strongest the model supports)."""
+    model.eval()
+    device = _device(model)
+    total = torch.zeros(len(eps))
+    for xb, yb in batches(x, y, batch_size):
+        ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method, clip=clip)
+        total += ok.sum(dim=1).cpu().float()
+    return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
+
+
+# -- schedules --------------------------------------------------------------------------------
+def ramp_progress(recipe: Recipe, epoch: int, step: int, n_batches: int) -> float:
+    """Progress in [0, 1] of certified training: 0 during warm-up, then over the ramp epochs.
+
+    ``ramp="smooth"`` is the cubic smoothstep ``3 t^2 - 2 t^3``: a slow start, as the radius
+    schedules of Shi et al. (2021), without the kink of the linear ramp at its end.
+    """
+    done = (epoch - recipe.warmup_epochs) * n_batches + step
+    t = min(1.0, max(0.0, done / max(recipe.cert_ramp_epochs * n_batches, 1)))
+    return t * t * (3 - 2 * t) if recipe.ramp == "smooth" else t
+
+
+def training_radius(recipe: Recipe, epoch: int, step: int, n_batches: int) -> float:
+    """The certified-training radius at this step (see :func:`ramp_progress`)."""
+    if recipe.cert_eps <= 0 or epoch < recipe.warmup_epochs:
+        return 0.0
+    return recipe.cert_eps * ramp_progress(recipe, epoch, step, n_batches)
+
+
+def learning_rate(recipe: Recipe, epoch: int) -> float:
+    """``lr`` times ``lr_decay`` for each milestone reached."""
+    return recipe.lr * recipe.lr_decay ** sum(1 for m in recipe.lr_milestones if epoch >= m)
+
+
+def recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0):
+    """``(logits, loss)``: the clean cross-entropy mixed with the worst-case (interval) loss,
+    whose weight grows with the radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal
+    et al., 2018). At weight 1 the clean pass runs without autograd (its logits only feed the
+    accuracy metric); under DDP it keeps autograd, which the gradient synchronisation needs.
+
+    With ``adv_steps > 0`` and a radius, the clean term is the cross-entropy at a PGD point of the
+    same ball (MTL-IBP, De Palma et al., 2024); the logits returned are those at the PGD points.
+    ``model`` is what runs the forward pass (DDP's wrapper), ``raw`` the classifier itself."""
+    weight = 0.0
+    if eps > 0:
+        weight = recipe.cert_weight * progress if recipe.ramp == "smooth" else recipe.cert_weight
+    if weight >= 1.0 and model is raw:  # the clean loss has no weight: logits for metrics only
+        with torch.no_grad():
+            logits = model(xb)
+        loss = interval_loss(raw, xb, yb, eps)
+    elif recipe.adv_steps > 0 and eps > 0:
+        adv = _adversarial_points(raw, xb, yb, eps, recipe.adv_steps, seed=step)
+        logits = model(adv)
+        loss = (1 - weight) * F.cross_entropy(logits, yb)
+        logits = logits.detach()
+        if weight > 0:
+            loss = loss + weight * interval_loss(raw, xb, yb, eps)
+    else:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        if eps > 0:
+            loss = (1 - weight) * loss + weight * interval_loss(raw, xb, yb, eps)
+    if recipe.lam > 0:
+        loss = loss + recipe.lam * raw.lipschitz_penalty(recipe.reg_kind)
+    return logits, loss
+
+
+def _adversarial_points(raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int) -> Tensor:
+    """PGD points in the l_inf ball of radius ``eps`` (clipped to [0, 1]) from a random start.
+
+    The attack runs in eval mode (batch norm neither records the attack's batches nor moves its
+    running statistics); training mode is restored after."""
+    raw.eval()
+    try:
+        return pgd(raw, xb, yb, eps, steps=steps, seed=seed)
+    finally:
+        raw.train()
+
+
+# -- the run ----------------------------------------------------------------------------------
+def _as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    try:
+        (train_x, train_y), (test_x, test_y) = data
+    except (TypeError, ValueError):
+        raise ValueError(
+            "data must be a nemon.data.Dataset or ((train_x, train_y), (test_x, test_y))"
+        ) from None
+    for name, t in (("train_x", train_x), ("train_y", train_y), ("test_x", test_x)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"data: {name} must be a tensor, got {type(t).__name__}")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or len(train_x) == 0:
+        raise ValueError(
+            f"data: {len(train_x)} training inputs for {len(train_y)} labels and "
+            f"{len(test_x)} test inputs for {len(test_y)} labels; give as many of each, > 0"
+        )
+    return Dataset("custom", train_x, train_y, test_x, test_y)
+
+
+def _check_model(model: nn.Module, recipe: Recipe) -> None:
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise ValueError(f"fit needs a torch module with parameters, got {type(model).__name__}")
+    needs = [
+        ("a radius (cert_eps)", recipe.certified),
+        ("certified evaluation (cert_eval_eps)", bool(recipe.cert_eval_eps)),
+        ("the Lipschitz regulariser (lam)", recipe.lam > 0),
+    ]
+    for what, needed in needs:
+        if needed and not isinstance(model, Classifier):
+            raise ValueError(
+                f"a recipe with {what} needs a nemon.Classifier, got {type(model).__name__}"
+            )
+    if recipe.swa_start and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ValueError(
+            "swa_start needs a model without batch norm: the average's batch statistics would "
+            "have to be measured again"
+        )
+
+
+@dataclass
+class _Run:
+    """The mutable state of a run (what a checkpoint stores beside the weights)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    running: dict = field(default_factory=lambda: _fresh_running())
+    average: dict | None = None
+
+
+def _fresh_running() -> dict:
+    return {"seconds": 0.0, "loss": 0.0, "correct": 0, "count": 0, "fwd": 0, "bwd": 0, "batches": 0}
+
+
+def fit(
+    model: nn.Module,
+    data,
+    recipe: Recipe | str = "paper",
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    threads: int | Callable[[bool], int] | None = None,
+    tensorboard: str | os.PathLike | None = None,
+    metadata: dict | None = None,
+    stop_after_steps: int | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` with ``recipe``; returns a :class:`FitResult`.
+
+    Args:
+        model: a :class:`~nemon.Classifier` (any encoder, implicit layer and family), or any
+            module mapping inputs to logits for recipes without radius or regulariser.
+        data: a :class:`nemon.data.Dataset` or ``((train_x, train_y), (test_x, test_y))``.
+        recipe: a :class:`~nemon.Recipe` or the name of one in :data:`nemon.RECIPES`.
+        out: run folder for ``checkpoint.pt`` and ``metrics.jsonl`` (None: nothing written).
+        resume: continue the run in ``out`` exactly where it stopped (same recipe required).
+        overwrite: replace the run files in a non-empty ``out``.
+        progress: a tqdm bar per epoch; None: only when standard error is a terminal.
+        threads: torch threads, or a function ``(working) -> threads`` asked every 5 s.
+        tensorboard: also log each epoch's numbers to TensorBoard in this folder.
+        metadata: plain data stored in the checkpoint (and checked to match on resume).
+        stop_after_steps: stop early after that many steps (tests of resume).
+
+    Everything is checked before the first file is written. A non-finite loss or parameter
+    stops training with :class:`TrainingDiverged`, keeping the last good checkpoint. Under
+    ``torchrun`` (an initialised process group) the model is wrapped in
+    ``DistributedDataParallel`` and each global batch is split between the processes; rank 0
+    writes the files. On CPU, subnormal floats are flushed to zero while training.
+    """
+    recipe = recipe_named(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
+    data = _as_dataset(data)
+    _check_model(model, recipe)
+    run_dir = None if out is None else Path(out)
+    if run_dir is not None:
+        check_run_folder(run_dir, resume, overwrite)
+    elif resume:
+        raise RunFolderError("resume needs the run folder: pass out=")
+    _check_tensorboard(tensorboard)
+    trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads)
+    if resume:
+        trainer.restore()
+    trainer.start_files(overwrite)
+    flush = _device(model).type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return trainer.run(progress, tensorboard, stop_after_steps)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _progress_wanted(progress: bool | None) -> bool:
+    if progress is None:
+        return sys.stderr is not None and sys.stderr.isatty()
+    return progress
+
+
+def _check_tensorboard(folder) -> None:
+    if folder is None:
+        return
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise RunFolderError(f"the TensorBoard folder {folder} is a file")
+    if importlib.util.find_spec("tensorboard") is None:
+        raise RunFolderError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+        )
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _Trainer:
+    """One run of :func:`fit`: set-up, epochs, evaluation and checkpoints as short steps."""
+
+    def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads) -> None:
+        self.raw, self.data, self.recipe, self.out = model, data, recipe, out
+        self.metadata, self.threads = metadata, threads
+        self.rank, self.world = _distributed()
+        self.device = _device(model)
+        self.model = model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        self.state = _Run()
+        self.n_batches = math.ceil(len(data.train_x) / recipe.batch_size)
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        return None if self.out is None else self.out / "checkpoint.pt"
+
+    # -- files ----------------------------------------------------------------------------
+    def restore(self) -> None:
+        ckpt = read_torch_file(self.ckpt_path, map_location=str(self.device))
+        recorded = {k: ckpt.get(k) for k in self.metadata}
+        current = dict(self.metadata)
+        if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
+            recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
+        changed = _differences(recorded, current)
+        if changed:
+            raise RunFolderError(
+                f"{self.ckpt_path} was written with other settings ({', '.join(changed[:5])}); "
+                "resume with the same ones or start a new run"
+            )
+        self.raw.load_state_dict(ckpt.get("live_model", ckpt["model"]))
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.state = _Run(ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["running"])
+        if "live_model" in ckpt:  # averaging: "model" holds the average's weights
+            self.state.average = {"count": ckpt["average"]["count"], "weights": ckpt["model"]}
+
+    def start_files(self, overwrite: bool) -> None:
+        if self.world > 1:  # every rank has checked the folder before any rank writes to it
+            torch.distributed.barrier()
+        if self.out is None or self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)
+        if overwrite:
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+        lines = "".join(json_line(h) + "\n" for h in self.state.history)
+        write_text_atomic(lines, self.out / "metrics.jsonl")
+
+    def checkpoint(self) -> None:
+        bad = [n for n, p in self.raw.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"parameters {', '.join(bad)} became non-finite at epoch {self.state.epoch + 1}, "
+                f"step {self.state.step}; lower the learning rate (lr = {self.recipe.lr:g})."
+                f"{self._kept()}"
+            )
+        if self.out is None or self.rank != 0:
+            return
+        s = self.state
+        payload = {
+            **self.metadata,
+            "recipe": self.recipe.as_dict(),
+            "input_shape": tuple(getattr(self.raw, "input_shape", self.data.input_shape)),
+            "num_classes": getattr(self.raw, "num_classes", self.data.num_classes),
+            "model": self.raw.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": s.epoch,
+            "step": s.step,
+            "history": s.history,
+            "running": s.running,
+        }
+        if s.average is not None:  # "model": what to use; "live_model": to resume
+            payload.update(
+                model=s.average["weights"],
+                live_model=self.raw.state_dict(),
+                average={"count": s.average["count"]},
+            )
+        save_atomic(payload, self.ckpt_path)
+
+    def _kept(self) -> str:
+        if self.ckpt_path is not None and self.ckpt_path.exists():
+            return f" The last good checkpoint is kept in {self.ckpt_path}"
+        return " No checkpoint had been written yet"
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, progress: bool | None, tensorboard, stop_after_steps) -> FitResult:
+        board = (
+            _tensorboard_writer(tensorboard) if tensorboard is not None and self.rank == 0 else None
+        )
+        self.bar_on = _progress_wanted(progress) and self.rank == 0
+        self.lines_on = progress is not False and self.rank == 0
+        self.steps_done, self.stop_after = 0, stop_after_steps
+        self._apply_threads(working=False)
+        self.threads_checked = time.perf_counter()
+        while self.state.epoch < self.recipe.epochs:
+            with ConvergenceTally() as tally:
+                if not self.train_epoch():
+                    return FitResult(self.raw, self.state.history, stopped=True)
+                record = self.epoch_results()
+            record["unconverged_solves"] = tally.count
+            self.close_epoch(record)
+            if board is not None:
+                _log_scalars(board, record, record["epoch"])
+        if self.state.average is not None:
+            self.raw.load_state_dict(self.state.average["weights"])
+        return FitResult(self.raw, self.state.history, stopped=False)
+
+    def train_epoch(self) -> bool:
+        """The remaining steps of the current epoch; False when stopped early."""
+        s, recipe = self.state, self.recipe
+        self.model.train()
+        bar = self._bar()
+        gen = torch.Generator().manual_seed(recipe.seed * 100_003 + s.epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(recipe, s.epoch)
+        data = self.data
+        for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, recipe.batch_size, gen)):
+            if i < s.step:
+                continue
+            self.train_step(i, xb, yb)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{s.running['loss'] / s.running['count']:.3f}")
+            self.steps_done += 1
+            if self.stop_after is not None and self.steps_done >= self.stop_after:
+                self.checkpoint()
+                return False
+            if recipe.checkpoint_every and s.step % recipe.checkpoint_every == 0:
+                self.checkpoint()
+        if bar is not None:
+            bar.close()
+        return True
+
+    def _bar(self):
+        if not self.bar_on:
+            return None
+        from tqdm.auto import tqdm  # loaded only for a bar: `import nemon` stays light
+
+        s = self.state
+        desc = f"epoch {s.epoch + 1}/{self.recipe.epochs}"  # one bar an epoch, removed at its end
+        return tqdm(total=self.n_batches, initial=s.step, desc=desc, leave=False, mininterval=1.0)
+
+    def train_step(self, i: int, xb: Tensor, yb: Tensor) -> None:
+        s, recipe = self.state, self.recipe
+        start = time.perf_counter()
+        if callable(self.threads) and start - self.threads_checked > 5.0:
+            self._apply_threads(working=True)
+            self.threads_checked = start
+        xb, yb = xb.to(self.device), yb.to(self.device)
+        if self.world > 1:  # this process's share of the global batch
+            xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]
+        eps = training_radius(recipe, s.epoch, i, self.n_batches)
+        progress = ramp_progress(recipe, s.epoch, i, self.n_batches)
+        step = s.epoch * self.n_batches + i
+        logits, loss = recipe_loss(self.model, self.raw, recipe, xb, yb, eps, progress, step)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss is {loss_value} at epoch {s.epoch + 1}, step {i + 1}; lower the "
+                f"learning rate (lr = {recipe.lr:g}).{self._kept()}"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), recipe.grad_clip)
+        self.opt.step()
+        fwd, bwd = solver_iterations(self.raw)
+        run = s.running
+        run["seconds"] += time.perf_counter() - start
+        run["loss"] += loss_value * len(xb)
+        run["correct"] += int((logits.argmax(1) == yb).sum())
+        run["count"] += len(xb)
+        run["fwd"] += fwd
+        run["bwd"] += bwd
+        run["batches"] += 1
+        s.step = i + 1
+
+    def epoch_results(self) -> dict:
+        """Average the weights (SWA) and evaluate the finished epoch."""
+        s, recipe = self.state, self.recipe
+        if recipe.swa_start and s.epoch + 1 >= recipe.swa_start:
+            s.average = _averaged(s.average, self.raw)
+        with _weights(self.raw, s.average):  # the epoch's results are the average's
+            record = self.epoch_record(_reduce(s.running, self.world, self.device))
+        record["lr"] = learning_rate(recipe, s.epoch)
+        record["train_eps"] = training_radius(recipe, s.epoch, self.n_batches - 1, self.n_batches)
+        if s.average is not None:
+            record["averaged_epochs"] = s.average["count"]
+        return record
+
+    def close_epoch(self, record: dict) -> None:
+        """Log and checkpoint the finished epoch."""
+        s = self.state
+        record["threads"] = torch.get_num_threads()
+        self._apply_threads(working=True)
+        s.history.append(record)
+        s.epoch, s.step, s.running = s.epoch + 1, 0, _fresh_running()
+        self.checkpoint()
+        if self.out is not None and self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json_line(record) + "\n")
+        if self.lines_on:
+            _print_epoch(record, self.bar_on)
+
+    def epoch_record(self, run: dict) -> dict:
+        model, data = self.raw, self.data
+        test = evaluate(model, data.test_x, data.test_y)
+        bound = getattr(model, "lipschitz_bound", None)
+        record = {
+            "epoch": self.state.epoch + 1,
+            "train_loss": run["loss"] / max(run["count"], 1),
+            "train_accuracy": run["correct"] / max(run["count"], 1),
+            "train_samples": int(run["count"]),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "forward_iterations": run["fwd"] / max(run["batches"], 1),
+            "backward_iterations": run["bwd"] / max(run["batches"], 1),
+            "train_seconds": run["seconds"],
+            "lipschitz": float(bound().detach()) if bound is not None else None,
+        }
+        if self.recipe.cert_eval_eps:
+            n = self.recipe.cert_eval_limit
+            eps = list(self.recipe.cert_eval_eps)
+            cert = certified_accuracy(model, data.test_x[:n], data.test_y[:n], eps, "interval")
+            record["certified"] = {f"{e:g}": v for e, v in cert.items()}
+        return record
+
+    def _apply_threads(self, working: bool) -> None:
+        if callable(self.threads):
+            torch.set_num_threads(int(self.threads(working)))
+        elif self.threads is not None:
+            torch.set_num_threads(int(self.threads))
+
+
+def _print_epoch(record: dict, bar_shown: bool) -> None:
+    """One line per epoch (through tqdm when its bars are on screen)."""
+    lip = record["lipschitz"]
+    line = (
+        f"epoch {record['epoch']}: test acc {record['test_accuracy']:.4f}  "
+        f"fwd {record['forward_iterations']:.1f}  bwd {record['backward_iterations']:.1f}  "
+        f"{record['train_seconds']:.2f} s" + (f"  Lip {lip:.3g}" if lip is not None else "")
+    )
+    if "certified" in record:
+        line += "  certified " + " ".join(f"{k}: {v:.4f}" for k, v in record["certified"].items())
+    if bar_shown:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
+
+
+def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """The names of the settings that differ (nested dicts as ``outer.inner``)."""
+    changed = []
+    for key in sorted(set(recorded) | set(current), key=str):
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _differences(a, b, f"{prefix}{key}.")
+        elif _plain(a) != _plain(b):
+            changed.append(f"{prefix}{key}: {_plain(a)!r} -> {_plain(b)!r}")
+    return changed
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _averaged(average: dict | None, model: nn.Module) -> dict:
+    """Add the model's weights to their running mean, ``w_k = w_{k-1} + (w - w_{k-1}) / k``
+    (stochastic weight averaging, Izmailov et al. 2018). Any parameter value of a NEMON layer is
+    well posed, so the average is too. Integer buffers are taken from the model."""
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if average is None:
+        return {"count": 1, "weights": current}
+    count = average["count"] + 1
+    weights = {
+        k: (w + (current[k] - w) / count) if w.is_floating_point() else current[k]
+        for k, w in average["weights"].items()
+    }
+    return {"count": count, "weights": weights}
+
+
+@contextlib.contextmanager
+def _weights(model: nn.Module, average: dict | None):
+    """Within the block, ``model`` holds ``average``'s weights (if any); its own afterwards."""
+    if average is None:
+        yield model
+        return
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average["weights"])
+    try:
+        yield model
+    finally:
+        model.load_state_dict(kept)
+
+
+def _tensorboard_writer(folder):
+    from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+
+    return SummaryWriter(log_dir=os.fspath(folder))
+
+
+def _log_scalars(writer, record: dict, epoch: int) -> None:
+    """Every number of an epoch record (``certified/0.1`` for nested ones), flushed at once."""
+    for key, value in record.items():
+        values = value if isinstance(value, dict) else {"": value}
+        for sub, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                writer.add_scalar(f"{key}/{sub}" if sub else key, v, epoch)
+    writer.flush()
+
+
+def _reduce(run: dict, world: int, device) -> dict:
+    """Sum the epoch's counters over processes (seconds: the slowest process)."""
+    if world == 1:
+        return run
+    keys = [k for k in run if k != "seconds"]
+    t = torch.tensor([float(run[k]) for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    sec = torch.tensor([run["seconds"]], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(sec, op=torch.distributed.ReduceOp.MAX)
+    out = dict(zip(keys, t.tolist()))
+    out["seconds"] = float(sec)
+    return out
+
+
+class ConvergenceTally(warnings.catch_warnings):
+    """Collects :class:`~nemon.ConvergenceWarning` inside the block and re-issues one summary.
+
+    Other warnings pass through unchanged. ``count`` is the number of solves that stopped early.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(record=True)
+        self.count = 0
+
+    def __enter__(self):
+        self._log = super().__enter__()
+        warnings.simplefilter("always", ConvergenceWarning)
+        return self
+
+    def __exit__(self, *exc_info):
+        super().__exit__(*exc_info)
+        caught = [w for w in self._log if issubclass(w.category, ConvergenceWarning)]
+        for w in self._log:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.count = len(caught)
+        if caught and exc_info[0] is None:
+            warnings.warn(
+                f"{len(caught)} solves stopped before reaching their tolerance; the last: "
+                f"{caught[-1].message}",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return False

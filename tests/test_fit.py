@@ -1,0 +1,122 @@
+"""nemon.fit: the library's training API, for a user's own classifier and for the presets."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+from test_train_cli import tiny_data
+from torch import nn
+
+import nemon
+from nemon.app.config import PRESETS, TrainConfig
+from nemon.runs import RunFolderError
+
+
+def custom_model(seed: int = 0) -> nemon.Classifier:
+    """A user's own model: an explicit conv encoder into a NEMON layer."""
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+    layer = nemon.NEMONDense(4 * 4 * 4, 16, gamma=0.5)
+    return nemon.Classifier(layer, 2, encoder=encoder, input_shape=(1, 8, 8))
+
+
+SMALL = nemon.Recipe(epochs=2, batch_size=32, lr=1e-2, checkpoint_every=3)
+
+
+def test_fit_trains_a_custom_model_and_lowers_its_loss():
+    data = tiny_data()
+    model = custom_model()
+    before = nemon.evaluate(model, data.test_x, data.test_y)["loss"]
+    result = nemon.fit(model, data, SMALL.replace(epochs=6, lr=3e-2), progress=False)
+    assert result.model is model and not result.stopped
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    assert nemon.evaluate(model, data.test_x, data.test_y)["loss"] < 0.9 * before
+    assert result["history"] is result.history  # the command line's dictionary view
+
+
+def test_fit_accepts_tensors_and_a_recipe_by_name():
+    data = tiny_data()
+    pairs = ((data.train_x, data.train_y), (data.test_x, data.test_y))
+    recipe = nemon.RECIPES["paper"].replace(epochs=1, batch_size=50)
+    result = nemon.fit(custom_model(), pairs, recipe, progress=False)
+    assert len(result.history) == 1 and 0 <= result.history[0]["test_accuracy"] <= 1
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; choose one of paper"):
+        nemon.fit(custom_model(), pairs, "fast")
+    with pytest.raises(ValueError, match=r"data must be a nemon.data.Dataset or \(\(train_x"):
+        nemon.fit(custom_model(), data.train_x, recipe)
+    with pytest.raises(ValueError, match="200 training inputs for 3 labels"):
+        nemon.fit(custom_model(), ((data.train_x, data.train_y[:3]), pairs[1]), recipe)
+
+
+def test_certified_recipe_on_a_custom_model_certifies_more_than_clean_training():
+    """Interval training (a radius ramp) through the user's encoder, then the certificate."""
+    data = tiny_data(n=440)
+    recipe = SMALL.replace(epochs=4, cert_eps=0.05, cert_weight=1.0, cert_eval_eps=(0.02,))
+    robust = nemon.fit(custom_model(), data, recipe, progress=False).model.eval()
+    clean = nemon.fit(custom_model(), data, recipe.replace(cert_eps=0.0), progress=False).model
+    x, y = data.test_x, data.test_y
+    ok_robust = nemon.certify(robust, x, y, 0.02).float().mean()
+    ok_clean = nemon.certify(clean.eval(), x, y, 0.02).float().mean()
+    assert ok_robust > ok_clean
+    assert "certified" in nemon.fit(custom_model(), data, recipe.replace(epochs=1)).history[0]
+
+
+def test_recipes_validate_and_replace_names_the_setting():
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        nemon.Recipe(epochs=0)
+    with pytest.raises(ValueError, match="cert_weight must be a finite number >= 0 and <= 1"):
+        SMALL.replace(cert_weight=1.5)
+    with pytest.raises(ValueError, match=r"unknown recipe settings \['radius'\]"):
+        SMALL.replace(radius=0.1)
+    with pytest.raises(ValueError, match="swa_start must be at most epochs"):
+        nemon.Recipe(epochs=2, swa_start=3)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_model_plus_a_named_recipe(name):
+    recipe = TrainConfig(**PRESETS[name]).recipe()
+    named = {k: v for k, v in nemon.RECIPES.items() if asdict(v) == asdict(recipe.replace(seed=0))}
+    overridden = {"cifar10-conv", "fashion-conv-quick"}  # the paper's recipe, batch and lr of 6.3
+    assert named or name in overridden, name
+
+
+def test_fit_writes_a_run_folder_and_resumes_it_exactly(tmp_path):
+    data = tiny_data()
+    full = nemon.fit(custom_model(), data, SMALL, out=tmp_path / "full", progress=False)
+    cut = nemon.fit(
+        custom_model(), data, SMALL, out=tmp_path / "cut", progress=False, stop_after_steps=9
+    )
+    assert cut.stopped and len(cut.history) == 1
+    resumed = nemon.fit(custom_model(1), data, SMALL, out=tmp_path / "cut", resume=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    with pytest.raises(RunFolderError, match=r"other settings \(recipe.lr: 0.01 -> 0.02"):
+        nemon.fit(custom_model(), data, SMALL.replace(lr=2e-2), out=tmp_path / "cut", resume=True)
+    with pytest.raises(RunFolderError, match="not empty"):
+        nemon.fit(custom_model(), data, SMALL, out=tmp_path / "cut")
+    with pytest.raises(RunFolderError, match="resume needs the run folder"):
+        nemon.fit(custom_model(), data, SMALL, resume=True)
+
+
+def test_fit_trains_any_module_on_a_clean_recipe_and_refuses_a_certified_one():
+    data = tiny_data()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+    result = nemon.fit(mlp, data, SMALL.replace(epochs=1), progress=False)
+    assert result.history[0]["lipschitz"] is None and result.history[0]["forward_iterations"] == 0
+    with pytest.raises(ValueError, match=r"radius \(cert_eps\) needs a nemon.Classifier"):
+        nemon.fit(mlp, data, SMALL.replace(cert_eps=0.1))
+    with pytest.raises(ValueError, match="fit needs a torch module with parameters"):
+        nemon.fit(lambda u: u, data, SMALL)
+
+
+def test_progress_bars_only_on_a_terminal(capsys):
+    """Output to a file (not a terminal): one line per epoch, no progress bar."""
+    nemon.fit(custom_model(), tiny_data(), SMALL, progress=None)
+    captured = capsys.readouterr()
+    assert captured.out.count("epoch ") == 2 and "test acc" in captured.out
+    assert "it/s" not in captured.err and "epoch 1/2" not in captured.err
+    nemon.fit(custom_model(), tiny_data(), SMALL, progress=False)
+    assert capsys.readouterr().out == ""
