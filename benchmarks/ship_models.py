@@ -16,20 +16,9 @@ from pathlib import Path
 
 from nemon.app.config import PRESETS
 from nemon.app.shipping import save_pretrained
+from nemon.explicit import ENCODER_DESCRIPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-ENCODER_TEXT = {
-    "conv-small": "conv 16 4x4 stride 2, ReLU, conv 32 4x4 stride 2, ReLU, flatten to 1568 features",
-    "conv-wide": "conv 32 4x4 stride 2, ReLU, conv 64 4x4 stride 2, ReLU, flatten to 3136 features",
-    "conv-medium": "conv 32 3x3, ReLU, conv 32 4x4 stride 2, ReLU, conv 64 3x3, ReLU, conv 64 4x4"
-    " stride 2, ReLU, flatten to 3136 features",
-    "conv-medium-fc": "conv-medium's four convolutions, flatten to 3136 features, dense 512, ReLU",
-    "conv-medium5": "conv-medium's four convolutions, conv 64 3x3, ReLU, flatten to 3136 features",
-    "conv-deep": "conv-medium's four convolutions, conv 64 3x3, ReLU, flatten to 3136 features,"
-    " dense 512, ReLU",
-}
 
 
 def _averaging(cfg: dict) -> str:
@@ -64,7 +53,7 @@ def _minutes(run: Path) -> float:
 
 def _architecture(cfg: dict) -> str:
     return f"""an explicit encoder ({cfg["arch"]}:
-{ENCODER_TEXT[cfg["arch"]]}) injects into a NEMON dense
+{ENCODER_DESCRIPTIONS[cfg["arch"]]}) injects into a NEMON dense
 implicit layer of {cfg["hidden"]} states with `mu_inf(A) <= {cfg["gamma"]}` (diagonal-step
 solver, tolerance {cfg["tol"]:g}), then a linear readout to 10 classes"""
 

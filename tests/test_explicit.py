@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import nemon
-from nemon.explicit import BatchNorm2d, Normalize, linf_lipschitz, propagate_interval
+from nemon.explicit import (
+    MEDIUM,
+    BatchNorm2d,
+    Normalize,
+    conv_stack,
+    linf_lipschitz,
+    propagate_interval,
+)
 from nemon.models import build_model
 
 DT = torch.float64
@@ -129,15 +136,15 @@ def test_certify_refuses_a_batch_norm_in_training_mode():
 @pytest.mark.parametrize(
     "family, arch",
     [("nemon", "conv-small"), ("idl", "conv-small"), ("explicit", "conv-small"),
-     ("nemon", "conv-small-bn"), ("nemon", "conv-deep")],
+     ("nemon", "conv-small-bn"), ("nemon", "conv-medium")],
 )  # fmt: skip
 def test_encoder_models_certify_soundly(family, arch):
     from test_lipschitz import pgd_breaks
 
     torch.manual_seed(0)
-    # the deep encoder shrinks logits to ~1e-6 under the default initialisation: nothing would
+    # the deeper encoder shrinks logits under the default initialisation: nothing would
     # certify and the test would check nothing; as trained, with Shi et al.'s
-    ibp = arch == "conv-deep"
+    ibp = arch == "conv-medium"
     model = nemon.build_model(family, arch, hidden=20, gamma=0.5, ibp_init=ibp).double()
     if arch.endswith("-bn"):  # running statistics away from the defaults
         model.train()
@@ -181,18 +188,21 @@ def test_encoder_model_lipschitz_bound_covers_the_encoder():
 
 
 @pytest.mark.parametrize(
-    "arch, n_convs, dense_widths",
-    [("conv-medium-fc", 4, [512]), ("conv-medium5", 5, []), ("conv-deep", 5, [512])],
+    "convs, dense_widths",
+    [(MEDIUM, [512]), ([*MEDIUM, (64, 3, 1)], []), ([*MEDIUM, (64, 3, 1)], [512])],
 )
-def test_deeper_encoders_size_their_layers_from_the_image(arch, n_convs, dense_widths):
+def test_conv_stacks_size_their_layers_from_the_image(convs, dense_widths):
     """The layers after the convolutions take their flattened output, for any image size."""
     torch.manual_seed(0)
+    n_convs = len(convs)
     for shape in [(1, 28, 28), (3, 32, 24)]:
-        model = build_model("nemon", arch, input_shape=shape, hidden=8, gamma=0.5).double()
+        encoder = conv_stack(shape[0], convs, image_size=shape[1:], dense=dense_widths)
+        features = dense_widths[-1] if dense_widths else 64 * (shape[1] // 4) * (shape[2] // 4)
+        layer = nemon.NEMONDense(features, 8, gamma=0.5)
+        model = nemon.Classifier(layer, 10, encoder=encoder, input_shape=shape).double()
         dense = [m for m in model.encoder if isinstance(m, nn.Linear)]
         assert [m.out_features for m in dense] == dense_widths
-        convs = [m for m in model.encoder if isinstance(m, nn.Conv2d)]
-        assert len(convs) == n_convs
+        assert sum(isinstance(m, nn.Conv2d) for m in model.encoder) == n_convs
         h, w = shape[1:]
         features = 64 * (h // 4) * (w // 4)  # two stride-2 convolutions
         assert model.layer.B.in_features == (dense_widths or [features])[-1]
@@ -204,7 +214,7 @@ def test_ibp_initialisation_keeps_interval_widths_steady():
     """Shi et al. (2021): ``sum_j |w_ij| ~ 2`` per row, so that a ReLU layer (halving the width on
     average) keeps interval radii at their scale; biases start at zero."""
     torch.manual_seed(0)
-    model = build_model("nemon", "conv-wide", gamma=0.5, ibp_init=True)
+    model = build_model("nemon", "conv-medium", gamma=0.5, ibp_init=True)
     for m in [*model.encoder.modules(), model.layer.B]:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             row_sums = m.weight.abs().flatten(1).sum(dim=1)

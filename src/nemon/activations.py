@@ -145,7 +145,7 @@ ACTIVATIONS = tuple(_REGISTRY)
 
 
 def get_activation(activation: str | Activation) -> Activation:
-    """An :class:`Activation` from a name (``relu``, ``leaky_relu``, ``tanh``, ``identity``)."""
+    """An `Activation` from a name (``relu``, ``leaky_relu``, ``tanh``, ``identity``)."""
     if isinstance(activation, Activation):
         return activation
     try:

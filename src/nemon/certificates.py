@@ -1,10 +1,10 @@
-"""Robustness certificates on l_inf balls (MATH.md sections 5 and 6).
+"""Robustness certificates on l_inf balls (docs/maths.md#certificates and #intervals).
 
-:func:`certify` is the one entry point: ``"lipschitz"`` (19), ``"pairwise"`` (per class pair,
+`certify` is the one entry point: ``"lipschitz"`` (19), ``"pairwise"`` (per class pair,
 never weaker) and ``"interval"`` (the embedding-system box, never weaker than pairwise). Every
 method charges the solver's a-posteriori error bound against the margins, runs in float64 by
 default (the rounding of the float64 evaluation is ``O(1e-13)`` relative, far below the error
-bound charged), and certifies nothing, with a :class:`CertificateWarning` saying why, when the
+bound charged), and certifies nothing, with a `CertificateWarning` saying why, when the
 model's bounds are unusable (measure >= 1, non-finite or non-positive quantities).
 """
 
@@ -88,8 +88,8 @@ def certificate_obstacle(model) -> str | None:
     """Why the model's bounds cannot certify anything, or None when they can.
 
     The measure must be finite and below 1 (it is an upper bound of the exact measure of the
-    stored weights, see :mod:`nemon.norms`), and every norm in the bounds finite and positive;
-    for an :class:`~nemon.Ensemble`, for every member.
+    stored weights, see `nemon.norms`), and every norm in the bounds finite and positive;
+    for an `Ensemble`, for every member.
     """
     if isinstance(model, Ensemble):
         for i, member in enumerate(model.members):
@@ -135,7 +135,7 @@ def full_float32():
 
 @contextmanager
 def _tight(model, solve_tol, u: Tensor):
-    """Solve to ``solve_tol`` (fixed-point residual) inside the block; see :func:`certify`."""
+    """Solve to ``solve_tol`` (fixed-point residual) inside the block; see `certify`."""
     if solve_tol == "auto":
         solve_tol = 1e-10 if u.dtype == torch.float64 else 1e-5
     if solve_tol is None:
@@ -172,14 +172,14 @@ def certify(
     """Which samples are certified robust on the l_inf ball of radius ``eps``.
 
     Args:
-        model: a :class:`~nemon.Classifier`, or an :class:`~nemon.Ensemble` (certified by the
+        model: a `Classifier`, or an `Ensemble` (certified by the
             mean of its members' margin bounds).
         u: inputs in the data's range, ``(batch, *input_shape)``.
         labels: their labels, ``(batch,)``.
         eps: a radius or a list of radii (the centre solve is shared).
         method: ``"interval"`` (NEMON, IDL and explicit layers), ``"pairwise"`` or
             ``"lipschitz"``; None (default): the strongest the model supports
-            (:func:`default_certificate`). A :class:`CertificateWarning` says when a method
+            (`default_certificate`). A `CertificateWarning` says when a method
             certifies none of the correctly classified inputs at a positive radius.
         clip: the data range ``(lo, hi)``; the ball is intersected with it (``None``: no range).
             Only the interval certificate gains from it; inputs outside it are an error.
@@ -231,12 +231,12 @@ def margin_bounds(
     dtype: torch.dtype | None = torch.float64,
 ) -> tuple[Tensor, Tensor]:
     """Lower bounds of the logit differences ``y_label - y_j`` on the l_inf ball: what
-    :func:`certify` checks (certified: the centre classified right and every bound positive).
+    `certify` checks (certified: the centre classified right and every bound positive).
 
-    The arguments are :func:`certify`'s. Returns ``(correct, bounds)``: whether each centre is
+    The arguments are `certify`'s. Returns ``(correct, bounds)``: whether each centre is
     classified right, ``(batch,)``, and the bounds, ``(batch, q)`` or ``(len(eps), batch, q)`` for
     a list of radii, 0 at the label. A model that cannot be certified (see
-    :func:`certificate_obstacle`) gets bounds of ``-inf`` and a :class:`CertificateWarning`.
+    `certificate_obstacle`) gets bounds of ``-inf`` and a `CertificateWarning`.
     """
     method = method or default_certificate(model)
     if method not in CERTIFICATES:
@@ -309,7 +309,7 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
     """Worst-case logit differences over the state box.
 
     The state box is the embedding box, widened by the solver's error bound
-    (:func:`~nemon.explicit.implicit_box`, as for implicit layers inside encoders), intersected with the
+    (`implicit_box`, as for implicit layers inside encoders), intersected with the
     Lipschitz box ``x(u) +- eta (||B|| eps / (1 - mu_+) + error)`` (sound on both counts, so never
     looser than the pairwise Lipschitz certificate).
     """

@@ -4,7 +4,7 @@ For ``F`` with Lipschitz constant ``lip`` and one-sided Lipschitz constant ``osl
 the averaged map ``F_alpha = (1 - alpha) I + alpha F`` contracts for small ``alpha`` (Theorem 1); in
 weighted l_inf norms, with ``diagL`` a lower bound on the diagonal of ``DF``, it contracts for every
 ``alpha <= 1 / (1 - diagL)`` (Theorem 2). For ``F(x) = Phi(A x + z)``: ``osl = mu(A)_+`` and
-``diagL = min_i (a_ii)_-``, which gives :func:`nemon.alpha_star`.
+``diagL = min_i (a_ii)_-``, which gives `nemon.alpha_star`.
 """
 
 from __future__ import annotations

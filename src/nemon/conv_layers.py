@@ -62,7 +62,7 @@ class _ConvLayer(ImplicitLayer):
         return conv_same(u, self.input_kernel, "zeros") + self.input_bias[:, None, None]
 
     def weight(self) -> tuple[Tensor, ...]:
-        """The effective operator's weights; :meth:`weight_matrix` materialises ``A``."""
+        """The effective operator's weights; `weight_matrix` materialises ``A``."""
         return self.effective_weights()
 
     def weight_matrix(self) -> Tensor:
@@ -84,7 +84,7 @@ class NEMONConv2d(_ConvLayer):
 
     ``A x = conv(x, K_eta) + (gamma - r) * x`` with ``r_c = sum |K[c]|`` and ``K_eta[c, c'] =
     K[c, c'] eta_c / eta_c'``, so ``mu_{inf,[eta]^-1}(A) <= gamma`` for any kernel, padding and
-    image size (MATH.md section 3).
+    image size (docs/maths.md#parametrization).
     """
 
     default_solver = "diagonal"
@@ -150,7 +150,7 @@ class NEMONConv2d(_ConvLayer):
         )
 
     def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
-        """Embedding system with the off-centre taps split by sign (MATH.md section 6)."""
+        """Embedding system with the off-centre taps split by sign (docs/maths.md#intervals)."""
         kernel, shift = self.effective_weights()
         c, centre = self.channels, (self.kernel_size - 1) // 2
         diag = torch.diagonal(kernel[:, :, centre, centre]) + shift

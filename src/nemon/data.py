@@ -4,7 +4,7 @@ The data folder is the first of: the ``data_dir`` argument, ``$NEMON_DATA_DIR``,
 Each dataset lives in a sub-folder (``mnist``, ``fashion-mnist``, ``cifar-10``); Fashion-MNIST is
 also found where Debian's ``dataset-fashion-mnist`` installs it. Missing files are downloaded from
 mirrors (atomic write, md5 checked); every file is md5-verified before use, and a corrupt or
-truncated file raises :class:`DataError` naming it. Images are float32 in [0, 1], ``(N, C, H, W)``.
+truncated file raises `DataError` naming it. Images are float32 in [0, 1], ``(N, C, H, W)``.
 """
 
 from __future__ import annotations
@@ -239,8 +239,8 @@ def _load_idx_dataset(name: str, paths: dict[str, Path]) -> Dataset:
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles CIFAR-10 batches only: dicts, lists, bytes and numpy arrays, nothing callable.
 
-    The archive's md5 is checked before reading when it comes through :func:`load_dataset`; this
-    restriction keeps a crafted archive passed to :func:`read_cifar10` from running code.
+    The archive's md5 is checked before reading when it comes through `load_dataset`; this
+    restriction keeps a crafted archive passed to `read_cifar10` from running code.
     """
 
     _ALLOWED = {

@@ -1,7 +1,7 @@
 """Ensembles of classifiers: the mean of the members' logits, certified by the mean of their bounds.
 
 If every member ``m`` satisfies ``y_m,label - y_m,j >= l_m,j`` on the input ball, the mean logits
-satisfy ``y_label - y_j >= mean_m l_m,j`` there: :func:`nemon.certify` certifies an ensemble when
+satisfy ``y_label - y_j >= mean_m l_m,j`` there: `nemon.certify` certifies an ensemble when
 these averaged lower bounds (interval, pairwise or Lipschitz, each member's solver error charged)
 are positive for every ``j``. An ensemble of NEMON classifiers is itself one NEMON model: the
 layers side by side form one layer with a block-diagonal ``A``, whose weighted measure is the
@@ -22,7 +22,7 @@ __all__ = ["Ensemble"]
 
 
 class Ensemble(nn.Module):
-    """The mean of the logits of ``members`` (:class:`~nemon.Classifier` s with one input shape
+    """The mean of the logits of ``members`` (`Classifier` s with one input shape
     and one number of classes), trained separately (for example with different seeds)."""
 
     def __init__(self, members: Sequence[Classifier]) -> None:

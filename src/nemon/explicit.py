@@ -2,13 +2,13 @@
 
 An implicit model may inject its input through an explicit network (the encoder, e.g. a small
 strided conv stack) before the equilibrium. Certificates need two things from such a network:
-a box that contains its outputs for every input in a box (:func:`propagate_interval`, interval
+a box that contains its outputs for every input in a box (`propagate_interval`, interval
 bound propagation in centre-radius form, Gowal et al. 2018), and an upper bound of its l_inf
-Lipschitz constant (:func:`linf_lipschitz`). Supported: ``Linear``, ``Conv2d``, ``ReLU``,
-``Flatten``, ``AvgPool2d``, ``MaxPool2d``, :class:`Normalize`, ``BatchNorm2d`` and ``Sequential``
+Lipschitz constant (`linf_lipschitz`). Supported: ``Linear``, ``Conv2d``, ``ReLU``,
+``Flatten``, ``AvgPool2d``, ``MaxPool2d``, `Normalize`, ``BatchNorm2d`` and ``Sequential``
 of these; anything else is refused by name. A batch norm is an affine map per channel: its running
 statistics in eval mode; in training mode (interval training), the statistics of the last clean
-batch, which :class:`BatchNorm2d` records (Shi et al., 2021).
+batch, which `BatchNorm2d` records (Shi et al., 2021).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ __all__ = [
     "ibp_initialise",
     "SUPPORTED_MODULES",
     "ENCODERS",
+    "ENCODER_DESCRIPTIONS",
+    "conv_stack",
 ]
 
 
@@ -94,7 +96,7 @@ def _refuse(module: nn.Module) -> None:
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Scale and shift of a batch norm per channel: running statistics in eval mode, the last
-    clean batch's in training mode (:class:`BatchNorm2d`)."""
+    clean batch's in training mode (`BatchNorm2d`)."""
     if not bn.training and bn.running_mean is not None:
         mean, var = bn.running_mean, bn.running_var
     elif getattr(bn, "batch_stats", None) is not None:
@@ -142,7 +144,7 @@ def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tenso
 
 def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """A sound box of an implicit layer's state inside a larger model: its embedding box widened
-    by the solver's a-posteriori error bound, ``eta_i * err`` per coordinate (MATH.md section 6)."""
+    by the solver's a-posteriori error bound, ``eta_i * err`` per coordinate (docs/maths.md#intervals)."""
     x_lo, x_hi, err = layer.interval_bounds(lo, hi)
     if err is None:
         raise ValueError(f"{layer._name()} gave no error bound: its box would not be sound")
@@ -184,12 +186,12 @@ def linf_lipschitz(module: nn.Module | None) -> Tensor:
     _refuse(module)
 
 
-def _conv_stack(
+def conv_stack(
     in_channels: int, convs, batch_norm: bool = False, image_size=(28, 28), dense=()
 ) -> nn.Sequential:
     """Convolutions ``(channels, kernel, stride)``, padding 1 (3x3 keeps the size, 4x4 stride 2
     halves it), each followed by a ReLU, then flatten, then ``Linear(width) -> ReLU`` for each
-    width in ``dense``. With ``batch_norm``: conv (no bias) -> :class:`BatchNorm2d` -> ReLU, as in
+    width in ``dense``. With ``batch_norm``: conv (no bias) -> `BatchNorm2d` -> ReLU, as in
     Shi et al. (2021). ``image_size``: the input's ``(height, width)`` (``dense`` needs it)."""
     layers: list[nn.Module] = []
     height, width = image_size
@@ -208,25 +210,24 @@ def _conv_stack(
     return nn.Sequential(*layers)
 
 
-_SMALL = [(16, 4, 2), (32, 4, 2)]  # 28x28 -> 32 x 7 x 7 features
-_WIDE = [(32, 4, 2), (64, 4, 2)]  # twice conv-small's channels: 64 x 7 x 7
-_MEDIUM = [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)]  # 64 x 7 x 7
-_DEEP = [*_MEDIUM, (64, 3, 1)]  # a fifth convolution at 7 x 7
+SMALL = [(16, 4, 2), (32, 4, 2)]  # 28x28 -> 32 x 7 x 7 features
+MEDIUM = [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)]  # 64 x 7 x 7
 
-
-#: Encoders by name: conv-small (16, 32 channels, two 4x4 stride-2 convolutions), conv-wide
-#: (32, 64), conv-medium (conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2), conv-medium-fc (conv-medium,
-#: then a dense ReLU layer of 512), conv-medium5 (conv-medium, conv 64 3x3), conv-deep (conv-medium5,
-#: dense 512); ``-bn``: with batch norm. Each takes ``(in_channels, image_size=(height, width))``.
+#: Encoders by name, each ``(in_channels, image_size=(height, width)) -> nn.Sequential``; other
+#: stacks (dense layers after the convolutions, other widths) are one ``conv_stack`` call away.
 ENCODERS = {
-    "conv-small": partial(_conv_stack, convs=_SMALL),
-    "conv-wide": partial(_conv_stack, convs=_WIDE),
-    "conv-medium": partial(_conv_stack, convs=_MEDIUM),
-    "conv-medium-fc": partial(_conv_stack, convs=_MEDIUM, dense=(512,)),
-    "conv-medium5": partial(_conv_stack, convs=_DEEP),
-    "conv-deep": partial(_conv_stack, convs=_DEEP, dense=(512,)),
-    "conv-small-bn": partial(_conv_stack, convs=_SMALL, batch_norm=True),
-    "conv-medium-bn": partial(_conv_stack, convs=_MEDIUM, batch_norm=True),
+    "conv-small": partial(conv_stack, convs=SMALL),
+    "conv-medium": partial(conv_stack, convs=MEDIUM),
+    "conv-small-bn": partial(conv_stack, convs=SMALL, batch_norm=True),
+}
+
+#: One description per encoder, for cards, docs and the command line's help.
+ENCODER_DESCRIPTIONS = {
+    "conv-small": "conv 16 4x4 stride 2, ReLU, conv 32 4x4 stride 2, ReLU, flatten "
+    "(1568 features on 28x28)",
+    "conv-medium": "conv 32 3x3, ReLU, conv 32 4x4 stride 2, ReLU, conv 64 3x3, ReLU, conv 64 4x4 "
+    "stride 2, ReLU, flatten (3136 features on 28x28)",
+    "conv-small-bn": "conv-small with a batch norm after each convolution (Shi et al. 2021)",
 }
 
 

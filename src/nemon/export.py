@@ -7,7 +7,7 @@ The graph computes ``v = encoder(u)``, ``z = B v + b``, then iterates from ``x_0
 with the layer's own steps (``averaged``: ``alpha*``; ``diagonal``: ``1 / (1 - (a_ii)_-)``;
 ``picard``: 1), the layer's stopping rule checked every ``check_every`` iterations and its
 iteration cap, and returns ``logits = C x + c (+ D u)`` with, per sample, the a-posteriori bound
-``||x - x*||_{inf,[eta]^-1} <= ||F(x_k) - x_k|| / (1 - mu(A)_+)`` (MATH.md section 2) and the
+``||x - x*||_{inf,[eta]^-1} <= ||F(x_k) - x_k|| / (1 - mu(A)_+)`` (docs/maths.md#model) and the
 bound it implies on the logits, ``||C||_{inf,(inf,[eta]^-1)}`` times it. The guarantees (measure,
 step, contraction factor, a bound on ``||x*||`` over the data range and the worst-case iteration
 count it gives) are written into the model's metadata.
@@ -45,7 +45,7 @@ def export_onnx(
     path: str | os.PathLike,
     data_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
-    """Write ``model`` (a :class:`~nemon.Classifier` with a dense NEMON, IDL or explicit layer)
+    """Write ``model`` (a `Classifier` with a dense NEMON, IDL or explicit layer)
     to ``path``; return the metadata written into the file.
 
     Inputs ``u`` of shape ``(batch, *input_shape)``; outputs ``logits (batch, q)``,
@@ -70,7 +70,7 @@ def export_onnx(
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict:
-    """The metadata :func:`export_onnx` wrote into the file, decoded."""
+    """The metadata `export_onnx` wrote into the file, decoded."""
     proto = _require_onnx().load(os.fspath(path), load_external_data=False)
     return {p.key: json.loads(p.value) for p in proto.metadata_props}
 
@@ -276,7 +276,7 @@ class _Builder:
         return dict(A=A, steps=steps, alpha_ref=alpha_ref, measure=measure)
 
     def _loop(self, z: str) -> tuple[str, str, str]:
-        """``Loop(max_iter)`` over :meth:`_step_graph`, carrying ``(x, bound, count)``."""
+        """``Loop(max_iter)`` over `_step_graph`, carrying ``(x, bound, count)``."""
         trips = self._int("max_iter", self.layer.solver_options.max_iter)
         batch = self.node("Shape", [z], start=0, end=1)
         state = self.node("Concat", [batch, self._int("hidden", [self.layer.hidden])], axis=0)

@@ -1,11 +1,11 @@
-"""Implicit differentiation of ``x* = Phi(A x* + z)`` (MATH.md section 4, eq. (20)).
+"""Implicit differentiation of ``x* = Phi(A x* + z)`` (docs/maths.md#gradients, eq. (20)).
 
-:class:`ImplicitSolve` is one ``torch.autograd.Function``: its forward solves without building a
+`ImplicitSolve` is one ``torch.autograd.Function``: its forward solves without building a
 graph (memory independent of the number of iterations) and its backward solves the adjoint
 equation for ``w = dL/dp``, ``w = J (g + A^T w)`` with ``J = diag(phi'(A x* + z))``, with a solver
-of the same family (see :meth:`Equilibrium.adjoint_system`). Then ``dL/dz = w``, and the
+of the same family (see `Equilibrium.adjoint_system`). Then ``dL/dz = w``, and the
 gradient for the weights of ``A`` is the vector-Jacobian product of the single map
-``weights -> A x*`` with ``w`` (:meth:`Operator.weight_vjp`: ``w^T x*`` for a dense ``A``,
+``weights -> A x*`` with ``w`` (`Operator.weight_vjp`: ``w^T x*`` for a dense ``A``,
 autograd through one application otherwise).
 """
 
@@ -43,7 +43,7 @@ __all__ = [
 
 
 class ImplicitAdjoint:
-    """The exact gradient: solve the adjoint equation (MATH.md section 4) with the layer's
+    """The exact gradient: solve the adjoint equation (docs/maths.md#gradients) with the layer's
     backward solver options."""
 
     name = "implicit"
@@ -116,7 +116,7 @@ class Equilibrium:
 
         NEMON-type solvers solve ``p = A^T J p + g`` and return ``w = J p``: its iteration matrix
         ``(1 - alpha) I + alpha A^T J`` is the transpose of the forward linearisation, so it
-        contracts in the dual norm ``||.||_{1,[eta]}`` with the forward factor (MATH.md section 4),
+        contracts in the dual norm ``||.||_{1,[eta]}`` with the forward factor (docs/maths.md#gradients),
         also with per-coordinate steps (in the step-scaled dual norm). Splitting solvers (MON)
         solve ``w = J (A^T w + g)``, a prox form they can split. The ``p`` form starts at
         ``p = g``, the first term of its Neumann series (a warm start); the ``w`` form at 0.

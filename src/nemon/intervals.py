@@ -1,8 +1,8 @@
-"""Interval bounds through a whole model (MATH.md section 6; Jafarpour et al., L4DC 2022).
+"""Interval bounds through a whole model (docs/maths.md#intervals; Jafarpour et al., L4DC 2022).
 
 The input box goes through the explicit encoder by interval arithmetic
-(:func:`nemon.explicit.propagate_interval`), through the implicit layer by its embedding system
-(:meth:`ImplicitLayer.interval_bounds`)
+(`nemon.explicit.propagate_interval`), through the implicit layer by its embedding system
+(`ImplicitLayer.interval_bounds`)
 
     x_lo = Phi(A_M x_lo + A_N x_hi + B+ u_lo + B- u_hi + b)
     x_hi = Phi(A_M x_hi + A_N x_lo + B+ u_hi + B- u_lo + b)

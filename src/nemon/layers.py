@@ -1,6 +1,6 @@
 """Implicit layers ``x* = Phi(A x* + B u + b)``: the shared base and the dense families.
 
-Dense NEMON, MON and IDL are here; the convolutional layers are in :mod:`nemon.conv_layers`.
+Dense NEMON, MON and IDL are here; the convolutional layers are in `nemon.conv_layers`.
 
 All layers share one interface: ``forward(u) -> x*``, ``weight()`` (effective ``A``),
 ``measure()`` (the bound that makes the layer well posed), ``lipschitz_terms()`` (what the
@@ -149,8 +149,7 @@ class ImplicitLayer(nn.Module):
     def interval_bounds(self, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(x_lo, x_hi, error_bound)``: a box containing ``x*(u)`` for every ``u`` in the box.
 
-        Layers with ``mu_inf(A) < 1`` by construction solve the embedding system (MATH.md section
-        6); others cannot give a sound box this way.
+        Layers with ``mu_inf(A) < 1`` by construction solve the embedding system (docs/maths.md#intervals); others cannot give a sound box this way.
         """
         raise NotImplementedError(
             f"interval bounds need mu_inf(A) < 1 by construction (NEMON, IDL), not {self._name()}"
@@ -255,7 +254,7 @@ class NEMONDense(_DenseLayer):
         activation: a non-expansive, weakly increasing activation (name or instance).
         learn_eta: learn the weights ``eta = exp(d)`` of the norm.
         eta: fixed weights of the norm instead.
-        **kwargs: solver settings of :class:`ImplicitLayer`: ``solver`` is ``diagonal``
+        **kwargs: solver settings of `ImplicitLayer`: ``solver`` is ``diagonal``
             (default: averaged iteration with per-coordinate steps ``1 / (1 - (a_ii)_-)``),
             ``averaged`` (the paper's, at ``alpha*``) or ``anderson``; ``tol``, ``max_iter``...
     """

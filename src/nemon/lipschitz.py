@@ -1,6 +1,6 @@
-"""Lipschitz bounds (14), (15), the regulariser (18) and certificates (19) (MATH.md section 5).
+"""Lipschitz bounds (14), (15), the regulariser (18) and certificates (19) (docs/maths.md#certificates).
 
-A layer describes its part of the bound with :class:`LipschitzTerms`; the functions here combine it
+A layer describes its part of the bound with `LipschitzTerms`; the functions here combine it
 with a readout ``y = C features(x) + D u + c``. All bounds are from ``u`` in l_inf to ``y`` in l_inf.
 """
 
@@ -76,7 +76,7 @@ def output_bound(terms: LipschitzTerms, C: Tensor, D: Tensor | None = None) -> T
 
 
 def pairwise_bounds(terms: LipschitzTerms, C: Tensor, D: Tensor | None = None) -> Tensor:
-    """``L_ij``: Lipschitz bound of ``u -> y_i - y_j`` (MATH.md section 5), shape ``(q, q)``.
+    """``L_ij``: Lipschitz bound of ``u -> y_i - y_j`` (docs/maths.md#certificates), shape ``(q, q)``.
 
     ``L_ij = ||B|| ||c_i - c_j||_{1,[eta]} / (1 - mu_+) + ||d_i - d_j||_1``; never above ``2 L``.
     """
@@ -165,5 +165,5 @@ def certified_pairwise(
 
 
 def lipschitz_bound(model) -> Tensor:
-    """Input-output l_inf Lipschitz bound (15) of a :class:`~nemon.Classifier`."""
+    """Input-output l_inf Lipschitz bound (15) of a `Classifier`."""
     return output_bound(model.lipschitz_terms(), *model.readout_weights())

@@ -24,7 +24,7 @@ class Classifier(nn.Module):
     """An implicit layer between an optional explicit encoder and a linear readout.
 
     Args:
-        layer: any implicit layer (NEMON, MON, IDL; dense or conv), or :class:`ExplicitDense`.
+        layer: any implicit layer (NEMON, MON, IDL; dense or conv), or `ExplicitDense`.
         num_classes: number of logits ``q``.
         direct: include the direct term ``D u`` of model (11) (off in the paper's experiments).
         encoder: explicit modules mapping the input to the layer's input (see
@@ -151,9 +151,10 @@ def build_model(
     """A classifier by name.
 
     ``family``: ``nemon | mon | idl`` or ``explicit`` (a ReLU layer of the same width, ablations).
-    ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer) or an encoder
-    from :data:`nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``,
-    ``conv-wide``, ``conv-medium``, ``conv-medium-fc``, ``conv-medium5``, ``conv-deep``).
+    ``arch``: ``dense`` (the paper's FC), ``conv`` (the paper's single conv layer), an encoder
+    of `nemon.explicit.ENCODERS` followed by a dense layer (``conv-small``, ``conv-medium``,
+    ``conv-small-bn``; described in `nemon.explicit.ENCODER_DESCRIPTIONS`), or
+    ``conv-stacked`` (two implicit layers).
     ``hidden`` is the state dimension (dense) or the number of channels (conv).
     ``ibp_init=True``: the IBP-friendly initialisation of Shi et al. (2021) for
     the encoder and the injection ``B``. ``zero_feedback=True``: start the dense implicit layer at
@@ -208,7 +209,7 @@ def stacked_encoder(
     """Two implicit layers stacked: conv (stride 2) -> NEMON conv layer on the downsampled
     image (zero padding, ``mu <= gamma``) -> conv (stride 2) -> flatten; the classifier adds the
     dense NEMON layer. Each implicit layer is well posed by construction; bounds go through both
-    (:func:`nemon.explicit.implicit_box`)."""
+    (`nemon.explicit.implicit_box`)."""
     if size % 4:
         raise ValueError(f"conv-stacked needs an image size divisible by 4, got {size}")
     implicit = NEMONConv2d(

@@ -1,4 +1,4 @@
-"""Weighted norms, induced matrix norms and matrix measures (MATH.md section 1).
+"""Weighted norms, induced matrix norms and matrix measures (docs/maths.md#norms).
 
 Conventions: ``eta`` is a positive weight vector (``None`` means all ones); the weighted
 l_inf norm is ``||x||_{inf,[eta]^-1} = max_i |x_i| / eta_i``. Matrices act on columns, so
@@ -136,7 +136,7 @@ def abs_row_sums_upper(
 def mu_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
     """Upper bound (float64) of the exact ``mu_{inf,[eta]^-1}(A)`` of the stored ``A``, eq. (2).
 
-    Differs from :func:`mu_inf` by a relative ``O(n u_64)``; it is what bounds, error bounds and
+    Differs from `mu_inf` by a relative ``O(n u_64)``; it is what bounds, error bounds and
     certificates use, so that rounding can never make them optimistic.
     """
     A = _square(A)

@@ -121,7 +121,7 @@ def conv_same(x: Tensor, kernel: Tensor, padding: str) -> Tensor:
 
 
 def conv_same_adjoint(y: Tensor, kernel: Tensor, padding: str) -> Tensor:
-    """Adjoint of :func:`conv_same`: flipped, channel-transposed kernel, mirrored padding."""
+    """Adjoint of `conv_same`: flipped, channel-transposed kernel, mirrored padding."""
     mode = "circular" if padding == "circular" else "constant"
     flipped = kernel.transpose(0, 1).flip(2, 3)
     return F.conv2d(F.pad(y, same_padding(kernel.shape[-1], adjoint=True), mode=mode), flipped)
@@ -156,7 +156,7 @@ class ConvOperator(Operator):
 def kernel_spectrum(kernel: Tensor, size: int) -> Tensor:
     """Per-frequency matrices of the circular 'same' convolution: shape ``(size, size, out, in)``.
 
-    :func:`conv_same` with circular padding is ``y = G * x`` (circular convolution) with
+    `conv_same` with circular padding is ``y = G * x`` (circular convolution) with
     ``G[o, c, (lo - a) mod s, (lo - b) mod s] = K[o, c, a, b]``, so ``fft2(y)[f] = fft2(G)[f] x̂[f]``.
     """
     out_ch, in_ch, k, _ = kernel.shape

@@ -1,14 +1,14 @@
-"""Constraints by construction (MATH.md section 3).
+"""Constraints by construction (docs/maths.md#parametrization).
 
 Each dense constraint is an ``nn.Module`` usable with ``torch.nn.utils.parametrize``: its
 ``forward`` maps free parameters onto the constraint set and ``right_inverse`` maps a feasible
 matrix back to parameters, so ``layer.A = A0`` initialises from a given matrix.
 
-- :class:`MuInfConstraint`: ``A = [eta] (T - diag(|T| 1) + gamma I) [eta]^-1``, eq. (17), so that
+- `MuInfConstraint`: ``A = [eta] (T - diag(|T| 1) + gamma I) [eta]^-1``, eq. (17), so that
   ``mu_{inf,[eta]^-1}(A) <= gamma`` for every ``T`` and every ``eta = exp(d) > 0``.
-- :func:`conv_shift`: the per-channel diagonal shift that gives the same bound for convolutions.
-- :class:`MONConstraint`: ``A = gamma I - W^T W - Z + Z^T`` (``mu_2(A) <= gamma``).
-- :class:`IDLConstraint`: ``A = gamma T / max(gamma, ||T||_inf)`` (``||A||_inf <= gamma``).
+- `conv_shift`: the per-channel diagonal shift that gives the same bound for convolutions.
+- `MONConstraint`: ``A = gamma I - W^T W - Z + Z^T`` (``mu_2(A) <= gamma``).
+- `IDLConstraint`: ``A = gamma T / max(gamma, ||T||_inf)`` (``||A||_inf <= gamma``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class MuInfConstraint(nn.Module):
     """``mu_{inf,[eta]^-1}(A) <= gamma`` by construction, eq. (17) with weights.
 
     ``A = [eta] M [eta]^-1`` with ``M = T - diag(|T| 1) + gamma I``; the similarity keeps
-    ``a_ii = m_ii`` and gives ``mu_{inf,[eta]^-1}(A) = mu_inf(M) <= gamma`` (MATH.md section 3).
+    ``a_ii = m_ii`` and gives ``mu_{inf,[eta]^-1}(A) = mu_inf(M) <= gamma`` (docs/maths.md#parametrization).
     With ``learn_eta=True`` the originals are ``(T, d)`` and ``eta = exp(d)``; otherwise ``eta``
     is fixed (a buffer, all ones by default) and the only original is ``T``.
     """
@@ -148,7 +148,7 @@ def conv_shift(kernel: Tensor, gamma: float, eta: Tensor | None = None) -> Tenso
     """Per-channel diagonal shift ``gamma - r_c`` with ``r_c = sum_{c',dy,dx} |K[c,c',dy,dx]|``.
 
     ``A x = conv(x, K) + (gamma - r) * x`` satisfies ``mu_{inf,[eta]^-1}(A) <= gamma`` for any
-    padding and image size (MATH.md section 3), because every row of the matrix of ``conv(., K)``
+    padding and image size (docs/maths.md#parametrization), because every row of the matrix of ``conv(., K)``
     for output channel ``c`` has weighted absolute sum at most ``r_c``. ``kernel`` is the stored
     (already ``eta``-scaled) kernel and ``r_c`` its weighted sum ``sum |K[c,c',.]| eta_c' / eta_c``,
     bounded above in floating point; the shift is rounded down, so the bound holds exactly.

@@ -4,7 +4,7 @@ Each model lives in ``nemon/pretrained/<name>/``: ``model.safetensors`` (tensors
 cannot run code), ``config.json`` (the training configuration, input shape and classes, and the
 sha256 of the weights, checked before loading) and ``card.md`` (architecture, the command that
 retrains it, training time, clean / certified / PGD accuracy on the full test set). An
-:class:`~nemon.Ensemble` is stored the same way, its description listing the members' training
+`Ensemble` is stored the same way, its description listing the members' training
 configurations (``members``) in place of one ``config``.
 """
 
@@ -33,7 +33,7 @@ def _root() -> Path:
 
 
 def pretrained_names() -> list[str]:
-    """Names accepted by :func:`load_pretrained` (and by the CLI wherever a checkpoint is)."""
+    """Names accepted by `load_pretrained` (and by the CLI wherever a checkpoint is)."""
     root = _root()
     if not root.is_dir():
         return []

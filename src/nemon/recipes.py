@@ -1,9 +1,9 @@
 """Training recipes: the schedule of a run, independent of the model it trains.
 
-A :class:`Recipe` holds the optimiser settings, the certified-training schedule (clean warm-up,
+A `Recipe` holds the optimiser settings, the certified-training schedule (clean warm-up,
 radius ramp, clean/robust mix, MTL-IBP term, learning-rate decays) and the run's bookkeeping
 (checkpoint interval, per-epoch certified evaluation). The presets of the command line are a
-model plus one of :data:`RECIPES`; :func:`nemon.fit` trains any classifier with any recipe.
+model plus one of `RECIPES`; `nemon.fit` trains any classifier with any recipe.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe_named(name: str, **changes) -> Recipe:
-    """A recipe of :data:`RECIPES` by name, with ``changes``."""
+    """A recipe of `RECIPES` by name, with ``changes``."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[name].replace(**changes)

@@ -2,7 +2,7 @@
 
 ``checkpoint.pt`` holds plain data and tensors only (read with ``weights_only=True``);
 ``config.json`` and ``metrics.jsonl`` are strict JSON. Every write goes to a temporary file
-renamed over the target, so a kill never leaves a half-written file. :func:`nemon.fit` and the
+renamed over the target, so a kill never leaves a half-written file. `nemon.fit` and the
 command line both write run folders through this module.
 """
 
@@ -61,13 +61,13 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically (see :func:`_atomic_write`); ``obj`` must hold only plain data
+    """``torch.save`` atomically (see `_atomic_write`); ``obj`` must hold only plain data
     and tensors, so that it loads with ``weights_only=True``."""
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    """Write ``text`` to ``path`` atomically (see `_atomic_write`)."""
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -80,7 +80,7 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 def read_torch_file(path: str | os.PathLike, map_location: str = "cpu"):
     """A ``torch.save`` file's contents, read with ``weights_only=True``: a crafted file cannot
-    run code. Raises :class:`CheckpointError` naming the file when it cannot be read."""
+    run code. Raises `CheckpointError` naming the file when it cannot be read."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")

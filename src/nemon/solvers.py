@@ -1,8 +1,8 @@
-"""Fixed-point solvers for ``x = Phi(A x + z)`` (MATH.md section 2).
+"""Fixed-point solvers for ``x = Phi(A x + z)`` (docs/maths.md#model).
 
-A :class:`FixedPointSystem` describes one equation (forward or adjoint); :func:`solve` runs a
-solver chosen by name from :data:`SOLVERS`. Every solver returns the iterate and a
-:class:`SolverStats`; convergence is checked every ``check_every`` iterations (the only host
+A `FixedPointSystem` describes one equation (forward or adjoint); `solve` runs a
+solver chosen by name from `SOLVERS`. Every solver returns the iterate and a
+`SolverStats`; convergence is checked every ``check_every`` iterations (the only host
 sync in the loop). Two stopping residuals, both relative and over the whole batch (Frobenius):
 
 - ``residual="step"`` (default): ``||x_{k+1} - x_k|| / ||x_{k+1}||``. For the averaged iteration
@@ -58,7 +58,7 @@ class FixedPointSystem:
     Attributes:
         matvec: ``x -> A x`` on batched states.
         z: the injection ``B u + b``, shape ``(batch, *state)``.
-        phi: the nonlinearity (an :class:`Activation`; ``DiagonalGain`` for the adjoint).
+        phi: the nonlinearity (an `Activation`; ``DiagonalGain`` for the adjoint).
         diagonal: diagonal of ``A`` broadcastable to a state, for ``alpha*``.
         measure: an upper bound on the measure ``mu(A)`` in the solver's norm, or None.
         norm: per-sample norm in which the averaged map contracts (``||.||_{inf,[eta]^-1}`` forward,
@@ -104,7 +104,7 @@ class SolverOptions:
     """Solver name and stopping rule; ``alpha=None`` means the solver's best step.
 
     Frozen: change settings with ``dataclasses.replace(options, tol=...)`` (or a layer's
-    :meth:`~nemon.ImplicitLayer.solver_settings`). ``alpha`` is read by the averaged, Picard,
+    `solver_settings`). ``alpha`` is read by the averaged, Picard,
     splitting and Anderson solvers, ``memory`` by Anderson only.
     """
 
@@ -293,8 +293,8 @@ def averaged(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: So
 def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
     """Averaged iteration with per-coordinate steps ``alpha_i = 1 / (1 - (a_ii)_-)``.
 
-    Same cost per iteration and the same worst-case factor as :func:`averaged` (see
-    :func:`diagonal_steps`), far fewer iterations when the diagonal of ``A`` is uneven.
+    Same cost per iteration and the same worst-case factor as `averaged` (see
+    `diagonal_steps`), far fewer iterations when the diagonal of ``A`` is uneven.
     """
     if system.diagonal is None:
         raise ValueError("the diagonal solver needs the diagonal of A")
@@ -364,7 +364,7 @@ def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, 
 
 
 class AndersonStep:
-    """Safeguarded Anderson mixing of ``G(x) = x + [alpha] (F(x) - x)``; see :func:`anderson`."""
+    """Safeguarded Anderson mixing of ``G(x) = x + [alpha] (F(x) - x)``; see `anderson`."""
 
     def __init__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> None:
         self.system = system

@@ -1,4 +1,4 @@
-"""Training any classifier with a :class:`~nemon.Recipe`: :func:`fit`.
+"""Training any classifier with a `Recipe`: `fit`.
 
 With ``out=`` a run folder holds ``checkpoint.pt`` (model, optimiser, position inside the epoch,
 history; written atomically every ``checkpoint_every`` steps and at each epoch's end) and
@@ -58,7 +58,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the trained model, one record per epoch, whether it stopped
+    """What `fit` returns: the trained model, one record per epoch, whether it stopped
     early (``stop_after_steps``)."""
 
     model: nn.Module
@@ -115,7 +115,7 @@ def certified_accuracy(
     batch_size=1000,
     clip: tuple[float, float] | None = (0.0, 1.0),
 ) -> dict[float, float]:
-    """Fraction of samples certified robust at each radius in ``eps`` (see :func:`nemon.certify`;
+    """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
     ``method=None``: the strongest the model supports)."""
     model.eval()
     device = _device(model)
@@ -139,7 +139,7 @@ def ramp_progress(recipe: Recipe, epoch: int, step: int, n_batches: int) -> floa
 
 
 def training_radius(recipe: Recipe, epoch: int, step: int, n_batches: int) -> float:
-    """The certified-training radius at this step (see :func:`ramp_progress`)."""
+    """The certified-training radius at this step (see `ramp_progress`)."""
     if recipe.cert_eps <= 0 or epoch < recipe.warmup_epochs:
         return 0.0
     return recipe.cert_eps * ramp_progress(recipe, epoch, step, n_batches)
@@ -267,13 +267,13 @@ def fit(
     metadata: dict | None = None,
     stop_after_steps: int | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``data`` with ``recipe``; returns a :class:`FitResult`.
+    """Train ``model`` on ``data`` with ``recipe``; returns a `FitResult`.
 
     Args:
-        model: a :class:`~nemon.Classifier` (any encoder, implicit layer and family), or any
+        model: a `Classifier` (any encoder, implicit layer and family), or any
             module mapping inputs to logits for recipes without radius or regulariser.
-        data: a :class:`nemon.data.Dataset` or ``((train_x, train_y), (test_x, test_y))``.
-        recipe: a :class:`~nemon.Recipe` or the name of one in :data:`nemon.RECIPES`.
+        data: a `nemon.data.Dataset` or ``((train_x, train_y), (test_x, test_y))``.
+        recipe: a `Recipe` or the name of one in `nemon.RECIPES`.
         out: run folder for ``checkpoint.pt`` and ``metrics.jsonl`` (None: nothing written).
         resume: continue the run in ``out`` exactly where it stopped (same recipe required).
         overwrite: replace the run files in a non-empty ``out``.
@@ -284,7 +284,7 @@ def fit(
         stop_after_steps: stop early after that many steps (tests of resume).
 
     Everything is checked before the first file is written. A non-finite loss or parameter
-    stops training with :class:`TrainingDiverged`, keeping the last good checkpoint. Under
+    stops training with `TrainingDiverged`, keeping the last good checkpoint. Under
     ``torchrun`` (an initialised process group) the model is wrapped in
     ``DistributedDataParallel`` and each global batch is split between the processes; rank 0
     writes the files. On CPU, subnormal floats are flushed to zero while training.
@@ -337,7 +337,7 @@ def _distributed() -> tuple[int, int]:
 
 
 class _Trainer:
-    """One run of :func:`fit`: set-up, epochs, evaluation and checkpoints as short steps."""
+    """One run of `fit`: set-up, epochs, evaluation and checkpoints as short steps."""
 
     def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads) -> None:
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
@@ -668,7 +668,7 @@ def _reduce(run: dict, world: int, device) -> dict:
 
 
 class ConvergenceTally(warnings.catch_warnings):
-    """Collects :class:`~nemon.ConvergenceWarning` inside the block and re-issues one summary.
+    """Collects `ConvergenceWarning` inside the block and re-issues one summary.
 
     Other warnings pass through unchanged. ``count`` is the number of solves that stopped early.
     """

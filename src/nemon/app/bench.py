@@ -274,8 +274,8 @@ def _step_loss(model, u, y, eps: float = 0.0):
 
 
 def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
-    """Floating-point operations of one training step (the loss of :func:`_step_loss`, forward
-    and backward), counted by :class:`torch.utils.flop_counter.FlopCounterMode` on the operators
+    """Floating-point operations of one training step (the loss of `_step_loss`, forward
+    and backward), counted by `torch.utils.flop_counter.FlopCounterMode` on the operators
     that run, and the solver iterations of that step: the arithmetic floor of a time ratio,
     whatever the implementation's overheads."""
     with FlopCounterMode(display=False) as counter:
@@ -286,7 +286,7 @@ def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
 
 
 def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
-    """Median seconds of one Adam step on :func:`_step_loss`."""
+    """Median seconds of one Adam step on `_step_loss`."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = []
     for _ in range(repeat + 2):
@@ -301,7 +301,7 @@ def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
 
 
 def certified_step_times(
-    archs=("conv-small", "conv-wide"), batch: int = 100, device="cpu", repeat: int = 20
+    archs=("conv-small", "conv-medium"), batch: int = 100, device="cpu", repeat: int = 20
 ) -> list[dict]:
     """Clean against interval training steps of the certified architectures (NEMON dense 100,
     gamma 0.5, batch 100, radius 0.2): times, FLOPs, the epoch time that implies, and the
@@ -418,7 +418,7 @@ def run_bench(
         result["implicit_over_explicit"] = nemon["seconds_per_epoch"] / mlp["seconds_per_epoch"]
         result["implicit_over_explicit_flops"] = nemon["step_gflop"] / mlp["step_gflop"]
     result["certified_steps"] = certified_step_times(
-        ("conv-small",) if quick else ("conv-small", "conv-wide"),
+        ("conv-small",) if quick else ("conv-small", "conv-medium"),
         batch=16 if quick else 100,
         device=device,
         repeat=2 if quick else 20,

@@ -1,6 +1,6 @@
 """Checkpoints of command-line runs: a run's configuration (``TrainConfig``) rebuilds its model.
 
-The run-folder files themselves (atomic writes, safe reads, JSON lines) are :mod:`nemon.runs`.
+The run-folder files themselves (atomic writes, safe reads, JSON lines) are `nemon.runs`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """A run's checkpoint (see :func:`nemon.runs.read_torch_file`), with the keys that rebuild
+    """A run's checkpoint (see `nemon.runs.read_torch_file`), with the keys that rebuild
     its model: ``config``, ``input_shape``, ``num_classes``, ``model``."""
     ckpt = read_torch_file(path, map_location)
     missing = (

@@ -1,4 +1,4 @@
-"""What defines a training run: :class:`TrainConfig`, checked by name, and the named presets."""
+"""What defines a training run: `TrainConfig`, checked by name, and the named presets."""
 
 from __future__ import annotations
 
@@ -82,12 +82,12 @@ class TrainConfig:
         return self
 
     def recipe(self) -> Recipe:
-        """The run's training schedule (the fields it shares with :class:`nemon.Recipe`)."""
+        """The run's training schedule (the fields it shares with `nemon.Recipe`)."""
         return Recipe(**{name: getattr(self, name) for name in RECIPE_FIELDS})
 
 
 def _preset(recipe: str, **model) -> dict:
-    """A preset: a model (TrainConfig fields) trained with one of :data:`nemon.RECIPES`."""
+    """A preset: a model (TrainConfig fields) trained with one of `nemon.RECIPES`."""
     return {**RECIPES[recipe].as_dict(), **model}
 
 

@@ -2,7 +2,7 @@
 
 torch uses one intra-op thread per physical core. Two runs that each do so on the same cores
 fight over them, and small kernels with per-operation barriers slow down by an order of magnitude
-(measured here: 25x). :func:`auto_threads` takes only the cores that other processes leave idle,
+(measured here: 25x). `auto_threads` takes only the cores that other processes leave idle,
 judged by the tasks runnable right now and the 1-minute load average, less this process's own
 threads; training re-evaluates it every few seconds, so concurrent runs settle on one thread each
 and a lone run takes every core.

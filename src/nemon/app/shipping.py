@@ -1,4 +1,4 @@
-"""Ship a training checkpoint as a model folder that :func:`nemon.load_pretrained` reads:
+"""Ship a training checkpoint as a model folder that `nemon.load_pretrained` reads:
 safetensors weights (a format that cannot run code), a JSON description with their sha256, and
 the model's card."""
 
@@ -23,7 +23,7 @@ def save_pretrained(
 ) -> Path:
     """Write a training checkpoint as a shippable model folder (weights, description, card).
 
-    A list of several checkpoints ships an :class:`~nemon.Ensemble` of their models;
+    A list of several checkpoints ships an `Ensemble` of their models;
     ``member_preset`` names the preset its members were trained with (seeds apart).
     """
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)

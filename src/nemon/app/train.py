@@ -1,7 +1,7 @@
-"""Command-line training runs: a :class:`TrainConfig` (``config.py``) builds the model and its
-data, :func:`nemon.fit` trains it with the config's recipe.
+"""Command-line training runs: a `TrainConfig` (``config.py``) builds the model and its
+data, `nemon.fit` trains it with the config's recipe.
 
-:func:`train` writes into ``out_dir`` what :func:`nemon.fit` writes (``checkpoint.pt``,
+`train` writes into ``out_dir`` what `nemon.fit` writes (``checkpoint.pt``,
 ``metrics.jsonl``; the checkpoint also holds the config, so the model can be rebuilt) and
 ``config.json``. A killed run resumed with ``resume=True`` replays exactly the remaining batches.
 """
@@ -82,7 +82,7 @@ def train(
     """Train ``cfg`` into ``out_dir`` and return ``{"history", "stopped", "model"}``.
 
     Everything is checked (settings, run folder, data, checkpoint to resume) before the first
-    file is written; see :func:`nemon.fit` for resume, overwrite, divergence and DDP.
+    file is written; see `nemon.fit` for resume, overwrite, divergence and DDP.
     """
     cfg.validate()
     out = Path(out_dir)
