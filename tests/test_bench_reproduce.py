@@ -10,7 +10,7 @@ from nemon.app.cli import main
 from nemon.models import build_model
 
 
-def test_bench_quick(tmp_path, capsys):
+def test_bench_quick(tmp_path, capfd):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 0
@@ -28,8 +28,9 @@ def test_bench_quick(tmp_path, capsys):
     assert set(stacked) == {"nemon:averaged", "nemon:diagonal", "nemon:anderson"}
     for row in stacked.values():  # both implicit layers solved, forward and backward
         assert len(row["forward_iterations"]) == 2 and min(row["backward_iterations"]) > 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()  # file descriptors: the profiler's native library too
     assert "matmul peak" in out and "stacked nemon:diagonal" in out
+    assert "USDT" not in err and "profiler_start" not in out + err
 
 
 def test_step_flops_count_the_solver_iterations_inside_the_implicit_function():

@@ -21,7 +21,7 @@ def code_blocks(page: Path) -> list[str]:
 
 def test_tutorial_has_its_steps():
     code = "\n".join(code_blocks(DOCS / "tutorial.md"))
-    for step in ("nemon.Classifier", "interval_loss", "nemon.certify", "pgd(", "export_onnx"):
+    for step in ("nemon.Classifier", "nemon.fit", "nemon.certify", "pgd(", "export_onnx"):
         assert step in code
 
 
@@ -39,8 +39,10 @@ def synthetic_mnist(name: str, *args, **kwargs) -> Dataset:
     return Dataset(name, train_x, train_y, test_x, test_y, classes=10)
 
 
+@pytest.mark.filterwarnings("error")
 def test_tutorial_runs(tmp_path, monkeypatch, capsys):
-    """On MNIST where it is (the CI machine), else on a synthetic stand-in: the code still runs."""
+    """On MNIST where it is (the CI machine), else on a synthetic stand-in: the code still runs,
+    and warns of nothing (a warning in a documented snippet is an error)."""
     pytest.importorskip("onnxruntime")
     if mnist_dir() is None:
         monkeypatch.setattr(nemon.data, "load_dataset", synthetic_mnist)
@@ -56,3 +58,32 @@ def test_tutorial_runs(tmp_path, monkeypatch, capsys):
     assert namespace["clean"] > 0.85
     limit = float(os.environ.get("NEMON_TUTORIAL_SECONDS", "60"))
     assert seconds < limit, f"the tutorial took {seconds:.0f} s (promised: under a minute)"
+
+
+def small_mnist(name: str, *args, **kwargs) -> Dataset:
+    """The first 2000 training and 100 test images (MNIST where it is, else the stand-in)."""
+    data = real_load_dataset(name) if mnist_dir() is not None else synthetic_mnist(name)
+    return Dataset(
+        name, data.train_x[:2000], data.train_y[:2000], data.test_x[:100], data.test_y[:100],
+        classes=10,
+    )  # fmt: skip
+
+
+real_load_dataset = nemon.data.load_dataset
+
+
+@pytest.mark.filterwarnings("ignore:method 'interval' certifies none")  # 2000 images: may be so
+@pytest.mark.filterwarnings("error")
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
+    """The README's quick start and custom model run as written (on fewer images), without a
+    warning: load, certify, attack; build, fit with a recipe, certify, export."""
+    pytest.importorskip("onnx")
+    monkeypatch.setattr(nemon.data, "load_dataset", small_mnist)
+    monkeypatch.chdir(tmp_path)
+    blocks = code_blocks(DOCS.parent / "README.md")
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md block {i + 1}", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "certified 0." in out and "certified at 0.1: " in out
+    assert (tmp_path / "mine.onnx").exists() and (tmp_path / "runs/mine/checkpoint.pt").exists()

@@ -8,8 +8,11 @@ Imported by the command line only (it pulls matplotlib); not part of ``import ne
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -300,6 +303,22 @@ def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
     return sorted(times[2:])[repeat // 2]
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """The profiler's native library prints ``USDT: ... profiler_start`` lines to file
+    descriptor 2, past Python's ``sys.stderr``; send them to /dev/null inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def certified_step_times(
     archs=("conv-small", "conv-medium"), batch: int = 100, device="cpu", repeat: int = 20
 ) -> list[dict]:
@@ -315,7 +334,7 @@ def certified_step_times(
         clean = _step_seconds(model, u, y, 0.0, repeat)
         interval = _step_seconds(model, u, y, 0.2, repeat)
         clean_flops, interval_flops = step_flops(model, u, y)[0], step_flops(model, u, y, 0.2)[0]
-        with profile() as prof:
+        with _quiet_native_stderr(), profile() as prof:
             _step_seconds(model, u, y, 0.2, 3)
         top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
         total = sum(e.self_cpu_time_total for e in prof.key_averages())

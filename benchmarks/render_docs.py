@@ -1,0 +1,406 @@
+"""Render every results table of the README and the docs from the committed result files.
+
+    python benchmarks/render_docs.py          # rewrite docs/results.md and the generated blocks
+    python benchmarks/render_docs.py --check  # exit 1, naming the files, if any is out of date
+
+``docs/results.md`` is generated whole. In ``README.md``, ``docs/guide/pretrained.md`` and
+``docs/guide/training.md`` the blocks between ``<!-- generated: NAME -->`` and
+``<!-- end generated -->`` are. Sources: each shipped model's ``evaluation.json`` and card,
+``benchmarks/results/**`` (each table names the command that wrote its file) and
+``benchmarks/results/published.json`` (published figures, with their papers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PRETRAINED = ROOT / "src" / "nemon" / "pretrained"
+BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _f4(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+# -- shipped models ---------------------------------------------------------------------------
+def shipped_models() -> list[dict]:
+    """Each shipped model: name, radius, evaluation, training minutes, architecture."""
+    out = []
+    for folder in sorted(PRETRAINED.iterdir()):
+        if not (folder / "evaluation.json").is_file():
+            continue
+        evaluation = _json(folder / "evaluation.json")
+        info = _json(folder / "config.json")
+        (eps,) = sorted({k.split("@")[1] for k in evaluation if k.startswith("interval@")})
+        configs = info["members"] if "members" in info else [info["config"]]
+        out.append(
+            {
+                "name": folder.name,
+                "eps": eps,
+                "evaluation": evaluation,
+                "minutes": _card_minutes((folder / "card.md").read_text()),
+                "architecture": _architecture(configs),
+                "configs": configs,
+            }
+        )
+    return sorted(out, key=lambda m: (m["eps"], -m["evaluation"][f"interval@{m['eps']}"]))
+
+
+def _card_minutes(card: str) -> list[int]:
+    """The minutes on a card's ``Training time`` line (one number per trained run)."""
+    line = re.search(r"^Training time.*$", card, re.M).group(0)
+    text = re.sub(r"\([^)]*\)", "", line.split("minutes")[0])
+    return [int(m) for m in re.findall(r"\d+", text)]
+
+
+def _architecture(configs: list[dict]) -> str:
+    c = configs[0]
+    single = f"{c['arch']} + NEMON {c['hidden']}"
+    return single if len(configs) == 1 else f"ensemble of {len(configs)} {single}"
+
+
+def shipped_table_docs() -> str:
+    rows = []
+    for m in shipped_models():
+        e, r = m["evaluation"], m["eps"]
+        minutes = " + ".join(str(x) for x in m["minutes"])
+        rows.append(
+            [f"`{m['name']}`", m["architecture"], r, _f4(e["clean"]), _f4(e[f"interval@{r}"])]
+            + [_f4(e[f"pgd@{r}"]), e[f"violations@{r}"], minutes]
+        )
+    header = ["name", "architecture", "eps", "clean", "certified", "PGD", "broken"]
+    return _table([*header, "training minutes"], rows)
+
+
+def shipped_table_readme() -> str:
+    rows = []
+    for m in shipped_models():
+        e, r = m["evaluation"], m["eps"]
+        cells = {"0.1": ["-", "-"], "0.3": ["-", "-"]}
+        cells[r] = [_f4(e[f"interval@{r}"]), _f4(e[f"pgd@{r}"])]
+        rows.append(
+            [f"`{m['name']}` ({m['architecture']})", _f4(e["clean"]), *cells["0.1"]]
+            + [*cells["0.3"], e[f"violations@{r}"]]
+        )
+    header = ["model", "clean", "certified at 0.1", "PGD at 0.1", "certified at 0.3"]
+    return _table([*header, "PGD at 0.3", "certified but broken by PGD"], rows)
+
+
+# -- implicit against explicit ----------------------------------------------------------------
+def ablations() -> list[dict]:
+    rows = []
+    for path in sorted((RESULTS / "certified-models").glob("ablation-*.json")):
+        result = _json(path)
+        (eps,) = result["settings"]["eps"]
+        runs = result["runs"]
+        seeds = runs["nemon"].get("seeds") or [runs["nemon"]["config"]["seed"]]
+        rows.append({"file": path.name, "preset": result["preset"], "eps": eps, "seeds": seeds})
+        for family in ("nemon", "explicit"):
+            rows[-1][family] = runs[family]
+    return rows
+
+
+def ablation_table() -> str:
+    rows = []
+    for a in ablations():
+        r = f"{a['eps']:g}"
+        line = [f"`{a['preset']}`", r, ", ".join(map(str, a["seeds"]))]
+        for family in ("nemon", "explicit"):
+            e = a[family]["evaluation"]
+            line += [_f4(e["clean"]), _f4(e[f"interval@{r}"]), _f4(e[f"pgd@{r}"])]
+        gap = (
+            a["nemon"]["evaluation"][f"interval@{r}"] - a["explicit"]["evaluation"][f"interval@{r}"]
+        )
+        line += [f"{100 * gap:+.2f}", f"`{a['file']}`"]
+        rows.append(line)
+    header = ["recipe", "eps", "seeds", "NEMON clean", "NEMON certified", "NEMON PGD"]
+    header += ["explicit clean", "explicit certified", "explicit PGD", "NEMON - explicit, points"]
+    return _table([*header, "file"], rows)
+
+
+def ablation_summary() -> str:
+    """One line per ablation: certified accuracy of the implicit and the explicit layer."""
+    lines = []
+    for a in ablations():
+        r = f"{a['eps']:g}"
+        ours, theirs = (a[f]["evaluation"][f"interval@{r}"] for f in ("nemon", "explicit"))
+        seeds = "one run"
+        if len(a["seeds"]) > 1:
+            seeds = "ensembles of seeds " + " and ".join(map(str, a["seeds"]))
+        lines.append(
+            f"- `{a['preset']}` at eps {r} ({seeds}): NEMON {ours:.4f}, explicit {theirs:.4f} "
+            f"certified ({100 * (ours - theirs):+.2f} points)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def published_table() -> str:
+    rows = [
+        [p["method"], p["reference"], _f4(p.get("0.1")), _f4(p.get("0.3"))]
+        for p in _json(RESULTS / "published.json")["certified"]
+    ]
+    return _table(["method", "paper", "certified at 0.1", "certified at 0.3"], rows)
+
+
+def recipes_table() -> str:
+    """The presets behind the shipped models and what their runs reached."""
+    rows = []
+    for m in shipped_models():
+        c, e, r = m["configs"][0], m["evaluation"], m["eps"]
+        steps = c.get("adv_steps", 0)  # runs older than the setting had none
+        term = f"{steps}-step PGD" if steps else "clean"
+        rows.append(
+            [
+                f"`{m['name']}`",
+                c["arch"],
+                c["epochs"],
+                f"{c['cert_eps']:g}",
+                f"{c['cert_weight']:g}",
+            ]
+            + [term, _f4(e["clean"]), f"{_f4(e[f'interval@{r}'])} at {r}"]
+            + [" + ".join(str(x) for x in m["minutes"])]
+        )
+    header = ["shipped model", "encoder", "epochs", "training radius", "robust weight"]
+    return _table([*header, "other term", "clean", "certified", "minutes"], rows)
+
+
+# -- the paper's protocol, solvers, soundness -------------------------------------------------
+def protocol_table() -> str:
+    result = _json(RESULTS / "reproduce-mnist" / "results.json")
+    rows = []
+    for model, s in result["summary"].items():
+        keys = ("best_accuracy", "forward_iterations", "backward_iterations", "train_seconds")
+        acc, fwd, bwd, sec = (s[k] for k in keys)
+        rows.append(
+            [model, f"{acc[0]:.4f} +- {acc[1]:.4f}", f"{result['paper'][model]:.4f}"]
+            + [f"{fwd[0]:.1f} +- {fwd[1]:.1f}", f"{bwd[0]:.1f} +- {bwd[1]:.1f}"]
+            + [f"{sec[0]:.2f} +- {sec[1]:.2f}"]
+        )
+    header = ["model", "best test accuracy (5 runs)", "paper", "fwd iterations", "bwd iterations"]
+    return _table([*header, "s / epoch"], rows)
+
+
+def runs_table(file: str, key: str) -> str:
+    result = _json(RESULTS / file)
+    rows = []
+    for run in result["runs"]:
+        epochs = run["epochs"]
+        fwd = statistics.fmean(e["forward_iterations"] for e in epochs)
+        bwd = statistics.fmean(e["backward_iterations"] for e in epochs)
+        sec = statistics.fmean(e["train_seconds"] for e in epochs)
+        best = max(e["test_accuracy"] for e in epochs)
+        rows.append([run[key].upper() if key == "model" else run[key], f"{best:.4f}"])
+        rows[-1] += [f"{fwd:.1f}", f"{bwd:.1f}", f"{sec:.2f}"]
+    header = [key, "best test accuracy", "fwd iterations", "bwd iterations", "s / epoch"]
+    return _table(header, rows)
+
+
+def soundness_table() -> str:
+    result = _json(RESULTS / "soundness.json")
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        mine = [r for r in result["rows"] if r["model"] == model]
+        cells = [model, ", ".join(f"{r['eps']:g}" for r in mine)]
+        for method in ("lipschitz", "pairwise", "interval"):
+            cells.append(sum(r[method] for r in mine))
+        cells.append(
+            sum(r[f"{m}_violations"] for r in mine for m in ("lipschitz", "pairwise", "interval"))
+        )
+        rows.append(cells)
+    header = ["model", "radii", "Lipschitz certified", "pairwise certified", "interval certified"]
+    return _table([*header, "certified but broken"], rows)
+
+
+def tightness_table() -> str:
+    result = _json(RESULTS / "tightness.json")
+    rows = [
+        [f"{r['eps']:g}", f"{r['embedding']:.4f}", f"{r['spread']:.4f}"]
+        + [f"{r['embedding_over_spread']:.3f}", "yes" if r["sound"] else "no"]
+        for r in result["rows"]
+    ]
+    header = ["eps", "embedding box width", "spread found by attacks", "ratio", "sound"]
+    return _table(header, rows)
+
+
+def mutations_table() -> str:
+    result = _json(RESULTS / "mutations.json")
+    rows = [
+        [m["name"], m["status"], (m["by"][0].removeprefix("FAILED ") if m["by"] else "-")]
+        for m in result["mutations"]
+    ]
+    return _table(["mutation", "status", "first test that fails"], rows)
+
+
+def mutation_count() -> str:
+    result = _json(RESULTS / "mutations.json")
+    return f"{result['killed']} of {result['total']}"
+
+
+# -- pages ------------------------------------------------------------------------------------
+RESULTS_PAGE = """# Results
+
+Every number on this page is rendered from a committed result file by
+`python benchmarks/render_docs.py`, and a test checks that the page equals what the script
+renders. Each section names the command that wrote its file; the machine is a 2-core CPU
+(AMD EPYC) with torch 2.13.0 CPU unless a file says otherwise.
+
+## Shipped certified models
+
+Full MNIST test set (10 000 images), interval certificate on the l_inf ball clipped to [0, 1],
+float64, every solver error bound charged; PGD with 50 steps and 2 restarts. "Broken" counts
+images that are certified and yet misclassified by PGD. Made by
+`python benchmarks/certified_models.py NAME --eps R` (each model's `evaluation.json`); minutes of
+training steps as each card states them.
+
+{shipped}
+## Implicit against explicit, same recipe and budget
+
+`python benchmarks/ablation.py PRESET` trains the preset twice, once with its NEMON layer and once
+with an explicit ReLU layer of the same width (`ExplicitDense`), and evaluates both as above
+(`benchmarks/results/certified-models/ablation-*.json`; two seeds: the mean logits of two runs).
+
+{ablation}
+The column "NEMON - explicit" is the difference in certified accuracy, in percentage points.
+
+## Published certified accuracies (MNIST, l_inf)
+
+For context; from the papers, not run here (`benchmarks/results/published.json`). They use deeper
+and wider networks trained for 100-200 GPU epochs.
+
+{published}
+## The paper's MNIST protocol
+
+`nemon reproduce mnist --runs 5` (section 6.2 of the paper: 100 states, ReLU, batch 300, 10
+epochs, Adam 1.5e-2, tolerance 1e-4; `benchmarks/results/reproduce-mnist/results.json`):
+
+{protocol}
+Figures 1 and 2 of the paper, as reproduced:
+
+![Figure 1](assets/results/figure1_curves.png)
+![Figure 2, Lipschitz bound](assets/results/figure2_lipschitz.png)
+![Figure 2, inversion attack](assets/results/figure2_inversion.png)
+
+## The three families, one run each
+
+`python benchmarks/mnist_fc.py --models nemon mon idl --epochs 10 --tag families`, each family's
+default solver (`benchmarks/results/mnist_fc-families.json`):
+
+{families}
+## NEMON's solvers
+
+`python benchmarks/mnist_fc.py --models nemon --solvers averaged diagonal anderson --epochs 10
+--tag solvers` (`benchmarks/results/mnist_fc-solvers.json`): all stop on the same relative
+residual, so they stop at the same accuracy.
+
+{solvers}
+## Tightness of the interval certificate
+
+`python benchmarks/tightness.py` on `mnist-cert-0.1` (`benchmarks/results/tightness.json`): the
+width of the embedding box of the implicit state against the spread that attacks find inside
+the ball (a lower bound of the exact range).
+
+{tightness}
+## Soundness
+
+`python benchmarks/soundness.py --quick` (`benchmarks/results/soundness.json`): trained,
+regularised, interval-trained and random models, three certificates, PGD with restarts on
+{soundness_images} test images; every certified point is attacked.
+
+{soundness}
+## Tests that bite
+
+`python benchmarks/mutations.py` applies each source edit to a copy of the package and runs the
+named tests there; each must make a test fail. Last run: {mutations_killed} killed
+(`benchmarks/results/mutations.json`).
+
+{mutations}"""
+
+
+def results_page() -> str:
+    return RESULTS_PAGE.format(
+        shipped=shipped_table_docs(),
+        ablation=ablation_table(),
+        published=published_table(),
+        protocol=protocol_table(),
+        families=runs_table("mnist_fc-families.json", "model"),
+        solvers=runs_table("mnist_fc-solvers.json", "solver"),
+        tightness=tightness_table(),
+        soundness=soundness_table(),
+        soundness_images=_json(RESULTS / "soundness.json")["images"],
+        mutations=mutations_table(),
+        mutations_killed=mutation_count(),
+    )
+
+
+BLOCKS = {
+    "shipped-models-readme": shipped_table_readme,
+    "shipped-models": shipped_table_docs,
+    "recipes": recipes_table,
+    "ablation": ablation_table,
+    "ablation-summary": ablation_summary,
+}
+PAGES_WITH_BLOCKS = ("README.md", "docs/guide/pretrained.md", "docs/guide/training.md")
+FIGURES = ("figure1_curves.png", "figure2_lipschitz.png", "figure2_inversion.png")
+
+
+def render_blocks(text: str, source: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in BLOCKS:
+            raise SystemExit(f"{source}: unknown generated block {name!r}; known: {sorted(BLOCKS)}")
+        return match.group(1) + BLOCKS[name]() + match.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def rendered() -> dict[Path, bytes]:
+    """Every generated file with the contents it should have."""
+    out = {ROOT / "docs" / "results.md": results_page().encode()}
+    for page in PAGES_WITH_BLOCKS:
+        path = ROOT / page
+        out[path] = render_blocks(path.read_text(), page).encode()
+    for name in FIGURES:
+        out[ROOT / "docs" / "assets" / "results" / name] = (
+            RESULTS / "reproduce-mnist" / name
+        ).read_bytes()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, write nothing")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, content in rendered().items():
+        if not path.exists() or path.read_bytes() != content:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+    if args.check and stale:
+        names = ", ".join(map(str, stale))
+        print(f"out of date: {names}; run python benchmarks/render_docs.py", file=sys.stderr)
+        return 1
+    print("up to date" if not stale else f"wrote {', '.join(map(str, stale))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
