@@ -128,11 +128,11 @@ def ablation_table() -> str:
         gap = (
             a["nemon"]["evaluation"][f"interval@{r}"] - a["explicit"]["evaluation"][f"interval@{r}"]
         )
-        line += [f"{100 * gap:+.2f}", f"`{a['file']}`"]
+        line.append(f"{100 * gap:+.2f}")
         rows.append(line)
-    header = ["recipe", "eps", "seeds", "NEMON clean", "NEMON certified", "NEMON PGD"]
-    header += ["explicit clean", "explicit certified", "explicit PGD", "NEMON - explicit, points"]
-    return _table([*header, "file"], rows)
+    header = ["preset", "eps", "seeds", "NEMON clean", "NEMON certified", "NEMON PGD"]
+    header += ["explicit clean", "explicit certified", "explicit PGD"]
+    return _table([*header, "NEMON - explicit (points)"], rows)
 
 
 def ablation_summary() -> str:
@@ -254,7 +254,12 @@ def mutation_count() -> str:
 
 
 # -- pages ------------------------------------------------------------------------------------
-RESULTS_PAGE = """# Results
+RESULTS_PAGE = """---
+hide:
+  - toc
+---
+
+# Results
 
 Every number on this page is rendered from a committed result file by
 `python benchmarks/render_docs.py`, and a test checks that the page equals what the script
@@ -263,8 +268,8 @@ renders. Each section names the command that wrote its file; the machine is a 2-
 
 ## Shipped certified models
 
-Full MNIST test set (10 000 images), interval certificate on the l_inf ball clipped to [0, 1],
-float64, every solver error bound charged; PGD with 50 steps and 2 restarts. "Broken" counts
+Full MNIST test set ({images} images), interval certificate on the l_inf ball clipped to [0, 1],
+float64, every solver error bound charged; PGD with {steps} steps and {restarts} restarts. "Broken" counts
 images that are certified and yet misclassified by PGD. Made by
 `python benchmarks/certified_models.py NAME --eps R` (each model's `evaluation.json`); minutes of
 training steps as each card states them.
@@ -282,7 +287,7 @@ The column "NEMON - explicit" is the difference in certified accuracy, in percen
 ## Published certified accuracies (MNIST, l_inf)
 
 For context; from the papers, not run here (`benchmarks/results/published.json`). They use deeper
-and wider networks trained for 100-200 GPU epochs.
+and wider networks, trained far longer on GPUs.
 
 {published}
 ## The paper's MNIST protocol
@@ -333,8 +338,21 @@ named tests there; each must make a test fail. Last run: {mutations_killed} kill
 {mutations}"""
 
 
+def _protocol() -> dict:
+    """The evaluation settings the shipped models share (an error if they differ)."""
+    settings = {
+        (e["images"], e["pgd"]["steps"], e["pgd"]["restarts"])
+        for e in (m["evaluation"] for m in shipped_models())
+    }
+    if len(settings) != 1:
+        raise SystemExit(f"the shipped models were evaluated with different settings: {settings}")
+    ((images, steps, restarts),) = settings
+    return {"images": f"{images:,}".replace(",", " "), "steps": steps, "restarts": restarts}
+
+
 def results_page() -> str:
     return RESULTS_PAGE.format(
+        **_protocol(),
         shipped=shipped_table_docs(),
         ablation=ablation_table(),
         published=published_table(),

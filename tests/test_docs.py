@@ -87,3 +87,14 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "certified 0." in out and "certified at 0.1: " in out
     assert (tmp_path / "mine.onnx").exists() and (tmp_path / "runs/mine/checkpoint.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:method 'interval' certifies none")  # 2000 images: may be so
+@pytest.mark.filterwarnings("error")
+def test_getting_started_python_blocks_run(monkeypatch, capsys):
+    monkeypatch.setattr(nemon.data, "load_dataset", small_mnist)
+    namespace: dict = {"__name__": "getting_started"}
+    for i, block in enumerate(code_blocks(DOCS / "getting-started.md")):
+        exec(compile(block, f"getting-started.md block {i + 1}", "exec"), namespace)
+    assert namespace["certified"].shape == (100,)
+    assert "epoch 1: test acc" in capsys.readouterr().out

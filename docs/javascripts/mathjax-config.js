@@ -9,7 +9,13 @@ window.MathJax = {
     ignoreClass: ".*",
     processClass: "arithmatex",
   },
-  "HTML-CSS": { availableFonts: ["TeX"], imageFont: null },
+  // the bundled MathJax ships the STIX-Web fonts only
+  "HTML-CSS": {
+    availableFonts: ["STIX-Web"],
+    preferredFont: "STIX-Web",
+    webFont: "STIX-Web",
+    imageFont: null,
+  },
   CommonHTML: { linebreaks: { automatic: true } },
   showMathMenu: false,
   messageStyle: "none",
