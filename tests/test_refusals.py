@@ -394,3 +394,34 @@ def test_python_m_nemon_user_error_has_no_traceback(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_classifier_with_an_encoder_demands_and_checks_input_shape():
+    """Every model that builds also trains, certifies and exports: the encoder's input shape is
+    known and fits the layer."""
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, stride=2, padding=1), torch.nn.Flatten())
+    layer = nemon.NEMONDense(2 * 14 * 14, 8, gamma=0.5)
+    with pytest.raises(ValueError, match="needs input_shape, the shape of one input sample"):
+        nemon.Classifier(layer, 10, encoder=encoder)
+    with pytest.raises(ValueError, match=r"maps inputs of shape \(1, 20, 20\) to \(200,\)"):
+        nemon.Classifier(layer, 10, encoder=encoder, input_shape=(1, 20, 20))
+    with pytest.raises(ValueError, match=r"cannot take inputs of shape \(3, 28, 28\)"):
+        nemon.Classifier(layer, 10, encoder=encoder, input_shape=(3, 28, 28))
+    model = nemon.Classifier(layer, 10, encoder=encoder, input_shape=(1, 28, 28))
+    assert model.input_shape == (1, 28, 28) and encoder.training  # the check left it as it was
+
+
+def test_certify_defaults_to_the_strongest_method_and_says_when_one_certifies_nothing():
+    torch.manual_seed(0)
+    nemon_model = nemon.build_model("nemon", "dense", input_shape=(1, 4, 4), hidden=6).double()
+    mon_model = nemon.build_model("mon", "dense", input_shape=(1, 4, 4), hidden=6).double()
+    assert nemon.certificates.default_certificate(nemon_model) == "interval"
+    assert nemon.certificates.default_certificate(mon_model) == "pairwise"
+    assert nemon.certificates.default_certificate(nemon.Ensemble([nemon_model])) == "interval"
+    u = torch.rand(20, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        labels = nemon_model(u).argmax(1)
+    default = nemon.certify(nemon_model, u, labels, [1e-4, 1e-3])
+    assert torch.equal(default, nemon.certify(nemon_model, u, labels, [1e-4, 1e-3], "interval"))
+    with pytest.warns(nemon.CertificateWarning, match="method='interval' is the strongest"):
+        nemon.certify(nemon_model, u, labels, 0.5, method="lipschitz")

@@ -111,20 +111,22 @@ class Classifier(nn.Module):
 
 
 def _check_encoder(encoder: nn.Module, input_shape: tuple[int, ...], layer) -> None:
-    """The encoder maps one zero sample of ``input_shape`` to the layer's input shape."""
+    """The encoder maps one zero sample of ``input_shape`` to the layer's input shape (run in
+    eval mode, so batch norms record nothing; the encoder's mode is restored)."""
+    param = next(encoder.parameters(), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else None
+    training = encoder.training
     try:
-        param = next(encoder.parameters(), None)
-        dtype = param.dtype if param is not None else torch.get_default_dtype()
-        device = param.device if param is not None else None
-        training = encoder.training
         with torch.no_grad():
             out = encoder.eval()(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-        encoder.train(training)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(
             f"the encoder cannot take inputs of shape {input_shape}: {first}"
         ) from None
+    finally:
+        encoder.train(training)
     if tuple(out.shape[1:]) != tuple(layer.input_shape()):
         raise ValueError(
             f"the encoder maps inputs of shape {input_shape} to {tuple(out.shape[1:])}, but the "
