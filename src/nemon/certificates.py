@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from contextlib import ExitStack, contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,7 @@ from .lipschitz import (
     state_bound,
 )
 from .models import Classifier
+from .solvers import ConvergenceWarning
 
 __all__ = [
     "CertificateWarning",
@@ -60,14 +63,59 @@ class CertificateWarning(UserWarning):
     """A certificate was refused (nothing certified); the message says why."""
 
 
+def _is_radius(e) -> bool:
+    """A real number (Python, numpy or a 0-d tensor), not a bool."""
+    if isinstance(e, Tensor):
+        return e.dim() == 0 and not e.dtype.is_complex and e.dtype != torch.bool
+    return isinstance(e, numbers.Real) and not isinstance(e, (bool, np.bool_))
+
+
 def _radii(eps) -> list[float]:
-    radii = [eps] if isinstance(eps, (int, float)) else list(eps)
+    """``eps`` as a list of radii: one number, or a sequence (list, tuple, 1-d tensor or array)."""
+    if _is_radius(eps):
+        radii = [eps]
+    elif isinstance(eps, (Tensor, np.ndarray)) and eps.ndim == 1:
+        radii = list(eps)
+    elif isinstance(eps, (list, tuple)):
+        radii = list(eps)
+    else:
+        raise ValueError(f"eps must be a number or a list of numbers, got {type(eps).__name__}")
     if not radii:
         raise ValueError("eps: give at least one radius")
     for e in radii:
-        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
-            raise ValueError(f"eps must be finite and >= 0, got {e!r}")
+        if not (_is_radius(e) and math.isfinite(float(e)) and float(e) >= 0):
+            raise ValueError(f"eps must be finite numbers >= 0, got {e!r}")
     return [float(e) for e in radii]
+
+
+def _check_labels(model, u: Tensor, labels) -> Tensor:
+    """Integer class indices, one per input, each in ``[0, num_classes)``."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be a tensor of class indices, got {type(labels).__name__}")
+    if labels.dim() != 1 or len(labels) != len(u):
+        raise ValueError(
+            f"labels must have shape ({len(u)},), one class index per input; got "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers (class indices), got {labels.dtype}")
+    q = model.num_classes
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= q):
+        raise ValueError(
+            f"labels must lie in [0, {q}) for this model, got {int(labels.min())} to "
+            f"{int(labels.max())}"
+        )
+    return labels.long()
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, (Classifier, Ensemble)):
+        raise ValueError(
+            f"certificates need a nemon.Classifier or nemon.Ensemble, got {type(model).__name__}"
+        )
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "meta":
+        raise ValueError("the model's parameters are on the meta device: they hold no values")
 
 
 def _check_clip(u: Tensor, clip) -> tuple[float, float] | None:
@@ -151,11 +199,19 @@ def _tight(model, solve_tol, u: Tensor):
         yield
 
 
-def _in_dtype(model, u: Tensor, dtype):
-    current = next(model.parameters()).dtype
-    if dtype is None or dtype == current:
-        return model, u.to(current)
-    return copy.deepcopy(model).to(dtype), u.to(dtype)
+def _own_prediction(model, u: Tensor) -> tuple[Tensor, str | None]:
+    """The class the model predicts in its own dtype, as it runs (on a copy: the caller's model
+    is never touched), and why it cannot be certified in that dtype, if it cannot."""
+    reason = certificate_obstacle(model)
+    if reason is not None:
+        return torch.full((len(u),), -1, dtype=torch.long, device=u.device), reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # judged by its result below
+        logits = model(u.to(next(model.parameters()).dtype))
+    if not bool(torch.isfinite(logits).all()):
+        dtype = next(model.parameters()).dtype
+        return logits.argmax(1), f"the model's own ({dtype}) logits are not finite"
+    return logits.argmax(1), None
 
 
 @torch.no_grad()
@@ -195,7 +251,7 @@ def certify(
     """
     method = method or default_certificate(model)
     correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
-    ok = certified_by_margins(correct, bounds, labels.to(bounds.device))
+    ok = certified_by_margins(correct, bounds, labels.long().to(bounds.device))
     _warn_if_nothing_certified(model, method, _radii(eps), correct, ok)
     return ok
 
@@ -238,15 +294,20 @@ def margin_bounds(
     a list of radii, 0 at the label. A model that cannot be certified (see
     `certificate_obstacle`) gets bounds of ``-inf`` and a `CertificateWarning`.
     """
+    _check_model(model)
     method = method or default_certificate(model)
     if method not in CERTIFICATES:
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)
     clip = _check_clip(u, clip)
+    labels = _check_labels(model, u, labels).to(u.device)
     _check_eval_mode(model)
-    model, u = _in_dtype(model, u, dtype)
-    labels = labels.to(u.device)
-    reason = certificate_obstacle(model)
+    model = copy.deepcopy(model)  # certify never changes the caller's model (thread-safe)
+    own, reason = _own_prediction(model, u)
+    if dtype is not None:
+        model = model.to(dtype)
+    u = u.to(next(model.parameters()).dtype)
+    reason = reason or certificate_obstacle(model)
     if reason is not None:
         warnings.warn(f"nothing certified: {reason}", CertificateWarning, stacklevel=2)
         correct = torch.zeros(len(u), dtype=torch.bool, device=u.device)
@@ -257,9 +318,24 @@ def margin_bounds(
     else:
         with _tight(model, solve_tol, u), full_float32():
             logits, bounds = _margin_bounds(model, u, labels, radii, method, clip)
-        correct = logits.argmax(1) == labels
+        exact = logits.argmax(1)
+        correct = (exact == labels) & (own == labels)
+        _warn_if_disagreeing(own, exact, labels)
     bounds = [b.scatter(1, labels[:, None], 0.0) for b in bounds]
-    return (correct, bounds[0]) if isinstance(eps, (int, float)) else (correct, torch.stack(bounds))
+    return (correct, bounds[0]) if _is_radius(eps) else (correct, torch.stack(bounds))
+
+
+def _warn_if_disagreeing(own: Tensor, exact: Tensor, labels: Tensor) -> None:
+    """Inputs the exact evaluation classifies right but the model, as it runs in its own dtype,
+    does not: they are not certified (the certificate is about the model given)."""
+    count = int(((exact == labels) & (own != labels)).sum())
+    if count:
+        warnings.warn(
+            f"{count} inputs not certified: the model in its own dtype predicts another class "
+            "than its exact evaluation",
+            CertificateWarning,
+            stacklevel=3,
+        )
 
 
 def _check_eval_mode(model) -> None:

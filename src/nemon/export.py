@@ -28,6 +28,7 @@ from .explicit import Normalize
 from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
+from .runs import OutputError, atomic_path, check_output_target
 from .solvers import _TINY, alpha_star, contraction_factor, diagonal_steps
 
 __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
@@ -53,8 +54,15 @@ def export_onnx(
     ``iterations`` (the solver's iteration count for the batch, int64).
     """
     onnx = _require_onnx()
-    if os.path.isdir(path):
-        raise ExportError(f"{path} is a folder; give the .onnx file name")
+    try:
+        check_output_target(path)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
+    if not isinstance(model, Classifier):
+        raise ExportError(f"export needs a nemon Classifier, got {type(model).__name__}")
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ExportError(f"export supports float32 and float64 models, not {dtype}")
     graph, metadata = _Builder(model, data_range).build()
     proto = onnx.helper.make_model(
         graph,
@@ -63,9 +71,11 @@ def export_onnx(
     )
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
     onnx.checker.check_model(proto, full_check=True)
-    tmp = f"{os.fspath(path)}.tmp"
-    onnx.save(proto, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a failed write leaves no partial file behind
+        try:
+            onnx.save(proto, tmp)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"could not write {path}: {exc}") from None
     return metadata
 
 

@@ -8,17 +8,25 @@ command line both write run folders through this module.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
 __all__ = [
     "CheckpointError",
+    "OutputError",
+    "check_output_target",
+    "atomic_path",
+    "RunLock",
+    "state_checksum",
     "RunFolderError",
     "RUN_FILES",
     "save_atomic",
@@ -40,24 +48,53 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+class OutputError(OSError):
+    """An output cannot be written where asked (not a regular file, no room, no permission)."""
 
-    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600; a kill
-    leaves at most a ``.NAME.*`` temporary file, removed by the next run in the folder.
-    """
+
+def check_output_target(path: str | os.PathLike) -> Path:
+    """``path`` may be written: it is a new path or an existing regular file (never a folder, a
+    device, a pipe or a socket, which a rename would destroy)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} is not a regular file; nemon only replaces regular files")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A temporary file name beside ``path`` (same suffix) to write to; renamed over ``path``
+    when the block ends without error, removed otherwise. The file gets the usual permissions
+    (0666 less the umask), not ``mkstemp``'s 0600; a kill leaves at most a ``.NAME.*``
+    temporary file, removed by the next run in the folder."""
+    path = check_output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, synced, then renamed over it (see
+    `atomic_path`). A failure to write (a full disk, for one) is an `OutputError` naming the
+    file, and leaves nothing behind."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"could not write {path}: {first}") from None
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
@@ -86,10 +123,15 @@ def read_torch_file(path: str | os.PathLike, map_location: str = "cpu"):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch's zip format or a raw pickle
         raise CheckpointError(f"{path} is not a nemon checkpoint (not a PyTorch file)")
+    if magic[:2] == b"PK":
+        _check_archive_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
@@ -103,6 +145,41 @@ def read_torch_file(path: str | os.PathLike, map_location: str = "cpu"):
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable nemon checkpoint ({why})") from None
     return ckpt
+
+
+MAX_UNPACKED_BYTES = 4 * 2**30  # what a checkpoint may unpack to
+MAX_PACKING_RATIO = 100  # torch.save stores tensors uncompressed: more is not its file
+
+
+def _check_archive_size(path: Path) -> None:
+    """Refuse, before unpacking, an archive that would unpack to far more than it holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise CheckpointError(
+            f"{path} is not a readable nemon checkpoint (a damaged archive)"
+        ) from None
+    unpacked = sum(e.file_size for e in entries)
+    packed = max(sum(e.compress_size for e in entries), 1)
+    if unpacked > MAX_UNPACKED_BYTES or (
+        unpacked > 2**26 and unpacked > MAX_PACKING_RATIO * packed
+    ):
+        raise CheckpointError(
+            f"{path} would unpack to {unpacked / 2**20:.0f} MiB from {packed / 2**20:.1f} MiB; "
+            "refused (torch.save writes tensors uncompressed)"
+        )
+
+
+def state_checksum(state: dict, config=None) -> str:
+    """sha256 of a state dict (names, dtypes, shapes and bytes of every tensor) and a config,
+    stored in checkpoints so that a damaged file is refused instead of loaded."""
+    digest = hashlib.sha256(json.dumps(_json_safe(config), sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class RunFolderError(ValueError):
@@ -144,3 +221,41 @@ def _json_safe(value):
 
 def json_line(record: dict) -> str:
     return json.dumps(_json_safe(record), allow_nan=False)
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a run uses it (``.lock``, ``flock``): a second
+    run in the same folder, training or resuming, is refused instead of mixing the two runs'
+    files. The lock is released when the run ends, however it ends (the kernel drops it with
+    the process)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._file = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RunFolderError(
+                f"run folder {self.folder} is in use by another run ({holder}); wait for it "
+                "or choose another folder"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import fcntl
+
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()

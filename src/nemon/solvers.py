@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .activations import Activation
 from .contraction import theorem2_alpha_star
+from .validation import MAX_ITER, MIN_TOL, check_integer, check_number
 
 __all__ = [
     "ConvergenceWarning",
@@ -124,12 +125,9 @@ class SolverOptions:
         """Raise ``ValueError`` naming the first setting out of its range."""
         if self.method not in SOLVERS:
             raise ValueError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"tol must be a finite number > 0, got {self.tol!r}")
+        check_number("tol", self.tol, low=MIN_TOL, high=1.0, high_open=True)
         for name in ("max_iter", "check_every", "memory"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_integer(name, getattr(self, name), 1, MAX_ITER)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
         if self.residual not in ("step", "fixed_point"):

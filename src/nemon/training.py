@@ -33,11 +33,13 @@ from .recipes import Recipe, recipe_named
 from .runs import (
     RUN_FILES,
     RunFolderError,
+    RunLock,
     check_run_folder,
     json_line,
     read_torch_file,
     remove_stale_temporaries,
     save_atomic,
+    state_checksum,
     write_text_atomic,
 )
 from .solvers import ConvergenceWarning
@@ -301,15 +303,23 @@ def fit(
         raise RunFolderError("resume needs the run folder: pass out=")
     _check_tensorboard(tensorboard)
     trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads)
-    if resume:
-        trainer.restore()
-    trainer.start_files(overwrite)
-    flush = _device(model).type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        return trainer.run(progress, tensorboard, stop_after_steps)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
+    with _locked(run_dir, trainer.rank):
+        if resume:
+            trainer.restore()
+        trainer.start_files(overwrite)
+        flush = _device(model).type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            return trainer.run(progress, tensorboard, stop_after_steps)
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+
+
+def _locked(run_dir: Path | None, rank: int):
+    """The run folder's lock (rank 0 of a distributed run holds it for all)."""
+    if run_dir is None or rank != 0:
+        return contextlib.nullcontext()
+    return RunLock(run_dir)
 
 
 def _progress_wanted(progress: bool | None) -> bool:
@@ -359,6 +369,10 @@ class _Trainer:
     # -- files ----------------------------------------------------------------------------
     def restore(self) -> None:
         ckpt = read_torch_file(self.ckpt_path, map_location=str(self.device))
+        if "checksum" in ckpt and ckpt["checksum"] != state_checksum(
+            ckpt["model"], ckpt.get("config")
+        ):
+            raise RunFolderError(f"{self.ckpt_path} is damaged: it does not match its checksum")
         recorded = {k: ckpt.get(k) for k in self.metadata}
         current = dict(self.metadata)
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
@@ -385,6 +399,10 @@ class _Trainer:
         if overwrite:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """``metrics.jsonl`` anew from the history, atomically: a full disk loses no line."""
         lines = "".join(json_line(h) + "\n" for h in self.state.history)
         write_text_atomic(lines, self.out / "metrics.jsonl")
 
@@ -399,8 +417,10 @@ class _Trainer:
         if self.out is None or self.rank != 0:
             return
         s = self.state
+        weights = s.average["weights"] if s.average is not None else self.raw.state_dict()
         payload = {
             **self.metadata,
+            "checksum": state_checksum(weights, self.metadata.get("config")),
             "recipe": self.recipe.as_dict(),
             "input_shape": tuple(getattr(self.raw, "input_shape", self.data.input_shape)),
             "num_classes": getattr(self.raw, "num_classes", self.data.num_classes),
@@ -537,10 +557,9 @@ class _Trainer:
         self._apply_threads(working=True)
         s.history.append(record)
         s.epoch, s.step, s.running = s.epoch + 1, 0, _fresh_running()
-        self.checkpoint()
         if self.out is not None and self.rank == 0:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json_line(record) + "\n")
+            self.write_metrics()  # first: a checkpoint that fails to write keeps the record
+        self.checkpoint()
         if self.lines_on:
             _print_epoch(record, self.bar_on)
 

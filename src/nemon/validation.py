@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_choice", "check_integer", "check_number"]
+__all__ = ["check_choice", "check_integer", "check_number", "MAX_ITER", "MIN_TOL", "MAX_STATES"]
+
+#: Limits that keep a run finite and its arrays allocatable: a solve stops within MAX_ITER
+#: iterations, asks for no tolerance below float64's resolution, and a dense layer's state
+#: (its matrix A has MAX_STATES**2 entries, 4 GiB in float32) fits the machine.
+MAX_ITER = 1_000_000
+MIN_TOL = 1e-15
+MAX_STATES = 32_768
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -15,9 +22,11 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
-def check_integer(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def check_integer(name: str, value, low: int, high: int | None = None) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, int) and value >= low
+    if not ok or (high is not None and value > high):
+        rule = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name} must be an integer {rule}, got {value!r}")
 
 
 def check_number(

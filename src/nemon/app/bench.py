@@ -216,7 +216,7 @@ def scaling(
         for b in batch_sizes:
             z = layer.injection(torch.rand(b, 64, device=device)).detach()
             system = eq.forward_system(weights, z)
-            opts = SolverOptions(method="diagonal", tol=1e-30, max_iter=iterations, warn=False)
+            opts = SolverOptions(method="diagonal", tol=1e-15, max_iter=iterations, warn=False)
             solve(system, options=opts)
             _sync(device)
             start = time.perf_counter()

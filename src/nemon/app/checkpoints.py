@@ -6,6 +6,7 @@ The run-folder files themselves (atomic writes, safe reads, JSON lines) are `nem
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 from ..models import Classifier, build_from_config
 from ..runs import (
@@ -17,6 +18,7 @@ from ..runs import (
     read_torch_file,
     remove_stale_temporaries,
     save_atomic,
+    state_checksum,
     write_text_atomic,
 )
 from .config import TrainConfig
@@ -49,11 +51,45 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     return ckpt
 
 
+#: The settings that define the model: a checkpoint must state each (no default is guessed).
+MODEL_SETTINGS = (
+    "model", "arch", "dataset", "hidden", "gamma", "activation", "solver", "tol", "residual",
+    "max_iter", "layer_kwargs",
+)  # fmt: skip
+
+
+def checked_config(path, config) -> TrainConfig:
+    """The checkpoint's configuration, strictly: unknown settings and missing model settings are
+    refused by name; training-only settings newer than the file take their defaults."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config is not a mapping of settings")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    missing = [k for k in MODEL_SETTINGS if k not in config]
+    if unknown or missing:
+        parts = [f"unknown settings {unknown}" if unknown else ""]
+        parts.append(f"missing model settings {missing}" if missing else "")
+        raise CheckpointError(f"{path}: {'; '.join(p for p in parts if p)} in its config")
+    try:
+        return TrainConfig(**config).validate()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its config is invalid ({exc})") from None
+
+
+def check_checksum(path, ckpt: dict) -> None:
+    """A checkpoint that holds a checksum must match it (weights and config)."""
+    if "checksum" in ckpt and state_checksum(ckpt["model"], ckpt["config"]) != ckpt["checksum"]:
+        raise CheckpointError(
+            f"{path} is damaged: its weights or config do not match the checksum it holds"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
     """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``."""
     ckpt = read_checkpoint(path, map_location)
+    check_checksum(path, ckpt)
+    cfg = checked_config(path, ckpt["config"])
     try:
-        cfg = TrainConfig(**ckpt["config"]).validate()
         model = build_from_config(cfg, ckpt["input_shape"], ckpt["num_classes"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..data import DATASETS, DataError, load_dataset
 from ..export import export_onnx
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
+from ..runs import OutputError, atomic_path, check_output_target, write_text_atomic
 from ..solvers import SOLVERS
 from .bench import run_bench
 from .checkpoints import (
@@ -55,19 +57,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- argument types: each names the rule it enforces --------------------------------------------
-def _integer(low: int):
+def _integer(low: int, high: int | None = None):
+    rule = f">= {low}" if high is None else f"from {low} to {high}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}"
-            ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer {rule}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {rule}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer {rule}"
     return parse
 
 
@@ -105,11 +107,14 @@ RADIUS = _number(low=0.0)
 RATE = _number(low=0.0, low_open=True)
 
 
+MAX_THREADS = 1024  # OpenMP runtimes fail far below the numbers a typo can give
+
+
 def _threads(text: str) -> int | str:
-    return "auto" if text == "auto" else POSITIVE(text)
+    return "auto" if text == "auto" else _integer(1, MAX_THREADS)(text)
 
 
-_threads.__name__ = "integer >= 1 or auto"
+_threads.__name__ = f"integer from 1 to {MAX_THREADS} or auto"
 
 
 def _common() -> argparse.ArgumentParser:
@@ -210,8 +215,9 @@ def _add_eval(sub, common) -> None:
                 help="certificates to compute (default: the strongest the model supports, "
                 "interval for NEMON and IDL)",
             )
-            _add_range(p, "--clip", "data range the ball is intersected with (default 0 1)")
-            p.add_argument("--no-clip", action="store_true", help="certify the whole ball")
+            ranges = p.add_mutually_exclusive_group()
+            _add_range(ranges, "--clip", "data range the ball is intersected with (default 0 1)")
+            ranges.add_argument("--no-clip", action="store_true", help="certify the whole ball")
             p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
 
 
@@ -293,6 +299,8 @@ def _check_device(name: str | None) -> None:
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cpu":
+        if device.index is not None:
+            raise UsageError(f"--device {name}: the CPU takes no index; use cpu")
         return
     if device.type != "cuda":
         raise UsageError(f"--device {name!r}: only cpu and cuda are supported")
@@ -302,19 +310,32 @@ def _check_device(name: str | None) -> None:
         raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
 def _check_output_file(option: str, path: str | None) -> None:
-    """The file can be created: its folder exists (or can be) and it is not a folder itself."""
+    """The file can be created, before any work: a new path or a regular file (never a folder or
+    a device), in a folder that exists (or can be made) and takes a new file."""
     if path is None:
         return
     target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name")
+    try:
+        check_output_target(target)
+    except OutputError as exc:
+        raise UsageError(f"{option} {exc}") from None
+    if option == "--plot" and target.suffix.lower() not in PLOT_FORMATS:
+        raise UsageError(f"--plot {path}: give a {', '.join(PLOT_FORMATS)} file name")
     parent = target.parent
     existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise UsageError(f"{option} {path}: {existing} is not a folder")
-    if existing is not None and not os.access(existing, os.W_OK):
-        raise UsageError(f"{option} {path}: {existing} is not writable")
+    if existing is not None:
+        try:  # a probe, removed at once: os.access says yes to root even where nothing can be made
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as exc:
+            raise UsageError(
+                f"{option} {path}: cannot write in {existing} ({exc.strerror})"
+            ) from None
 
 
 def _check_input_file(option: str, path: str | None) -> None:
@@ -420,6 +441,12 @@ def _cmd_train(args) -> dict:
 
 def _load_model(name_or_path: str, device: str):
     """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``)."""
+    if Path(name_or_path).exists() and name_or_path in pretrained_names():
+        print(
+            f"nemon: note: {name_or_path} is a local path, used instead of the shipped model of "
+            f"that name (pass ./{name_or_path} to silence this)",
+            file=sys.stderr,
+        )
     if not Path(name_or_path).exists() and name_or_path in pretrained_names():
         info = describe_pretrained(name_or_path)
         config = info["config"] if "config" in info else info["members"][0]  # an ensemble
@@ -442,7 +469,7 @@ def _cmd_eval(args) -> dict:
         result = evaluate(model, x, y)
     result["images"] = len(x)
     result["lipschitz_bound"] = float(model.lipschitz_bound().detach())
-    print(json.dumps(result, indent=2))
+    print(json.dumps(json.loads(json_line(result)), indent=2))  # strict JSON: NaN is null
     return result
 
 
@@ -606,19 +633,18 @@ USER_ERRORS = (
 
 
 def _write_outputs(args, result: dict) -> None:
-    """JSON first (the numbers), then the figure, so a failing plot loses no result."""
-    for option in ("json", "plot"):
-        if getattr(args, option, None):
-            Path(getattr(args, option)).parent.mkdir(parents=True, exist_ok=True)
+    """JSON first (the numbers), then the figure, so a failing plot loses no result; each
+    written atomically (a failure leaves the old file or none, never half of one)."""
     if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            f.write(json_line(result) + "\n")
+        write_text_atomic(json_line(result) + "\n", Path(args.json))
     if getattr(args, "plot", None):
         if args.command == "certify":
             curves = {m: [result[m][e] for e in args.eps] for m in args.method}
-            plot_curves(curves, args.eps, args.plot, "certified accuracy")
+            title = "certified accuracy"
         else:
-            plot_curves({a: result[a] for a in args.attack}, args.eps, args.plot, "attack accuracy")
+            curves, title = {a: result[a] for a in args.attack}, "attack accuracy"
+        with atomic_path(args.plot) as tmp:
+            plot_curves(curves, args.eps, tmp, title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,12 +661,23 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args, exc, 1)
     except ValueError as exc:  # an argument the library refused
         return _report(args, exc, 2)
+    except MemoryError as exc:
+        return _report(args, MemoryError(f"out of memory ({exc or 'allocation failed'})"), 1)
+    except OSError as exc:  # a file-system fault during the work: finished files are kept
+        return _report(args, exc, 1)
+    except KeyboardInterrupt:
+        print(f"nemon {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
 def _report(args, exc: Exception, status: int) -> int:
     if args.debug:
         traceback.print_exception(exc)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, OutputError):
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror}{where}"
+    else:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     print(f"nemon {args.command}: error: {message}", file=sys.stderr)
     return status

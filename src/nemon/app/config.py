@@ -10,7 +10,7 @@ from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..recipes import FIELDS as RECIPE_FIELDS
 from ..recipes import RAMPS, RECIPES, Recipe
 from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS
-from ..validation import check_choice, check_integer, check_number
+from ..validation import MAX_ITER, MAX_STATES, MIN_TOL, check_choice, check_integer, check_number
 
 __all__ = ["TrainConfig", "PRESETS", "RAMPS"]
 
@@ -65,8 +65,8 @@ class TrainConfig:
         if self.solver is not None:
             check_choice("solver", self.solver, tuple(SOLVERS))
         self.recipe()  # the training settings: their ranges are the recipe's
-        for name in ("hidden", "max_iter"):
-            check_integer(name, getattr(self, name), 1)
+        check_integer("hidden", self.hidden, 1, MAX_STATES)
+        check_integer("max_iter", self.max_iter, 1, MAX_ITER)
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
                 check_integer(name, getattr(self, name), 1)
@@ -76,7 +76,7 @@ class TrainConfig:
                 "batch statistics would have to be measured again"
             )
         check_number("gamma", self.gamma, high=1.0, high_open=True)
-        check_number("tol", self.tol, low=0.0, low_open=True)
+        check_number("tol", self.tol, low=MIN_TOL, high=1.0, high_open=True)
         if not isinstance(self.layer_kwargs, dict):
             raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
         return self

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..pretrained import _sha256
+from ..pretrained import _sha256, description_checksum
 from .checkpoints import read_checkpoint
 
 __all__ = ["save_pretrained"]
@@ -44,6 +44,7 @@ def save_pretrained(
     info["input_shape"] = list(ckpts[0]["input_shape"])
     info["num_classes"] = ckpts[0]["num_classes"]
     info["sha256"] = _sha256(folder / "model.safetensors")
+    info["config_sha256"] = description_checksum(info)
     (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")
     (folder / "card.md").write_text(card)
     return folder

@@ -1,0 +1,394 @@
+"""Faults and hostile inputs: the certificate is about the model given, outputs never damage
+what they replace, runs never collide, damaged files are one-line refusals."""
+
+import json
+import math
+import os
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_train_cli import config, tiny_data
+
+import nemon
+from nemon import pretrained
+from nemon.app import cli
+from nemon.app.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from nemon.app.train import train
+from nemon.runs import OutputError, RunFolderError, RunLock, save_atomic, write_text_atomic
+
+SHAPE = (1, 4, 4)
+
+
+def small_model(seed=0, **kwargs) -> nemon.Classifier:
+    torch.manual_seed(seed)
+    return nemon.build_model("nemon", "dense", input_shape=SHAPE, hidden=8, **kwargs).eval()
+
+
+def inputs(n=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *SHAPE, generator=g)
+
+
+# -- 1. the certificate is about the model passed ------------------------------------------
+@pytest.mark.parametrize("push", [-100.0, -50.0])
+def test_certify_judges_the_model_as_given_in_its_own_dtype(push):
+    """Norm weights pushed far down: the float32 model's solve breaks (NaN at -100) while the
+    float64 copy still contracts. Nothing the float32 model gets wrong may be certified."""
+    torch.manual_seed(0)
+    m = nemon.build_model("nemon", "dense", input_shape=(1, 8, 8), hidden=20, learn_eta=True)
+    with torch.no_grad():
+        m.layer.parametrizations.A.original1[:15] = push
+        m.readout.weight.mul_(5)
+    m.eval()
+    u = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(2))
+    with pytest.warns(nemon.CertificateWarning):
+        ok = nemon.certify(m, u, y, 0.001, method="interval")
+    with torch.no_grad(), pytest.warns(nemon.ConvergenceWarning):
+        own = m(u).argmax(1)
+    assert not torch.any(ok & (own != y))
+    if push == -100.0:  # the float32 model's logits are NaN: nothing at all
+        assert not ok.any()
+
+
+def test_certify_never_changes_the_callers_model_and_is_thread_safe():
+    model = small_model()
+    options = (model.layer.solver_options, model.layer.backward_options)
+    u, y = inputs(40), torch.zeros(40, dtype=torch.long)
+    with torch.no_grad():
+        y = model(u).argmax(1)
+    stats = dict(model.layer.solver_stats)
+    expected = nemon.margin_bounds(model, u, y, 1e-3, dtype=None)[1]
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(nemon.margin_bounds(model, u, y, 1e-3, dtype=None)[1])
+        except Exception as exc:  # noqa: BLE001 - any error is the failure reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(torch.equal(r, expected) for r in results)
+    assert (model.layer.solver_options, model.layer.backward_options) == options
+    assert model.layer.solver_stats.keys() == stats.keys()
+
+
+def test_certify_checks_labels_radii_and_the_model():
+    model, u = small_model(), inputs(8)
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"labels must have shape \(8,\)"):
+        nemon.certify(model, u, y[:, None], 0.01)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        nemon.certify(model, u, y.float(), 0.01)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        nemon.certify(model, u, y + 10, 0.01)
+    with pytest.raises(ValueError, match="eps must be finite numbers >= 0, got True"):
+        nemon.certify(model, u, y, [True])
+    for eps in ("0.1", True):
+        with pytest.raises(ValueError, match="eps must be a number or a list"):
+            nemon.certify(model, u, y, eps)
+    single = nemon.certify(model, u, y, 0.01)
+    for eps in (torch.tensor(0.01), np.float32(0.01), np.float64(0.01)):
+        assert torch.equal(nemon.certify(model, u, y, eps), single)
+    assert nemon.certify(model, u, y, torch.tensor([0.0, 0.01])).shape == (2, 8)
+    with pytest.raises(ValueError, match="need a nemon.Classifier or nemon.Ensemble"):
+        nemon.certify(torch.nn.Linear(16, 10), u.flatten(1), y, 0.01)
+    meta = nemon.build_model("nemon", "dense", input_shape=SHAPE, hidden=8).to("meta").eval()
+    with pytest.raises(ValueError, match="meta device"):
+        nemon.certify(meta, u, y, 0.01)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    eps=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.lists(st.floats(min_value=-1, max_value=1), max_size=3),
+        st.booleans(),
+        st.text(max_size=3),
+        st.none(),
+    ),
+    labels=st.lists(st.integers(-3, 12), min_size=0, max_size=10),
+    clip=st.one_of(st.none(), st.tuples(st.floats(-2, 2), st.floats(-2, 2))),
+)
+def test_certify_argument_fuzz(eps, labels, clip):
+    """Any eps, labels and clip: a result of the right shape, or one ValueError naming them."""
+    model = small_model()
+    u = inputs(len(labels)) if labels else inputs(1)[:0]
+    y = torch.tensor(labels, dtype=torch.long)
+    try:
+        ok = nemon.certify(model, u, y, eps, clip=clip)
+    except ValueError as exc:
+        assert any(word in str(exc) for word in ("eps", "labels", "clip", "range", "radius"))
+        return
+    radii = 1 if isinstance(eps, (int, float)) else len(eps)
+    assert ok.shape == ((len(labels),) if isinstance(eps, (int, float)) else (radii, len(labels)))
+
+
+# -- 2 and 4. outputs never damage what they replace; faults are one line ---------------------
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_no_output_replaces_a_device_or_a_folder(tmp_path):
+    with pytest.raises(OutputError, match="not a regular file"):
+        write_text_atomic("x", Path("/dev/null"))
+    assert Path("/dev/null").is_char_device()
+    with pytest.raises(OutputError, match="is a folder"):
+        save_atomic({"a": 1}, tmp_path)
+    pytest.importorskip("onnx")
+    with pytest.raises(nemon.export.ExportError, match="not a regular file"):
+        nemon.export_onnx(small_model(), "/dev/null")
+    assert Path("/dev/null").is_char_device()
+
+
+def test_cli_refuses_bad_outputs_before_the_work(tmp_path, capsys):
+    ckpt = tmp_path / "run"
+    train(config(epochs=1), ckpt, data=tiny_data(), progress=False)
+    for argv, message in [
+        (["export", str(ckpt / "checkpoint.pt"), "--onnx", "/dev/null"], "not a regular file"),
+        (["certify", str(ckpt / "checkpoint.pt"), "--plot", str(tmp_path / "x.txt")], ".png"),
+        (["eval", str(ckpt / "checkpoint.pt"), "--device", "cpu:1"], "takes no index"),
+        (["certify", str(ckpt / "checkpoint.pt"), "--clip", "0", "1", "--no-clip"], "not allowed"),
+        (["eval", str(ckpt / "checkpoint.pt"), "--threads", "100000"], "from 1 to 1024"),
+    ]:
+        with pytest.raises(SystemExit) if "not allowed" in message or "1024" in message else _ok():
+            code = cli.main(argv)
+            assert code == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1
+
+
+class _ok:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes through chmod 000")
+def test_permission_faults_are_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(config(epochs=1), run, data=tiny_data(), progress=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        assert cli.main(["eval", str(run / "checkpoint.pt"), "--json", str(locked / "x")]) == 2
+        (run / "checkpoint.pt").chmod(0)
+        assert cli.main(["eval", str(run / "checkpoint.pt")]) == 2
+    finally:
+        locked.chmod(0o755)
+        (run / "checkpoint.pt").chmod(0o644)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 2
+
+
+def test_a_full_disk_leaves_no_partial_file_and_keeps_finished_work(tmp_path, monkeypatch):
+    """A write that fails (no room) is an OutputError naming the file; nothing half-written
+    stays; the epoch's metrics line, written before its checkpoint, is kept."""
+    target = tmp_path / "c.pt"
+    save_atomic({"a": torch.zeros(3)}, target)
+    before = target.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OutputError, match=r"could not write .*c.pt: \[enforce fail"):
+        save_atomic({"a": torch.ones(3)}, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    with pytest.raises(OutputError):  # checkpoints at epoch ends only: the first one fails
+        train(config(epochs=1, checkpoint_every=0), tmp_path / "run", data=tiny_data())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "metrics.jsonl"]
+
+
+def test_cli_reports_a_write_fault_in_one_line(tmp_path, monkeypatch, capsys):
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "cert.json"))
+
+    run = tmp_path / "run"
+    train(config(epochs=1), run, data=tiny_data(), progress=False)
+    monkeypatch.setattr(cli, "write_text_atomic", no_room)
+    argv = ["eval", str(run / "checkpoint.pt"), "--json", str(tmp_path / "cert.json")]
+    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: tiny_data())
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("No space left on device: " + str(tmp_path / "cert.json"))
+    assert not (tmp_path / "cert.json").exists()
+
+
+# -- 3. runs never collide -------------------------------------------------------------------
+def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(RunFolderError, match=r"in use by another run \(pid \d+\)"):
+            train(config(epochs=1), run, data=tiny_data(), progress=False)
+        with pytest.raises(RunFolderError, match="in use by another run"):
+            nemon.fit(small_model(), tiny_data(), nemon.Recipe(epochs=1), out=run)
+    assert not (run / "metrics.jsonl").exists()
+    train(config(epochs=1), run, data=tiny_data(), progress=False)  # free again
+
+
+# -- 5. resource limits ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(hidden=10**9), "hidden must be an integer from 1 to 32768"),
+        (dict(max_iter=10**12), "max_iter must be an integer from 1 to 1000000"),
+        (dict(tol=1e-300), "tol must be a finite number >= 1e-15"),
+    ],
+)
+def test_settings_have_upper_limits(change, message):
+    with pytest.raises(ValueError, match=message):
+        config(**change).validate()
+    if "hidden" not in change:
+        with pytest.raises(ValueError, match=message.split(" must")[0]):
+            nemon.SolverOptions(**change)
+
+
+def test_an_archive_that_would_unpack_to_gigabytes_is_refused_before_unpacking(tmp_path):
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (2**27))  # 128 MiB of zeros, ~130 KB packed
+    with pytest.raises(CheckpointError, match="would unpack to 128 MiB"):
+        read_checkpoint(bomb)
+
+
+# -- 6. checkpoints and shipped folders ------------------------------------------------------
+def test_checkpoint_configs_are_strict_and_covered_by_the_checksum(tmp_path):
+    run = tmp_path / "run"
+    train(config(epochs=1, gamma=0.3), run, data=tiny_data(), progress=False)
+    path = run / "checkpoint.pt"
+    original = read_checkpoint(path)
+    for edit, message in [
+        (lambda c: c["config"].pop("gamma"), "damaged"),
+        (lambda c: c["config"].update(model="idl"), "damaged"),
+        (lambda c: c["model"]["readout.bias"].add_(1e-3), "damaged"),
+    ]:
+        ckpt = read_checkpoint(path)
+        edit(ckpt)
+        save_atomic(ckpt, tmp_path / "edited.pt")
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / "edited.pt")
+    ckpt = dict(original)
+    ckpt.pop("checksum")
+    ckpt["config"] = {k: v for k, v in original["config"].items() if k != "gamma"}
+    save_atomic(ckpt, tmp_path / "old.pt")  # no checksum (older file): the config is strict
+    with pytest.raises(CheckpointError, match=r"missing model settings \['gamma'\]"):
+        load_checkpoint(tmp_path / "old.pt")
+    ckpt["config"] = {**original["config"], "speed": 2}
+    save_atomic(ckpt, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"unknown settings \['speed'\]"):
+        load_checkpoint(tmp_path / "old.pt")
+    model, _ = load_checkpoint(path)
+    assert model.layer.gamma == pytest.approx(0.3)
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of one shipped folder that the test may damage."""
+    root = tmp_path / "pretrained"
+    shutil.copytree(pretrained._root() / "mnist-cert-0.1", root / "mnist-cert-0.1")
+    monkeypatch.setattr(pretrained, "_root", lambda: root)
+    return root / "mnist-cert-0.1"
+
+
+def _rewrite(info: dict, folder: Path, checksums: bool = True) -> None:
+    if checksums:
+        info["sha256"] = pretrained._sha256(folder / "model.safetensors")
+        info["config_sha256"] = pretrained.description_checksum(info)
+    (folder / "config.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "no valid safetensors header|do not fit"),
+        ("header", "no valid safetensors header"),
+        ("no-sha", "lacks sha256"),
+        ("no-config", "lacks config"),
+        ("no-gamma", "lacks config.gamma"),
+        ("classes", "does not match its checksum"),
+        ("classes-resigned", "do not fit"),
+        ("not-json", "cannot be read"),
+    ],
+)
+def test_a_damaged_shipped_folder_is_a_one_line_refusal(shipped_copy, damage, message):
+    folder = shipped_copy
+    info = json.loads((folder / "config.json").read_text())
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:5000])
+        _rewrite(info, folder)
+    elif damage == "header":
+        data = weights.read_bytes()
+        weights.write_bytes((2**40).to_bytes(8, "little") + data[8:])
+        _rewrite(info, folder)
+    elif damage == "no-sha":
+        info.pop("sha256")
+        _rewrite(info, folder, checksums=False)
+    elif damage == "no-config":
+        info.pop("config")
+        _rewrite(info, folder)
+    elif damage == "no-gamma":
+        info["config"].pop("gamma")
+        _rewrite(info, folder)
+    elif damage == "classes":
+        info["num_classes"] = 7
+        _rewrite(info, folder, checksums=False)
+    elif damage == "classes-resigned":
+        info["num_classes"] = 7
+        _rewrite(info, folder)
+    else:
+        (folder / "config.json").write_text("{not json")
+    with pytest.raises(pretrained.PretrainedError, match=message) as info_:
+        nemon.load_pretrained("mnist-cert-0.1")
+    assert len(str(info_.value).splitlines()) == 1
+
+
+# -- 8. smaller ------------------------------------------------------------------------------
+def test_export_refuses_a_float16_model():
+    pytest.importorskip("onnx")
+    with pytest.raises(nemon.export.ExportError, match="float32 and float64 models, not"):
+        nemon.export_onnx(small_model().half(), "x.onnx")
+
+
+def test_eval_prints_strict_json(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    train(config(epochs=1), run, data=tiny_data(), progress=False)
+    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: tiny_data())
+    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: {"accuracy": 0.5, "loss": math.nan})
+    assert cli.main(["eval", str(run / "checkpoint.pt")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["loss"] is None and "NaN" not in out
+
+
+def test_ctrl_c_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "bench", interrupted)
+    assert cli.main(["bench", "--quick", "--out", "somewhere"]) == 130
+    assert capsys.readouterr().err.strip() == "nemon bench: interrupted"
+
+
+def test_a_local_folder_named_like_a_shipped_model_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("mnist-cert-0.1").mkdir()
+    assert cli.main(["eval", "mnist-cert-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is a local path, used instead of the shipped model" in err
