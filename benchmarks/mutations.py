@@ -51,15 +51,15 @@ MUTATIONS = [
     Mutation(
         "pairwise certificate 2x too optimistic",
         "src/nemon/lipschitz.py",
-        "need = L_pair[labels] * eps + ",
-        "need = 0.5 * L_pair[labels] * eps + ",
+        "return gaps - L_pair[labels] * eps - ",
+        "return gaps - 0.5 * L_pair[labels] * eps - ",
         ("tests/test_exact.py",),
     ),
     Mutation(
         "Lipschitz certificate (19) without the factor 2",
         "src/nemon/lipschitz.py",
-        "return correct & (margin > 2 * L * eps)",
-        "return correct & (margin > L * eps)",
+        "return gaps - 2 * L * eps - ",
+        "return gaps - L * eps - ",
         ("tests/test_exact.py",),
     ),
     Mutation(
@@ -71,9 +71,9 @@ MUTATIONS = [
     ),
     Mutation(
         "solver error bound not charged (interval)",
-        "src/nemon/certificates.py",
-        "x_lo, x_hi = x_lo - scale * _per_sample(err, x), x_hi + scale * _per_sample(err, x)",
-        "pass",
+        "src/nemon/explicit.py",
+        "    return x_lo - widen, x_hi + widen",
+        "    return x_lo, x_hi",
         ("tests/test_exact.py",),
     ),
     Mutation(
@@ -134,9 +134,9 @@ MUTATIONS = [
     ),
     Mutation(
         "opt.step() deleted from training",
-        "src/nemon/train.py",
-        "                opt.step()\n",
-        "                pass\n",
+        "src/nemon/training.py",
+        "        self.opt.step()\n",
+        "        pass\n",
         ("tests/test_train_cli.py",),
     ),
     Mutation(
@@ -148,9 +148,9 @@ MUTATIONS = [
     ),
     Mutation(
         "every DDP rank trains on the full batch",
-        "src/nemon/train.py",
-        "xb, yb = _shard(xb.to(device), yb.to(device), rank, world)",
-        "xb, yb = xb.to(device), yb.to(device)",
+        "src/nemon/training.py",
+        "xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]",
+        "xb, yb = xb, yb",
         ("tests/test_distributed.py",),
     ),
     Mutation(
@@ -163,16 +163,44 @@ MUTATIONS = [
     Mutation(
         "certificates ignore a measure >= 1",
         "src/nemon/certificates.py",
-        "    reason = certificate_obstacle(model)\n",
-        "    reason = None\n",
+        "    if not math.isfinite(measure) or measure >= 1:",
+        "    if not math.isfinite(measure):",
         ("tests/test_refusals.py",),
     ),
     Mutation(
         "checkpoints unpickled without weights_only",
-        "src/nemon/train.py",
+        "src/nemon/runs.py",
         "weights_only=True)",
         "weights_only=False)",
         ("tests/test_refusals.py",),
+    ),
+    Mutation(
+        "certify ignores the centre's prediction in the model's own dtype",
+        "src/nemon/certificates.py",
+        "        correct = (exact == labels) & (own == labels)",
+        "        correct = exact == labels",
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "no obstacle check in the model's own dtype (non-finite logits pass)",
+        "src/nemon/certificates.py",
+        "    if not bool(torch.isfinite(logits).all()):",
+        "    if False:",
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "run folder not locked",
+        "src/nemon/training.py",
+        "    with _locked(run_dir, trainer.rank):",
+        "    with contextlib.nullcontext():",
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "checkpoint checksum not checked",
+        "src/nemon/app/checkpoints.py",
+        "    check_checksum(path, ckpt)\n",
+        "\n",
+        ("tests/test_reliability.py",),
     ),
 ]
 
@@ -186,7 +214,7 @@ def run(mutation: Mutation, workdir: Path) -> dict:
     target = copy / mutation.path
     text = target.read_text()
     if text.count(mutation.old) < 1:
-        return {"name": mutation.name, "status": "not applied (source changed)"}
+        return {"name": mutation.name, "status": "NOT APPLIED (source changed)", "by": []}
     target.write_text(text.replace(mutation.old, mutation.new))
     env = dict(os.environ, PYTHONPATH=str(copy / "src"))
     probe = subprocess.run(

@@ -127,7 +127,9 @@ def test_ensemble_round_trip_by_name(shipped_ensemble):
     with torch.no_grad():
         assert torch.allclose(model(x), (members[0](x) + members[1](x)) / 2, atol=1e-6)
     info = json.loads((root / "pair" / "config.json").read_text())
-    assert set(info) == {"members", "member_preset", "input_shape", "num_classes", "sha256"}
+    assert set(info) == {"members", "member_preset", "input_shape", "num_classes", "sha256"} | {
+        "config_sha256"
+    }
     assert [m["seed"] for m in info["members"]] == [0, 1]
 
 

@@ -52,7 +52,7 @@ def test_damaged_weights_and_unknown_names_are_refused(shipped):
 def test_description_holds_only_data(shipped):
     _, root = shipped
     info = json.loads((root / "tiny" / "config.json").read_text())
-    assert set(info) == {"config", "input_shape", "num_classes", "sha256"}
+    assert set(info) == {"config", "input_shape", "num_classes", "sha256", "config_sha256"}
 
 
 def test_cli_accepts_a_name(shipped, monkeypatch, capsys):

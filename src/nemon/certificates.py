@@ -205,7 +205,7 @@ def _own_prediction(model, u: Tensor) -> tuple[Tensor, str | None]:
     reason = certificate_obstacle(model)
     if reason is not None:
         return torch.full((len(u),), -1, dtype=torch.long, device=u.device), reason
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), full_float32():
         warnings.simplefilter("ignore", ConvergenceWarning)  # judged by its result below
         logits = model(u.to(next(model.parameters()).dtype))
     if not bool(torch.isfinite(logits).all()):
