@@ -161,10 +161,10 @@ MUTATIONS = [
         ("tests/test_rounding.py",),
     ),
     Mutation(
-        "certificates ignore a measure >= 1",
+        "certificates ignore every obstacle (measure >= 1, non-finite parameters or norms)",
         "src/nemon/certificates.py",
-        "    if not math.isfinite(measure) or measure >= 1:",
-        "    if not math.isfinite(measure):",
+        "    for name, p in model.named_parameters():\n        if not bool(torch.isfinite(p).all()):",
+        "    return None\n    for name, p in model.named_parameters():\n        if not bool(torch.isfinite(p).all()):",
         ("tests/test_refusals.py",),
     ),
     Mutation(

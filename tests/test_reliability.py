@@ -49,13 +49,32 @@ def test_certify_judges_the_model_as_given_in_its_own_dtype(push):
     m.eval()
     u = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(2))
-    with pytest.warns(nemon.CertificateWarning):
-        ok = nemon.certify(m, u, y, 0.001, method="interval")
+    with pytest.warns(nemon.CertificateWarning):  # a tiny radius: every right centre counts
+        ok = nemon.certify(m, u, y, 1e-6, method="interval")
     with torch.no_grad(), pytest.warns(nemon.ConvergenceWarning):
         own = m(u).argmax(1)
     assert not torch.any(ok & (own != y))
     if push == -100.0:  # the float32 model's logits are NaN: nothing at all
         assert not ok.any()
+
+
+def test_float32_logits_that_overflow_certify_nothing():
+    """Readout weights near float32's largest number: the float32 logits overflow, the float64
+    copy's do not (its margins are huge). The model as given is unusable: nothing certified."""
+    model = small_model()
+    with torch.no_grad():
+        model.layer.B.weight.mul_(1e3)  # states of order 100
+        model.readout.weight.mul_(1e38 / model.readout.weight.abs().max())
+    u = inputs(10)
+    with torch.no_grad():
+        assert not torch.isfinite(model(u)).all()
+        y = model.double()(u.double()).argmax(1)
+    model.float()
+    with pytest.warns(
+        nemon.CertificateWarning, match=r"own \(torch.float32\) logits are not finite"
+    ):
+        assert not nemon.certify(model, u, y, 1e-6).any()
+    assert nemon.certify(model.double(), u.double(), y, 1e-6).any()  # the same weights in float64
 
 
 def test_certify_never_changes_the_callers_model_and_is_thread_safe():
@@ -392,3 +411,43 @@ def test_a_local_folder_named_like_a_shipped_model_says_so(tmp_path, monkeypatch
     assert cli.main(["eval", "mnist-cert-0.1"]) == 2
     err = capsys.readouterr().err
     assert "is a local path, used instead of the shipped model" in err
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    train(config(epochs=1), run, data=tiny_data(), progress=False)
+    return read_checkpoint(run / "checkpoint.pt")
+
+
+CONFIG_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-2, 5), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    drop=st.lists(st.sampled_from(sorted(config().__dict__)), max_size=3),
+    change=st.dictionaries(st.sampled_from(sorted(config().__dict__) + ["extra"]), CONFIG_VALUES),
+)
+def test_checkpoint_config_fuzz(saved_run, tmp_path_factory, drop, change):
+    """Any damaged config (without a checksum to catch it): a model, or one CheckpointError."""
+    ckpt = dict(saved_run)
+    ckpt.pop("checksum")
+    cfg = {k: v for k, v in saved_run["config"].items() if k not in drop}
+    cfg.update(change)
+    ckpt["config"] = cfg
+    path = tmp_path_factory.mktemp("ckpt") / "c.pt"
+    save_atomic(ckpt, path)
+    try:
+        model, _ = load_checkpoint(path)
+    except CheckpointError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert isinstance(model, nemon.Classifier)

@@ -82,3 +82,15 @@ def test_the_public_namespace_is_curated():
     verbs = {"fit", "certify", "pgd", "interval_loss", "export_onnx", "load_pretrained"}
     assert verbs <= names
     assert nemon.export.export_onnx is nemon.export_onnx  # the submodule is an attribute too
+
+
+def test_the_guarantees_page_states_the_limits_the_code_enforces():
+    from nemon.app.cli import MAX_THREADS
+    from nemon.validation import MAX_ITER, MAX_STATES, MIN_TOL
+
+    text = " ".join((ROOT / "docs" / "guide" / "guarantees.md").read_text().split())
+    assert f"`tol` from `{MIN_TOL:g}`" in text
+    assert f"`max_iter` at most {MAX_ITER:,}".replace(",", " ") in text
+    assert f"at most {MAX_STATES:,}".replace(",", " ") in text
+    assert f"`--threads` at most {MAX_THREADS}" in text
+    assert f"{MAX_STATES**2 * 4 / 2**30:g} GiB" in text
