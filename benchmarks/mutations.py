@@ -65,7 +65,7 @@ MUTATIONS = [
     Mutation(
         "solver error bound not charged (Lipschitz, pairwise)",
         "src/nemon/certificates.py",
-        '    error = model.layer.solver_stats["forward"].error_bound\n',
+        "    error = state_error(model)\n",
         "    error = None\n",
         ("tests/test_exact.py",),
     ),
@@ -194,6 +194,20 @@ MUTATIONS = [
         "    with _locked(run_dir, trainer.rank):",
         "    with contextlib.nullcontext():",
         ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "an implicit layer inside the encoder: its solve error not charged",
+        "src/nemon/certificates.py",
+        "    inner = solve_error(model.encoder)\n",
+        "    inner = None\n",
+        ("tests/test_exact.py",),
+    ),
+    Mutation(
+        "an inner layer's error not scaled by the later modules' Lipschitz constants",
+        "src/nemon/explicit.py",
+        "    return None if error is None else linf_lipschitz(module).to(error) * error",
+        "    return error",
+        ("tests/test_exact.py", "tests/test_explicit.py"),
     ),
     Mutation(
         "checkpoint checksum not checked",

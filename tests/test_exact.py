@@ -76,6 +76,44 @@ def test_loose_solve_charges_its_error():
         assert bool(below), method
 
 
+def stacked_scalar_classifier(a1=0.9, a2=0.5):
+    """An implicit layer inside the encoder: ``w* = relu(a1 w* + u) = u / (1 - a1)``, doubled
+    (``v = 2 w``), then ``x* = relu(a2 x* + v) = v / (1 - a2)``, logits ``(1 - x, x)``: label 0
+    holds while ``u < (1 - a1)(1 - a2) / 4``."""
+    inner = nemon.NEMONDense(1, 1, gamma=0.95, tol=1e-12, max_iter=5000).double()
+    outer = nemon.NEMONDense(1, 1, gamma=0.95, tol=1e-12, max_iter=5000).double()
+    for layer, a in ((inner, a1), (outer, a2)):
+        with torch.no_grad():
+            layer.A = torch.tensor([[a]], dtype=DT)
+            layer.B.weight.fill_(1.0)
+            layer.B.bias.zero_()
+    double = torch.nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        double.weight.fill_(2.0)
+    encoder = torch.nn.Sequential(inner, double)
+    model = nemon.Classifier(outer, 2, encoder=encoder, input_shape=(1,)).double()
+    with torch.no_grad():
+        model.readout.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        model.readout.bias.copy_(torch.tensor([1.0, 0.0]))
+    return model, inner
+
+
+def test_a_loose_inner_solve_charges_its_error():
+    """The inner layer solved loosely from 0 (v_k < v*), the outer one tightly: the computed
+    margin is too large by what the inner error moves the state; every certificate must charge
+    it (and did not before: only the outer layer's error was)."""
+    model, inner = stacked_scalar_classifier()
+    u, labels = torch.tensor([[0.01]], dtype=DT), torch.zeros(1, dtype=torch.long)
+    r = (1 - 0.9) * (1 - 0.5) / 4 - 0.01
+    for method in nemon.certificates.CERTIFICATES:
+        with pytest.warns(nemon.ConvergenceWarning):
+            with inner.solver_settings(max_iter=8, check_every=1, warn=True):
+                above = nemon.certify(model, u, labels, r * 1.01, method, clip=None, solve_tol=None)
+        assert not bool(above), method
+        below = nemon.certify(model, u, labels, r * 0.99, method, clip=None)
+        assert bool(below), method
+
+
 def test_a_posteriori_error_bound_is_tight_and_sound():
     """Linear scalar ``x = 0.9 x + z``: the bound ``|x - F(x)| / (1 - mu)`` is the exact error
     at the checked iterate, and the returned next iterate is closer by the factor 0.9."""

@@ -299,9 +299,15 @@ def test_stacked_model_certifies_soundly_and_its_bound_holds():
         labels = model(u).argmax(1)
     for eps in (1e-4, 1e-3, 0.01):
         broken = pgd_breaks(model, u, labels, eps, steps=20)
-        ok = nemon.certify(model, u, labels, eps, method="interval")
-        assert not torch.any(ok & broken), eps
+        ok = {m: nemon.certify(model, u, labels, eps, method=m) for m in ("interval", "pairwise")}
+        ok["lipschitz"] = nemon.certify(model, u, labels, eps, method="lipschitz")
+        for method, certified in ok.items():
+            assert not torch.any(certified & broken), (eps, method)
+        assert torch.all(ok["interval"] | ~ok["pairwise"]) and torch.all(
+            ok["pairwise"] | ~ok["lipschitz"]
+        )
     assert nemon.certify(model, u, labels, 1e-5, method="interval").any()
+    assert nemon.certify(model, u, labels, 1e-7, method="pairwise").any()  # inner error charged
     assert_lipschitz(model, float(model.lipschitz_bound()), (1, 1, 8, 8))
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .ensemble import Ensemble
-from .explicit import implicit_box
+from .explicit import implicit_box, solve_error
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .lipschitz import (
@@ -368,7 +368,7 @@ def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], meth
     logits = model(u)
     terms = model.lipschitz_terms()
     C, D = model.readout_weights()
-    error = model.layer.solver_stats["forward"].error_bound
+    error = state_error(model)
     if method == "lipschitz":
         L = output_bound(terms, C, D)
         slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
@@ -392,7 +392,7 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
     layer = model.layer
     u = model.prepare_input(u)
     x = layer(model.encode(u))
-    err_x = layer.solver_stats["forward"].error_bound
+    err_x = state_error(model)
     eta = layer.eta()
     scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
     terms = model.lipschitz_terms()
@@ -406,6 +406,18 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
         bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
     return logits, bounds
+
+
+def state_error(model: Classifier) -> Tensor | None:
+    """Per sample, a bound on the distance (in the layer's weighted norm) of the computed state
+    from the exact equilibrium of the exact encoder output: the layer's own a-posteriori error
+    bound plus, through (14), the error the encoder's implicit layers leave in its input (see
+    `nemon.explicit.solve_error`). Every implicit layer of the model is charged."""
+    err_x = model.layer.solver_stats["forward"].error_bound
+    inner = solve_error(model.encoder)
+    if inner is None or err_x is None:
+        return err_x
+    return err_x + state_bound(model.layer.lipschitz_terms()) * inner
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

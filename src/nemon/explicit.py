@@ -31,6 +31,7 @@ __all__ = [
     "ENCODERS",
     "ENCODER_DESCRIPTIONS",
     "conv_stack",
+    "solve_error",
 ]
 
 
@@ -153,6 +154,37 @@ def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, 
     scale = 1.0 if eta is None else eta.detach().reshape(1, -1, *trailing)
     widen = scale * err.detach().reshape(-1, 1, *trailing)
     return x_lo - widen, x_hi + widen
+
+
+def solve_error(module: nn.Module | None) -> Tensor | None:
+    """Per sample, a bound on ``||module(u) as computed - module(u) exactly||_inf`` that the
+    implicit layers inside ``module`` cause: each adds its last solve's a-posteriori error bound
+    (``max eta * err`` in l_inf), and every later module (implicit or not) scales what reaches it
+    by its l_inf Lipschitz constant (docs/maths.md#certificates). None when ``module`` holds no
+    implicit layer (its output is exact up to rounding)."""
+    if module is None or not any(isinstance(m, ImplicitLayer) for m in module.modules()):
+        return None
+    return _propagate_error(module, None)
+
+
+def _propagate_error(module: nn.Module, error: Tensor | None) -> Tensor | None:
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            error = _propagate_error(m, error)
+        return error
+    if isinstance(module, ImplicitLayer):
+        stats = module.solver_stats.get("forward")
+        if stats is None or stats.error_bound is None:
+            raise ValueError(f"{module._name()} reported no error bound: its output is not bounded")
+        eta = module.eta()
+        own = (1.0 if eta is None else eta.detach().amax()) * stats.error_bound.detach()
+        return own if error is None else own + linf_lipschitz(module) * error
+    if any(isinstance(m, ImplicitLayer) for m in module.modules()):
+        raise NotImplementedError(
+            f"implicit layers inside a {type(module).__name__}: only nn.Sequential encoders "
+            "pass their solve errors on"
+        )
+    return None if error is None else linf_lipschitz(module).to(error) * error
 
 
 def linf_lipschitz(module: nn.Module | None) -> Tensor:
