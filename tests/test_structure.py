@@ -65,3 +65,10 @@ def test_import_nemon_loads_no_plotting_and_no_progress_bars():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_certificates_read_no_solver_state_from_layers():
+    """Bounds and certificates take each solve's error bound from what the solve returned
+    (``layer.solve(u)``, ``Classifier.solve(u)``), never from ``layer.solver_stats``."""
+    for name in ("certificates.py", "intervals.py", "explicit.py", "lipschitz.py", "models.py"):
+        assert "solver_stats" not in (PACKAGE / name).read_text(), name

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .ensemble import Ensemble
-from .explicit import implicit_box, solve_error
+from .explicit import implicit_box
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .lipschitz import (
@@ -364,11 +364,11 @@ def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method:
 
 
 def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
-    """Certificate (19) or its pairwise form as margin bounds, the solver's error bound charged."""
-    logits = model(u)
+    """Certificate (19) or its pairwise form as margin bounds, every solve's error charged."""
+    solution = model.solve(u)
+    logits, error = solution.logits, solution.error_bound
     terms = model.lipschitz_terms()
     C, D = model.readout_weights()
-    error = state_error(model)
     if method == "lipschitz":
         L = output_bound(terms, C, D)
         slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
@@ -391,12 +391,11 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
     """
     layer = model.layer
     u = model.prepare_input(u)
-    x = layer(model.encode(u))
-    err_x = state_error(model)
+    solution = model.solve(u)
+    logits, x, err_x = solution.logits, solution.x, solution.error_bound
     eta = layer.eta()
     scale = torch.ones_like(x[:1]) if eta is None else _broadcast(eta, x)
     terms = model.lipschitz_terms()
-    logits = model(u) if model.direct is not None else model.readout(layer.features(x))
     bounds = []
     for eps in radii:
         x_lo, x_hi = implicit_box(layer, *model.encode_interval(*input_box(u, eps, clip)))
@@ -406,18 +405,6 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
         bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
     return logits, bounds
-
-
-def state_error(model: Classifier) -> Tensor | None:
-    """Per sample, a bound on the distance (in the layer's weighted norm) of the computed state
-    from the exact equilibrium of the exact encoder output: the layer's own a-posteriori error
-    bound plus, through (14), the error the encoder's implicit layers leave in its input (see
-    `nemon.explicit.solve_error`). Every implicit layer of the model is charged."""
-    err_x = model.layer.solver_stats["forward"].error_bound
-    inner = solve_error(model.encoder)
-    if inner is None or err_x is None:
-        return err_x
-    return err_x + state_bound(model.layer.lipschitz_terms()) * inner
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ __all__ = [
     "ENCODERS",
     "ENCODER_DESCRIPTIONS",
     "conv_stack",
-    "solve_error",
+    "encode_with_error",
 ]
 
 
@@ -156,35 +156,35 @@ def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, 
     return x_lo - widen, x_hi + widen
 
 
-def solve_error(module: nn.Module | None) -> Tensor | None:
-    """Per sample, a bound on ``||module(u) as computed - module(u) exactly||_inf`` that the
-    implicit layers inside ``module`` cause: each adds its last solve's a-posteriori error bound
-    (``max eta * err`` in l_inf), and every later module (implicit or not) scales what reaches it
-    by its l_inf Lipschitz constant (docs/maths.md#certificates). None when ``module`` holds no
-    implicit layer (its output is exact up to rounding)."""
-    if module is None or not any(isinstance(m, ImplicitLayer) for m in module.modules()):
-        return None
-    return _propagate_error(module, None)
+def encode_with_error(module: nn.Module | None, u: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``module(u)`` and, per sample, a bound on its l_inf distance from the exact value: each
+    implicit layer inside adds its solve's a-posteriori error bound (``max eta * err``), and
+    every later module, implicit or not, scales what reaches it by its l_inf Lipschitz constant
+    (docs/maths.md#certificates). The error is None when no implicit layer is inside."""
+    if module is None:
+        return u, None
+    return _carry(module, u, None)
 
 
-def _propagate_error(module: nn.Module, error: Tensor | None) -> Tensor | None:
+def _carry(module: nn.Module, u: Tensor, error: Tensor | None) -> tuple[Tensor, Tensor | None]:
     if isinstance(module, nn.Sequential):
         for m in module:
-            error = _propagate_error(m, error)
-        return error
+            u, error = _carry(m, u, error)
+        return u, error
     if isinstance(module, ImplicitLayer):
-        stats = module.solver_stats.get("forward")
-        if stats is None or stats.error_bound is None:
-            raise ValueError(f"{module._name()} reported no error bound: its output is not bounded")
+        solution = module.solve(u)
+        if solution.error_bound is None:
+            raise ValueError(f"{module._name()} gives no error bound: its output is not bounded")
         eta = module.eta()
-        own = (1.0 if eta is None else eta.detach().amax()) * stats.error_bound.detach()
-        return own if error is None else own + linf_lipschitz(module) * error
+        own = (1.0 if eta is None else eta.detach().amax()) * solution.error_bound.detach()
+        return solution.x, own if error is None else own + linf_lipschitz(module) * error
     if any(isinstance(m, ImplicitLayer) for m in module.modules()):
         raise NotImplementedError(
             f"implicit layers inside a {type(module).__name__}: only nn.Sequential encoders "
             "pass their solve errors on"
         )
-    return None if error is None else linf_lipschitz(module).to(error) * error
+    out = module(u)
+    return out, None if error is None else linf_lipschitz(module).to(error) * error
 
 
 def linf_lipschitz(module: nn.Module | None) -> Tensor:

@@ -35,6 +35,7 @@ __all__ = [
     "Equilibrium",
     "ImplicitSolve",
     "implicit_solve",
+    "Solution",
     "ImplicitAdjoint",
     "JacobianFree",
     "ADJOINTS",
@@ -180,6 +181,21 @@ class ImplicitSolve(torch.autograd.Function):
             grads = eq.operator.weight_vjp(weights, x, w, needs)
         grad_z = w if ctx.needs_input_grad[1] else None
         return (None, grad_z, *grads)
+
+
+@dataclass
+class Solution:
+    """What a solve returns: the state ``x`` and its statistics (``stats["forward"]``, and
+    ``stats["backward"]`` once gradients have flowed through it)."""
+
+    x: Tensor
+    stats: dict[str, SolverStats]
+
+    @property
+    def error_bound(self) -> Tensor | None:
+        """Per sample, the a-posteriori bound on ``||x - x*||`` (weighted l_inf), or None for
+        solvers without one (MON's splittings)."""
+        return self.stats["forward"].error_bound
 
 
 def implicit_solve(eq: Equilibrium, z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:

@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .activations import Activation, get_activation
-from .implicit import Equilibrium, ImplicitAdjoint, JacobianFree, get_adjoint, implicit_solve
+from .implicit import (
+    Equilibrium,
+    ImplicitAdjoint,
+    JacobianFree,
+    Solution,
+    get_adjoint,
+    implicit_solve,
+)
 from .lipschitz import LipschitzTerms
 from .norms import (
     capped_measure,
@@ -93,14 +100,22 @@ class ImplicitLayer(nn.Module):
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------
-    def forward(self, u: Tensor) -> Tensor:
+    def solve(self, u: Tensor) -> Solution:
+        """The equilibrium for input ``u`` with its statistics and error bound (differentiable
+        in ``u`` and the parameters). Certificates use this: what they charge comes with the
+        values, not from the layer's state."""
         if self.check_inputs:
             self._check_input(u)
         weights = self.effective_weights()
         eq = self.equilibrium(weights)
         eq.adjoint = self.adjoint
-        self.solver_stats = eq.stats
-        return implicit_solve(eq, self.injection(u), weights)
+        return Solution(implicit_solve(eq, self.injection(u), weights), eq.stats)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """``x*(u)``; ``solver_stats`` keeps the statistics of this solve for inspection."""
+        solution = self.solve(u)
+        self.solver_stats = solution.stats
+        return solution.x
 
     @contextmanager
     def solver_settings(self, **changes):
@@ -364,17 +379,14 @@ class ExplicitDense(_DenseLayer):
         self.gamma = 0.0
         self.register_buffer("A", torch.zeros(hidden, hidden))
 
-    def forward(self, u: Tensor) -> Tensor:
+    def solve(self, u: Tensor) -> Solution:
+        """``relu(B u + b)``, exact: an error bound of 0."""
         if self.check_inputs:
             self._check_input(u)
-        self.solver_stats = {
-            "forward": SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
-        }
+        stats = SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
         x = self.activation(self.B(u))
-        self.solver_stats["forward"].error_bound = torch.zeros(
-            len(u), dtype=x.dtype, device=x.device
-        )
-        return x
+        stats.error_bound = torch.zeros(len(u), dtype=x.dtype, device=x.device)
+        return Solution(x, {"forward": stats})
 
     def measure(self) -> Tensor:
         return torch.zeros((), dtype=self.B.weight.dtype, device=self.B.weight.device)

@@ -7,17 +7,33 @@ conv networks have no encoder; certified architectures inject through a small co
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from .conv_layers import MONConv2d, NEMONConv2d
-from .explicit import ENCODERS, ibp_initialise, linf_lipschitz, propagate_interval
+from .explicit import (
+    ENCODERS,
+    encode_with_error,
+    ibp_initialise,
+    linf_lipschitz,
+    propagate_interval,
+)
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
-from .lipschitz import LipschitzTerms, lipschitz_bound, lipschitz_regularizer
+from .lipschitz import LipschitzTerms, lipschitz_bound, lipschitz_regularizer, state_bound
 
 __all__ = ["Classifier", "build_model", "build_from_config", "MODEL_FAMILIES", "ARCHITECTURES"]
+
+
+@dataclass
+class ModelSolution:
+    """`Classifier.solve`'s result: the logits, the implicit state, and per sample a bound on
+    the state's distance from the exact equilibrium (weighted l_inf; None without a bound)."""
+
+    logits: Tensor
+    x: Tensor
+    error_bound: Tensor | None
 
 
 class Classifier(nn.Module):
@@ -82,6 +98,22 @@ class Classifier(nn.Module):
     def encode(self, u: Tensor) -> Tensor:
         """The implicit layer's input ``v = encoder(u)``."""
         return u if self.encoder is None else self.encoder(u)
+
+    def solve(self, u: Tensor) -> ModelSolution:
+        """Logits, state and the state's error bound for input ``u``: the layer's own
+        a-posteriori bound plus, through (14), what the encoder's implicit layers' errors move
+        it (`nemon.explicit.encode_with_error`). Certificates use this, so every implicit
+        layer of the model is charged; nothing is read back from the layers' state."""
+        u = self.prepare_input(u)
+        v, inner = encode_with_error(self.encoder, u)
+        solution = self.layer.solve(v)
+        error = solution.error_bound
+        if inner is not None and error is not None:
+            error = error + state_bound(self.layer.lipschitz_terms()) * inner
+        logits = self.readout(self.layer.features(solution.x))
+        if self.direct is not None:
+            logits = logits + self.direct(u.flatten(1))
+        return ModelSolution(logits, solution.x, error)
 
     def encode_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """A box containing ``encoder(u)`` for every ``u`` in ``[lo, hi]``."""
