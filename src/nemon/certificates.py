@@ -53,8 +53,8 @@ def default_certificate(model) -> str:
     layer in it gives interval bounds (NEMON, IDL, explicit layers), else ``"pairwise"`` (MON).
 
     Each is never weaker than the next: interval >= pairwise >= lipschitz (tested)."""
-    members = model.members if isinstance(model, Ensemble) else [model]
-    layers = [m for member in members for m in member.modules() if isinstance(m, ImplicitLayer)]
+    classifiers = model.classifiers()
+    layers = [m for c in classifiers for m in c.modules() if isinstance(m, ImplicitLayer)]
     boxed = all(type(m).interval_bounds is not ImplicitLayer.interval_bounds for m in layers)
     return "interval" if boxed else "pairwise"
 
@@ -139,12 +139,14 @@ def certificate_obstacle(model) -> str | None:
     stored weights, see `nemon.norms`), and every norm in the bounds finite and positive;
     for an `Ensemble`, for every member.
     """
-    if isinstance(model, Ensemble):
-        for i, member in enumerate(model.members):
-            reason = certificate_obstacle(member)
-            if reason is not None:
-                return f"member {i}: {reason}"
-        return None
+    for i, classifier in enumerate(model.classifiers()):
+        reason = _obstacle(classifier)
+        if reason is not None:
+            return reason if classifier is model else f"member {i}: {reason}"
+    return None
+
+
+def _obstacle(model: Classifier) -> str | None:
     layer = model.layer
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
@@ -249,6 +251,7 @@ def certify(
     Returns:
         A bool tensor ``(batch,)``, or ``(len(eps), batch)`` for a list of radii.
     """
+    _check_model(model)
     method = method or default_certificate(model)
     correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
     ok = certified_by_margins(correct, bounds, labels.long().to(bounds.device))
@@ -351,16 +354,13 @@ def _check_eval_mode(model) -> None:
 
 def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str, clip):
     """``(logits, bounds)``: the centre's logits, and per radius lower bounds ``(batch, q)`` of
-    ``y_label - y_j`` over the ball (an ensemble: the mean of its members' logits and bounds)."""
-    if isinstance(model, Ensemble):
-        parts = [_margin_bounds(m, u, labels, radii, method, clip) for m in model.members]
-        logits = torch.stack([p[0] for p in parts]).mean(0)
-        return logits, [
-            torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))
-        ]
-    if method == "interval":
-        return _interval_bounds(model, u, labels, radii, clip)
-    return _lipschitz_bounds(model, u, labels, radii, method)
+    ``y_label - y_j`` over the ball: the mean of its classifiers' logits and bounds (one for a
+    `Classifier`, the members for an `Ensemble`; the mean of one is exact)."""
+    bound = _interval_bounds if method == "interval" else _lipschitz_bounds
+    extra = (clip,) if method == "interval" else (method,)
+    parts = [bound(c, u, labels, radii, *extra) for c in model.classifiers()]
+    logits = torch.stack([p[0] for p in parts]).mean(0)
+    return logits, [torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))]
 
 
 def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):

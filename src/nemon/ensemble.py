@@ -46,6 +46,10 @@ class Ensemble(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         return torch.stack([m(u) for m in self.members]).mean(0)
 
+    def classifiers(self) -> tuple[Classifier, ...]:
+        """The members, whose mean logits this model is (see `Classifier.classifiers`)."""
+        return tuple(self.members)
+
     def lipschitz_bound(self) -> Tensor:
         """Input-output l_inf Lipschitz bound: the mean of the members' bounds (15)."""
         return torch.stack([m.lipschitz_bound() for m in self.members]).mean(0)

@@ -28,6 +28,10 @@ __all__ = [
     "linf_lipschitz",
     "ibp_initialise",
     "SUPPORTED_MODULES",
+    "ModuleRule",
+    "RULES",
+    "rule_for",
+    "UnsupportedModule",
     "ENCODERS",
     "ENCODER_DESCRIPTIONS",
     "conv_stack",
@@ -74,27 +78,6 @@ class BatchNorm2d(nn.BatchNorm2d):
         return {**super().__getstate__(), "batch_stats": None}
 
 
-SUPPORTED_MODULES = (
-    nn.Sequential,
-    nn.Linear,
-    nn.Conv2d,
-    nn.ReLU,
-    nn.Flatten,
-    nn.AvgPool2d,
-    nn.MaxPool2d,
-    nn.BatchNorm2d,
-    Normalize,
-    ImplicitLayer,
-)
-
-
-def _refuse(module: nn.Module) -> None:
-    names = ", ".join(m.__name__ for m in SUPPORTED_MODULES)
-    raise NotImplementedError(
-        f"interval bounds through {type(module).__name__} are not supported; use {names}"
-    )
-
-
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Scale and shift of a batch norm per channel: running statistics in eval mode, the last
     clean batch's in training mode (`BatchNorm2d`)."""
@@ -111,36 +94,6 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     bias = torch.zeros_like(mean) if bn.bias is None else bn.bias
     scale = weight / torch.sqrt(var + bn.eps)
     return scale, bias - mean * scale
-
-
-def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """A box ``[lo', hi']`` containing ``module(u)`` for every ``u`` in ``[lo, hi]`` (differentiable)."""
-    if isinstance(module, nn.Sequential):
-        for m in module:
-            lo, hi = propagate_interval(m, lo, hi)
-        return lo, hi
-    if isinstance(module, (nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d)):
-        return module(lo), module(hi)  # monotone elementwise or order-preserving
-    if isinstance(module, ImplicitLayer):
-        return implicit_box(module, lo, hi)
-    centre, radius = (hi + lo) / 2, (hi - lo) / 2
-    if isinstance(module, nn.Linear):
-        c, r = module(centre), F.linear(radius, module.weight.abs())
-    elif isinstance(module, nn.Conv2d):
-        c = module(centre)
-        r = F.conv2d(
-            radius, module.weight.abs(), None, module.stride, module.padding, module.dilation,
-            module.groups,
-        )  # fmt: skip
-    elif isinstance(module, Normalize):
-        c, r = module(centre), radius / module.std.abs()
-    elif isinstance(module, nn.BatchNorm2d):
-        scale, shift = _bn_affine(module)
-        c = centre * scale[:, None, None] + shift[:, None, None]
-        r = radius * scale.abs()[:, None, None]
-    else:
-        _refuse(module)
-    return c - r, c + r
 
 
 def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,35 +140,232 @@ def _carry(module: nn.Module, u: Tensor, error: Tensor | None) -> tuple[Tensor, 
     return out, None if error is None else linf_lipschitz(module).to(error) * error
 
 
-def linf_lipschitz(module: nn.Module | None) -> Tensor:
-    """Upper bound of the l_inf -> l_inf Lipschitz constant of ``module`` (a product over layers)."""
-    if module is None:
-        return torch.ones(())
-    if isinstance(module, nn.Sequential):
+class UnsupportedModule(NotImplementedError):
+    """A module nemon has no rule for (bounds, Lipschitz constant or ONNX translation)."""
+
+
+class ModuleRule:
+    """What nemon knows about one kind of explicit module: a box containing its output for every
+    input in a box (differentiable), an upper bound of its l_inf Lipschitz constant, and its ONNX
+    translation (``graph`` is the exporter: ``graph.node(op, inputs, **attrs)``,
+    ``graph.const(name, tensor)``). Adding a supported module is one subclass in `RULES`."""
+
+    types: tuple[type, ...] = ()
+
+    def interval(self, m: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        centre, radius = (hi + lo) / 2, (hi - lo) / 2
+        c, r = self.affine_interval(m, centre, radius)
+        return c - r, c + r
+
+    def affine_interval(self, m, centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+        raise UnsupportedModule(f"no interval rule for {type(m).__name__}")
+
+    def lipschitz(self, m: nn.Module) -> Tensor:
+        raise UnsupportedModule(f"no Lipschitz rule for {type(m).__name__}")
+
+    def onnx(self, m: nn.Module, x: str, graph) -> str:
+        raise UnsupportedModule(f"cannot export module {type(m).__name__}")
+
+
+class _SequentialRule(ModuleRule):
+    types = (nn.Sequential,)
+
+    def interval(self, m, lo, hi):
+        for child in m:
+            lo, hi = rule_for(child).interval(child, lo, hi)
+        return lo, hi
+
+    def lipschitz(self, m):
         out = torch.ones(())
-        for m in module:
-            out = out * linf_lipschitz(m)
+        for child in m:
+            out = out * rule_for(child).lipschitz(child)
         return out
-    if isinstance(module, (nn.ReLU, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d)):
-        return torch.ones(())  # averages and maxima do not grow the l_inf norm
-    if isinstance(
-        module, ImplicitLayer
-    ):  # (14) in the weighted norm, then ||x|| <= max eta ||x||_eta
-        terms = module.lipschitz_terms()
+
+    def onnx(self, m, x, graph):
+        for child in m:
+            x = rule_for(child).onnx(child, x, graph)
+        return x
+
+
+class _OrderPreservingRule(ModuleRule):
+    """Monotone elementwise maps and order-preserving reshapes and pools: the box of the output
+    is the image of the box's corners, and the l_inf norm does not grow."""
+
+    def interval(self, m, lo, hi):
+        return m(lo), m(hi)
+
+    def lipschitz(self, m):
+        return torch.ones(())
+
+
+class _ReLURule(_OrderPreservingRule):
+    types = (nn.ReLU,)
+
+    def onnx(self, m, x, graph):
+        return graph.node("Relu", [x])
+
+
+class _FlattenRule(_OrderPreservingRule):
+    types = (nn.Flatten,)
+
+    def onnx(self, m, x, graph):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UnsupportedModule("only nn.Flatten(start_dim=1) can be exported")
+        return graph.node("Flatten", [x], axis=1)
+
+
+class _PoolRule(_OrderPreservingRule):
+    types = (nn.AvgPool2d, nn.MaxPool2d)
+
+    def onnx(self, m, x, graph):
+        pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+        stride = pair(m.stride if m.stride is not None else m.kernel_size)
+        ph, pw = pair(m.padding)
+        attrs = dict(kernel_shape=pair(m.kernel_size), strides=stride, pads=[ph, pw, ph, pw])
+        attrs["ceil_mode"] = int(m.ceil_mode)
+        if isinstance(m, nn.AvgPool2d):
+            if m.divisor_override is not None:
+                raise UnsupportedModule("AvgPool2d with divisor_override cannot be exported")
+            return graph.node(
+                "AveragePool", [x], count_include_pad=int(m.count_include_pad), **attrs
+            )
+        return graph.node("MaxPool", [x], dilations=pair(m.dilation), **attrs)
+
+
+class _LinearRule(ModuleRule):
+    types = (nn.Linear,)
+
+    def affine_interval(self, m, centre, radius):
+        return m(centre), F.linear(radius, m.weight.abs())
+
+    def lipschitz(self, m):
+        return m.weight.abs().sum(dim=1).amax()
+
+    def onnx(self, m, x, graph):
+        bias = m.bias if m.bias is not None else torch.zeros(m.out_features)
+        return graph.node(
+            "Gemm", [x, graph.const("W", m.weight), graph.const("bias", bias)], transB=1
+        )
+
+
+class _Conv2dRule(ModuleRule):
+    types = (nn.Conv2d,)
+
+    def affine_interval(self, m, centre, radius):
+        r = F.conv2d(radius, m.weight.abs(), None, m.stride, m.padding, m.dilation, m.groups)
+        return m(centre), r
+
+    def lipschitz(self, m):  # each output sums at most every tap of its channel
+        return m.weight.abs().sum(dim=(1, 2, 3)).amax()
+
+    def onnx(self, m, x, graph):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise UnsupportedModule(
+                "only zero padding given as numbers can be exported for nn.Conv2d"
+            )
+        ph, pw = m.padding
+        ins = [x, graph.const("K", m.weight)]
+        if m.bias is not None:
+            ins.append(graph.const("kb", m.bias))
+        return graph.node(
+            "Conv", ins, kernel_shape=list(m.kernel_size), strides=list(m.stride),
+            pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups,
+        )  # fmt: skip
+
+
+class _NormalizeRule(ModuleRule):
+    types = (Normalize,)
+
+    def affine_interval(self, m, centre, radius):
+        return m(centre), radius / m.std.abs()
+
+    def lipschitz(self, m):
+        return (1 / m.std.abs()).amax()
+
+    def onnx(self, m, x, graph):
+        centred = graph.node("Sub", [x, graph.const("mean", m.mean)])
+        return graph.node("Div", [centred, graph.const("std", m.std)])
+
+
+class _BatchNormRule(ModuleRule):
+    types = (nn.BatchNorm2d,)
+
+    def affine_interval(self, m, centre, radius):
+        scale, shift = _bn_affine(m)
+        return centre * scale[:, None, None] + shift[:, None, None], radius * scale.abs()[
+            :, None, None
+        ]
+
+    def lipschitz(self, m):
+        return _bn_affine(m)[0].abs().amax()
+
+    def onnx(self, m, x, graph):
+        if m.training or m.running_mean is None:
+            raise UnsupportedModule("batch norm exports in eval mode with running statistics")
+        weight = m.weight if m.weight is not None else torch.ones(m.num_features)
+        bias = m.bias if m.bias is not None else torch.zeros(m.num_features)
+        ins = [x, graph.const("gamma", weight), graph.const("beta", bias)]
+        ins += [graph.const("mean", m.running_mean), graph.const("var", m.running_var)]
+        return graph.node("BatchNormalization", ins, epsilon=float(m.eps))
+
+
+class _ImplicitRule(ModuleRule):
+    """An implicit layer inside an encoder: its embedding box widened by its error bound, and
+    (14) in its weighted norm, then ``||x|| <= max eta ||x||_eta``."""
+
+    types = (ImplicitLayer,)
+
+    def interval(self, m, lo, hi):
+        return implicit_box(m, lo, hi)
+
+    def lipschitz(self, m):
+        terms = m.lipschitz_terms()
         if terms.norm != "inf":
-            raise NotImplementedError(f"{module._name()} has no l_inf bound (NEMON and IDL do)")
-        eta = module.eta()
+            raise UnsupportedModule(f"{m._name()} has no l_inf bound (NEMON and IDL do)")
+        eta = m.eta()
         top = 1.0 if eta is None else eta.detach().amax()
         return top * terms.input_norm / terms.denominator
-    if isinstance(module, nn.Linear):
-        return module.weight.abs().sum(dim=1).amax()
-    if isinstance(module, nn.Conv2d):  # each output sums at most every tap of its channel
-        return module.weight.abs().sum(dim=(1, 2, 3)).amax()
-    if isinstance(module, Normalize):
-        return (1 / module.std.abs()).amax()
-    if isinstance(module, nn.BatchNorm2d):
-        return _bn_affine(module)[0].abs().amax()
-    _refuse(module)
+
+    def onnx(self, m, x, graph):
+        raise UnsupportedModule("implicit layers inside the encoder cannot be exported")
+
+
+#: The rules, one per supported kind of module; `rule_for` picks the first that matches.
+RULES: tuple[ModuleRule, ...] = (
+    _SequentialRule(),
+    _ReLURule(),
+    _FlattenRule(),
+    _PoolRule(),
+    _LinearRule(),
+    _Conv2dRule(),
+    _NormalizeRule(),
+    _BatchNormRule(),
+    _ImplicitRule(),
+)
+
+SUPPORTED_MODULES = tuple(t for rule in RULES for t in rule.types)
+
+
+def rule_for(module: nn.Module) -> ModuleRule:
+    """The rule for ``module``'s type; an `UnsupportedModule` error listing the supported ones."""
+    for rule in RULES:
+        if isinstance(module, rule.types):
+            return rule
+    names = ", ".join(t.__name__ for t in SUPPORTED_MODULES)
+    raise UnsupportedModule(
+        f"{type(module).__name__} is not supported (bounds, Lipschitz constants, export); "
+        f"supported modules: {names}"
+    )
+
+
+def propagate_interval(module: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """A box ``[lo', hi']`` containing ``module(u)`` for every ``u`` in ``[lo, hi]`` (differentiable)."""
+    return rule_for(module).interval(module, lo, hi)
+
+
+def linf_lipschitz(module: nn.Module | None) -> Tensor:
+    """Upper bound of the l_inf -> l_inf Lipschitz constant of ``module`` (a product over layers)."""
+    return torch.ones(()) if module is None else rule_for(module).lipschitz(module)
 
 
 def conv_stack(

@@ -24,7 +24,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .explicit import Normalize
+from .explicit import UnsupportedModule, rule_for
 from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
@@ -180,68 +180,11 @@ class _Builder:
 
     # -- explicit modules -----------------------------------------------------------------------
     def module(self, m: nn.Module, x: str) -> str:
-        if isinstance(m, nn.Sequential):
-            for child in m:
-                x = self.module(child, x)
-            return x
-        if isinstance(m, nn.ReLU):
-            return self.node("Relu", [x])
-        if isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise ExportError("only nn.Flatten(start_dim=1) can be exported")
-            return self.node("Flatten", [x], axis=1)
-        if isinstance(m, nn.Linear):
-            bias = m.bias if m.bias is not None else torch.zeros(m.out_features)
-            return self.node(
-                "Gemm", [x, self.const("W", m.weight), self.const("bias", bias)], transB=1
-            )
-        if isinstance(m, nn.Conv2d):
-            return self._conv(m, x)
-        if isinstance(m, Normalize):
-            centred = self.node("Sub", [x, self.const("mean", m.mean)])
-            return self.node("Div", [centred, self.const("std", m.std)])
-        if isinstance(m, nn.BatchNorm2d):
-            if m.training or m.running_mean is None:
-                raise ExportError("batch norm exports in eval mode with running statistics")
-            weight = m.weight if m.weight is not None else torch.ones(m.num_features)
-            bias = m.bias if m.bias is not None else torch.zeros(m.num_features)
-            ins = [x, self.const("gamma", weight), self.const("beta", bias)]
-            ins += [self.const("mean", m.running_mean), self.const("var", m.running_var)]
-            return self.node("BatchNormalization", ins, epsilon=float(m.eps))
-        if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-            return self._pool(m, x)
-        raise ExportError(f"cannot export module {type(m).__name__}")
-
-    def _conv(self, m: nn.Conv2d, x: str) -> str:
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ExportError("only zero padding given as numbers can be exported for nn.Conv2d")
-        ph, pw = m.padding
-        ins = [x, self.const("K", m.weight)]
-        if m.bias is not None:
-            ins.append(self.const("kb", m.bias))
-        return self.node(
-            "Conv",
-            ins,
-            kernel_shape=list(m.kernel_size),
-            strides=list(m.stride),
-            pads=[ph, pw, ph, pw],
-            dilations=list(m.dilation),
-            group=m.groups,
-        )
-
-    def _pool(self, m, x: str) -> str:
-        pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-        stride = pair(m.stride if m.stride is not None else m.kernel_size)
-        ph, pw = pair(m.padding)
-        attrs = dict(kernel_shape=pair(m.kernel_size), strides=stride, pads=[ph, pw, ph, pw])
-        attrs["ceil_mode"] = int(m.ceil_mode)
-        if isinstance(m, nn.AvgPool2d):
-            if m.divisor_override is not None:
-                raise ExportError("AvgPool2d with divisor_override cannot be exported")
-            return self.node(
-                "AveragePool", [x], count_include_pad=int(m.count_include_pad), **attrs
-            )
-        return self.node("MaxPool", [x], dilations=pair(m.dilation), **attrs)
+        """``m`` as ONNX nodes, by its rule (`nemon.explicit.RULES`)."""
+        try:
+            return rule_for(m).onnx(m, x, self)
+        except UnsupportedModule as exc:
+            raise ExportError(str(exc)) from None
 
     # -- the implicit layer ---------------------------------------------------------------------
     def _activation(self, p: str, nodes) -> str:

@@ -89,6 +89,11 @@ class Classifier(nn.Module):
         """Number of logits ``q``."""
         return self.readout.out_features
 
+    def classifiers(self) -> tuple[Classifier, ...]:
+        """The classifiers whose mean logits this model is: itself (an `Ensemble`: its
+        members). Certificates bound each and average their bounds."""
+        return (self,)
+
     def prepare_input(self, u: Tensor) -> Tensor:
         """The model's input: images flattened for a dense layer without encoder."""
         if self.encoder is None and len(self.layer.input_shape()) == 1 and u.dim() > 2:
