@@ -29,12 +29,11 @@ from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
 from .runs import OutputError, atomic_path, check_output_target
-from .solvers import _TINY, alpha_star, contraction_factor, diagonal_steps
+from .solvers import _TINY, AVERAGED_SOLVERS, averaged_steps, contraction_factor
 
 __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
 
 OPSET = 17
-_AVERAGED_SOLVERS = ("averaged", "diagonal", "picard")
 
 
 class ExportError(ValueError):
@@ -210,23 +209,18 @@ class _Builder:
     def solver_constants(self) -> dict:
         """Steps, reference step, measure and factor exactly as the PyTorch solve uses them."""
         layer, opts = self.layer, self.layer.solver_options
-        if opts.method not in _AVERAGED_SOLVERS:
+        if opts.method not in AVERAGED_SOLVERS:
             raise ExportError(
-                f"export runs the averaged iterations {_AVERAGED_SOLVERS}; this layer's solver is "
+                f"export runs the averaged iterations {AVERAGED_SOLVERS}; this layer's solver is "
                 f"{opts.method!r} (build the layer with solver='diagonal' to export it)"
             )
         A = layer.A.detach()
-        diagonal = torch.diagonal(A)
         weights = layer.effective_weights()
         measure = float(layer.equilibrium(weights).measure)
-        if opts.method == "diagonal":
-            steps, alpha_ref = diagonal_steps(diagonal).to(A.dtype), alpha_star(diagonal)
-        elif opts.method == "averaged":
-            alpha_ref = opts.alpha if opts.alpha is not None else alpha_star(diagonal)
-            steps = torch.tensor(alpha_ref, dtype=A.dtype)
-        else:
-            steps, alpha_ref = torch.tensor(1.0, dtype=A.dtype), 1.0
-        return dict(A=A, steps=steps, alpha_ref=alpha_ref, measure=measure)
+        steps, alpha_ref = averaged_steps(opts, torch.diagonal(A), A.dtype)
+        return dict(
+            A=A, steps=torch.as_tensor(steps, dtype=A.dtype), alpha_ref=alpha_ref, measure=measure
+        )
 
     def _loop(self, z: str) -> tuple[str, str, str]:
         """``Loop(max_iter)`` over `_step_graph`, carrying ``(x, bound, count)``."""

@@ -278,14 +278,41 @@ class AveragedStep:
         return Step(x_next, residual, x, x, x_ref, final=x_next)
 
 
+#: The solvers of the averaged family: ``x <- x + alpha (F(x) - x)`` with fixed steps.
+AVERAGED_SOLVERS = ("averaged", "diagonal", "picard")
+
+
+def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dtype):
+    """``(steps, alpha_ref)`` of an averaged-family solver: the step (a number, or one per
+    coordinate for ``diagonal``) and the scalar step whose contraction factor bounds the
+    iteration's. The solvers and the ONNX export both take their constants from here."""
+    if opts.method == "diagonal":
+        if diagonal is None:
+            raise ValueError("the diagonal solver needs the diagonal of A")
+        return diagonal_steps(diagonal).to(dtype), alpha_star(diagonal)
+    if opts.method == "picard":
+        return 1.0, 1.0
+    if opts.method == "averaged":
+        alpha = (
+            opts.alpha
+            if opts.alpha is not None
+            else (1.0 if diagonal is None else alpha_star(diagonal))
+        )
+        return alpha, alpha
+    raise ValueError(f"{opts.method!r} is not one of the averaged solvers {AVERAGED_SOLVERS}")
+
+
+def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
+    steps, stats.alpha = averaged_steps(opts, system.diagonal, x.dtype)
+    return _iterate(AveragedStep(system, steps, stats.alpha, stats), system, x, opts, stats)
+
+
 def averaged(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
     """Averaged (Krasnosel'skii-Mann) iteration ``x <- (1 - alpha) x + alpha F(x)``, alpha = alpha*.
 
     One fused ``A x + z``, the activation and one in-place ``lerp`` per iteration.
     """
-    alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
-    stats.alpha = alpha
-    return _iterate(AveragedStep(system, alpha, alpha, stats), system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats)
 
 
 def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
@@ -294,17 +321,12 @@ def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: So
     Same cost per iteration and the same worst-case factor as `averaged` (see
     `diagonal_steps`), far fewer iterations when the diagonal of ``A`` is uneven.
     """
-    if system.diagonal is None:
-        raise ValueError("the diagonal solver needs the diagonal of A")
-    steps = diagonal_steps(system.diagonal).to(x.dtype)
-    stats.alpha = alpha_star(system.diagonal)
-    return _iterate(AveragedStep(system, steps, stats.alpha, stats), system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats)
 
 
 def picard(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
     """Picard iteration ``x <- F(x)`` (the averaged iteration at alpha = 1), as used by IDL."""
-    stats.alpha = 1.0
-    return _iterate(AveragedStep(system, 1.0, 1.0, stats), system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats)
 
 
 class ForwardBackwardStep:
