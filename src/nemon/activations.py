@@ -41,6 +41,10 @@ class Activation:
         """``prox_{a f}(v)`` where ``phi = prox_f``; only needed by splitting solvers."""
         raise NotImplementedError(f"activation {self.name!r} has no closed-form scaled prox")
 
+    def onnx(self, graph, p: str, nodes) -> str:
+        """The activation as an ONNX node (``graph.node(op, inputs, nodes, **attrs)``)."""
+        raise NotImplementedError(f"cannot export the activation {self.name!r}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -59,6 +63,9 @@ class ReLU(Activation):
 
     def prox(self, v: Tensor, a: float) -> Tensor:
         return torch.relu(v)  # projection onto the orthant, whatever the scale
+
+    def onnx(self, graph, p: str, nodes) -> str:
+        return graph.node("Relu", [p], nodes)
 
 
 class LeakyReLU(Activation):
@@ -87,6 +94,9 @@ class LeakyReLU(Activation):
     def __repr__(self) -> str:
         return f"LeakyReLU(slope={self.slope})"
 
+    def onnx(self, graph, p: str, nodes) -> str:
+        return graph.node("LeakyRelu", [p], nodes, alpha=self.slope)
+
 
 class Tanh(Activation):
     name = "tanh"
@@ -100,6 +110,9 @@ class Tanh(Activation):
     def derivative(self, p: Tensor) -> Tensor:
         return 1.0 - torch.tanh(p) ** 2
 
+    def onnx(self, graph, p: str, nodes) -> str:
+        return graph.node("Tanh", [p], nodes)
+
 
 class Identity(Activation):
     name = "identity"
@@ -112,6 +125,9 @@ class Identity(Activation):
 
     def prox(self, v: Tensor, a: float) -> Tensor:
         return v
+
+    def onnx(self, graph, p: str, nodes) -> str:
+        return graph.node("Identity", [p], nodes)
 
 
 class DiagonalGain(Activation):

@@ -187,16 +187,10 @@ class _Builder:
 
     # -- the implicit layer ---------------------------------------------------------------------
     def _activation(self, p: str, nodes) -> str:
-        phi = self.layer.activation
-        if phi.name == "relu":
-            return self.node("Relu", [p], nodes)
-        if phi.name == "leaky_relu":
-            return self.node("LeakyRelu", [p], nodes, alpha=phi.slope)
-        if phi.name == "tanh":
-            return self.node("Tanh", [p], nodes)
-        if phi.name == "identity":
-            return self.node("Identity", [p], nodes)
-        raise ExportError(f"cannot export the activation {phi.name!r}")
+        try:
+            return self.layer.activation.onnx(self, p, nodes)
+        except NotImplementedError as exc:
+            raise ExportError(str(exc)) from None
 
     def solve(self, z: str) -> tuple[str, str, str]:
         if isinstance(self.layer, ExplicitDense):
