@@ -239,6 +239,34 @@ def tightness_table() -> str:
     return _table(header, rows)
 
 
+def tightness_summary() -> str:
+    """One sentence: the embedding box against the attacked spread and the unrolled boxes."""
+    result = _json(RESULTS / "tightness.json")
+    rows = result["rows"]
+    over = [r["embedding_over_spread"] for r in rows]
+    unrolled = [r["unrolled_over_embedding"] for r in rows]
+    radii = [r["eps"] for r in rows]
+    return (
+        f"On `{result['model']}` ({result['images']} test images) the embedding box is within "
+        f"{100 * (min(over) - 1):.0f}-{100 * (max(over) - 1):.0f}% of the attacked spread for radii "
+        f"{min(radii):g} to {max(radii):g}, and {min(unrolled):.0f} to {max(unrolled):.0f} times "
+        "tighter than the unrolled interval arithmetic.\n"
+    )
+
+
+def headline() -> str:
+    """The best certified accuracy per radius among the shipped models, as percentages."""
+    best: dict[str, float] = {}
+    for m in shipped_models():
+        r = m["eps"]
+        best[r] = max(best.get(r, 0.0), m["evaluation"][f"interval@{r}"])
+    parts = [f"{100 * v:.1f}% at eps {r}" for r, v in sorted(best.items())]
+    return (
+        "The best shipped models certify " + " and ".join(parts) + " of the MNIST test images "
+        "([results](results.md)).\n"
+    )
+
+
 def mutations_table() -> str:
     result = _json(RESULTS / "mutations.json")
     rows = [
@@ -373,8 +401,16 @@ BLOCKS = {
     "recipes": recipes_table,
     "ablation": ablation_table,
     "ablation-summary": ablation_summary,
+    "tightness-summary": tightness_summary,
+    "headline": headline,
 }
-PAGES_WITH_BLOCKS = ("README.md", "docs/guide/pretrained.md", "docs/guide/training.md")
+PAGES_WITH_BLOCKS = (
+    "README.md",
+    "docs/index.md",
+    "docs/guide/pretrained.md",
+    "docs/guide/training.md",
+    "docs/guide/certificates.md",
+)
 FIGURES = ("figure1_curves.png", "figure2_lipschitz.png", "figure2_inversion.png")
 
 
