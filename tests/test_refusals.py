@@ -425,3 +425,17 @@ def test_certify_defaults_to_the_strongest_method_and_says_when_one_certifies_no
     assert torch.equal(default, nemon.certify(nemon_model, u, labels, [1e-4, 1e-3], "interval"))
     with pytest.warns(nemon.CertificateWarning, match="method='interval' is the strongest"):
         nemon.certify(nemon_model, u, labels, 0.5, method="lipschitz")
+
+
+@pytest.mark.parametrize(
+    "option, value", [("hidden", "40000"), ("cert-weight", "1.5"), ("tol", "1e-20"), ("seed", "-1")]
+)
+def test_cli_and_library_refuse_a_setting_with_one_rule(option, value, capsys):
+    """One table of ranges (nemon.validation.RANGES): the option's refusal is the library's."""
+    name = option.replace("-", "_")
+    kind = nemon.validation.RANGES[name].kind
+    with pytest.raises(ValueError) as library:
+        TrainConfig(**{name: kind(float(value)) if kind is int else float(value)}).validate()
+    with pytest.raises(SystemExit):
+        cli.main(["train", f"--{option}", value, "--out", "unused"])
+    assert str(library.value) in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
 from .runs import OutputError, atomic_path, check_output_target
-from .solvers import _TINY, AVERAGED_SOLVERS, averaged_steps, contraction_factor
+from .solvers import _TINY, SOLVERS, averaged_solvers, averaged_steps, contraction_factor
 
 __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
 
@@ -203,9 +203,9 @@ class _Builder:
     def solver_constants(self) -> dict:
         """Steps, reference step, measure and factor exactly as the PyTorch solve uses them."""
         layer, opts = self.layer, self.layer.solver_options
-        if opts.method not in AVERAGED_SOLVERS:
+        if not SOLVERS[opts.method].averaged:
             raise ExportError(
-                f"export runs the averaged iterations {AVERAGED_SOLVERS}; this layer's solver is "
+                f"export runs the averaged iterations {averaged_solvers()}; this layer's solver is "
                 f"{opts.method!r} (build the layer with solver='diagonal' to export it)"
             )
         A = layer.A.detach()

@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 from .activations import Activation, DiagonalGain, Identity
 from .operators import Operator
 from .solvers import (
-    SPLITTING_SOLVERS,
+    SOLVERS,
     FixedPointSystem,
     SolverOptions,
     SolverStats,
@@ -131,7 +131,7 @@ class Equilibrium:
             resolvent=self._resolvent(weights, transpose=True),
             splitting_step=self.splitting_step,
         )
-        if self.backward_options.method in SPLITTING_SOLVERS:
+        if SOLVERS[self.backward_options.method].splitting:
             system = FixedPointSystem(
                 matvec=lambda w: op.rmatvec(weights, w),
                 phi=DiagonalGain(J),

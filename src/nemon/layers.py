@@ -46,7 +46,7 @@ from .parametrize import (
     check_gamma,
     mu_inf_param,
 )
-from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SolverOptions, SolverStats
+from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, SolverOptions, SolverStats
 
 __all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense", "ExplicitDense"]
 
@@ -177,7 +177,7 @@ class ImplicitLayer(nn.Module):
         the weighted l_inf theory does not apply to a mu_2 bound."""
         fwd, bwd = self.solver_options, self.backward_options
         step = None
-        if "forward_backward" in (fwd.method, bwd.method):
+        if SOLVERS[fwd.method].needs_step_size or SOLVERS[bwd.method].needs_step_size:
             mu, lip = terms()
             step = (1.0 - mu) / max(lip, 1e-12) ** 2
         return Equilibrium(self.operator, self.activation, fwd, bwd, splitting_step=step)

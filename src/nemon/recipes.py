@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from .validation import check_choice, check_integer, check_number
+from .validation import RANGES, check_choice, check_setting
 
 __all__ = ["Recipe", "RECIPES", "RAMPS", "REGULARISERS", "recipe_named"]
 
@@ -66,22 +66,11 @@ class Recipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
         object.__setattr__(self, "cert_eval_eps", tuple(self.cert_eval_eps))
-        for name in ("epochs", "batch_size", "cert_eval_limit"):
-            check_integer(name, getattr(self, name), 1)
-        for name in ("adv_steps", "warmup_epochs", "cert_ramp_epochs", "swa_start", "seed"):
-            check_integer(name, getattr(self, name), 0)
-        check_integer("checkpoint_every", self.checkpoint_every, 0)
+        for f in fields(self):
+            if f.name in RANGES:
+                check_setting(f.name, getattr(self, f.name))
         check_choice("ramp", self.ramp, RAMPS)
         check_choice("reg_kind", self.reg_kind, REGULARISERS)
-        check_number("lr", self.lr, low=0.0, low_open=True)
-        check_number("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
-        for name in ("grad_clip", "lam", "cert_eps"):
-            check_number(name, getattr(self, name), low=0.0)
-        check_number("cert_weight", self.cert_weight, low=0.0, high=1.0)
-        for m in self.lr_milestones:
-            check_integer("lr_milestones", m, 1)
-        for e in self.cert_eval_eps:
-            check_number("cert_eval_eps", e, low=0.0)
         if self.swa_start > self.epochs:
             raise ValueError(
                 f"swa_start must be at most epochs ({self.epochs}), got {self.swa_start}"

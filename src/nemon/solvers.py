@@ -42,6 +42,9 @@ __all__ = [
     "weighted_l1_norm",
     "SOLVERS",
     "SPLITTING_SOLVERS",
+    "Solver",
+    "averaged_steps",
+    "averaged_solvers",
     "Step",
 ]
 
@@ -278,10 +281,6 @@ class AveragedStep:
         return Step(x_next, residual, x, x, x_ref, final=x_next)
 
 
-#: The solvers of the averaged family: ``x <- x + alpha (F(x) - x)`` with fixed steps.
-AVERAGED_SOLVERS = ("averaged", "diagonal", "picard")
-
-
 def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dtype):
     """``(steps, alpha_ref)`` of an averaged-family solver: the step (a number, or one per
     coordinate for ``diagonal``) and the scalar step whose contraction factor bounds the
@@ -299,7 +298,12 @@ def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dt
             else (1.0 if diagonal is None else alpha_star(diagonal))
         )
         return alpha, alpha
-    raise ValueError(f"{opts.method!r} is not one of the averaged solvers {AVERAGED_SOLVERS}")
+    raise ValueError(f"{opts.method!r} is not one of the averaged solvers {averaged_solvers()}")
+
+
+def averaged_solvers() -> tuple[str, ...]:
+    """The solvers of the averaged family: ``x <- x + alpha (F(x) - x)`` with fixed steps."""
+    return tuple(name for name, s in SOLVERS.items() if s.averaged)
 
 
 def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
@@ -462,16 +466,44 @@ def _anderson_mix(X: Tensor, gram: Tensor) -> Tensor:
     return (w.T @ X).squeeze(0)
 
 
-SPLITTING_SOLVERS = ("forward_backward", "peaceman_rachford")
+@dataclass(frozen=True)
+class Solver:
+    """A fixed-point solver and what its callers need to know of it, stated once here.
 
-SOLVERS: dict[str, Callable] = {
-    "averaged": averaged,
-    "diagonal": diagonal,
-    "picard": picard,
-    "forward_backward": forward_backward,
-    "peaceman_rachford": peaceman_rachford,
-    "anderson": anderson,
+    ``family``: ``"averaged"`` (fixed steps from `averaged_steps`; the ONNX export runs these),
+    ``"splitting"`` (MON's operator splittings: resolvent iterations, their adjoint in prox form)
+    or ``"accelerated"`` (Anderson). ``needs_step_size``: the solver takes the forward-backward
+    step ``(1 - mu_2(A)) / ||I - A||_2^2`` from its layer."""
+
+    name: str
+    run: Callable
+    family: str
+    needs_step_size: bool = False
+
+    def __call__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
+        return self.run(system, x, opts, stats)
+
+    @property
+    def averaged(self) -> bool:
+        return self.family == "averaged"
+
+    @property
+    def splitting(self) -> bool:
+        return self.family == "splitting"
+
+
+SOLVERS: dict[str, Solver] = {
+    s.name: s
+    for s in (
+        Solver("averaged", averaged, "averaged"),
+        Solver("diagonal", diagonal, "averaged"),
+        Solver("picard", picard, "averaged"),
+        Solver("forward_backward", forward_backward, "splitting", needs_step_size=True),
+        Solver("peaceman_rachford", peaceman_rachford, "splitting"),
+        Solver("anderson", anderson, "accelerated"),
+    )
 }
+SPLITTING_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.splitting)
 
 
 def solve(

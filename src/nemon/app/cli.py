@@ -28,6 +28,7 @@ from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from ..runs import OutputError, atomic_path, check_output_target, write_text_atomic
 from ..solvers import SOLVERS
+from ..validation import RANGES, check_setting
 from .bench import run_bench
 from .checkpoints import (
     CheckpointError,
@@ -110,6 +111,27 @@ RATE = _number(low=0.0, low_open=True)
 MAX_THREADS = 1024  # OpenMP runtimes fail far below the numbers a typo can give
 
 
+def _setting(name: str):
+    """The type of the option for setting ``name``: parsed, then checked against the one table
+    of ranges the library uses too (`nemon.validation.RANGES`)."""
+    kind = RANGES[name].kind
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            check_setting(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
 def _threads(text: str) -> int | str:
     return "auto" if text == "auto" else _integer(1, MAX_THREADS)(text)
 
@@ -139,46 +161,73 @@ def _add_train(sub, common) -> None:
     p.add_argument("--model", choices=MODEL_FAMILIES)
     p.add_argument("--arch", choices=ARCHITECTURES, help="dense, conv or an encoder + dense layer")
     p.add_argument("--dataset", choices=sorted(DATASETS))
-    p.add_argument("--hidden", type=POSITIVE, help="state size (dense) or channels (conv)")
-    p.add_argument("--gamma", type=_number(high=1.0, high_open=True), help="contraction bound < 1")
+    p.add_argument(
+        "--hidden", type=_setting("hidden"), help="state size (dense) or channels (conv)"
+    )
+    p.add_argument("--gamma", type=_setting("gamma"), help="contraction bound < 1")
     p.add_argument("--activation", choices=ACTIVATIONS)
     p.add_argument("--solver", choices=sorted(SOLVERS), help="default: the family's own")
-    p.add_argument("--tol", type=RATE, help="relative residual tolerance (> 0)")
-    p.add_argument("--epochs", type=POSITIVE)
-    p.add_argument("--batch-size", type=POSITIVE)
-    p.add_argument("--lr", type=RATE)
-    p.add_argument("--lam", type=RADIUS, help="weight of the Lipschitz regulariser (18), >= 0")
-    p.add_argument("--cert-eps", type=RADIUS, help="certified (interval) training radius")
+    p.add_argument("--tol", type=_setting("tol"), help="relative residual tolerance (> 0)")
+    p.add_argument("--epochs", type=_setting("epochs"))
+    p.add_argument("--batch-size", type=_setting("batch_size"))
+    p.add_argument("--lr", type=_setting("lr"))
     p.add_argument(
-        "--cert-weight", type=_number(0.0, 1.0), help="weight of the worst-case loss (0..1)"
+        "--lam", type=_setting("lam"), help="weight of the Lipschitz regulariser (18), >= 0"
+    )
+    p.add_argument(
+        "--cert-eps", type=_setting("cert_eps"), help="certified (interval) training radius"
+    )
+    p.add_argument(
+        "--cert-weight", type=_setting("cert_weight"), help="weight of the worst-case loss (0..1)"
     )
     p.add_argument(
         "--adv-steps",
-        type=NONNEGATIVE,
+        type=_setting("adv_steps"),
         help="PGD steps of an adversarial term that replaces the clean one (MTL-IBP); 0: clean",
     )
-    p.add_argument("--cert-ramp-epochs", type=NONNEGATIVE, help="epochs to ramp the radius from 0")
-    p.add_argument("--warmup-epochs", type=NONNEGATIVE, help="clean epochs before the ramp")
+    p.add_argument(
+        "--cert-ramp-epochs",
+        type=_setting("cert_ramp_epochs"),
+        help="epochs to ramp the radius from 0",
+    )
+    p.add_argument(
+        "--warmup-epochs", type=_setting("warmup_epochs"), help="clean epochs before the ramp"
+    )
     p.add_argument("--ramp", choices=RAMPS, help="shape of the radius ramp")
     p.add_argument(
         "--init",
         choices=INITIALISATIONS,
         help="ibp: Shi et al.'s initialisation; ibp-zero: also A = 0 (starts as the explicit model)",
     )
-    p.add_argument("--lr-milestones", type=POSITIVE, nargs="*", help="epochs where lr decays")
-    p.add_argument("--lr-decay", type=_number(0.0, 1.0, low_open=True), help="lr factor (0..1]")
-    p.add_argument("--grad-clip", type=RADIUS, help="max gradient norm (0: off)")
+    p.add_argument(
+        "--lr-milestones", type=_setting("lr_milestones"), nargs="*", help="epochs where lr decays"
+    )
+    p.add_argument("--lr-decay", type=_setting("lr_decay"), help="lr factor (0..1]")
+    p.add_argument("--grad-clip", type=_setting("grad_clip"), help="max gradient norm (0: off)")
     p.add_argument(
         "--swa-start",
-        type=NONNEGATIVE,
+        type=_setting("swa_start"),
         help="average the weights of the epochs from this one on (0: off)",
     )
-    p.add_argument("--cert-eval-eps", type=RADIUS, nargs="*", help="radii certified each epoch")
-    p.add_argument("--cert-eval-limit", type=POSITIVE, help="test images certified each epoch")
-    p.add_argument("--seed", type=NONNEGATIVE)
+    p.add_argument(
+        "--cert-eval-eps",
+        type=_setting("cert_eval_eps"),
+        nargs="*",
+        help="radii certified each epoch",
+    )
+    p.add_argument(
+        "--cert-eval-limit",
+        type=_setting("cert_eval_limit"),
+        help="test images certified each epoch",
+    )
+    p.add_argument("--seed", type=_setting("seed"))
     p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument("--train-limit", type=POSITIVE, help="use only the first N training images")
-    p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
+    p.add_argument(
+        "--train-limit", type=_setting("train_limit"), help="use only the first N training images"
+    )
+    p.add_argument(
+        "--test-limit", type=_setting("test_limit"), help="use only the first N test images"
+    )
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoint, metrics)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")

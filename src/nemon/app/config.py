@@ -10,7 +10,7 @@ from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..recipes import FIELDS as RECIPE_FIELDS
 from ..recipes import RAMPS, RECIPES, Recipe
 from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS
-from ..validation import MAX_ITER, MAX_STATES, MIN_TOL, check_choice, check_integer, check_number
+from ..validation import check_choice, check_setting
 
 __all__ = ["TrainConfig", "PRESETS", "RAMPS"]
 
@@ -64,19 +64,15 @@ class TrainConfig:
         check_choice("residual", self.residual, ("step", "fixed_point"))
         if self.solver is not None:
             check_choice("solver", self.solver, tuple(SOLVERS))
-        self.recipe()  # the training settings: their ranges are the recipe's
-        check_integer("hidden", self.hidden, 1, MAX_STATES)
-        check_integer("max_iter", self.max_iter, 1, MAX_ITER)
-        for name in ("train_limit", "test_limit"):
+        self.recipe()  # the training settings: their ranges are the recipe's (one table)
+        for name in ("hidden", "max_iter", "gamma", "tol", "train_limit", "test_limit"):
             if getattr(self, name) is not None:
-                check_integer(name, getattr(self, name), 1)
+                check_setting(name, getattr(self, name))
         if self.swa_start and self.arch.endswith("-bn"):
             raise ValueError(
                 f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
                 "batch statistics would have to be measured again"
             )
-        check_number("gamma", self.gamma, high=1.0, high_open=True)
-        check_number("tol", self.tol, low=MIN_TOL, high=1.0, high_open=True)
         if not isinstance(self.layer_kwargs, dict):
             raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
         return self
