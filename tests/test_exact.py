@@ -122,7 +122,7 @@ def test_a_posteriori_error_bound_is_tight_and_sound():
         matvec=lambda x: 0.9 * x,
         z=z,
         phi=nemon.activations.get_activation("identity"),
-        diagonal=torch.tensor([0.9], dtype=DT),
+        a_diagonal=torch.tensor([0.9], dtype=DT),
         measure=0.9,
         norm=nemon.solvers.weighted_inf_norm(None),
     )
@@ -146,7 +146,7 @@ def test_fixed_point_residual_is_what_the_solver_claims():
             matvec=lambda x, A=A: x @ A.T,
             z=z,
             phi=nemon.activations.get_activation("relu"),
-            diagonal=torch.diagonal(A),
+            a_diagonal=torch.diagonal(A),
             measure=float(nemon.mu_inf(A)),
         )
         for method in ("averaged", "diagonal", "anderson"):

@@ -175,7 +175,7 @@ def test_activation_checks():
 def test_conv_diagonal_matches_materialised_matrix(kind):
     layer = make_layer(kind, seed=2)
     A = layer.weight_matrix()
-    diag = layer.operator.diagonal(layer.effective_weights()).expand(*layer.state_shape())
+    diag = layer.operator.diagonal_entries(layer.effective_weights()).expand(*layer.state_shape())
     assert torch.allclose(diag.reshape(-1), torch.diagonal(A), atol=1e-12)
 
 
@@ -229,3 +229,14 @@ def test_mon_forward_backward_step_is_half_the_largest_convergent_one(conv):
     assert eq.splitting_step == pytest.approx(expected, rel=1e-9)
     layer.solver_options = layer.backward_options = nemon.SolverOptions(method="peaceman_rachford")
     assert layer.equilibrium(layer.effective_weights()).splitting_step is None
+
+
+def test_weight_is_the_matrix_for_every_layer_kind():
+    """One return type: ``weight()`` is ``A`` as an (n, n) matrix, dense or conv."""
+    torch.manual_seed(0)
+    dense = nemon.NEMONDense(4, 6, gamma=0.5)
+    conv = nemon.NEMONConv2d(1, 2, 4, gamma=0.5)
+    for layer, n in ((dense, 6), (conv, 2 * 4 * 4)):
+        A = layer.weight()
+        assert isinstance(A, torch.Tensor) and A.shape == (n, n)
+        assert torch.equal(A, layer.weight_matrix())

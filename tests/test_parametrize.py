@@ -101,7 +101,7 @@ def test_conv_measure_on_materialised_matrix(padding, kernel_size, seed):
     assert measure <= 0.6 + 1e-10
     if padding == "circular":  # exact value and exact diagonal (image size >= kernel size)
         assert float(layer.measure()) == pytest.approx(float(measure), abs=1e-10)
-    diag = layer.operator.diagonal(layer.effective_weights()).expand(3, 5, 5).reshape(-1)
+    diag = layer.operator.diagonal_entries(layer.effective_weights()).expand(3, 5, 5).reshape(-1)
     assert torch.allclose(diag, torch.diagonal(A))
 
 

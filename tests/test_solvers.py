@@ -23,7 +23,7 @@ def dense_system(seed=0, n=8, batch=4, gamma=0.9, spread=0.5):
         matvec=lambda x: x @ A.T,
         z=z,
         phi=ReLU(),
-        diagonal=torch.diagonal(A),
+        a_diagonal=torch.diagonal(A),
         measure=float(nemon.mu_inf(A, eta)),
         norm=weighted_inf_norm(eta),
     )
@@ -148,7 +148,7 @@ def test_safeguarded_anderson_converges_where_plain_anderson_stalls():
             matvec=lambda x, A=A: x @ A.T,
             z=z,
             phi=nemon.activations.get_activation("relu"),
-            diagonal=torch.diagonal(A),
+            a_diagonal=torch.diagonal(A),
             measure=0.9,
             norm=nemon.solvers.weighted_inf_norm(None),
         )

@@ -61,10 +61,6 @@ class _ConvLayer(ImplicitLayer):
     def injection(self, u: Tensor) -> Tensor:
         return conv_same(u, self.input_kernel, "zeros") + self.input_bias[:, None, None]
 
-    def weight(self) -> tuple[Tensor, ...]:
-        """The effective operator's weights; `weight_matrix` materialises ``A``."""
-        return self.effective_weights()
-
     def weight_matrix(self) -> Tensor:
         """Dense matrix of ``A`` on the flattened state (small images only: tests)."""
         n = self.channels * self.image_size**2

@@ -102,7 +102,7 @@ class Equilibrium:
             matvec=lambda x: op.matvec(weights, x),
             z=z,
             phi=self.phi,
-            diagonal=op.diagonal(weights),
+            a_diagonal=op.diagonal_entries(weights),
             measure=self.measure,
             norm=weighted_inf_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=False),
@@ -125,7 +125,7 @@ class Equilibrium:
         op = self.operator
         common = dict(
             z=g,
-            diagonal=op.diagonal(weights),
+            a_diagonal=op.diagonal_entries(weights),
             measure=self.measure,
             norm=weighted_l1_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=True),

@@ -99,6 +99,15 @@ class ImplicitLayer(nn.Module):
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         raise NotImplementedError
 
+    def weight_matrix(self) -> Tensor:
+        """``A`` as a matrix on the flattened state."""
+        raise NotImplementedError
+
+    def weight(self) -> Tensor:
+        """``A`` as a matrix, for every layer kind (conv layers materialise it: small images
+        only); the operator's own weights are `effective_weights`."""
+        return self.weight_matrix()
+
     # -- shared ------------------------------------------------------------------------------
     def solve(self, u: Tensor) -> Solution:
         """The equilibrium for input ``u`` with its statistics and error bound (differentiable
@@ -227,8 +236,8 @@ class _DenseLayer(ImplicitLayer):
     def injection(self, u: Tensor) -> Tensor:
         return self.B(u)
 
-    def weight(self) -> Tensor:
-        """The effective ``A`` (n, n)."""
+    def weight_matrix(self) -> Tensor:
+        """The effective ``A`` (n, n), as stored."""
         return self.A
 
     def effective_weights(self) -> tuple[Tensor, ...]:

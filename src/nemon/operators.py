@@ -40,7 +40,7 @@ class Operator:
     def rmatvec(self, weights: tuple[Tensor, ...], w: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+    def diagonal_entries(self, weights: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
     def matvec_add(self, weights: tuple[Tensor, ...], x: Tensor, z: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ class DenseOperator(Operator):
         """``A^T w + g`` in one ``addmm``."""
         return torch.addmm(g, w, weights[0])
 
-    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+    def diagonal_entries(self, weights: tuple[Tensor, ...]) -> Tensor:
         return torch.diagonal(weights[0])
 
     def weight_vjp(self, weights, x, w, needs):
@@ -146,7 +146,7 @@ class ConvOperator(Operator):
         kernel, shift = weights
         return conv_same_adjoint(w, kernel, self.padding) + shift[:, None, None] * w
 
-    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+    def diagonal_entries(self, weights: tuple[Tensor, ...]) -> Tensor:
         """Per-channel diagonal ``K[c, c, centre] + shift_c`` (image size >= kernel size)."""
         kernel, shift = weights
         centre = (kernel.shape[-1] - 1) // 2
@@ -193,7 +193,7 @@ class MONConvOperator(Operator):
             self.gamma * w - WtW + conv_same(w, Z, "circular") - conv_same_adjoint(w, Z, "circular")
         )
 
-    def diagonal(self, weights: tuple[Tensor, ...]) -> Tensor:
+    def diagonal_entries(self, weights: tuple[Tensor, ...]) -> Tensor:
         """``gamma - sum_{o,taps} W[o, c, tap]^2`` per channel (Z's diagonal cancels)."""
         W = weights[0]
         return (self.gamma - (W**2).sum(dim=(0, 2, 3)))[:, None, None]

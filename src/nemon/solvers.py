@@ -63,7 +63,7 @@ class FixedPointSystem:
         matvec: ``x -> A x`` on batched states.
         z: the injection ``B u + b``, shape ``(batch, *state)``.
         phi: the nonlinearity (an `Activation`; ``DiagonalGain`` for the adjoint).
-        diagonal: diagonal of ``A`` broadcastable to a state, for ``alpha*``.
+        a_diagonal: the diagonal of ``A`` broadcastable to a state, for ``alpha*``.
         measure: an upper bound on the measure ``mu(A)`` in the solver's norm, or None.
         norm: per-sample norm in which the averaged map contracts (``||.||_{inf,[eta]^-1}`` forward,
             its dual ``||.||_{1,[eta]}`` for the adjoint); used by the error bound and Anderson.
@@ -77,7 +77,7 @@ class FixedPointSystem:
     matvec: Callable[[Tensor], Tensor]
     z: Tensor
     phi: Activation
-    diagonal: Tensor | None = None
+    a_diagonal: Tensor | None = None
     measure: float | None = None
     norm: Callable[[Tensor], Tensor] | None = None
     resolvent: Callable[[float], Callable[[Tensor], Tensor]] | None = None
@@ -191,7 +191,7 @@ def _error_bound(system: FixedPointSystem, residual: Tensor) -> Tensor | None:
 
 
 def _default_alpha(system: FixedPointSystem) -> float:
-    return 1.0 if system.diagonal is None else alpha_star(system.diagonal)
+    return 1.0 if system.a_diagonal is None else alpha_star(system.a_diagonal)
 
 
 @dataclass
@@ -278,7 +278,9 @@ class AveragedStep:
         residual = fx - x
         x_ref = torch.add(x, residual, alpha=self.alpha_ref)
         x_next = torch.lerp(x, fx, self.step_size)
-        return Step(x_next, residual, x, x, x_ref, final=x_next)
+        return Step(
+            next=x_next, residual=residual, point=x, step_from=x, step_to=x_ref, final=x_next
+        )
 
 
 def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dtype):
@@ -307,7 +309,7 @@ def averaged_solvers() -> tuple[str, ...]:
 
 
 def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
-    steps, stats.alpha = averaged_steps(opts, system.diagonal, x.dtype)
+    steps, stats.alpha = averaged_steps(opts, system.a_diagonal, x.dtype)
     return _iterate(AveragedStep(system, steps, stats.alpha, stats), system, x, opts, stats)
 
 
@@ -345,7 +347,9 @@ class ForwardBackwardStep:
         if not check:
             return Step(next=x_next)
         residual = self.system.phi(p) - x
-        return Step(x_next, residual, x, x, x_next, final=x)  # the iterate whose residual is known
+        return Step(
+            next=x_next, residual=residual, point=x, step_from=x, step_to=x_next, final=x
+        )  # the iterate whose residual is known
 
 
 def forward_backward(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
@@ -375,7 +379,9 @@ class PeacemanRachfordStep:
         if not check:
             return Step(next=x_next)
         residual = self.system.residual(x_next)
-        return Step(x_next, residual, x_next, x, x_next, final=x_next)
+        return Step(
+            next=x_next, residual=residual, point=x_next, step_from=x, step_to=x_next, final=x_next
+        )
 
 
 def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
@@ -393,9 +399,9 @@ class AndersonStep:
     def __init__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> None:
         self.system = system
         self.alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
-        per_coordinate = opts.alpha is None and system.diagonal is not None
+        per_coordinate = opts.alpha is None and system.a_diagonal is not None
         self.step_size = (
-            diagonal_steps(system.diagonal).to(x.dtype) if per_coordinate else self.alpha
+            diagonal_steps(system.a_diagonal).to(x.dtype) if per_coordinate else self.alpha
         )
         stats.alpha = self.alpha
         if system.measure is not None:
@@ -435,7 +441,7 @@ class AndersonStep:
         if not check:
             return Step(next=x_next)
         x_ref = torch.add(x, residual, alpha=self.alpha)
-        return Step(x_next, residual, x, x, x_ref, final=x)
+        return Step(next=x_next, residual=residual, point=x, step_from=x, step_to=x_ref, final=x)
 
 
 def anderson(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):

@@ -173,7 +173,7 @@ def _torchdeq_rows(system, ref: torch.Tensor, tol: float) -> list[dict]:
         from torchdeq.solver import get_solver
     except ImportError:
         return [{"solver": "torchdeq", "skipped": "pip install torchdeq to compare"}]
-    alpha = alpha_star(system.diagonal)
+    alpha = alpha_star(system.a_diagonal)
 
     def averaged_map(x):
         return x + alpha * (system(x) - x)
