@@ -232,7 +232,11 @@ def test_a_full_disk_leaves_no_partial_file_and_keeps_finished_work(tmp_path, mo
         train(config(epochs=1, checkpoint_every=0), tmp_path / "run", data=tiny_data())
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".lock",
+        "config.json",
+        "metrics.jsonl",
+    ]
 
 
 def test_cli_reports_a_write_fault_in_one_line(tmp_path, monkeypatch, capsys):

@@ -267,6 +267,7 @@ def fit(
     threads: int | Callable[[bool], int] | None = None,
     tensorboard: str | os.PathLike | None = None,
     metadata: dict | None = None,
+    files: dict[str, str] | None = None,
     stop_after_steps: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` with ``recipe``; returns a `FitResult`.
@@ -283,6 +284,7 @@ def fit(
         threads: torch threads, or a function ``(working) -> threads`` asked every 5 s.
         tensorboard: also log each epoch's numbers to TensorBoard in this folder.
         metadata: plain data stored in the checkpoint (and checked to match on resume).
+        files: more text files for the run folder (name -> contents), written with the first.
         stop_after_steps: stop early after that many steps (tests of resume).
 
     Everything is checked before the first file is written. A non-finite loss or parameter
@@ -302,7 +304,7 @@ def fit(
     elif resume:
         raise RunFolderError("resume needs the run folder: pass out=")
     _check_tensorboard(tensorboard)
-    trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads)
+    trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads, files or {})
     with _locked(run_dir, trainer.rank):
         if resume:
             trainer.restore()
@@ -349,9 +351,9 @@ def _distributed() -> tuple[int, int]:
 class _Trainer:
     """One run of `fit`: set-up, epochs, evaluation and checkpoints as short steps."""
 
-    def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads) -> None:
+    def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads, files):
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
-        self.metadata, self.threads = metadata, threads
+        self.metadata, self.threads, self.extra_files = metadata, threads, files
         self.rank, self.world = _distributed()
         self.device = _device(model)
         self.model = model
@@ -399,6 +401,8 @@ class _Trainer:
         if overwrite:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
+        for name, text in self.extra_files.items():
+            write_text_atomic(text, self.out / name)
         self.write_metrics()
 
     def write_metrics(self) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..models import build_from_config
-from ..runs import check_run_folder, write_text_atomic
+from ..runs import check_run_folder
 from ..training import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, fit
 from .checkpoints import (
     CheckpointError,
@@ -90,8 +90,6 @@ def train(
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
     torch.manual_seed(cfg.seed)
     model = build_from_config(cfg, data.input_shape, data.num_classes).to(torch.device(cfg.device))
-    if resume:
-        read_checkpoint(out / "checkpoint.pt")  # a run of this program, not any torch file
     result = fit(
         model,
         data,
@@ -103,9 +101,7 @@ def train(
         threads=_thread_rule(threads),
         tensorboard=tensorboard,
         metadata={"config": asdict(cfg)},
+        files={"config.json": json.dumps(asdict(cfg), indent=2)},
         stop_after_steps=stop_after_steps,
     )
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return {"history": result.history, "stopped": result.stopped, "model": result.model}
-    write_text_atomic(json.dumps(asdict(cfg), indent=2), out / "config.json")
     return {"history": result.history, "stopped": result.stopped, "model": result.model}
