@@ -37,8 +37,8 @@ MUTATIONS = [
     Mutation(
         "interval arithmetic through Conv2d with W instead of |W|",
         "src/nemon/explicit.py",
-        "radius, module.weight.abs(), None,",
-        "radius, module.weight, None,",
+        "F.conv2d(radius, m.weight.abs(), None,",
+        "F.conv2d(radius, m.weight, None,",
         ("tests/test_explicit.py",),
     ),
     Mutation(

@@ -1,0 +1,19 @@
+"""Every mutant of benchmarks/mutations.py still applies to the source: a refactor that moves the
+mutated line makes this fail here, instead of the mutant silently checking nothing."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import mutations  # noqa: E402
+
+
+@pytest.mark.parametrize("mutation", mutations.MUTATIONS, ids=lambda m: m.name)
+def test_the_mutant_applies(mutation):
+    text = (ROOT / mutation.path).read_text()
+    assert mutation.old in text, f"{mutation.path} no longer holds the line this mutant changes"
+    for test in mutation.tests:
+        assert (ROOT / test).is_file(), test
