@@ -108,8 +108,15 @@ def test_fit_trains_any_module_on_a_clean_recipe_and_refuses_a_certified_one():
     assert result.history[0]["lipschitz"] is None and result.history[0]["forward_iterations"] == 0
     with pytest.raises(ValueError, match=r"radius \(cert_eps\) needs a nemon.Classifier"):
         nemon.fit(mlp, data, SMALL.replace(cert_eps=0.1))
+    for bad in (0, "many", 2.5):
+        with pytest.raises(ValueError, match="threads must be an integer from 1 to 1024"):
+            nemon.fit(small_model_for_threads(), data, SMALL, threads=bad)
     with pytest.raises(ValueError, match="fit needs a torch module with parameters"):
         nemon.fit(lambda u: u, data, SMALL)
+
+
+def small_model_for_threads():
+    return nemon.build_model("nemon", "dense", input_shape=(1, 8, 8), num_classes=2, hidden=4)
 
 
 def test_progress_bars_only_on_a_terminal(capsys):

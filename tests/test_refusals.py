@@ -439,3 +439,18 @@ def test_cli_and_library_refuse_a_setting_with_one_rule(option, value, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", f"--{option}", value, "--out", "unused"])
     assert str(library.value) in capsys.readouterr().err
+
+
+def test_certified_accuracy_says_once_that_a_method_certifies_nothing():
+    """Over many batches: one warning for the whole set, naming every empty radius."""
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", "dense", input_shape=(1, 4, 4), hidden=6).eval()
+    u = torch.rand(50, 1, 4, 4)
+    with torch.no_grad():
+        y = model(u).argmax(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = nemon.training.certified_accuracy(model, u, y, [0.0, 0.5, 0.9], "lipschitz", 10)
+    notes = [w for w in caught if issubclass(w.category, nemon.CertificateWarning)]
+    assert len(notes) == 1 and "at eps 0.5, 0.9; method='interval'" in str(notes[0].message)
+    assert result[0.0] > 0 and result[0.5] == result[0.9] == 0.0

@@ -43,6 +43,7 @@ from .runs import (
     write_text_atomic,
 )
 from .solvers import ConvergenceWarning
+from .validation import check_integer
 
 __all__ = [
     "fit",
@@ -118,13 +119,29 @@ def certified_accuracy(
     clip: tuple[float, float] | None = (0.0, 1.0),
 ) -> dict[float, float]:
     """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
-    ``method=None``: the strongest the model supports)."""
+    ``method=None``: the strongest the model supports). A method that certifies nothing at a
+    positive radius says so once, for the whole set, not once per batch."""
     model.eval()
     device = _device(model)
-    total = torch.zeros(len(eps))
+    total, noted = torch.zeros(len(eps)), []
     for xb, yb in batches(x, y, batch_size):
-        ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method, clip=clip)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CertificateWarning)
+            ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method, clip=clip)
+        for w in caught:  # "certifies none" is judged on the whole set below; the rest passes
+            if "certifies none" in str(w.message):
+                noted.append(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         total += ok.sum(dim=1).cpu().float()
+    empty = [e for e, t in zip(eps, total.tolist()) if e > 0 and t == 0]
+    if empty and noted:
+        message = str(noted[-1]).split(" at eps ")[0]
+        hint = str(noted[-1]).partition("; ")[2]
+        radii = ", ".join(f"{e:g}" for e in empty)
+        warnings.warn(
+            f"{message} at eps {radii}" + (f"; {hint}" if hint else ""), CertificateWarning, 3
+        )
     return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
 
 
@@ -298,6 +315,8 @@ def fit(
         raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
     data = _as_dataset(data)
     _check_model(model, recipe)
+    if not (threads is None or callable(threads)):
+        check_integer("threads", threads, 1, 1024)
     run_dir = None if out is None else Path(out)
     if run_dir is not None:
         check_run_folder(run_dir, resume, overwrite)
