@@ -41,7 +41,6 @@ __all__ = [
     "weighted_inf_norm",
     "weighted_l1_norm",
     "SOLVERS",
-    "SPLITTING_SOLVERS",
     "Solver",
     "averaged_steps",
     "averaged_solvers",
@@ -509,7 +508,6 @@ SOLVERS: dict[str, Solver] = {
         Solver("anderson", anderson, "accelerated"),
     )
 }
-SPLITTING_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.splitting)
 
 
 def solve(

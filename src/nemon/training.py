@@ -43,7 +43,7 @@ from .runs import (
     write_text_atomic,
 )
 from .solvers import ConvergenceWarning
-from .validation import check_integer
+from .validation import MAX_THREADS, check_integer
 
 __all__ = [
     "fit",
@@ -316,7 +316,7 @@ def fit(
     data = _as_dataset(data)
     _check_model(model, recipe)
     if not (threads is None or callable(threads)):
-        check_integer("threads", threads, 1, 1024)
+        check_integer("threads", threads, 1, MAX_THREADS)
     run_dir = None if out is None else Path(out)
     if run_dir is not None:
         check_run_folder(run_dir, resume, overwrite)

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_ITER",
     "MIN_TOL",
     "MAX_STATES",
+    "MAX_THREADS",
 ]
 
 #: Limits that keep a run finite and its arrays allocatable: a solve stops within MAX_ITER
@@ -26,6 +27,7 @@ __all__ = [
 MAX_ITER = 1_000_000
 MIN_TOL = 1e-15
 MAX_STATES = 32_768
+MAX_THREADS = 1024  # OpenMP runtimes fail far below the numbers a typo can give
 
 
 def check_choice(name: str, value, choices) -> None:

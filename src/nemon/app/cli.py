@@ -28,7 +28,7 @@ from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from ..runs import OutputError, atomic_path, check_output_target, write_text_atomic
 from ..solvers import SOLVERS
-from ..validation import RANGES, check_setting
+from ..validation import MAX_THREADS, RANGES, check_setting
 from .bench import run_bench
 from .checkpoints import (
     CheckpointError,
@@ -106,9 +106,6 @@ POSITIVE = _integer(1)
 NONNEGATIVE = _integer(0)
 RADIUS = _number(low=0.0)
 RATE = _number(low=0.0, low_open=True)
-
-
-MAX_THREADS = 1024  # OpenMP runtimes fail far below the numbers a typo can give
 
 
 def _setting(name: str):
