@@ -34,10 +34,12 @@ def machine() -> dict:
     }
 
 
-def run(model: str, solver: str | None, epochs: int, seed: int, tol: float, data, residual: str):
+def run(model, solver, epochs, seed, tol, data, residual, solve_tol=None):
+    """One run; ``solve_tol``: the training solves' tolerance (evaluation stays at ``tol``)."""
     cfg = TrainConfig(
-        model=model, solver=solver, epochs=epochs, seed=seed, tol=tol, residual=residual
-    )
+        model=model, solver=solver, epochs=epochs, seed=seed, tol=tol, residual=residual,
+        solve_tol=solve_tol,
+    )  # fmt: skip
     out = Path("/tmp") / f"nemon-bench-{model}-{solver}-{seed}"
     start = time.perf_counter()
     result = train(cfg, out, data=data, progress=False, overwrite=True)
@@ -47,6 +49,8 @@ def run(model: str, solver: str | None, epochs: int, seed: int, tol: float, data
         "solver": solver or "default",
         "seed": seed,
         "residual": residual,
+        "tol": tol,
+        "solve_tol": solve_tol,
         "epochs": hist,
         "best_test_accuracy": max(h["test_accuracy"] for h in hist),
         "mean_train_seconds": sum(h["train_seconds"] for h in hist) / len(hist),
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--solve-tol", type=float, help="training solves only (default: --tol)")
     parser.add_argument("--residual", default="step", choices=["step", "fixed_point"])
     parser.add_argument("--data-dir")
     parser.add_argument("--tag", default="")
@@ -81,6 +86,7 @@ def main() -> None:
                     args.tol,
                     data,
                     args.residual,
+                    args.solve_tol,
                 )
                 runs.append(r)
                 print(

@@ -1,5 +1,6 @@
 """nemon.fit: the library's training API, for a user's own classifier and for the presets."""
 
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -127,3 +128,22 @@ def test_progress_bars_only_on_a_terminal(capsys):
     assert "it/s" not in captured.err and "epoch 1/2" not in captured.err
     nemon.fit(custom_model(), tiny_data(), SMALL, progress=False)
     assert capsys.readouterr().out == ""
+
+
+def test_a_loose_training_tolerance_leaves_evaluation_at_the_layers_own():
+    """``solve_tol``: training solves stop earlier; evaluation, and the layer after training,
+    keep the layer's tolerance."""
+    data = tiny_data()
+    runs = {}
+    for tol in (None, 0.5):
+        torch.manual_seed(0)
+        model = nemon.build_model("nemon", "dense", input_shape=(1, 8, 8), num_classes=2, hidden=8)
+        model.layer.solver_options = dataclasses.replace(model.layer.solver_options, tol=1e-8)
+        before = model.layer.solver_options
+        runs[tol] = nemon.fit(model, data, SMALL.replace(epochs=1, solve_tol=tol), progress=False)
+        assert model.layer.solver_options == before
+    assert runs[0.5].history[0]["forward_iterations"] < runs[None].history[0]["forward_iterations"]
+    evaluated = nemon.evaluate(runs[0.5].model, data.test_x, data.test_y)["forward_iterations"]
+    assert evaluated > runs[0.5].history[0]["forward_iterations"]  # at the layer's 1e-8
+    with pytest.raises(ValueError, match="solve_tol must be a finite number >= 1e-15"):
+        SMALL.replace(solve_tol=0.0)

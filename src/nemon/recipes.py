@@ -41,6 +41,9 @@ class Recipe:
         checkpoint_every: steps between checkpoints (0: at epoch ends only).
         cert_eval_eps: radii at which certified accuracy (interval) is logged each epoch.
         cert_eval_limit: number of test samples certified each epoch.
+        solve_tol: tolerance of the training solves, forward and backward (None: the layers'
+            own). Evaluation, certification and the checkpointed model keep the layers' own
+            tolerance; a loose training tolerance trades nothing the certificates rely on.
     """
 
     epochs: int = 10
@@ -62,12 +65,13 @@ class Recipe:
     checkpoint_every: int = 50
     cert_eval_eps: tuple[float, ...] = ()
     cert_eval_limit: int = 1000
+    solve_tol: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
         object.__setattr__(self, "cert_eval_eps", tuple(self.cert_eval_eps))
         for f in fields(self):
-            if f.name in RANGES:
+            if f.name in RANGES and getattr(self, f.name) is not None:
                 check_setting(f.name, getattr(self, f.name))
         check_choice("ramp", self.ramp, RAMPS)
         check_choice("reg_kind", self.reg_kind, REGULARISERS)

@@ -499,19 +499,22 @@ class _Trainer:
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(recipe, s.epoch)
         data = self.data
-        for i, (xb, yb) in enumerate(batches(data.train_x, data.train_y, recipe.batch_size, gen)):
-            if i < s.step:
-                continue
-            self.train_step(i, xb, yb)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{s.running['loss'] / s.running['count']:.3f}")
-            self.steps_done += 1
-            if self.stop_after is not None and self.steps_done >= self.stop_after:
-                self.checkpoint()
-                return False
-            if recipe.checkpoint_every and s.step % recipe.checkpoint_every == 0:
-                self.checkpoint()
+        with _training_tolerance(self.raw, recipe.solve_tol):
+            for i, (xb, yb) in enumerate(
+                batches(data.train_x, data.train_y, recipe.batch_size, gen)
+            ):
+                if i < s.step:
+                    continue
+                self.train_step(i, xb, yb)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{s.running['loss'] / s.running['count']:.3f}")
+                self.steps_done += 1
+                if self.stop_after is not None and self.steps_done >= self.stop_after:
+                    self.checkpoint()
+                    return False
+                if recipe.checkpoint_every and s.step % recipe.checkpoint_every == 0:
+                    self.checkpoint()
         if bar is not None:
             bar.close()
         return True
@@ -616,6 +619,17 @@ class _Trainer:
             torch.set_num_threads(int(self.threads(working)))
         elif self.threads is not None:
             torch.set_num_threads(int(self.threads))
+
+
+@contextlib.contextmanager
+def _training_tolerance(model: nn.Module, tol: float | None):
+    """Every implicit layer solves to ``tol`` inside the block (None: as it is)."""
+    with contextlib.ExitStack() as stack:
+        if tol is not None:
+            for layer in model.modules():
+                if isinstance(layer, ImplicitLayer):
+                    stack.enter_context(layer.solver_settings(tol=tol))
+        yield
 
 
 def _print_epoch(record: dict, bar_shown: bool) -> None:

@@ -99,6 +99,7 @@ RANGES: dict[str, Range] = {
     "cert_weight": Range(float, 0.0, 1.0),
     "gamma": Range(float, high=1.0, high_open=True),
     "tol": Range(float, MIN_TOL, 1.0, high_open=True),
+    "solve_tol": Range(float, MIN_TOL, 1.0, high_open=True),
 }
 
 

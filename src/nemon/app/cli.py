@@ -165,6 +165,11 @@ def _add_train(sub, common) -> None:
     p.add_argument("--activation", choices=ACTIVATIONS)
     p.add_argument("--solver", choices=sorted(SOLVERS), help="default: the family's own")
     p.add_argument("--tol", type=_setting("tol"), help="relative residual tolerance (> 0)")
+    p.add_argument(
+        "--solve-tol",
+        type=_setting("solve_tol"),
+        help="tolerance of the training solves (default: --tol; evaluation always uses --tol)",
+    )
     p.add_argument("--epochs", type=_setting("epochs"))
     p.add_argument("--batch-size", type=_setting("batch_size"))
     p.add_argument("--lr", type=_setting("lr"))

@@ -52,6 +52,7 @@ class TrainConfig:
     swa_start: int = 0  # > 0: the model is the average of the weights at the ends of epochs >= this
     cert_eval_eps: list = field(default_factory=list)  # certified accuracy logged each epoch
     cert_eval_limit: int = 1000  # on the first N test images
+    solve_tol: float | None = None  # training solves' tolerance (None: tol); evaluation uses tol
     layer_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
