@@ -455,3 +455,13 @@ def test_checkpoint_config_fuzz(saved_run, tmp_path_factory, drop, change):
         assert len(str(exc).splitlines()) == 1
         return
     assert isinstance(model, nemon.Classifier)
+
+
+def test_resuming_a_damaged_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(config(epochs=2), run, data=tiny_data(), progress=False, stop_after_steps=3)
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    ckpt["model"]["readout.bias"].add_(1e-3)  # a flipped weight, checksum kept
+    save_atomic(ckpt, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="damaged: its weights or config do not match"):
+        train(config(epochs=2), run, data=tiny_data(), progress=False, resume=True)

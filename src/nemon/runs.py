@@ -27,6 +27,7 @@ __all__ = [
     "atomic_path",
     "RunLock",
     "state_checksum",
+    "check_checksum",
     "RunFolderError",
     "RUN_FILES",
     "save_atomic",
@@ -180,6 +181,15 @@ def state_checksum(state: dict, config=None) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_checksum(path, ckpt: dict) -> None:
+    """A checkpoint that holds a checksum must match it (weights and config); `CheckpointError`
+    otherwise. Loading (`nemon.app.checkpoints.load_checkpoint`) and resuming both check it."""
+    if "checksum" in ckpt and state_checksum(ckpt["model"], ckpt.get("config")) != ckpt["checksum"]:
+        raise CheckpointError(
+            f"{path} is damaged: its weights or config do not match the checksum it holds"
+        )
 
 
 class RunFolderError(ValueError):

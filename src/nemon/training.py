@@ -34,6 +34,7 @@ from .runs import (
     RUN_FILES,
     RunFolderError,
     RunLock,
+    check_checksum,
     check_run_folder,
     json_line,
     read_torch_file,
@@ -390,10 +391,7 @@ class _Trainer:
     # -- files ----------------------------------------------------------------------------
     def restore(self) -> None:
         ckpt = read_torch_file(self.ckpt_path, map_location=str(self.device))
-        if "checksum" in ckpt and ckpt["checksum"] != state_checksum(
-            ckpt["model"], ckpt.get("config")
-        ):
-            raise RunFolderError(f"{self.ckpt_path} is damaged: it does not match its checksum")
+        check_checksum(self.ckpt_path, ckpt)
         recorded = {k: ckpt.get(k) for k in self.metadata}
         current = dict(self.metadata)
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it

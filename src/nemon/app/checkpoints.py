@@ -13,12 +13,12 @@ from ..runs import (
     RUN_FILES,
     CheckpointError,
     RunFolderError,
+    check_checksum,
     check_run_folder,
     json_line,
     read_torch_file,
     remove_stale_temporaries,
     save_atomic,
-    state_checksum,
     write_text_atomic,
 )
 from .config import TrainConfig
@@ -74,14 +74,6 @@ def checked_config(path, config) -> TrainConfig:
         return TrainConfig(**config).validate()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its config is invalid ({exc})") from None
-
-
-def check_checksum(path, ckpt: dict) -> None:
-    """A checkpoint that holds a checksum must match it (weights and config)."""
-    if "checksum" in ckpt and state_checksum(ckpt["model"], ckpt["config"]) != ckpt["checksum"]:
-        raise CheckpointError(
-            f"{path} is damaged: its weights or config do not match the checksum it holds"
-        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
