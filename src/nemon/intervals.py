@@ -14,10 +14,17 @@ bounding each logit. Differentiable: the same bounds drive interval training.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["interval_equilibrium", "input_box", "logit_difference_bounds", "interval_loss"]
+__all__ = [
+    "interval_equilibrium",
+    "input_box",
+    "shrunk_box",
+    "logit_difference_bounds",
+    "interval_loss",
+]
 
 
 def interval_equilibrium(layer, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -38,17 +45,31 @@ def input_box(u: Tensor, eps: float, clip: tuple[float, float] | None) -> tuple[
     return lo, hi
 
 
+def shrunk_box(
+    u: Tensor, centre: Tensor, eps: float, shrink: float, clip: tuple[float, float] | None
+) -> tuple[Tensor, Tensor]:
+    """SABR's small box (Mueller et al., 2023): radius ``shrink * eps`` around ``centre`` (an
+    adversarial point), moved to lie inside the ball of radius ``eps`` around ``u``, intersected
+    with ``clip``. ``shrink = 1`` gives the whole ball."""
+    margin = (1.0 - shrink) * eps
+    centre = torch.max(torch.min(centre, u + margin), u - margin)
+    lo, hi = centre - shrink * eps, centre + shrink * eps
+    if clip is not None:
+        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
+    return lo, hi
+
+
 def logit_difference_bounds(
-    model, u: Tensor, labels: Tensor, eps: float, clip=None, x_lo=None, x_hi=None
+    model, u: Tensor, labels: Tensor, eps: float, clip=None, x_lo=None, x_hi=None, box=None
 ) -> Tensor:
     """Lower bounds of ``y_label - y_j`` over the l_inf ball, shape ``(batch, q)`` (0 at the label).
 
     With ``x_lo, x_hi`` given, they are used as the state box (certification passes a tightened
     one); otherwise the box goes through the encoder and the embedding system (differentiable:
-    interval training).
+    interval training). ``box=(lo, hi)`` replaces the ball by that input box (`shrunk_box`).
     """
     u = model.prepare_input(u)
-    lo, hi = input_box(u, eps, clip)
+    lo, hi = input_box(u, eps, clip) if box is None else (model.prepare_input(b) for b in box)
     if x_lo is None:
         v_lo, v_hi = model.encode_interval(lo, hi)
         x_lo, x_hi, _ = interval_equilibrium(model.layer, v_lo, v_hi)
@@ -66,6 +87,10 @@ def logit_difference_bounds(
     return bound.scatter(1, labels[:, None], 0.0)
 
 
-def interval_loss(model, u: Tensor, labels: Tensor, eps: float, clip=(0.0, 1.0)) -> Tensor:
-    """Cross-entropy on worst-case logits ``-(lower bound of y_label - y_j)`` (IBP training)."""
-    return F.cross_entropy(-logit_difference_bounds(model, u, labels, eps, clip), labels)
+def interval_loss(
+    model, u: Tensor, labels: Tensor, eps: float, clip=(0.0, 1.0), box=None
+) -> Tensor:
+    """Cross-entropy on worst-case logits ``-(lower bound of y_label - y_j)`` (IBP training);
+    ``box``: see `logit_difference_bounds`."""
+    bounds = logit_difference_bounds(model, u, labels, eps, clip, box=box)
+    return F.cross_entropy(-bounds, labels)

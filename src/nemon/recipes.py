@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .validation import RANGES, check_choice, check_setting
 
-__all__ = ["Recipe", "RECIPES", "RAMPS", "REGULARISERS", "recipe_named"]
+__all__ = ["Recipe", "RECIPES", "RAMPS", "REGULARISERS", "ROBUST_MIXES", "recipe_named"]
 
 RAMPS = ("linear", "smooth")
 REGULARISERS = ("product", "halved_sum")
+ROBUST_MIXES = ("loss", "logits")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class Recipe:
         cert_weight: final weight of the interval loss in the clean/robust mix.
         adv_steps: > 0 replaces the clean term by the loss at a PGD point with that many steps
             (MTL-IBP, De Palma et al. 2024).
+        robust_mix: how the adversarial and the interval terms mix, with weight ``cert_weight``:
+            ``"loss"``, the losses (MTL-IBP), or ``"logits"``, the logit differences before one
+            cross-entropy (CC-IBP, De Palma et al. 2024).
+        box_shrink: < 1: the interval term bounds a small box of radius ``box_shrink * eps``
+            around the PGD point, inside the ball (SABR, Mueller et al. 2023; needs
+            ``adv_steps``). Certification always bounds the whole ball.
         warmup_epochs: clean epochs before the radius starts to grow.
         cert_ramp_epochs: epochs over which radius and robust weight grow from 0.
         ramp: ``"linear"`` or ``"smooth"`` (cubic smoothstep).
@@ -57,6 +64,8 @@ class Recipe:
     cert_eps: float = 0.0
     cert_weight: float = 0.5
     adv_steps: int = 0
+    robust_mix: str = "loss"
+    box_shrink: float = 1.0
     warmup_epochs: int = 0
     cert_ramp_epochs: int = 1
     ramp: str = "linear"
@@ -75,6 +84,12 @@ class Recipe:
                 check_setting(f.name, getattr(self, f.name))
         check_choice("ramp", self.ramp, RAMPS)
         check_choice("reg_kind", self.reg_kind, REGULARISERS)
+        check_choice("robust_mix", self.robust_mix, ROBUST_MIXES)
+        if self.box_shrink < 1 and self.adv_steps == 0:
+            raise ValueError(
+                f"box_shrink = {self.box_shrink:g} < 1 needs adv_steps > 0: the small box is "
+                "centred at a PGD point"
+            )
         if self.swa_start > self.epochs:
             raise ValueError(
                 f"swa_start must be at most epochs ({self.epochs}), got {self.swa_start}"
@@ -136,6 +151,29 @@ RECIPES: dict[str, Recipe] = {
         cert_eps=0.2,
         cert_weight=0.2,
         adv_steps=1,
+        cert_eval_eps=(0.1,),
+    ),
+    # CC-IBP: the same schedule, the logit differences at a 1-step PGD point and their interval
+    # lower bounds mixed half and half before one cross-entropy
+    "cc-ibp-0.1": _CERTIFIED.replace(
+        epochs=38,
+        cert_ramp_epochs=10,
+        lr_milestones=(29, 35),
+        cert_eps=0.2,
+        cert_weight=0.5,
+        adv_steps=1,
+        robust_mix="logits",
+        cert_eval_eps=(0.1,),
+    ),
+    # SABR: the interval loss alone, on a box of 0.4 of the radius around an 8-step PGD point
+    "sabr-0.1": _CERTIFIED.replace(
+        epochs=38,
+        cert_ramp_epochs=10,
+        lr_milestones=(29, 35),
+        cert_eps=0.2,
+        cert_weight=1.0,
+        adv_steps=8,
+        box_shrink=0.4,
         cert_eval_eps=(0.1,),
     ),
 }

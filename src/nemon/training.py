@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .attacks import pgd
 from .certificates import CertificateWarning, certify
 from .data import Dataset, batches
-from .intervals import interval_loss
+from .intervals import interval_loss, logit_difference_bounds, shrunk_box
 from .layers import ImplicitLayer
 from .models import Classifier
 from .recipes import Recipe, recipe_named
@@ -176,31 +176,49 @@ def recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float,
     et al., 2018). At weight 1 the clean pass runs without autograd (its logits only feed the
     accuracy metric); under DDP it keeps autograd, which the gradient synchronisation needs.
 
-    With ``adv_steps > 0`` and a radius, the clean term is the cross-entropy at a PGD point of the
-    same ball (MTL-IBP, De Palma et al., 2024); the logits returned are those at the PGD points.
+    With ``adv_steps > 0`` and a radius, the clean term is taken at a PGD point of the same ball
+    and the logits returned are those at the PGD points; ``robust_mix="loss"`` mixes the two
+    cross-entropies (MTL-IBP), ``"logits"`` the adversarial logit differences with their interval
+    lower bounds before one cross-entropy (CC-IBP, De Palma et al., 2024). ``box_shrink < 1``
+    bounds SABR's small box around the PGD point instead of the ball (`nemon.intervals.shrunk_box`).
     ``model`` is what runs the forward pass (DDP's wrapper), ``raw`` the classifier itself."""
     weight = 0.0
     if eps > 0:
         weight = recipe.cert_weight * progress if recipe.ramp == "smooth" else recipe.cert_weight
-    if weight >= 1.0 and model is raw:  # the clean loss has no weight: logits for metrics only
-        with torch.no_grad():
-            logits = model(xb)
-        loss = interval_loss(raw, xb, yb, eps)
-    elif recipe.adv_steps > 0 and eps > 0:
+    pure = weight >= 1.0 and model is raw  # the clean term has no weight: metrics only
+    adv = box = None
+    if recipe.adv_steps > 0 and eps > 0 and (not pure or recipe.box_shrink < 1):
         adv = _adversarial_points(raw, xb, yb, eps, recipe.adv_steps, seed=step)
-        logits = model(adv)
-        loss = (1 - weight) * F.cross_entropy(logits, yb)
-        logits = logits.detach()
-        if weight > 0:
-            loss = loss + weight * interval_loss(raw, xb, yb, eps)
-    else:
+        if recipe.box_shrink < 1:
+            box = shrunk_box(xb, adv, eps, recipe.box_shrink, (0.0, 1.0))
+    if eps <= 0:
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
-        if eps > 0:
-            loss = (1 - weight) * loss + weight * interval_loss(raw, xb, yb, eps)
+    elif pure:
+        with torch.no_grad():
+            logits = model(xb)
+        loss = interval_loss(raw, xb, yb, eps, box=box)
+    else:
+        logits = model(xb if adv is None else adv)
+        loss = _mixed_loss(raw, recipe, logits, xb, yb, eps, weight, box)
+        logits = logits if adv is None else logits.detach()
     if recipe.lam > 0:
         loss = loss + recipe.lam * raw.lipschitz_penalty(recipe.reg_kind)
     return logits, loss
+
+
+def _mixed_loss(raw, recipe: Recipe, logits, xb, yb, eps: float, weight: float, box) -> Tensor:
+    """``(1 - w) CE(logits) + w CE(interval)`` (``robust_mix="loss"``), or the cross-entropy of
+    the mixed logit differences ``(1 - w) (y_label - y_j) + w (their lower bounds)``
+    (``"logits"``); the interval term is skipped at weight 0."""
+    if weight <= 0:
+        return F.cross_entropy(logits, yb)
+    if recipe.robust_mix == "loss":
+        robust = interval_loss(raw, xb, yb, eps, box=box)
+        return (1 - weight) * F.cross_entropy(logits, yb) + weight * robust
+    bounds = logit_difference_bounds(raw, xb, yb, eps, (0.0, 1.0), box=box)
+    differences = logits.gather(1, yb[:, None]) - logits  # 0 at the label, as the bounds
+    return F.cross_entropy(-((1 - weight) * differences + weight * bounds), yb)
 
 
 def _adversarial_points(raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int) -> Tensor:

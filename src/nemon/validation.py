@@ -97,6 +97,7 @@ RANGES: dict[str, Range] = {
     "cert_eps": Range(float, 0.0),
     "cert_eval_eps": Range(float, 0.0),
     "cert_weight": Range(float, 0.0, 1.0),
+    "box_shrink": Range(float, 0.0, 1.0, low_open=True),
     "gamma": Range(float, high=1.0, high_open=True),
     "tol": Range(float, MIN_TOL, 1.0, high_open=True),
     "solve_tol": Range(float, MIN_TOL, 1.0, high_open=True),

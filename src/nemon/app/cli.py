@@ -26,6 +26,7 @@ from ..data import DATASETS, DataError, load_dataset
 from ..export import export_onnx
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
+from ..recipes import ROBUST_MIXES
 from ..runs import OutputError, atomic_path, check_output_target, write_text_atomic
 from ..solvers import SOLVERS
 from ..validation import MAX_THREADS, RANGES, check_setting
@@ -186,6 +187,16 @@ def _add_train(sub, common) -> None:
         "--adv-steps",
         type=_setting("adv_steps"),
         help="PGD steps of an adversarial term that replaces the clean one (MTL-IBP); 0: clean",
+    )
+    p.add_argument(
+        "--robust-mix",
+        choices=ROBUST_MIXES,
+        help="mix the adversarial and interval terms' losses (MTL-IBP) or logits (CC-IBP)",
+    )
+    p.add_argument(
+        "--box-shrink",
+        type=_setting("box_shrink"),
+        help="< 1: bound a box of this fraction of the radius around the PGD point (SABR)",
     )
     p.add_argument(
         "--cert-ramp-epochs",

@@ -42,6 +42,8 @@ class TrainConfig:
     cert_eps: float = 0.0
     cert_weight: float = 0.5
     adv_steps: int = 0  # > 0: PGD steps of the adversarial term that replaces the clean one
+    robust_mix: str = "loss"  # or "logits": CC-IBP's mix of the adversarial and interval terms
+    box_shrink: float = 1.0  # < 1: SABR's small box around the PGD point (radius fraction)
     cert_ramp_epochs: int = 1
     warmup_epochs: int = 0  # clean-only epochs before the radius starts to grow
     ramp: str = "linear"  # or "smooth": cubic smoothstep of radius and robust weight
@@ -104,6 +106,13 @@ PRESETS: dict[str, dict] = {
     # best single model at 0.1: the conv-medium encoder, IBP initialisation, 256 states, MTL-IBP
     "mnist-cert-medium-mtl-h256-0.1": _preset(
         "mtl-ibp-0.1", **{**_CERTIFIED_MODEL, "arch": "conv-medium", "init": "ibp", "hidden": 256}
+    ),
+    # the same model trained with CC-IBP (logit mix) and with SABR (small boxes)
+    "mnist-cert-medium-ccibp-h256-0.1": _preset(
+        "cc-ibp-0.1", **{**_CERTIFIED_MODEL, "arch": "conv-medium", "init": "ibp", "hidden": 256}
+    ),
+    "mnist-cert-medium-sabr-h256-0.1": _preset(
+        "sabr-0.1", **{**_CERTIFIED_MODEL, "arch": "conv-medium", "init": "ibp", "hidden": 256}
     ),
     # the conv path of section 6.3 on Fashion-MNIST, small enough for a CPU
     "fashion-conv-quick": _preset(
