@@ -9,9 +9,11 @@ Imported by the command line only (it pulls matplotlib); not part of ``import ne
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from contextlib import ExitStack
@@ -23,11 +25,12 @@ from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..certificates import full_float32
-from ..data import load_dataset
+from ..data import DataError, load_dataset
 from ..intervals import interval_loss
 from ..layers import ImplicitLayer, NEMONDense
 from ..models import build_model
 from ..solvers import SolverOptions, alpha_star, solve
+from ..training import _training_tolerance
 from .checkpoints import load_checkpoint
 from .config import TrainConfig
 from .plots import pyplot
@@ -39,6 +42,7 @@ __all__ = [
     "scaling",
     "step_flops",
     "epoch_times",
+    "dense_step_times",
     "run_bench",
 ]
 
@@ -348,6 +352,100 @@ def certified_step_times(
                 "interval_over_clean_flops": interval_flops / clean_flops,
                 "certified_epoch_s": interval * 60000 / batch,
                 "profile": {e.key: e.self_cpu_time_total / total for e in top},
+            }
+        )
+    return rows
+
+
+def _training_batches(data_dir, batch: int, count: int, device):
+    """``count`` MNIST training batches (random images where the data is missing)."""
+    try:
+        data = load_dataset("mnist", data_dir)
+        x, y = data.train_x[: batch * count], data.train_y[: batch * count]
+    except DataError:  # no MNIST here: random images time the same arithmetic
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch * count, 1, 28, 28, generator=g)
+        y = torch.randint(0, 10, (batch * count,), generator=g)
+    return [(x[i::count].to(device), y[i::count].to(device)) for i in range(count)]
+
+
+def _dense_models(tols, device):
+    """The paper's FC pair: the MLP 784-100-10 and NEMONDense 784-100 (gamma 0.95), trained
+    with Adam 1.5e-2; one NEMON copy per training tolerance, all from one initialisation."""
+    torch.manual_seed(0)
+    models = {"MLP": (build_model("explicit", "dense", hidden=100).to(device), None)}
+    torch.manual_seed(0)
+    nemon = build_model("nemon", "dense", hidden=100, gamma=0.95).to(device)
+    for tol in tols:
+        models[f"NEMON tol {tol:g}"] = (copy.deepcopy(nemon), tol)
+    return {
+        name: (m.train(), tol, torch.optim.Adam(m.parameters(), lr=1.5e-2))
+        for name, (m, tol) in models.items()
+    }
+
+
+def _train_steps(model, tol, opt, batches) -> None:
+    settings = contextlib.nullcontext() if tol is None else _training_tolerance(model, tol)
+    with settings:
+        for xb, yb in batches:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def _step_profile(model, tol, opt, batches) -> dict:
+    """Operators a step runs: calls per step of all of them, of ``copy_`` and ``_to_copy``
+    (dtype round trips and copies), and the largest shares of self CPU time."""
+    with _quiet_native_stderr(), profile() as prof:
+        _train_steps(model, tol, opt, batches)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    per_step = len(batches)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    count = {e.key: e.count / per_step for e in events}
+    top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    return {
+        "aten_calls_per_step": sum(count.values()),
+        "copy_per_step": count.get("aten::copy_", 0.0),
+        "to_copy_per_step": count.get("aten::_to_copy", 0.0),
+        "top_self_time": {e.key: e.self_cpu_time_total / total for e in top},
+    }
+
+
+def dense_step_times(
+    data_dir=None, tols=(1e-2, 1e-4), steps: int = 100, warmup: int = 20, device="cpu"
+) -> list[dict]:
+    """Milliseconds per training step of the paper's FC models (batch 300), side by side: after
+    ``warmup`` steps each, rounds of 10 steps go to each model in turn (a slower moment of the
+    machine falls on all alike) for ``steps`` steps each; the median round is reported, with
+    the ratio to the MLP, the solver iterations and a profile of the operators a step runs."""
+    models = _dense_models(tols, device)
+    rounds = max(1, steps // 10)
+    batches = _training_batches(data_dir, 300, max(warmup, 10), device)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model, tol, opt in models.values():
+        _train_steps(model, tol, opt, batches[:warmup])
+    for r in range(rounds):
+        for name, (model, tol, opt) in models.items():
+            _sync(device)
+            start = time.perf_counter()
+            _train_steps(model, tol, opt, batches[(r % 2) * 5 : (r % 2) * 5 + 10])
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / 10)
+    rows = []
+    mlp = statistics.median(times["MLP"])
+    for name, (model, tol, opt) in models.items():
+        ms = statistics.median(times[name])
+        stats = getattr(model.layer, "solver_stats", {})
+        rows.append(
+            {
+                "model": name,
+                "training_tol": tol,
+                "ms_per_step": 1e3 * ms,
+                "over_mlp": ms / mlp,
+                "forward_iterations": stats["forward"].iterations if "forward" in stats else 0,
+                "backward_iterations": stats["backward"].iterations if "backward" in stats else 0,
+                "profile": _step_profile(model, tol, opt, batches[:5]),
             }
         )
     return rows
