@@ -240,3 +240,28 @@ def test_weight_is_the_matrix_for_every_layer_kind():
         A = layer.weight()
         assert isinstance(A, torch.Tensor) and A.shape == (n, n)
         assert torch.equal(A, layer.weight_matrix())
+
+
+@pytest.mark.parametrize("kind", DENSE_KINDS + ["explicit"])
+def test_a_non_finite_input_anywhere_is_rejected_even_where_b_ignores_it(kind):
+    """Dense layers check the injection ``B u + b`` (cheaper): a NaN or inf at any input
+    position must still be refused, also where ``B``'s column is zero (``0 * nan`` is NaN) and
+    with both infinities (their sum is NaN, not finite)."""
+    from nemon import build_model
+
+    if kind == "explicit":
+        layer = build_model("explicit", "dense", (1, 2, 3), 3, hidden=4).layer.double()
+    else:
+        layer = make_layer(kind)
+    with torch.no_grad():
+        layer.B.weight[:, 0] = 0.0
+    u = random_input(layer)
+    for position in (0, 1, u[0].numel() - 1):
+        for bad in ((float("nan"),), (float("inf"),), (float("inf"), float("-inf"))):
+            v = u.clone()
+            for k, value in enumerate(bad):
+                v.view(len(v), -1)[k, position] = value
+            with pytest.raises(ValueError, match="NaN or inf"):
+                layer(v)
+    big = torch.full_like(u, 1e30 if u.dtype == torch.float32 else 1e300)  # finite, overflows z
+    layer(big.clamp(max=torch.finfo(u.dtype).max))  # refused only for a non-finite input

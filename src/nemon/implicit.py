@@ -95,6 +95,7 @@ class Equilibrium:
     splitting_step: float | None = None
     adjoint: ImplicitAdjoint | JacobianFree = field(default_factory=ImplicitAdjoint)
     stats: dict[str, SolverStats] = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)  # steps built once, for forward and adjoint
 
     def forward_system(self, weights: tuple[Tensor, ...], z: Tensor) -> FixedPointSystem:
         op = self.operator
@@ -108,6 +109,7 @@ class Equilibrium:
             resolvent=self._resolvent(weights, transpose=False),
             splitting_step=self.splitting_step,
             affine=lambda x: op.matvec_add(weights, x, z),
+            constants=self.constants,
         )
 
     def adjoint_system(
@@ -130,6 +132,7 @@ class Equilibrium:
             norm=weighted_l1_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=True),
             splitting_step=self.splitting_step,
+            constants=self.constants,
         )
         if SOLVERS[self.backward_options.method].splitting:
             system = FixedPointSystem(
@@ -173,7 +176,7 @@ class ImplicitSolve(torch.autograd.Function):
         x, z, *weights = ctx.saved_tensors
         eq: Equilibrium = ctx.eq
         weights = tuple(weights)
-        J = eq.phi.derivative(eq.operator.matvec(weights, x) + z)
+        J = eq.phi.derivative(eq.operator.matvec_add(weights, x, z))
         w, eq.stats["backward"] = eq.adjoint.gradient(eq, weights, J, grad_x)
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)

@@ -114,11 +114,14 @@ class ImplicitLayer(nn.Module):
         in ``u`` and the parameters). Certificates use this: what they charge comes with the
         values, not from the layer's state."""
         if self.check_inputs:
-            self._check_input(u)
+            self._check_input(u, finite=not self.injection_reads_every_input)
+        z = self.injection(u)
+        if self.check_inputs and self.injection_reads_every_input:
+            self._check_finite(u, z)
         weights = self.effective_weights()
         eq = self.equilibrium(weights)
         eq.adjoint = self.adjoint
-        return Solution(implicit_solve(eq, self.injection(u), weights), eq.stats)
+        return Solution(implicit_solve(eq, z, weights), eq.stats)
 
     def forward(self, u: Tensor) -> Tensor:
         """``x*(u)``; ``solver_stats`` keeps the statistics of this solve for inspection."""
@@ -137,7 +140,18 @@ class ImplicitLayer(nn.Module):
         finally:
             self.solver_options, self.backward_options = saved
 
-    def _check_input(self, u: Tensor) -> None:
+    #: every injection entry depends on every input entry (a dense ``B``): a NaN or inf in the
+    #: input reaches the injection, whose finiteness is the cheaper check (`_check_finite`)
+    injection_reads_every_input = False
+
+    def _check_finite(self, u: Tensor, z: Tensor) -> None:
+        """``u`` has no NaN or inf: a finite sum of ``z = B u + b`` proves it (NaN and inf
+        propagate through the products and the sum); otherwise ``u`` itself is checked (``z``
+        may overflow, or the parameters be non-finite, for a finite input)."""
+        if not bool(torch.isfinite(z.sum())) and not _all_finite(u):
+            raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+
+    def _check_input(self, u: Tensor, finite: bool = True) -> None:
         expected = self.input_shape()
         if u.dim() != len(expected) + 1 or tuple(u.shape[1:]) != expected:
             raise ValueError(
@@ -152,7 +166,7 @@ class ImplicitLayer(nn.Module):
                 f"{self._name()} has {dtype} parameters but the input is {u.dtype}; "
                 f"convert one of them (u.to({dtype}) or model.to({u.dtype}))"
             )
-        if not _all_finite(u):
+        if finite and not _all_finite(u):
             raise ValueError(f"{type(self).__name__} input contains NaN or inf")
 
     def _name(self) -> str:
@@ -222,6 +236,7 @@ class _DenseLayer(ImplicitLayer):
     """Dense families: ``A`` is the parametrized ``self.A``, ``B u + b`` an ``nn.Linear``."""
 
     operator = DenseOperator()
+    injection_reads_every_input = True
 
     def __init__(self, in_features: int, hidden: int, bias: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -391,9 +406,12 @@ class ExplicitDense(_DenseLayer):
     def solve(self, u: Tensor) -> Solution:
         """``relu(B u + b)``, exact: an error bound of 0."""
         if self.check_inputs:
-            self._check_input(u)
+            self._check_input(u, finite=False)
         stats = SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
-        x = self.activation(self.B(u))
+        z = self.B(u)
+        if self.check_inputs:
+            self._check_finite(u, z)
+        x = self.activation(z)
         stats.error_bound = torch.zeros(len(u), dtype=x.dtype, device=x.device)
         return Solution(x, {"forward": stats})
 

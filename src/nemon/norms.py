@@ -123,12 +123,16 @@ def abs_row_sums_upper(
     error ``(cols + 2) u / (1 - (cols + 2) u)`` of the exact value; we inflate by twice that.
     Differentiable in ``M`` and the weights.
     """
-    terms = M.to(torch.float64).abs()
+    return _row_sums_upper(M.to(torch.float64).abs(), col_weight, row_weight)
+
+
+def _row_sums_upper(terms: Tensor, col_weight: Tensor | None, row_weight: Tensor | None) -> Tensor:
+    """`abs_row_sums_upper` from the float64 absolute values ``terms``."""
     if col_weight is not None:
         terms = terms * col_weight.to(torch.float64)
     if row_weight is not None:
         terms = terms / row_weight.to(torch.float64)[:, None]
-    cols = M.shape[1]
+    cols = terms.shape[1]
     inflate = 1.0 + 2.0 * (cols + 2) * _U64
     return terms.sum(dim=1) * inflate + cols * torch.finfo(torch.float64).tiny
 
@@ -140,11 +144,9 @@ def mu_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
     certificates use, so that rounding can never make them optimistic.
     """
     A = _square(A)
-    diag = torch.diagonal(A).to(torch.float64)
-    off = abs_row_sums_upper(
-        A * (1 - torch.eye(A.shape[0], dtype=A.dtype, device=A.device)), eta, eta
-    )
-    return measure_upper(diag, off)
+    terms = A.to(torch.float64).abs()
+    terms.diagonal().zero_()  # the off-diagonal entries' absolute values
+    return measure_upper(torch.diagonal(A), _row_sums_upper(terms, eta, eta))
 
 
 def measure_upper(diag: Tensor, off_upper: Tensor) -> Tensor:

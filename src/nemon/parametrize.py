@@ -64,13 +64,47 @@ def mu_inf_param(T: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
     moves by a few units in the last place; the naive float32 form exceeded gamma by 0.18 at
     ``|T| ~ 1e3``).
     """
+    if eta is None:
+        return _MuInfParam.apply(T, float(gamma))
     n = T.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=T.device)
     off = T.masked_fill(eye, 0.0)
-    if eta is not None:
-        eta = eta.to(T.dtype)
-        off = eta[:, None] * off / eta[None, :]
+    eta = eta.to(T.dtype)
+    off = eta[:, None] * off / eta[None, :]
     return off + torch.diag_embed(_sound_diagonal(torch.diagonal(T), off, gamma, eta))
+
+
+class _MuInfParam(torch.autograd.Function):
+    """Eq. (17) with unit weights as one autograd node: the forward does `mu_inf_param`'s
+    arithmetic (bit for bit the weighted form's at ``eta = 1``) without recording a graph, the
+    backward is its exact derivative in closed form (about 40 small operators fewer a step)."""
+
+    @staticmethod
+    def forward(ctx, T: Tensor, gamma: float) -> Tensor:
+        A = T.clone()
+        A.diagonal().zero_()
+        diagonal = _sound_diagonal(torch.diagonal(T), A, gamma, None)
+        A.diagonal().copy_(diagonal)
+        ctx.save_for_backward(T)
+        return A
+
+    @staticmethod
+    def backward(ctx, grad_A: Tensor):
+        """With ``head = 2 min(t_ii, 0)`` and ``row_i = c sum_{j!=i} |t_ij|`` (``c`` the inflation of
+        `abs_row_sums_upper`), the diagonal ``gamma + head - row - 3u (|gamma| + |head| + row)``
+        (rounding passes gradients through) gives ``d/dt_ii = (1 + 3u) (1 - sign t_ii)`` where
+        ``t_ii < 0`` (1 at 0, as autograd's subgradient) and ``d/dt_ij = -(1 + 3u) c sign t_ij``."""
+        (T,) = ctx.saved_tensors
+        u = 2.0**-53
+        t = torch.diagonal(T).to(torch.float64)
+        head = t - t.abs()
+        g = torch.diagonal(grad_A).to(torch.float64)
+        grad_diag = g * (1 - 3 * u * head.sign()) * (1 - t.sign())
+        inflate = 1.0 + 2.0 * (T.shape[1] + 2) * u
+        grad_row = (g * (-(1 + 3 * u) * inflate)).to(T.dtype)
+        grad_T = torch.addcmul(grad_A, grad_row[:, None], T.sign())
+        grad_T.diagonal().copy_(grad_diag)
+        return grad_T, None
 
 
 def _sound_diagonal(t_diag: Tensor, off: Tensor, gamma: float, eta: Tensor | None) -> Tensor:
