@@ -89,3 +89,32 @@ def test_reproduce_mnist_tiny(tmp_path, capsys):
     curves = result["inversion_attack"]["accuracy"]
     assert all(c[0] >= c[-1] for c in curves.values())  # inversion at eps 0 is the clean accuracy
     assert "| NEMON |" in capsys.readouterr().out
+
+
+def test_seconds_to_accuracy_sums_training_time_to_the_first_epoch_at_the_target():
+    from nemon.app.bench import seconds_to_accuracy
+
+    history = [
+        {"train_seconds": 2.0, "test_accuracy": 0.95},
+        {"train_seconds": 3.0, "test_accuracy": 0.971},
+        {"train_seconds": 4.0, "test_accuracy": 0.96},
+    ]
+    assert seconds_to_accuracy(history, 0.97) == 5.0
+    assert seconds_to_accuracy(history, 0.95) == 2.0
+    assert seconds_to_accuracy(history, 0.99) is None
+
+
+def test_dense_step_times_side_by_side_with_a_profile():
+    """The FC step section: the MLP row is the unit, NEMON at a loose tolerance iterates less
+    than at a tight one, and the profile counts operators per step."""
+    from nemon.app.bench import dense_step_times
+
+    torch.set_num_threads(1)
+    rows = {r["model"]: r for r in dense_step_times(None, steps=10, warmup=2)}
+    assert set(rows) == {"MLP", "NEMON tol 0.01", "NEMON tol 0.0001"}
+    assert rows["MLP"]["over_mlp"] == 1.0
+    loose, tight = rows["NEMON tol 0.01"], rows["NEMON tol 0.0001"]
+    assert loose["forward_iterations"] < tight["forward_iterations"]
+    for row in rows.values():
+        prof = row["profile"]
+        assert row["ms_per_step"] > 0 and prof["aten_calls_per_step"] > prof["copy_per_step"] > 0

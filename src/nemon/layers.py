@@ -129,6 +129,36 @@ class ImplicitLayer(nn.Module):
         self.solver_stats = solution.stats
         return solution.x
 
+    @torch.no_grad()
+    def tune_splitting_step(self, u: Tensor, largest: float = 1.0, smallest: float = 1e-4):
+        """MON's step search (``tune_alpha`` of Winston and Kolter's code): from ``largest``,
+        halve the splitting step while the forward iterations on ``u`` do not grow, keep the last
+        step before they did, and use it forward and backward. Returns the step, or None for
+        solvers without one to tune (the averaged family has its best step, Theorem 2). When no
+        step converges the options are left as they were."""
+        if not SOLVERS[self.solver_options.method].splitting:
+            return None
+
+        def iterations(step: float) -> int:
+            with self.solver_settings(alpha=step, warn=False):
+                return self.solve(u).stats["forward"].iterations
+
+        step, count = largest, iterations(largest)
+        while step / 2 >= smallest:
+            halved = iterations(step / 2)
+            if halved > count:
+                break
+            step, count = step / 2, halved
+        if count >= self.solver_options.max_iter:
+            return None
+        self.set_splitting_step(step)
+        return step
+
+    def set_splitting_step(self, step: float | None) -> None:
+        """The step of the splitting solvers, forward and backward (None: their default)."""
+        self.solver_options = replace(self.solver_options, alpha=step)
+        self.backward_options = replace(self.backward_options, alpha=step)
+
     @contextmanager
     def solver_settings(self, **changes):
         """Temporarily change the forward and backward solver options (e.g. ``tol=1e-8``)."""

@@ -48,6 +48,9 @@ class Recipe:
         checkpoint_every: steps between checkpoints (0: at epoch ends only).
         cert_eval_eps: radii at which certified accuracy (interval) is logged each epoch.
         cert_eval_limit: number of test samples certified each epoch.
+        tune_splitting_step: tune the step of splitting solvers (MON) twice an epoch, at steps 30
+            and half way, by MON's own search (`ImplicitLayer.tune_splitting_step`; Winston
+            and Kolter's ``tune_alpha``). Layers of the averaged family are left alone.
         solve_tol: tolerance of the training solves, forward and backward (None: the layers'
             own). Evaluation, certification and the checkpointed model keep the layers' own
             tolerance; a loose training tolerance trades nothing the certificates rely on.
@@ -75,6 +78,7 @@ class Recipe:
     cert_eval_eps: tuple[float, ...] = ()
     cert_eval_limit: int = 1000
     solve_tol: float | None = None
+    tune_splitting_step: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
@@ -85,6 +89,10 @@ class Recipe:
         check_choice("ramp", self.ramp, RAMPS)
         check_choice("reg_kind", self.reg_kind, REGULARISERS)
         check_choice("robust_mix", self.robust_mix, ROBUST_MIXES)
+        if not isinstance(self.tune_splitting_step, bool):
+            raise ValueError(
+                f"tune_splitting_step must be True or False, got {self.tune_splitting_step!r}"
+            )
         if self.box_shrink < 1 and self.adv_steps == 0:
             raise ValueError(
                 f"box_shrink = {self.box_shrink:g} < 1 needs adv_steps > 0: the small box is "
@@ -129,8 +137,10 @@ _CERTIFIED = Recipe(
 )
 
 RECIPES: dict[str, Recipe] = {
-    # the paper's MNIST setting (section 6.2): 10 epochs, batch 300, Adam 1.5e-2, clean loss
-    "paper": Recipe(),
+    # the paper's MNIST setting (section 6.2): 10 epochs, batch 300, Adam 1.5e-2, clean loss;
+    # training solves at 1e-2 as the authors' (5 runs: the accuracy of 1e-4 in half the time,
+    # benchmarks/results/mnist_fc-train1e-2-eval1e-4-5runs.json)
+    "paper": Recipe(solve_tol=1e-2),
     # interval training at radius 0.2 for certificates at 0.1 (fast: mnist-cert-0.1)
     "ibp-0.1": _CERTIFIED.replace(cert_eps=0.2, cert_weight=0.5, cert_eval_eps=(0.1,)),
     # twice the schedule at radius 0.35, interval loss only, for certificates at 0.3

@@ -43,7 +43,7 @@ from .runs import (
     state_checksum,
     write_text_atomic,
 )
-from .solvers import ConvergenceWarning
+from .solvers import SOLVERS, ConvergenceWarning
 from .validation import MAX_THREADS, check_integer
 
 __all__ = [
@@ -285,6 +285,7 @@ class _Run:
     history: list = field(default_factory=list)
     running: dict = field(default_factory=lambda: _fresh_running())
     average: dict | None = None
+    splitting_steps: dict = field(default_factory=dict)  # tuned steps, by layer name
 
 
 def _fresh_running() -> dict:
@@ -423,6 +424,10 @@ class _Trainer:
         self.raw.load_state_dict(ckpt.get("live_model", ckpt["model"]))
         self.opt.load_state_dict(ckpt["optimizer"])
         self.state = _Run(ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["running"])
+        self.state.splitting_steps = dict(ckpt.get("splitting_steps", {}))
+        layers = dict(self.raw.named_modules())
+        for name, step in self.state.splitting_steps.items():
+            layers[name].set_splitting_step(step)
         if "live_model" in ckpt:  # averaging: "model" holds the average's weights
             self.state.average = {"count": ckpt["average"]["count"], "weights": ckpt["model"]}
 
@@ -469,6 +474,7 @@ class _Trainer:
             "step": s.step,
             "history": s.history,
             "running": s.running,
+            "splitting_steps": s.splitting_steps,
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
             payload.update(
@@ -553,6 +559,8 @@ class _Trainer:
         xb, yb = xb.to(self.device), yb.to(self.device)
         if self.world > 1:  # this process's share of the global batch
             xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]
+        if recipe.tune_splitting_step and i in (min(30, self.n_batches - 1), self.n_batches // 2):
+            self.tune_splitting_steps(xb)
         eps = training_radius(recipe, s.epoch, i, self.n_batches)
         progress = ramp_progress(recipe, s.epoch, i, self.n_batches)
         step = s.epoch * self.n_batches + i
@@ -578,6 +586,35 @@ class _Trainer:
         run["bwd"] += bwd
         run["batches"] += 1
         s.step = i + 1
+
+    def tune_splitting_steps(self, xb: Tensor) -> None:
+        """Tune every splitting layer's step on its input for this batch (captured by one
+        forward pass in eval mode, which leaves batch statistics alone); kept in checkpoints."""
+        layers = {
+            name: m
+            for name, m in self.raw.named_modules()
+            if isinstance(m, ImplicitLayer) and SOLVERS[m.solver_options.method].splitting
+        }
+        if not layers:
+            return
+        inputs = {}
+        hooks = [
+            m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
+            for name, m in layers.items()
+        ]
+        self.raw.eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                self.raw(xb)
+                for name, u in inputs.items():
+                    step = layers[name].tune_splitting_step(u)
+                    if step is not None:
+                        self.state.splitting_steps[name] = step
+        finally:
+            for h in hooks:
+                h.remove()
+            self.raw.train()
 
     def epoch_results(self) -> dict:
         """Average the weights (SWA) and evaluate the finished epoch."""

@@ -189,6 +189,11 @@ def _add_train(sub, common) -> None:
         help="PGD steps of an adversarial term that replaces the clean one (MTL-IBP); 0: clean",
     )
     p.add_argument(
+        "--tune-splitting-step",
+        choices=("on", "off"),
+        help="MON: tune the splitting step twice an epoch, as MON's code does (default on)",
+    )
+    p.add_argument(
         "--robust-mix",
         choices=ROBUST_MIXES,
         help="mix the adversarial and interval terms' losses (MTL-IBP) or logits (CC-IBP)",
@@ -309,6 +314,12 @@ def _add_bench(sub, common) -> None:
     p.add_argument("--checkpoint", help="model for the solver comparison (default: untrained)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--epochs", type=POSITIVE, default=1, help="MNIST epochs per family")
+    p.add_argument(
+        "--target-accuracy",
+        type=_number(low=0.0, high=1.0, low_open=True),
+        default=0.97,
+        help="report each family's training seconds to this test accuracy (default 0.97)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, no MNIST epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir")
@@ -453,6 +464,8 @@ def _config(args) -> TrainConfig:
     values = dict(PRESETS[args.preset])
     for f in fields(TrainConfig):
         given = getattr(args, f.name, None)
+        if f.name == "tune_splitting_step" and given is not None:
+            given = given == "on"
         if given is not None:
             values[f.name] = given
     try:
@@ -596,7 +609,13 @@ def _cmd_export(args) -> dict:
 
 def _cmd_bench(args) -> dict:
     result = run_bench(
-        args.out, args.checkpoint, args.data_dir, args.device, args.quick, args.epochs
+        args.out,
+        args.checkpoint,
+        args.data_dir,
+        args.device,
+        args.quick,
+        args.epochs,
+        args.target_accuracy,
     )
     print(f"matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s")
     for r in result["solvers"]:
@@ -607,10 +626,17 @@ def _cmd_bench(args) -> dict:
                 f"{1e3 * r['forward_seconds']:8.2f} ms  rel. error {r['relative_error']:.1e}"
             )
     for r in result.get("epochs", []):
+        reached = r["seconds_to_target"]
+        to_target = "not reached" if reached is None else f"{reached:.1f} s"
         print(
             f"{r['model']:6s} {r['solver']:10s} {r['seconds_per_epoch']:6.2f} s/epoch  "
             f"fwd {r['forward_iterations']:.1f} bwd {r['backward_iterations']:.1f}  "
-            f"acc {r['test_accuracy']:.4f}"
+            f"acc {r['test_accuracy']:.4f}  to {r['target_accuracy']:g}: {to_target}"
+        )
+    for r in result.get("dense_steps", []):
+        print(
+            f"step {r['model']:16s} {r['ms_per_step']:6.2f} ms  {r['over_mlp']:.2f}x the MLP  "
+            f"iterations {r['forward_iterations']}/{r['backward_iterations']}"
         )
     for r in result["conv_solvers"]:
         print(
