@@ -154,6 +154,20 @@ MUTATIONS = [
         ("tests/test_distributed.py",),
     ),
     Mutation(
+        "tuned splitting steps not restored on resume",
+        "src/nemon/training.py",
+        "            layers[name].set_splitting_step(step)",
+        "            pass",
+        ("tests/test_splitting_step.py",),
+    ),
+    Mutation(
+        "closed-form derivative of (17) drops the row-sum term",
+        "src/nemon/parametrize.py",
+        "grad_T = torch.addcmul(grad_A, grad_row[:, None], T.sign())",
+        "grad_T = grad_A.clone()",
+        ("tests/test_parametrize.py",),
+    ),
+    Mutation(
         "parametrization (17) rounded to nearest instead of down",
         "src/nemon/parametrize.py",
         '    return round_to(value, t_diag.dtype, "down")',

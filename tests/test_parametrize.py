@@ -167,3 +167,26 @@ def test_eta_must_be_positive():
         nemon.NEMONDense(3, 2, eta=torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="shape"):
         nemon.NEMONDense(3, 2, eta=torch.tensor([1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_closed_form_derivative_of_eq17_is_autograds(seed):
+    """Unit weights take a one-node path with its derivative in closed form: the same matrix,
+    bit for bit, as the weighted form at ``eta = 1`` (autograd through every operator), the same
+    gradients (float32: equal; float64: to rounding), and gradcheck in float64, also at the
+    kinks ``t_ii = 0`` and ``t_ij = 0``."""
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(seed)
+        T = (3 * torch.randn(30, 30, generator=g)).to(dtype)
+        T[2, 2], T[4, 5] = 0.0, 0.0
+        fused, reference = T.clone().requires_grad_(), T.clone().requires_grad_()
+        A = mu_inf_param(fused, 0.9)
+        A_ref = mu_inf_param(reference, 0.9, torch.ones(30, dtype=dtype))
+        assert torch.equal(A, A_ref)
+        G = torch.randn(30, 30, generator=g).to(dtype)
+        (A * G).sum().backward()
+        (A_ref * G).sum().backward()
+        tol = 0.0 if dtype == torch.float32 else 1e-14
+        assert torch.allclose(fused.grad, reference.grad, rtol=0, atol=tol)
+    T = torch.randn(6, 6, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: mu_inf_param(t, 0.5), (T,))
