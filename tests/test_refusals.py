@@ -423,7 +423,7 @@ def test_certify_defaults_to_the_strongest_method_and_says_when_one_certifies_no
         labels = nemon_model(u).argmax(1)
     default = nemon.certify(nemon_model, u, labels, [1e-4, 1e-3])
     assert torch.equal(default, nemon.certify(nemon_model, u, labels, [1e-4, 1e-3], "interval"))
-    with pytest.warns(nemon.CertificateWarning, match="method='interval' is the strongest"):
+    with pytest.warns(nemon.CertificateWarning, match="method='interval' is stronger"):
         nemon.certify(nemon_model, u, labels, 0.5, method="lipschitz")
 
 

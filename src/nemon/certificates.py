@@ -1,7 +1,8 @@
 """Robustness certificates on l_inf balls (docs/maths.md#certificates and #intervals).
 
 `certify` is the one entry point: ``"lipschitz"`` (19), ``"pairwise"`` (per class pair,
-never weaker) and ``"interval"`` (the embedding-system box, never weaker than pairwise). Every
+never weaker), ``"interval"`` (the embedding-system box, never weaker than pairwise) and
+``"linear"`` (interval with linear bounds through the encoder, never weaker than interval). Every
 method charges the solver's a-posteriori error bound against the margins, runs in float64 by
 default (the rounding of the float64 evaluation is ``O(1e-13)`` relative, far below the error
 bound charged), and certifies nothing, with a `CertificateWarning` saying why, when the
@@ -24,6 +25,7 @@ from .ensemble import Ensemble
 from .explicit import implicit_box
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
+from .linear_bounds import injection_bounds, supports_linear_bounds
 from .lipschitz import (
     _readout_norms,
     certified_by_margins,
@@ -45,14 +47,15 @@ __all__ = [
     "default_certificate",
 ]
 
-CERTIFICATES = ("lipschitz", "pairwise", "interval")
+CERTIFICATES = ("lipschitz", "pairwise", "interval", "linear")
 
 
 def default_certificate(model) -> str:
-    """The strongest sound certificate the model supports: ``"interval"`` when every implicit
-    layer in it gives interval bounds (NEMON, IDL, explicit layers), else ``"pairwise"`` (MON).
+    """The default certificate: ``"interval"`` when every implicit layer in it gives interval
+    bounds (NEMON, IDL, explicit layers), else ``"pairwise"`` (MON).
 
-    Each is never weaker than the next: interval >= pairwise >= lipschitz (tested)."""
+    Each is never weaker than the next: linear >= interval >= pairwise >= lipschitz (tested);
+    ``"linear"`` costs more and, on interval-trained models, adds little (docs/results.md)."""
     classifiers = model.classifiers()
     layers = [m for c in classifiers for m in c.modules() if isinstance(m, ImplicitLayer)]
     boxed = all(type(m).interval_bounds is not ImplicitLayer.interval_bounds for m in layers)
@@ -235,9 +238,10 @@ def certify(
         u: inputs in the data's range, ``(batch, *input_shape)``.
         labels: their labels, ``(batch,)``.
         eps: a radius or a list of radii (the centre solve is shared).
-        method: ``"interval"`` (NEMON, IDL and explicit layers), ``"pairwise"`` or
-            ``"lipschitz"``; None (default): the strongest the model supports
-            (`default_certificate`). A `CertificateWarning` says when a method
+        method: ``"linear"`` (interval, with the dense layer's injection bounded by linear
+            bounds through the encoder where interval leaves an input uncertified),
+            ``"interval"`` (NEMON, IDL and explicit layers), ``"pairwise"`` or
+            ``"lipschitz"``; None (default): `default_certificate`. A `CertificateWarning` says when a method
             certifies none of the correctly classified inputs at a positive radius.
         clip: the data range ``(lo, hi)``; the ball is intersected with it (``None``: no range).
             Only the interval certificate gains from it; inputs outside it are an error.
@@ -269,7 +273,8 @@ def _warn_if_nothing_certified(model, method: str, radii, correct: Tensor, ok: T
     if not empty:
         return
     best = default_certificate(model)
-    hint = f"; method={best!r} is the strongest this model supports" if best != method else ""
+    stronger = CERTIFICATES.index(best) > CERTIFICATES.index(method)
+    hint = f"; method={best!r} is stronger (this model's default)" if stronger else ""
     warnings.warn(
         f"method {method!r} certifies none of the correctly classified inputs at eps "
         f"{', '.join(f'{e:g}' for e in empty)}{hint}",
@@ -356,8 +361,8 @@ def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method:
     """``(logits, bounds)``: the centre's logits, and per radius lower bounds ``(batch, q)`` of
     ``y_label - y_j`` over the ball: the mean of its classifiers' logits and bounds (one for a
     `Classifier`, the members for an `Ensemble`; the mean of one is exact)."""
-    bound = _interval_bounds if method == "interval" else _lipschitz_bounds
-    extra = (clip,) if method == "interval" else (method,)
+    bound = {"interval": _interval_bounds, "linear": _linear_bounds}.get(method, _lipschitz_bounds)
+    extra = (clip,) if method in ("interval", "linear") else (method,)
     parts = [bound(c, u, labels, radii, *extra) for c in model.classifiers()]
     logits = torch.stack([p[0] for p in parts]).mean(0)
     return logits, [torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))]
@@ -381,13 +386,16 @@ def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], meth
     return logits, bounds
 
 
-def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
+def _interval_bounds(
+    model, u: Tensor, labels: Tensor, radii: list[float], clip, injection_box=None
+):
     """Worst-case logit differences over the state box.
 
     The state box is the embedding box, widened by the solver's error bound
     (`implicit_box`, as for implicit layers inside encoders), intersected with the
     Lipschitz box ``x(u) +- eta (||B|| eps / (1 - mu_+) + error)`` (sound on both counts, so never
-    looser than the pairwise Lipschitz certificate).
+    looser than the pairwise Lipschitz certificate). ``injection_box(model, lo, hi)``: a tighter
+    box of the dense layer's injection for inputs in ``[lo, hi]`` (the linear certificate's).
     """
     layer = model.layer
     u = model.prepare_input(u)
@@ -398,13 +406,43 @@ def _interval_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip)
     terms = model.lipschitz_terms()
     bounds = []
     for eps in radii:
-        x_lo, x_hi = implicit_box(layer, *model.encode_interval(*input_box(u, eps, clip)))
+        box = input_box(u, eps, clip)
+        injection = None if injection_box is None else injection_box(model, *box)
+        x_lo, x_hi = implicit_box(layer, *model.encode_interval(*box), injection)
         if terms.norm == "inf" and err_x is not None:
             radius = state_bound(terms) * eps + err_x
             x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
         bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
     return logits, bounds
+
+
+def _linear_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
+    """The interval bounds; for each correctly classified input they leave uncertified at a
+    radius, the same bounds with the dense layer's injection box tightened by linear bounds
+    through the encoder (`nemon.linear_bounds`), the larger of the two per logit difference
+    (both sound: never weaker than interval). Models without a supported encoder keep the
+    interval bounds."""
+    logits, bounds = _interval_bounds(model, u, labels, radii, clip)
+    if not supports_linear_bounds(model):
+        return logits, bounds
+    right = logits.argmax(1) == labels
+    for i, eps in enumerate(radii):
+        open_ = right & ~_all_positive(bounds[i], labels)
+        if eps == 0 or not bool(open_.any()):
+            continue
+        rows = open_.nonzero().squeeze(1)
+        _, (tight,) = _interval_bounds(
+            model, u[rows], labels[rows], [eps], clip, injection_box=injection_bounds
+        )
+        bounds[i] = bounds[i].clone()
+        bounds[i][rows] = torch.maximum(bounds[i][rows], tight)
+    return logits, bounds
+
+
+def _all_positive(bounds: Tensor, labels: Tensor) -> Tensor:
+    """Per sample: every bound but the label's (which is not one) is positive."""
+    return bounds.scatter(1, labels[:, None], math.inf).amin(1) > 0
 
 
 def _broadcast(eta: Tensor, x: Tensor) -> Tensor:

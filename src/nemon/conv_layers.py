@@ -145,7 +145,7 @@ class NEMONConv2d(_ConvLayer):
             self.operator, self.activation, fwd, bwd, float(self.measure().detach()), eta
         )
 
-    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor, injection=None):
         """Embedding system with the off-centre taps split by sign (docs/maths.md#intervals)."""
         kernel, shift = self.effective_weights()
         c, centre = self.channels, (self.kernel_size - 1) // 2
@@ -158,6 +158,8 @@ class NEMONConv2d(_ConvLayer):
         bias = self.input_bias[:, None, None]
         z_lo = conv_same(u_lo, Bk_pos, "zeros") + conv_same(u_hi, Bk_neg, "zeros") + bias
         z_hi = conv_same(u_hi, Bk_pos, "zeros") + conv_same(u_lo, Bk_neg, "zeros") + bias
+        if injection is not None:
+            z_lo, z_hi = torch.maximum(z_lo, injection[0]), torch.minimum(z_hi, injection[1])
         eta2 = torch.cat([self.eta(), self.eta()]).detach()[:, None, None]
         measure = float(self.measure().detach())  # the embedding matrix has the same measure
         weights = (E, torch.cat([diag, diag]))

@@ -96,10 +96,13 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return scale, bias - mean * scale
 
 
-def implicit_box(layer: ImplicitLayer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+def implicit_box(
+    layer: ImplicitLayer, lo: Tensor, hi: Tensor, injection=None
+) -> tuple[Tensor, Tensor]:
     """A sound box of an implicit layer's state inside a larger model: its embedding box widened
-    by the solver's a-posteriori error bound, ``eta_i * err`` per coordinate (docs/maths.md#intervals)."""
-    x_lo, x_hi, err = layer.interval_bounds(lo, hi)
+    by the solver's a-posteriori error bound, ``eta_i * err`` per coordinate (docs/maths.md#intervals).
+    ``injection``: a tighter box of ``B u + b``, see `ImplicitLayer.interval_bounds`."""
+    x_lo, x_hi, err = layer.interval_bounds(lo, hi, injection)
     if err is None:
         raise ValueError(f"{layer._name()} gave no error bound: its box would not be sound")
     eta = layer.eta()

@@ -214,8 +214,12 @@ class ImplicitLayer(nn.Module):
         """Weights of the state norm ``||x||_{inf,[eta]^-1}`` per state (None: all ones)."""
         return None
 
-    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def interval_bounds(
+        self, u_lo: Tensor, u_hi: Tensor, injection: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(x_lo, x_hi, error_bound)``: a box containing ``x*(u)`` for every ``u`` in the box.
+        ``injection``: a box known to contain ``B u + b`` for those ``u`` (e.g. linear bounds,
+        `nemon.linear_bounds`), intersected with the interval one.
 
         Layers with ``mu_inf(A) < 1`` by construction solve the embedding system (docs/maths.md#intervals); others cannot give a sound box this way.
         """
@@ -252,6 +256,14 @@ def _all_finite(t: Tensor) -> bool:
     """No NaN or inf in ``t``: its extremes are finite (NaN propagates through both), one sync;
     two reductions instead of an elementwise test (4.7x faster on a 300 x 784 batch)."""
     return t.numel() == 0 or bool(torch.isfinite(torch.stack((t.amax(), t.amin()))).all())
+
+
+def _injection_box(linear: nn.Linear, u_lo: Tensor, u_hi: Tensor, injection) -> tuple:
+    """The interval box of ``B u + b``, intersected with ``injection`` when one is given."""
+    z_lo, z_hi = _affine_interval(linear, u_lo, u_hi)
+    if injection is not None:
+        z_lo, z_hi = torch.maximum(z_lo, injection[0]), torch.minimum(z_hi, injection[1])
+    return z_lo, z_hi
 
 
 def _affine_interval(linear: nn.Linear, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,7 +304,7 @@ class _DenseLayer(ImplicitLayer):
     def num_features(self) -> int:
         return self.hidden
 
-    def _dense_interval_bounds(self, u_lo: Tensor, u_hi: Tensor, eta: Tensor | None):
+    def _dense_interval_bounds(self, u_lo: Tensor, u_hi: Tensor, eta: Tensor | None, injection):
         """Embedding system of a dense layer: ``E = [[A_M, A_N], [A_N, A_M]]`` with ``A_M`` the
         Metzler part (diagonal and nonnegative off-diagonal entries) and ``A_N`` the rest; its
         measure in the doubled weighted norm equals that of ``A``."""
@@ -301,7 +313,7 @@ class _DenseLayer(ImplicitLayer):
         A_pos, A_neg = (A - diag).clamp(min=0), (A - diag).clamp(max=0)
         A_M = A_pos + diag
         E = torch.cat([torch.cat([A_M, A_neg], 1), torch.cat([A_neg, A_M], 1)], 0)
-        z_lo, z_hi = _affine_interval(self.B, u_lo, u_hi)
+        z_lo, z_hi = _injection_box(self.B, u_lo, u_hi, injection)
         eta2 = None if eta is None else torch.cat([eta, eta]).detach()
         measure = float(self.measure().detach())  # E holds the entries of A: the same measure
         return self._solve_embedding(
@@ -371,8 +383,8 @@ class NEMONDense(_DenseLayer):
         )
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure, eta)
 
-    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
-        return self._dense_interval_bounds(u_lo, u_hi, self.eta())
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor, injection=None):
+        return self._dense_interval_bounds(u_lo, u_hi, self.eta(), injection)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         eta = self.eta()
@@ -409,8 +421,8 @@ class IDLDense(_DenseLayer):
         )
         return Equilibrium(self.operator, self.activation, fwd, bwd, measure)
 
-    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
-        return self._dense_interval_bounds(u_lo, u_hi, None)
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor, injection=None):
+        return self._dense_interval_bounds(u_lo, u_hi, None, injection)
 
     def lipschitz_terms(self) -> LipschitzTerms:
         return LipschitzTerms(
@@ -448,8 +460,8 @@ class ExplicitDense(_DenseLayer):
     def measure(self) -> Tensor:
         return torch.zeros((), dtype=self.B.weight.dtype, device=self.B.weight.device)
 
-    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor):
-        z_lo, z_hi = _affine_interval(self.B, u_lo, u_hi)
+    def interval_bounds(self, u_lo: Tensor, u_hi: Tensor, injection=None):
+        z_lo, z_hi = _injection_box(self.B, u_lo, u_hi, injection)
         zero = torch.zeros(len(u_lo), dtype=z_lo.dtype, device=z_lo.device)
         return self.activation(z_lo), self.activation(z_hi), zero
 

@@ -279,8 +279,8 @@ def _add_eval(sub, common) -> None:
                 "--method",
                 nargs="+",
                 choices=CERTIFICATES,
-                help="certificates to compute (default: the strongest the model supports, "
-                "interval for NEMON and IDL)",
+                help="certificates to compute (default: interval for NEMON and IDL, pairwise for "
+                "MON; linear: interval tightened by linear bounds through the encoder)",
             )
             ranges = p.add_mutually_exclusive_group()
             _add_range(ranges, "--clip", "data range the ball is intersected with (default 0 1)")
