@@ -154,6 +154,13 @@ MUTATIONS = [
         ("tests/test_distributed.py",),
     ),
     Mutation(
+        "the parametrization cache filled by a pass without autograd",
+        "src/nemon/training.py",
+        "        _build_parametrized(raw)\n",
+        "",
+        ("tests/test_robust_training.py", "tests/test_train_cli.py"),
+    ),
+    Mutation(
         "tuned splitting steps not restored on resume",
         "src/nemon/training.py",
         "            layers[name].set_splitting_step(step)",

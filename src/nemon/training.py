@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .attacks import pgd
 from .certificates import CertificateWarning, certify
@@ -171,6 +172,24 @@ def learning_rate(recipe: Recipe, epoch: int) -> float:
 
 
 def recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0):
+    """See `_recipe_loss`; every parametrized weight (eq. (17) and the others) is built once for
+    the step's passes (clean, adversarial, interval, regulariser), not once for each."""
+    with parametrize.cached():
+        _build_parametrized(raw)
+        return _recipe_loss(model, raw, recipe, xb, yb, eps, progress, step)
+
+
+def _build_parametrized(model: nn.Module) -> None:
+    """Fill the parametrization cache with autograd on: a pass without autograd (the metric's
+    clean logits) must not be the one that caches a weight the loss differentiates."""
+    with torch.enable_grad():
+        for m in model.modules():
+            if parametrize.is_parametrized(m):
+                for name in m.parametrizations:
+                    getattr(m, name)
+
+
+def _recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0):
     """``(logits, loss)``: the clean cross-entropy mixed with the worst-case (interval) loss,
     whose weight grows with the radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal
     et al., 2018). At weight 1 the clean pass runs without autograd (its logits only feed the

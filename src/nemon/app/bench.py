@@ -26,11 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..certificates import full_float32
 from ..data import DataError, load_dataset
-from ..intervals import interval_loss
 from ..layers import ImplicitLayer, NEMONDense
 from ..models import build_model
+from ..recipes import Recipe
 from ..solvers import SolverOptions, alpha_star, solve
-from ..training import _training_tolerance
+from ..training import _training_tolerance, recipe_loss
 from .checkpoints import load_checkpoint
 from .config import PRESETS, TrainConfig
 from .plots import pyplot
@@ -297,11 +297,9 @@ def epoch_times(
 
 def _step_loss(model, u, y, eps: float = 0.0):
     """The clean loss (``eps = 0``) or the clean/interval mix that certified training uses at the
-    end of its ramp."""
-    loss = F.cross_entropy(model(u), y)
-    if eps > 0:
-        loss = 0.5 * loss + 0.5 * interval_loss(model, u, y, eps)
-    return loss
+    end of its ramp, as training computes it (`nemon.training.recipe_loss`)."""
+    recipe = Recipe(cert_eps=eps, cert_weight=0.5) if eps > 0 else Recipe()
+    return recipe_loss(model, model, recipe, u, y, eps, 1.0)[1]
 
 
 def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
