@@ -57,8 +57,12 @@ def compare(args) -> int:
     """Rounds of the old and the current library in turn; ratios to the MLP per round."""
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", str(old), args.against],
-                       check=True)  # fmt: skip
+        added = subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", str(old), args.against],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if added.returncode != 0:
+            raise SystemExit(f"--against {args.against}: {added.stderr.strip().splitlines()[-1]}")
         try:
             shutil.copy(ROOT / "src/nemon/app/bench.py", old / "src/nemon/app/bench.py")
             rounds = {"before": [], "after": []}
