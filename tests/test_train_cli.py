@@ -78,15 +78,30 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
 
 
-def test_resume_refuses_a_checkpoint_missing_a_setting_and_names_it(tmp_path):
+def _without_setting(folder, name):
+    """The checkpoint as written before the setting ``name`` (and checksums) existed."""
+    ckpt = read_checkpoint(folder / "checkpoint.pt")
+    del ckpt["config"][name]
+    del ckpt["recipe"][name]
+    del ckpt["checksum"]
+    save_atomic(ckpt, folder / "checkpoint.pt")
+
+
+def test_resume_of_a_checkpoint_older_than_a_setting_takes_its_default(tmp_path):
+    data = tiny_data()
+    train(config(epochs=1), tmp_path, data=data, progress=False, stop_after_steps=3)
+    _without_setting(tmp_path, "tune_splitting_step")
+    with pytest.warns(UserWarning, match=r"does not record config.tune_splitting_step"):
+        result = train(config(epochs=1), tmp_path, data=data, progress=False, resume=True)
+    assert [h["epoch"] for h in result["history"]] == [1]
+
+
+def test_resume_refuses_a_non_default_value_for_a_setting_the_file_lacks(tmp_path):
     data = tiny_data()
     train(config(epochs=1), tmp_path, data=data, progress=False)
-    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
-    del ckpt["config"]["adv_steps"]  # as written before the setting (and checksums) existed
-    del ckpt["checksum"]
-    save_atomic(ckpt, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match=r"config.adv_steps: None -> 0"):
-        train(config(epochs=1), tmp_path, data=data, progress=False, resume=True)
+    _without_setting(tmp_path, "adv_steps")
+    with pytest.raises(ValueError, match=r"config.adv_steps: 0 -> 2"):
+        train(config(epochs=1, adv_steps=2), tmp_path, data=data, progress=False, resume=True)
 
 
 def test_checkpoint_rebuilds_the_model(tmp_path):

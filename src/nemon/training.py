@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -339,7 +339,9 @@ def fit(
         progress: a tqdm bar per epoch; None: only when standard error is a terminal.
         threads: torch threads, or a function ``(working) -> threads`` asked every 5 s.
         tensorboard: also log each epoch's numbers to TensorBoard in this folder.
-        metadata: plain data stored in the checkpoint (and checked to match on resume).
+        metadata: plain data or dataclasses stored in the checkpoint and checked to match on
+            resume; a dataclass field the file lacks (written before the field existed)
+            counts as the field's default, as does a recipe setting.
         files: more text files for the run folder (name -> contents), written with the first.
         stop_after_steps: stop early after that many steps (tests of resume).
 
@@ -411,7 +413,10 @@ class _Trainer:
 
     def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads, files):
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
-        self.metadata, self.threads, self.extra_files = metadata, threads, files
+        self.threads, self.extra_files = threads, files
+        self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
+        self.defaults = {k: _defaults(v) for k, v in metadata.items() if is_dataclass(v)}
+        self.defaults["recipe"] = _defaults(Recipe)
         self.rank, self.world = _distributed()
         self.device = _device(model)
         self.model = model
@@ -434,7 +439,14 @@ class _Trainer:
         current = dict(self.metadata)
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
             recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
-        changed = _differences(recorded, current)
+        changed = _differences(recorded, current, self.defaults)
+        unrecorded = _unrecorded(recorded, current)
+        if unrecorded and not changed:
+            warnings.warn(
+                f"{self.ckpt_path} does not record {', '.join(unrecorded[:5])} (written before "
+                "those settings existed): resumed with their defaults",
+                stacklevel=3,
+            )
         if changed:
             raise RunFolderError(
                 f"{self.ckpt_path} was written with other settings ({', '.join(changed[:5])}); "
@@ -722,16 +734,40 @@ def _print_epoch(record: dict, bar_shown: bool) -> None:
         print(line, flush=True)
 
 
-def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
-    """The names of the settings that differ (nested dicts as ``outer.inner``)."""
+def _differences(recorded: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """The names of the settings that differ (nested dicts as ``outer.inner``); a setting the
+    file does not record takes its value from ``defaults`` (nested like the settings)."""
     changed = []
     for key in sorted(set(recorded) | set(current), key=str):
-        a, b = recorded.get(key), current.get(key)
+        a, b = recorded.get(key, defaults.get(key)), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += _differences(a, b, f"{prefix}{key}.")
+            inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+            changed += _differences(a, b, inner, f"{prefix}{key}.")
         elif _plain(a) != _plain(b):
             changed.append(f"{prefix}{key}: {_plain(a)!r} -> {_plain(b)!r}")
     return changed
+
+
+def _unrecorded(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """The names of the current settings that the file does not record."""
+    names = []
+    for key, value in current.items():
+        if key not in recorded:
+            names.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(recorded[key], dict):
+            names += _unrecorded(recorded[key], value, f"{prefix}{key}.")
+    return names
+
+
+def _defaults(settings) -> dict:
+    """The default of each field of a dataclass (or its instance), as plain data."""
+    values = {}
+    for f in fields(settings):
+        if f.default is not MISSING:
+            values[f.name] = _plain(f.default)
+        elif f.default_factory is not MISSING:
+            values[f.name] = _plain(f.default_factory())
+    return values
 
 
 def _plain(value):

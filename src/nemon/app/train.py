@@ -100,7 +100,7 @@ def train(
         progress=progress,
         threads=_thread_rule(threads),
         tensorboard=tensorboard,
-        metadata={"config": asdict(cfg)},
+        metadata={"config": cfg},
         files={"config.json": json.dumps(asdict(cfg), indent=2)},
         stop_after_steps=stop_after_steps,
     )
