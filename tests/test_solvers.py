@@ -157,3 +157,23 @@ def test_safeguarded_anderson_converges_where_plain_anderson_stalls():
         assert stats.converged, trial
         fx = system(x)
         assert float((fx - x).norm() / fx.norm()) < 1e-8, trial  # checked independently
+
+
+@pytest.mark.parametrize("method", ["averaged", "diagonal", "picard"])
+def test_a_zero_start_skips_one_product_and_changes_nothing(method):
+    """From x0 = 0 the first A x0 + z is z: one product fewer, the same iterates bit for bit;
+    a given start (even zero) is iterated from in full."""
+    system, A, _ = dense_system(1, gamma=0.5)
+    calls = []
+    counted = replace(system, matvec=lambda x: calls.append(1) or x @ A.T)
+    opts = SolverOptions(method=method, tol=1e-6, check_every=1)
+    x, stats = solve(counted, options=opts)
+    assert len(calls) == stats.iterations - 1
+    calls.clear()
+    y, again = solve(counted, torch.zeros_like(system.z), opts)
+    assert len(calls) == again.iterations and again.iterations == stats.iterations
+    assert torch.equal(x, y)
+    if method != "picard":  # (Picard need not converge: mu(A) < 1 does not bound ||A||)
+        start = torch.rand_like(system.z)
+        w, _ = solve(system, start, replace(opts, tol=1e-12, max_iter=10000))
+        assert torch.allclose(w, reference(system), atol=1e-9)

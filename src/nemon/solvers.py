@@ -259,16 +259,21 @@ class AveragedStep:
     On a check the residual ``F(x_k) - x_k`` is formed before the update and the stopping rule is
     the residual of ``N_{alpha_ref}`` at ``x_k``, whatever the step used; the iterate returned is
     ``x_{k+1}``, for which the bound computed at ``x_k`` still holds (the map contracts towards
-    ``x*``).
+    ``x*``). From ``x_0 = 0`` (``zero_start``) the first ``A x_0 + z`` is ``z``: no product.
     """
 
-    def __init__(self, system: FixedPointSystem, step, alpha_ref: float, stats) -> None:
+    def __init__(self, system: FixedPointSystem, step, alpha_ref: float, stats, zero_start=False):
         self.system, self.step_size, self.alpha_ref = system, step, alpha_ref
+        self.zero_start = zero_start
         if system.measure is not None:
             stats.contraction_factor = contraction_factor(alpha_ref, system.measure)
 
     def step(self, x: Tensor, check: bool) -> Step:
-        fx = self.system.phi.inplace(self.system.preactivation(x))
+        if self.zero_start:  # A 0 + z = z, exactly
+            self.zero_start = False
+            fx = self.system.phi.inplace(self.system.z.clone())
+        else:
+            fx = self.system.phi.inplace(self.system.preactivation(x))
         if not check:
             return Step(next=x.lerp_(fx, self.step_size))
         residual = fx - x
@@ -304,36 +309,43 @@ def averaged_solvers() -> tuple[str, ...]:
     return tuple(name for name, s in SOLVERS.items() if s.averaged)
 
 
-def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
+def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start):
     key, cache = (opts.method, opts.alpha, x.dtype), system.constants
     if cache is None or key not in cache:  # the forward's steps serve its adjoint too
         found = averaged_steps(opts, system.a_diagonal, x.dtype)
         if cache is not None:
             cache[key] = found
     steps, stats.alpha = found if cache is None else cache[key]
-    return _iterate(AveragedStep(system, steps, stats.alpha, stats), system, x, opts, stats)
+    rule = AveragedStep(system, steps, stats.alpha, stats, zero_start)
+    return _iterate(rule, system, x, opts, stats)
 
 
-def averaged(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
+def averaged(
+    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
+):
     """Averaged (Krasnosel'skii-Mann) iteration ``x <- (1 - alpha) x + alpha F(x)``, alpha = alpha*.
 
     One fused ``A x + z``, the activation and one in-place ``lerp`` per iteration.
     """
-    return _averaged_family(system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats, zero_start)
 
 
-def diagonal(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
+def diagonal(
+    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
+):
     """Averaged iteration with per-coordinate steps ``alpha_i = 1 / (1 - (a_ii)_-)``.
 
     Same cost per iteration and the same worst-case factor as `averaged` (see
     `diagonal_steps`), far fewer iterations when the diagonal of ``A`` is uneven.
     """
-    return _averaged_family(system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats, zero_start)
 
 
-def picard(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
+def picard(
+    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
+):
     """Picard iteration ``x <- F(x)`` (the averaged iteration at alpha = 1), as used by IDL."""
-    return _averaged_family(system, x, opts, stats)
+    return _averaged_family(system, x, opts, stats, zero_start)
 
 
 class ForwardBackwardStep:
@@ -487,7 +499,12 @@ class Solver:
     family: str
     needs_step_size: bool = False
 
-    def __call__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
+    def __call__(
+        self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start=False
+    ):
+        """Run from ``x``; ``zero_start``: ``x`` is zero (the averaged family skips a product)."""
+        if self.averaged:
+            return self.run(system, x, opts, stats, zero_start)
         return self.run(system, x, opts, stats)
 
     @property
@@ -522,7 +539,7 @@ def solve(
     stats = SolverStats(method=opts.method)
     start = time.perf_counter()
     with torch.no_grad():
-        x = method(system, x, opts, stats)
+        x = method(system, x, opts, stats, zero_start=x0 is None)
     stats.seconds = time.perf_counter() - start
     if not stats.converged and opts.warn:
         warnings.warn(

@@ -401,6 +401,15 @@ def _check_tensorboard(folder) -> None:
         )
 
 
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel where every parameter allows it (floating point, on CPU or
+    CUDA): one pass over each parameter instead of a dozen operators (the MLP's step on MNIST
+    takes 20% less time, measured by ``benchmarks/dense_step.py``); otherwise the default."""
+    parameters = list(parameters)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
+
+
 def _distributed() -> tuple[int, int]:
     """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -423,7 +432,7 @@ class _Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        self.opt = adam(model.parameters(), recipe.lr)
         self.state = _Run()
         self.n_batches = math.ceil(len(data.train_x) / recipe.batch_size)
 

@@ -30,7 +30,7 @@ from ..layers import ImplicitLayer, NEMONDense
 from ..models import build_model
 from ..recipes import Recipe
 from ..solvers import SolverOptions, alpha_star, solve
-from ..training import _training_tolerance, recipe_loss
+from ..training import _training_tolerance, adam, recipe_loss
 from .checkpoints import load_checkpoint
 from .config import PRESETS, TrainConfig
 from .plots import pyplot
@@ -316,7 +316,7 @@ def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
 
 def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
     """Median seconds of one Adam step on `_step_loss`."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = adam(model.parameters(), 1e-4)
     times = []
     for _ in range(repeat + 2):
         start = time.perf_counter()
@@ -401,7 +401,7 @@ def _dense_models(tols, device):
     for tol in tols:
         models[f"NEMON tol {tol:g}"] = (copy.deepcopy(nemon), tol)
     return {
-        name: (m.train(), tol, torch.optim.Adam(m.parameters(), lr=1.5e-2))
+        name: (m.train(), tol, adam(m.parameters(), 1.5e-2))
         for name, (m, tol) in models.items()
     }
 
