@@ -401,8 +401,7 @@ def _dense_models(tols, device):
     for tol in tols:
         models[f"NEMON tol {tol:g}"] = (copy.deepcopy(nemon), tol)
     return {
-        name: (m.train(), tol, adam(m.parameters(), 1.5e-2))
-        for name, (m, tol) in models.items()
+        name: (m.train(), tol, adam(m.parameters(), 1.5e-2)) for name, (m, tol) in models.items()
     }
 
 
