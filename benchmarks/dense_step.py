@@ -10,8 +10,8 @@ profile of the operators each step runs (calls per step, copies, top self time).
 
 ``--against REV`` times the library at git revision ``REV`` (a temporary worktree, with this
 timing code copied in) and the current one in alternating processes, ``--rounds`` each, and
-writes the per-round ratios and their medians to ``dense-step-ab.json``: a before/after on a
-machine whose load drifts.
+writes the per-round ratios and milliseconds and their medians to ``dense-step-ab.json``: a
+before/after on a machine whose load drifts.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _ONE_RUN = (
     "import json, sys, torch; torch.set_num_threads({threads}); sys.path.insert(0, {src!r}); "
     "import nemon; assert nemon.__file__.startswith({src!r}), nemon.__file__; "
+    "import nemon.training as t; t.adam = getattr(t, 'adam', None) or "
+    "(lambda ps, lr: torch.optim.Adam(ps, lr=lr)); "  # older libraries: fit's plain Adam
     "from nemon.app.bench import dense_step_times; "
     "print(json.dumps(dense_step_times({data!r}, steps={steps})))"
 )
@@ -65,11 +67,12 @@ def compare(args) -> int:
             raise SystemExit(f"--against {args.against}: {added.stderr.strip().splitlines()[-1]}")
         try:
             shutil.copy(ROOT / "src/nemon/app/bench.py", old / "src/nemon/app/bench.py")
-            rounds = {"before": [], "after": []}
+            rounds, ms = {"before": [], "after": []}, {"before": [], "after": []}
             for r in range(args.rounds):
                 for name, src in (("before", old / "src"), ("after", ROOT / "src")):
                     rows = _timed_in(src, args)
                     rounds[name].append({row["model"]: row["over_mlp"] for row in rows})
+                    ms[name].append({row["model"]: row["ms_per_step"] for row in rows})
                     print(f"round {r + 1} {name:6s}", json.dumps(rounds[name][-1]), flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)])
@@ -77,9 +80,14 @@ def compare(args) -> int:
         name: {m: statistics.median(r[m] for r in runs) for m in runs[0]}
         for name, runs in rounds.items()
     }
-    print("medians", json.dumps(medians))
+    median_ms = {
+        name: {m: statistics.median(r[m] for r in runs) for m in runs[0]}
+        for name, runs in ms.items()
+    }
+    print("medians", json.dumps(medians), "ms", json.dumps(median_ms))
     result = {"against": args.against, "threads": args.threads, "rounds": rounds,
-              "median_over_mlp": medians}  # fmt: skip
+              "median_over_mlp": medians, "ms_per_step": ms,
+              "median_ms_per_step": median_ms}  # fmt: skip
     write_text_atomic(json.dumps(result, indent=2) + "\n", RESULTS / "dense-step-ab.json")
     return 0
 
