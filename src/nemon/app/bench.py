@@ -434,13 +434,22 @@ def _step_profile(model, tol, opt, batches) -> dict:
 
 
 def dense_step_times(
-    data_dir=None, tols=(1e-2, 1e-4), steps: int = 100, warmup: int = 20, device="cpu"
+    data_dir=None,
+    tols=(1e-2, 1e-4),
+    steps: int = 100,
+    warmup: int = 20,
+    device="cpu",
+    extra: dict | None = None,
 ) -> list[dict]:
     """Milliseconds per training step of the paper's FC models (batch 300), side by side: after
     ``warmup`` steps each, rounds of 10 steps go to each model in turn (a slower moment of the
     machine falls on all alike) for ``steps`` steps each; the median round is reported, with
-    the ratio to the MLP, the solver iterations and a profile of the operators a step runs."""
+    the ratio to the MLP, the solver iterations and a profile of the operators a step runs.
+    ``extra``: more models (name -> module), trained alike with Adam 1.5e-2."""
     models = _dense_models(tols, device)
+    for name, model in (extra or {}).items():
+        model = model.to(device).train()
+        models[name] = (model, None, adam(model.parameters(), 1.5e-2))
     rounds = max(1, steps // 10)
     batches = _training_batches(data_dir, 300, max(warmup, 10), device)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -457,7 +466,7 @@ def dense_step_times(
     mlp = statistics.median(times["MLP"])
     for name, (model, tol, opt) in models.items():
         ms = statistics.median(times[name])
-        stats = getattr(model.layer, "solver_stats", {})
+        stats = getattr(getattr(model, "layer", None), "solver_stats", {})
         rows.append(
             {
                 "model": name,
