@@ -466,7 +466,7 @@ def dense_step_times(
     mlp = statistics.median(times["MLP"])
     for name, (model, tol, opt) in models.items():
         ms = statistics.median(times[name])
-        stats = getattr(getattr(model, "layer", None), "solver_stats", {})
+        stats = getattr(getattr(model, "layer", model), "solver_stats", {})
         rows.append(
             {
                 "model": name,
