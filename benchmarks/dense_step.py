@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from nemon.app.bench import dense_step_times
-from nemon.solvers import SolverStats
 from nemon.runs import write_text_atomic
+from nemon.solvers import SolverStats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed"
 

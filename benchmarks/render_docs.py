@@ -305,7 +305,13 @@ def dense_step_table() -> str:
         + [f"{ratio['before'][model]:.2f}x", f"{ratio['after'][model]:.2f}x"]
         for model in ratio["before"]
     ]
-    header = ["model", f"ms at {ab['against']}", "ms now", f"vs MLP at {ab['against']}", "vs MLP now"]
+    header = [
+        "model",
+        f"ms at {ab['against']}",
+        "ms now",
+        f"vs MLP at {ab['against']}",
+        "vs MLP now",
+    ]
     text = _table(header, rows) + f"\n({len(ab['rounds']['after'])} rounds each, medians.)\n\n"
     now = _json(RESULTS / "speed" / "dense-step-current.json")["rows"]
     rows = [
