@@ -147,3 +147,35 @@ def test_a_loose_training_tolerance_leaves_evaluation_at_the_layers_own():
     assert evaluated > runs[0.5].history[0]["forward_iterations"]  # at the layer's 1e-8
     with pytest.raises(ValueError, match="solve_tol must be a finite number >= 1e-15"):
         SMALL.replace(solve_tol=0.0)
+
+
+def test_adam_is_fused_on_cpu_and_takes_the_state_of_plain_adam():
+    """fit's Adam runs the fused kernel; a checkpoint written by plain Adam (older runs) loads
+    into it and the next steps equal plain Adam's."""
+    import copy
+
+    from nemon.training import adam
+
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    copies = [w.detach().clone().requires_grad_() for w in weights]
+    plain = torch.optim.Adam(weights, lr=1e-2)
+
+    def step(opt, params):
+        loss = sum((p**2).sum() for p in params)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(plain, weights)
+    fused = adam(copies, 1e-2)
+    assert fused.defaults["fused"] is True
+    with torch.no_grad():
+        for c, w in zip(copies, weights):
+            c.copy_(w)
+    fused.load_state_dict(copy.deepcopy(plain.state_dict()))  # as read back from a file
+    for _ in range(3):
+        step(plain, weights)
+        step(fused, copies)
+    for c, w in zip(copies, weights):
+        assert torch.allclose(c, w, atol=1e-6)
