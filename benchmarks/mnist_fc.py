@@ -25,16 +25,16 @@ from nemon.data import load_dataset
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine() -> dict:
+def machine(threads: int | None = None) -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
     }
 
 
-def run(model, solver, epochs, seed, tol, data, residual, solve_tol=None):
+def run(model, solver, epochs, seed, tol, data, residual, solve_tol=None, threads=None):
     """One run; ``solve_tol``: the training solves' tolerance (evaluation stays at ``tol``)."""
     cfg = TrainConfig(
         model=model, solver=solver, epochs=epochs, seed=seed, tol=tol, residual=residual,
@@ -42,7 +42,7 @@ def run(model, solver, epochs, seed, tol, data, residual, solve_tol=None):
     )  # fmt: skip
     out = Path("/tmp") / f"nemon-bench-{model}-{solver}-{seed}"
     start = time.perf_counter()
-    result = train(cfg, out, data=data, progress=False, overwrite=True)
+    result = train(cfg, out, data=data, progress=False, overwrite=True, threads=threads)
     hist = result["history"]
     return {
         "model": model,
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--residual", default="step", choices=["step", "fixed_point"])
     parser.add_argument("--data-dir")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the idle cores)")
     args = parser.parse_args()
     data = load_dataset("mnist", args.data_dir)
     runs = []
@@ -87,6 +88,7 @@ def main() -> None:
                     data,
                     args.residual,
                     args.solve_tol,
+                    args.threads,
                 )
                 runs.append(r)
                 print(
@@ -97,7 +99,9 @@ def main() -> None:
                 )
     RESULTS.mkdir(exist_ok=True)
     name = "mnist_fc" + (f"-{args.tag}" if args.tag else "") + ".json"
-    (RESULTS / name).write_text(json.dumps({"machine": machine(), "runs": runs}, indent=2))
+    (RESULTS / name).write_text(
+        json.dumps({"machine": machine(args.threads), "runs": runs}, indent=2)
+    )
     print(f"wrote {RESULTS / name}")
 
 

@@ -460,9 +460,10 @@ and the MLP most, so the ratios rose while the milliseconds fell.
 {dense_steps}
 Training tolerance: the `paper` recipe trains its solves at 1e-2 and evaluates at the layer's
 1e-4. NEMON, `python benchmarks/mnist_fc.py --models nemon --seeds 0 1 2 3 4 --tol 1e-4
---solve-tol 1e-2 --tag train1e-2-eval1e-4-5runs`: {nemon_runs}. MON with its step tuned as
-MON's code tunes it (`tune_splitting_step`), the same command with `--models mon --tag
-mon-tuned-train1e-2-5runs`: {mon_runs}.
+--solve-tol 1e-2 --threads 1 --tag train1e-2-eval1e-4-5runs` (this stop's code, fused Adam):
+{nemon_runs}. MON with its step tuned as MON's code tunes it (`tune_splitting_step`), the same
+command with `--models mon --tag mon-tuned-train1e-2-5runs` (the previous stop's code, two
+threads): {mon_runs}.
 
 Time to accuracy, `nemon bench --threads 1 --epochs 10 --target-accuracy 0.97`
 (`benchmarks/results/speed/bench-1thread-10epochs.json`; training seconds until the first
