@@ -237,6 +237,20 @@ MUTATIONS = [
         "\n",
         ("tests/test_reliability.py",),
     ),
+    Mutation(
+        "a given start iterated as if it were zero (its first product skipped)",
+        "src/nemon/solvers.py",
+        "        x = method(system, x, opts, stats, zero_start=x0 is None)",
+        "        x = method(system, x, opts, stats, zero_start=True)",
+        ("tests/test_solvers.py",),
+    ),
+    Mutation(
+        "a setting older checkpoints lack compared as None (resume refused)",
+        "src/nemon/training.py",
+        "        a, b = recorded.get(key, defaults.get(key)), current.get(key)",
+        "        a, b = recorded.get(key), current.get(key)",
+        ("tests/test_train_cli.py",),
+    ),
 ]
 
 
