@@ -151,6 +151,40 @@ def ablation_summary() -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation_verdict() -> str:
+    """Where the implicit layer helps: per radius the range of the certified gap (ahead, level
+    or behind by half a point) and what its solves cost in minutes against the explicit run's."""
+    lines = []
+    for eps in sorted({a["eps"] for a in ablations()}):
+        rows = [a for a in ablations() if a["eps"] == eps]
+        r = f"{eps:g}"
+        gaps = [
+            100 * (a["nemon"]["evaluation"][f"interval@{r}"] - a[
+                "explicit"]["evaluation"][f"interval@{r}"])
+            for a in rows
+        ]  # fmt: skip
+        cost = [
+            a["nemon"]["minutes"] / a["explicit"]["minutes"]
+            for a in rows
+            if a["nemon"]["minutes"] and a["explicit"]["minutes"]
+        ]
+        verdict = "ahead" if min(gaps) >= 0.5 else "behind" if max(gaps) <= -0.5 else "level"
+        lines.append(
+            f"- eps {r}: {verdict}, {_span(gaps, '{:+.2f}')} points certified over "
+            f"{len(rows)} comparison{'s' if len(rows) > 1 else ''}; "
+            f"{_span(cost, '{:.1f}')} times the explicit run's minutes of training"
+        )
+    return (
+        "\nWhere the implicit layer helps (ahead or behind: by half a point or more in every "
+        "comparison at that radius; level otherwise):\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _span(values: list[float], fmt: str) -> str:
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low} to {high}"
+
+
 def published_table() -> str:
     rows = [
         [p["method"], p["reference"], _f4(p.get("0.1")), _f4(p.get("0.3"))]
@@ -396,7 +430,7 @@ with an explicit ReLU layer of the same width (`ExplicitDense`), and evaluates b
 
 {ablation}
 The column "NEMON - explicit" is the difference in certified accuracy, in percentage points.
-
+{ablation_verdict}
 ## Published certified accuracies (MNIST, l_inf)
 
 For context; from the papers, not run here (`benchmarks/results/published.json`). They use deeper
@@ -510,6 +544,7 @@ def results_page() -> str:
         **_protocol(),
         shipped=shipped_table_docs(),
         ablation=ablation_table(),
+        ablation_verdict=ablation_verdict(),
         published=published_table(),
         protocol=protocol_table(),
         families=runs_table("mnist_fc-families.json", "model"),
