@@ -35,9 +35,9 @@ def test_bench_quick(tmp_path, capfd):
 
 def test_step_flops_count_the_solver_iterations_inside_the_implicit_function():
     """A dense NEMON step costs its explicit twin's FLOPs plus one product ``A x`` (2 b n^2) per
-    forward and backward iteration, and two more: the preactivation for ``J`` and the weight
-    gradient ``w^T x*``. Counting outside the autograd Function or from the wrong step would miss
-    the iterations."""
+    forward iteration after the first (from ``x0 = 0`` it needs none) and per backward
+    iteration, and two more: the preactivation for ``J`` and the weight gradient ``w^T x*``.
+    Counting outside the autograd Function or from the wrong step would miss the iterations."""
     torch.manual_seed(0)
     b, n = 30, 20
     u, y = torch.rand(b, 1, 6, 6), torch.randint(0, 10, (b,))
@@ -46,7 +46,7 @@ def test_step_flops_count_the_solver_iterations_inside_the_implicit_function():
     flops, iterations = step_flops(ours, u, y)
     its = step_flops(twin, u, y)[0]
     assert iterations["forward"] > 1 and iterations["backward"] > 1
-    expected = 2 * b * n * n * (iterations["forward"] + iterations["backward"] + 2)
+    expected = 2 * b * n * n * (iterations["forward"] - 1 + iterations["backward"] + 2)
     assert flops - its == expected
     assert all(p.grad is None for p in ours.parameters())  # counting leaves no gradient behind
 
