@@ -96,6 +96,17 @@ def test_resume_of_a_checkpoint_older_than_a_setting_takes_its_default(tmp_path)
     assert [h["epoch"] for h in result["history"]] == [1]
 
 
+def test_resume_refuses_a_checkpoint_missing_a_model_setting_even_at_its_default(tmp_path):
+    data = tiny_data()
+    train(config(epochs=1), tmp_path, data=data, progress=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    del ckpt["config"]["gamma"]  # as in a file without checksums: no default is guessed
+    del ckpt["checksum"]
+    save_atomic(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"config.gamma: None -> 0.95"):
+        train(config(epochs=1), tmp_path, data=data, progress=False, resume=True)
+
+
 def test_resume_refuses_a_non_default_value_for_a_setting_the_file_lacks(tmp_path):
     data = tiny_data()
     train(config(epochs=1), tmp_path, data=data, progress=False)

@@ -340,8 +340,8 @@ def fit(
         threads: torch threads, or a function ``(working) -> threads`` asked every 5 s.
         tensorboard: also log each epoch's numbers to TensorBoard in this folder.
         metadata: plain data or dataclasses stored in the checkpoint and checked to match on
-            resume; a dataclass field the file lacks (written before the field existed)
-            counts as the field's default, as does a recipe setting.
+            resume; a training setting (a `Recipe` field) that the file lacks, written before
+            the setting existed, counts as its default; any other missing field is a change.
         files: more text files for the run folder (name -> contents), written with the first.
         stop_after_steps: stop early after that many steps (tests of resume).
 
@@ -425,8 +425,13 @@ class _Trainer:
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
         self.threads, self.extra_files = threads, files
         self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
-        self.defaults = {k: _defaults(v) for k, v in metadata.items() if is_dataclass(v)}
-        self.defaults["recipe"] = _defaults(Recipe)
+        training = _defaults(Recipe)  # only training settings take defaults, never the model's
+        self.defaults = {
+            k: {name: value for name, value in _defaults(v).items() if name in training}
+            for k, v in metadata.items()
+            if is_dataclass(v)
+        }
+        self.defaults["recipe"] = training
         self.rank, self.world = _distributed()
         self.device = _device(model)
         self.model = model
