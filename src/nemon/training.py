@@ -454,11 +454,11 @@ class _Trainer:
         current = dict(self.metadata)
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
             recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
-        changed = _differences(recorded, current, self.defaults)
-        unrecorded = _unrecorded(recorded, current)
-        if unrecorded and not changed:
+        recorded, defaulted = _with_defaults(recorded, current, self.defaults)
+        changed = _differences(recorded, current)
+        if defaulted and not changed:
             warnings.warn(
-                f"{self.ckpt_path} does not record {', '.join(unrecorded[:5])} (written before "
+                f"{self.ckpt_path} does not record {', '.join(defaulted[:5])} (written before "
                 "those settings existed): resumed with their defaults",
                 stacklevel=3,
             )
@@ -749,29 +749,31 @@ def _print_epoch(record: dict, bar_shown: bool) -> None:
         print(line, flush=True)
 
 
-def _differences(recorded: dict, current: dict, defaults: dict, prefix: str = "") -> list[str]:
-    """The names of the settings that differ (nested dicts as ``outer.inner``); a setting the
-    file does not record takes its value from ``defaults`` (nested like the settings)."""
+def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """The names of the settings that differ (nested dicts as ``outer.inner``)."""
     changed = []
     for key in sorted(set(recorded) | set(current), key=str):
-        a, b = recorded.get(key, defaults.get(key)), current.get(key)
+        a, b = recorded.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
-            changed += _differences(a, b, inner, f"{prefix}{key}.")
+            changed += _differences(a, b, f"{prefix}{key}.")
         elif _plain(a) != _plain(b):
             changed.append(f"{prefix}{key}: {_plain(a)!r} -> {_plain(b)!r}")
     return changed
 
 
-def _unrecorded(recorded: dict, current: dict, prefix: str = "") -> list[str]:
-    """The names of the current settings that the file does not record."""
-    names = []
+def _with_defaults(recorded: dict, current: dict, defaults: dict, prefix: str = ""):
+    """``recorded`` with each current setting it lacks taken from ``defaults`` (nested like the
+    settings), and the names of those it took."""
+    filled, names = dict(recorded), []
     for key, value in current.items():
-        if key not in recorded:
+        if key not in recorded and key in defaults:
+            filled[key] = defaults[key]
             names.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and isinstance(recorded[key], dict):
-            names += _unrecorded(recorded[key], value, f"{prefix}{key}.")
-    return names
+        elif isinstance(value, dict) and isinstance(recorded.get(key), dict):
+            inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+            filled[key], more = _with_defaults(recorded[key], value, inner, f"{prefix}{key}.")
+            names += more
+    return filled, names
 
 
 def _defaults(settings) -> dict:
