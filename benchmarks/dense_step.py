@@ -107,6 +107,14 @@ def _timed_in(src: Path, args) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _medians(rounds: dict[str, list[dict]]) -> dict:
+    """Per side, the median over rounds of each model's figure."""
+    return {
+        name: {m: statistics.median(r[m] for r in runs) for m in runs[0]}
+        for name, runs in rounds.items()
+    }
+
+
 def compare(args) -> int:
     """Rounds of the old and the current library in turn; ratios to the MLP per round."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,14 +136,7 @@ def compare(args) -> int:
                     print(f"round {r + 1} {name:6s}", json.dumps(rounds[name][-1]), flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)])
-    medians = {
-        name: {m: statistics.median(r[m] for r in runs) for m in runs[0]}
-        for name, runs in rounds.items()
-    }
-    median_ms = {
-        name: {m: statistics.median(r[m] for r in runs) for m in runs[0]}
-        for name, runs in ms.items()
-    }
+    medians, median_ms = _medians(rounds), _medians(ms)
     print("medians", json.dumps(medians), "ms", json.dumps(median_ms))
     result = {"against": args.against, "threads": args.threads, "rounds": rounds,
               "median_over_mlp": medians, "ms_per_step": ms,

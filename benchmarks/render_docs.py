@@ -154,9 +154,9 @@ def ablation_summary() -> str:
 def ablation_verdict() -> str:
     """Where the implicit layer helps: per radius the range of the certified gap (ahead, level
     or behind by half a point) and what its solves cost in minutes against the explicit run's."""
-    lines = []
-    for eps in sorted({a["eps"] for a in ablations()}):
-        rows = [a for a in ablations() if a["eps"] == eps]
+    lines, every = [], ablations()
+    for eps in sorted({a["eps"] for a in every}):
+        rows = [a for a in every if a["eps"] == eps]
         r = f"{eps:g}"
         gaps = [
             100 * (a["nemon"]["evaluation"][f"interval@{r}"] - a[
