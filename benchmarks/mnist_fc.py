@@ -21,6 +21,7 @@ import torch
 
 from nemon.app.train import TrainConfig, train
 from nemon.data import load_dataset
+from nemon.validation import MAX_THREADS, check_integer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,6 +62,16 @@ def run(model, solver, epochs, seed, tol, data, residual, solve_tol=None, thread
     }
 
 
+def _threads(text: str) -> int:
+    """A thread count in the library's range, else a one-line usage error."""
+    try:
+        value = int(text)
+        check_integer("threads", value, 1, MAX_THREADS)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_THREADS}") from None
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["nemon"])
@@ -72,7 +83,7 @@ def main() -> None:
     parser.add_argument("--residual", default="step", choices=["step", "fixed_point"])
     parser.add_argument("--data-dir")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--threads", type=int, help="torch threads (default: the idle cores)")
+    parser.add_argument("--threads", type=_threads, help="torch threads (default: the idle cores)")
     args = parser.parse_args()
     data = load_dataset("mnist", args.data_dir)
     runs = []
