@@ -15,14 +15,15 @@ from nemon.intervals import interval_equilibrium
 DT = torch.float64
 
 
-def scalar_classifier(a=0.5, b=1.0, family="nemon"):
+def scalar_classifier(a=0.5, b=1.0, family="nemon", error_tol=1e-13):
     """``x* = relu(a x* + b u) = b u / (1 - a)`` for ``u >= 0``; logits ``(1 - x, x)``.
 
     Label 0 holds while ``x* < 1/2``, i.e. ``u < (1 - a) / (2 b)``: the exact robust radius of
-    ``u`` is ``(1 - a) / (2 b) - u``, and for ``a >= 0`` every certificate should reach it.
+    ``u`` is ``(1 - a) / (2 b) - u``, and for ``a >= 0`` every certificate should reach it, less
+    what the model as it runs may be off (``error_tol``, tiny here).
     """
     layer = {"nemon": nemon.NEMONDense, "idl": nemon.IDLDense}[family](
-        1, 1, gamma=0.9, activation="relu", tol=1e-12, max_iter=5000
+        1, 1, gamma=0.9, activation="relu", tol=1e-12, max_iter=5000, error_tol=error_tol
     ).double()
     with torch.no_grad():
         layer.A = torch.tensor([[a]], dtype=DT)

@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from .ensemble import Ensemble
-from .explicit import implicit_box
+from .explicit import (
+    UnsupportedModule,
+    _refuse_hooks,
+    check_point_evaluation,
+    implicit_box,
+    refuse_global_hooks,
+    rule_for,
+)
 from .intervals import input_box, logit_difference_bounds
 from .layers import ImplicitLayer
 from .linear_bounds import injection_bounds, supports_linear_bounds
@@ -135,6 +142,35 @@ def _check_clip(u: Tensor, clip) -> tuple[float, float] | None:
     return lo, hi
 
 
+def check_modules(model) -> None:
+    """Refuse by name (`nemon.explicit.UnsupportedModule`) a model whose modules nemon's rules
+    do not describe exactly: a subclass of `Classifier` or `Ensemble` (its own forward), hooks,
+    and in every classifier a layer, readout or encoder module without an exact rule."""
+    if type(model) not in (Classifier, Ensemble):
+        raise UnsupportedModule(
+            f"{type(model).__name__} is a subclass of {type(model).__mro__[1].__name__}: "
+            "certificates describe nemon.Classifier and nemon.Ensemble themselves"
+        )
+    refuse_global_hooks()
+    _refuse_hooks(model)
+    for c in model.classifiers():
+        if type(c) is not Classifier:
+            raise UnsupportedModule(f"{type(c).__name__} is not a nemon.Classifier")
+        _refuse_hooks(c)
+        for part in (c.layer, c.readout, c.direct, c.encoder):
+            if part is not None:
+                rule_for(part)
+        for m in c.modules():
+            _refuse_hooks(m)
+
+
+def check_point_evaluation_of(model: Classifier, u: Tensor) -> None:
+    """Each encoder module's rule evaluates to its own forward at the inputs ``u``."""
+    if model.encoder is not None:
+        with torch.no_grad():
+            check_point_evaluation(model.encoder, model.prepare_input(u))
+
+
 def certificate_obstacle(model) -> str | None:
     """Why the model's bounds cannot certify anything, or None when they can.
 
@@ -162,6 +198,12 @@ def _obstacle(model: Classifier) -> str | None:
         v = float(value.detach())
         if not (math.isfinite(v) and v > 0):
             return f"{name} = {v:.6g} is not finite and positive"
+    running = model.running_error()
+    if running is None or not math.isfinite(float(running)):
+        return (
+            "an implicit layer has error_tol=None: the model as it runs states no distance "
+            "from its exact equilibrium"
+        )
     return None
 
 
@@ -198,9 +240,8 @@ def _tight(model, solve_tol, u: Tensor):
         for layer in model.modules():
             if isinstance(layer, ImplicitLayer):
                 max_iter = max(2000, layer.solver_options.max_iter)
-                stack.enter_context(
-                    layer.solver_settings(tol=solve_tol, residual="fixed_point", max_iter=max_iter)
-                )
+                tight = dict(tol=solve_tol, residual="fixed_point", max_iter=max_iter)
+                stack.enter_context(layer.solver_settings(**tight, per_sample=True))
         yield
 
 
@@ -212,7 +253,7 @@ def _own_prediction(model, u: Tensor) -> tuple[Tensor, str | None]:
         return torch.full((len(u),), -1, dtype=torch.long, device=u.device), reason
     with warnings.catch_warnings(), full_float32():
         warnings.simplefilter("ignore", ConvergenceWarning)  # judged by its result below
-        logits = model(u.to(next(model.parameters()).dtype))
+        logits = model(u.to(next(model.parameters()).dtype, copy=True))
     if not bool(torch.isfinite(logits).all()):
         dtype = next(model.parameters()).dtype
         return logits.argmax(1), f"the model's own ({dtype}) logits are not finite"
@@ -310,11 +351,14 @@ def margin_bounds(
     clip = _check_clip(u, clip)
     labels = _check_labels(model, u, labels).to(u.device)
     _check_eval_mode(model)
-    model = copy.deepcopy(model)  # certify never changes the caller's model (thread-safe)
+    check_modules(model)
+    model = copy.deepcopy(model).eval()  # the caller's model is never changed (thread-safe)
     own, reason = _own_prediction(model, u)
     if dtype is not None:
         model = model.to(dtype)
     u = u.to(next(model.parameters()).dtype)
+    for classifier in model.classifiers():
+        check_point_evaluation_of(classifier, u)
     reason = reason or certificate_obstacle(model)
     if reason is not None:
         warnings.warn(f"nothing certified: {reason}", CertificateWarning, stacklevel=2)
@@ -363,25 +407,42 @@ def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method:
     `Classifier`, the members for an `Ensemble`; the mean of one is exact)."""
     bound = {"interval": _interval_bounds, "linear": _linear_bounds}.get(method, _lipschitz_bounds)
     extra = (clip,) if method in ("interval", "linear") else (method,)
-    parts = [bound(c, u, labels, radii, *extra) for c in model.classifiers()]
+    parts = []
+    for c in model.classifiers():
+        logits, bounds = bound(c, u, labels, radii, *extra)
+        charge = _running_charge(c, labels).to(logits)
+        parts.append((logits, [b - charge for b in bounds]))
     logits = torch.stack([p[0] for p in parts]).mean(0)
     return logits, [torch.stack(per_radius).mean(0) for per_radius in zip(*(p[1] for p in parts))]
+
+
+def _running_charge(model: Classifier, labels: Tensor) -> Tensor:
+    """``(batch, q)``: how far each ``y_label - y_j`` of the model as it runs (eval mode) may lie
+    from the exact equilibrium's, for every input: ``||c_label - c_j|| * running_error`` in the
+    layer's norm (docs/guarantees.md). Subtracted from the exact bounds, a certificate covers
+    both the exact equilibrium and the model as it runs."""
+    C, _ = model.readout_weights()
+    pair_c = _readout_norms(model.lipschitz_terms(), C[:, None, :] - C[None, :, :])  # (q, q)
+    return pair_c[labels] * model.running_error().to(pair_c)
 
 
 def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
     """Certificate (19) or its pairwise form as margin bounds, every solve's error charged."""
     solution = model.solve(u)
     logits, error = solution.logits, solution.error_bound
+    if error is None:  # no proven distance from the equilibrium: nothing is certified
+        unbounded = torch.full_like(logits, -math.inf)
+        return logits, [unbounded for _ in radii]
     terms = model.lipschitz_terms()
     C, D = model.readout_weights()
     if method == "lipschitz":
         L = output_bound(terms, C, D)
-        slack = 0.0 if error is None else error * _readout_norms(terms, C).amax()
+        slack = error * _readout_norms(terms, C).amax()
         bounds = [lipschitz_margins(logits, labels, L, e, slack) for e in radii]
     else:
         L_pair = pairwise_bounds(terms, C, D)
         pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
-        slack = 0.0 if error is None else error[:, None] * pair_c[labels]
+        slack = error[:, None] * pair_c[labels]
         bounds = [pairwise_margins(logits, labels, L_pair, e, slack) for e in radii]
     return logits, bounds
 

@@ -254,15 +254,20 @@ class _Builder:
             change, reference = r, fx
         size = op("Max", [op("ReduceL2", [reference], keepdims=0), self.const("tiny", _TINY)])
         rel = op("Div", [op("ReduceL2", [change], keepdims=0), size])
+        weighted = op("Mul", [op("Abs", [r]), self.const("inv_eta", 1.0 / self._eta())])
+        denominator = self.const("one_minus_mu", 1.0 - max(k["measure"], 0.0))
+        op("Div", [op("ReduceMax", [weighted], axes=[1], keepdims=0), denominator], ["bound_out"])
         broken = op("Or", [op("IsNaN", [rel]), op("IsInf", [rel])])
-        done = op("Or", [op("LessOrEqual", [rel, self.const("tol", opts.tol)]), broken])
+        within = op("LessOrEqual", [rel, self.const("tol", opts.tol)])
+        if self.layer.error_tol is not None:  # eval mode's rule: every bound within error_tol
+            worst = op("ReduceMax", ["bound_out"], keepdims=0)
+            close = op("LessOrEqual", [worst, self.const("error_tol", self.layer.error_tol)])
+            within = op("And", [within, close])
+        done = op("Or", [within, broken])
         count = op("Add", ["iter", self._int("one", 1)], ["count_out"])
         every = self._int("check_every", opts.check_every)
         check = op("Equal", [op("Mod", [count, every]), self._int("zero", 0)])
         op("Not", [op("And", [check, done])], ["cond_out"])
-        weighted = op("Mul", [op("Abs", [r]), self.const("inv_eta", 1.0 / self._eta())])
-        denominator = self.const("one_minus_mu", 1.0 - max(k["measure"], 0.0))
-        op("Div", [op("ReduceMax", [weighted], axes=[1], keepdims=0), denominator], ["bound_out"])
 
         elem = _elem_type(self.dtype)
         n = self.layer.hidden

@@ -93,6 +93,8 @@ class Equilibrium:
     measure: float | None = None
     eta: Tensor | None = None
     splitting_step: float | None = None
+    monotone_margin: Callable[[], float] | None = None  # MON: 1 - mu_2(A), for its error bound
+    lipschitz: float | None = None  # an upper bound of ||A|| in the weighted norm (IDL)
     adjoint: ImplicitAdjoint | JacobianFree = field(default_factory=ImplicitAdjoint)
     stats: dict[str, SolverStats] = field(default_factory=dict)
     constants: dict = field(default_factory=dict)  # steps built once, for forward and adjoint
@@ -110,6 +112,8 @@ class Equilibrium:
             splitting_step=self.splitting_step,
             affine=lambda x: op.matvec_add(weights, x, z),
             constants=self.constants,
+            monotone_margin=self.monotone_margin,
+            lipschitz=self.lipschitz,
         )
 
     def adjoint_system(
@@ -196,8 +200,9 @@ class Solution:
 
     @property
     def error_bound(self) -> Tensor | None:
-        """Per sample, the a-posteriori bound on ``||x - x*||`` (weighted l_inf), or None for
-        solvers without one (MON's splittings)."""
+        """Per sample, the a-posteriori bound on ``||x - x*||`` (weighted l_inf; for MON the
+        l_2 bound, which bounds l_inf too), or None where the solve has none (MON in training
+        mode)."""
         return self.stats["forward"].error_bound
 
 

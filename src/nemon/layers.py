@@ -9,6 +9,7 @@ bounds (14), (15) need), ``features(x)`` for a readout, and ``solver_stats`` fro
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import replace
@@ -47,12 +48,33 @@ from .parametrize import (
     mu_inf_param,
 )
 from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, SolverOptions, SolverStats
+from .validation import check_number
 
-__all__ = ["ImplicitLayer", "NEMONDense", "MONDense", "IDLDense", "ExplicitDense"]
+__all__ = [
+    "DEFAULT_ERROR_TOL",
+    "ImplicitLayer",
+    "NEMONDense",
+    "MONDense",
+    "IDLDense",
+    "ExplicitDense",
+]
+
+
+#: In eval mode a solve stops only when every sample's a-posteriori error bound is at most this
+#: (the state's weighted l_inf norm): the model as it runs is then within a stated distance of
+#: its exact equilibrium for every input, and certificates charge that distance.
+DEFAULT_ERROR_TOL = 1e-4
 
 
 class ImplicitLayer(nn.Module):
-    """Shared machinery: input checks, solver options, the implicit solve and its statistics."""
+    """Shared machinery: input checks, solver options, the implicit solve and its statistics.
+
+    ``error_tol``: in eval mode the forward solve also runs until every sample's a-posteriori
+    error bound is at most ``error_tol`` (weighted l_inf; l_2 for MON), so that the outputs of
+    the model as it runs are within a stated distance of the exact equilibrium's
+    (docs/guarantees.md); training stops on the relative residual ``tol`` alone. None: no
+    stated distance (certificates then certify nothing).
+    """
 
     default_solver = "averaged"
 
@@ -67,8 +89,12 @@ class ImplicitLayer(nn.Module):
         residual: str = "step",
         check_inputs: bool = True,
         adjoint: str | ImplicitAdjoint | JacobianFree = "implicit",
+        error_tol: float | None = DEFAULT_ERROR_TOL,
     ) -> None:
         super().__init__()
+        if error_tol is not None:
+            check_number("error_tol", error_tol, low=0.0, low_open=True)
+        self.error_tol = error_tol
         self.adjoint = get_adjoint(adjoint)
         self.activation = get_activation(activation)
         method = solver or self.default_solver
@@ -121,7 +147,15 @@ class ImplicitLayer(nn.Module):
         weights = self.effective_weights()
         eq = self.equilibrium(weights)
         eq.adjoint = self.adjoint
+        if not self.training and self.error_tol is not None:
+            eq.options = replace(eq.options, error_tol=self.error_tol)
         return Solution(implicit_solve(eq, z, weights), eq.stats)
+
+    def running_error(self) -> float | None:
+        """The distance (weighted l_inf; l_2 for MON) within which the layer's state in eval
+        mode lies from the exact equilibrium, for every input whose solve converges (a
+        `ConvergenceWarning` otherwise): ``error_tol``, or None without one."""
+        return self.error_tol
 
     def forward(self, u: Tensor) -> Tensor:
         """``x*(u)``; ``solver_stats`` keeps the statistics of this solve for inspection."""
@@ -237,7 +271,16 @@ class ImplicitLayer(nn.Module):
         if SOLVERS[fwd.method].needs_step_size or SOLVERS[bwd.method].needs_step_size:
             mu, lip = terms()
             step = (1.0 - mu) / max(lip, 1e-12) ** 2
-        return Equilibrium(self.operator, self.activation, fwd, bwd, splitting_step=step)
+        margin = None if self.training else functools.cache(self._monotone_margin)
+        return Equilibrium(
+            self.operator, self.activation, fwd, bwd, splitting_step=step, monotone_margin=margin
+        )
+
+    def _monotone_margin(self) -> float:
+        """``1 - mu_2(A)`` from the upper bound `measure` in float64 (MON's error bound, in
+        eval mode: what certificates and the model as it runs are charged)."""
+        with torch.no_grad():
+            return 1.0 - float(round_to(self.measure().detach().double(), torch.float64, "up"))
 
     def _solve_embedding(self, operator, weights, z_both, measure, eta) -> tuple:
         """Solve the embedding system ``[x_lo; x_hi]`` with this layer's solvers and adjoint."""
@@ -416,10 +459,10 @@ class IDLDense(_DenseLayer):
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
         fwd, bwd = self.solver_options, self.backward_options
         # mu_inf(A) <= ||A||_inf < 1: the NEMON error bound applies to IDL's iterates too.
-        measure = float(
-            capped_measure(mu_inf_upper(weights[0].detach()), self.gamma, torch.float64)
-        )
-        return Equilibrium(self.operator, self.activation, fwd, bwd, measure)
+        A = weights[0].detach()
+        measure = float(capped_measure(mu_inf_upper(A), self.gamma, torch.float64))
+        norm = float(capped_measure(norm_inf_upper(A), self.gamma, torch.float64))
+        return Equilibrium(self.operator, self.activation, fwd, bwd, measure, lipschitz=norm)
 
     def interval_bounds(self, u_lo: Tensor, u_hi: Tensor, injection=None):
         return self._dense_interval_bounds(u_lo, u_hi, None, injection)
@@ -456,6 +499,10 @@ class ExplicitDense(_DenseLayer):
         x = self.activation(z)
         stats.error_bound = torch.zeros(len(u), dtype=x.dtype, device=x.device)
         return Solution(x, {"forward": stats})
+
+    def running_error(self) -> float:
+        """0: the explicit layer is evaluated exactly."""
+        return 0.0
 
     def measure(self) -> Tensor:
         return torch.zeros((), dtype=self.B.weight.dtype, device=self.B.weight.device)

@@ -20,54 +20,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .explicit import Normalize, UnsupportedModule, rule_for
+from .explicit import UnsupportedModule, rule_for
 
 __all__ = ["supports_linear_bounds", "injection_bounds", "encoder_linear_bounds"]
 
-_AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, Normalize, nn.Flatten, nn.AvgPool2d)
 _ROW_ELEMENTS = 2**24  # rows x features carried at once (chunks of samples beyond it)
 
 
 def supports_linear_bounds(model) -> bool:
-    """A classifier with an explicit ``nn.Sequential`` encoder of affine modules and ReLUs,
-    and a dense layer with interval bounds (NEMON, IDL, explicit)."""
+    """A classifier with an explicit ``nn.Sequential`` encoder of modules whose rules have a
+    linear backward rule (affine modules and ReLUs, `nemon.explicit.ModuleRule.linear`), and
+    a dense layer with interval bounds (NEMON, IDL, explicit)."""
     from .layers import _DenseLayer
 
     encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, nn.Sequential) or not isinstance(model.layer, _DenseLayer):
+    if type(encoder) is not nn.Sequential or not isinstance(model.layer, _DenseLayer):
         return False
     if model.layer.interval_bounds.__func__ is _DenseLayer.interval_bounds:
         return False
-    return all(isinstance(m, (*_AFFINE, nn.ReLU)) for m in encoder)
-
-
-def _relu_backward(lam: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """``lam . relu(x) >= lam_in . x + offset`` on ``[lo, hi]``: the chord above (slope
-    ``hi / (hi - lo)`` where the sign is unknown) for negative rows, below the line through 0 of
-    slope 1 or 0 (the nearer to the chord, CROWN's choice) for positive rows."""
-    unstable = (lo < 0) & (hi > 0)
-    width = (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny)
-    up_slope = torch.where(unstable, hi / width, (lo >= 0).to(lo.dtype))
-    up_offset = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
-    low_slope = torch.where(unstable, (hi > -lo).to(lo.dtype), (lo >= 0).to(lo.dtype))
-    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-    lam_in = pos * low_slope[:, None] + neg * up_slope[:, None]
-    offset = (neg * up_offset[:, None]).flatten(2).sum(2)
-    return lam_in, offset
-
-
-def _affine_backward(m: nn.Module, lam: Tensor, lo: Tensor) -> tuple[Tensor, Tensor]:
-    """``lam . m(x) = (L^T lam) . x + lam . m(0)`` for an affine ``m(x) = L x + m(0)``: the
-    transpose by autograd through one application (exact for every affine module)."""
-    batch, rows = lam.shape[:2]
-    shift = m(torch.zeros_like(lo[:1]))  # m(0), the module's constant part
-    offset = (lam * shift[:, None]).flatten(2).sum(2)
-    with torch.enable_grad():
-        x = torch.zeros(batch * rows, *lo.shape[1:], dtype=lo.dtype, device=lo.device)
-        x.requires_grad_(True)
-        out = m(x)
-        (lam_in,) = torch.autograd.grad(out, x, lam.reshape(out.shape), retain_graph=False)
-    return lam_in.reshape(batch, rows, *lo.shape[1:]), offset
+    try:
+        return all(rule_for(m).has_linear for m in encoder)
+    except UnsupportedModule:
+        return False
 
 
 def encoder_linear_bounds(
@@ -75,20 +49,16 @@ def encoder_linear_bounds(
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of ``spec @ encoder(x)`` (``spec``: ``(rows, features)``) over the
     box ``[lo, hi]``, each ``(batch, rows)``."""
+    rules = [rule_for(m) for m in encoder]
     boxes = [(lo, hi)]
-    for m in encoder:  # the interval pass: the input box of every module
-        boxes.append(rule_for(m).interval(m, *boxes[-1]))
+    for m, rule in zip(encoder, rules):  # the interval pass: the input box of every module
+        boxes.append(rule.interval(m, *boxes[-1]))
     rows = torch.cat([spec, -spec])  # lower bounds of spec @ out and of -spec @ out
     out_lo = boxes[-1][0]
     lam = rows.reshape(1, *rows.shape[:1], *out_lo.shape[1:]).expand(len(lo), *[-1] * out_lo.dim())
     total = torch.zeros(len(lo), len(rows), dtype=lo.dtype, device=lo.device)
-    for m, (m_lo, m_hi) in zip(reversed(encoder), reversed(boxes[:-1])):
-        if isinstance(m, nn.ReLU):
-            lam, offset = _relu_backward(lam, m_lo, m_hi)
-        elif isinstance(m, _AFFINE):
-            lam, offset = _affine_backward(m, lam, m_lo)
-        else:
-            raise UnsupportedModule(f"no linear bound rule for {type(m).__name__}")
+    for m, rule, (m_lo, m_hi) in zip(reversed(encoder), reversed(rules), reversed(boxes[:-1])):
+        lam, offset = rule.linear(m, lam, m_lo, m_hi)
         total = total + offset
     flat = lam.flatten(2)
     bound = (flat.clamp(min=0) * lo.flatten(1)[:, None]).sum(2)
@@ -122,6 +92,6 @@ def _widest(encoder: nn.Sequential, lo: Tensor) -> int:
     """The largest number of features per sample at any module's input or output."""
     x, widest = lo[:1], lo[0].numel()
     for m in encoder:
-        x = m(x)
+        x = rule_for(m).evaluate(m, x)
         widest = max(widest, x[0].numel())
     return widest

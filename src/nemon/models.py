@@ -20,6 +20,7 @@ from .explicit import (
     linf_lipschitz,
     propagate_interval,
 )
+from .explicit import running_error as encoder_running_error
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .lipschitz import LipschitzTerms, lipschitz_bound, lipschitz_regularizer, state_bound
 
@@ -119,6 +120,23 @@ class Classifier(nn.Module):
         if self.direct is not None:
             logits = logits + self.direct(u.flatten(1))
         return ModelSolution(logits, solution.x, error)
+
+    def running_error(self) -> Tensor | None:
+        """For the model as it runs in eval mode, a bound on its state's distance from the
+        exact equilibrium (the layer's norm) that holds for every input whose solves converge:
+        the layer's `running_error` plus, through (14), what the encoder's implicit layers'
+        stated errors move it (`nemon.explicit.running_error`). None when a layer states none
+        (``error_tol=None``). Certificates charge it (docs/guarantees.md)."""
+        own, inner = self.layer.running_error(), encoder_running_error(self.encoder)
+        if own is None or inner is None:
+            return None
+        error = torch.tensor(float(own), dtype=torch.float64)
+        if bool(inner > 0):
+            terms = self.layer.lipschitz_terms()
+            if terms.norm != "inf":
+                return None
+            error = error + state_bound(terms).detach().double() * inner
+        return error
 
     def encode_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """A box containing ``encoder(u)`` for every ``u`` in ``[lo, hi]``."""

@@ -3,7 +3,8 @@
 A `FixedPointSystem` describes one equation (forward or adjoint); `solve` runs a
 solver chosen by name from `SOLVERS`. Every solver returns the iterate and a
 `SolverStats`; convergence is checked every ``check_every`` iterations (the only host
-sync in the loop). Two stopping residuals, both relative and over the whole batch (Frobenius):
+sync in the loop). Two stopping residuals, both relative, over the whole batch (Frobenius) or,
+with ``per_sample=True``, for each sample (the largest must pass):
 
 - ``residual="step"`` (default): ``||x_{k+1} - x_k|| / ||x_{k+1}||``. For the averaged iteration
   this is the relative residual of the averaged map ``N_alpha`` that is iterated; Anderson measures
@@ -11,7 +12,12 @@ sync in the loop). Two stopping residuals, both relative and over the whole batc
 - ``residual="fixed_point"``: ``||F(x) - x|| / ||F(x)||`` with ``F(x) = Phi(A x + z)``, stricter by
   the factor ``1 / alpha``.
 
-Whatever the rule, weighted-l_inf solvers also report the a-posteriori bound on ``||x - x*||``.
+Whatever the rule, solvers report a per-sample a-posteriori bound on ``||x - x*||`` where the
+system has one: ``||F(x) - x|| / (1 - mu_+)`` in the weighted l_inf norm when a measure is known
+(docs/maths.md#model), and for monotone (MON) systems the l_2 bound of `monotone_error_bound`.
+With ``error_tol`` the solve stops only when every sample's bound is at most ``error_tol``: what
+the layers do in eval mode, so that the model as it runs is within a stated distance of its
+exact equilibrium for every input (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ __all__ = [
     "Solver",
     "averaged_steps",
     "averaged_solvers",
+    "monotone_error_bound",
+    "step_is_proven",
     "Step",
 ]
 
@@ -86,6 +94,12 @@ class FixedPointSystem:
     step_scaled_norm: bool = False  # adjoint: contraction norm is norm(r / steps)
     observe: Callable[[Tensor], Tensor] | None = None  # stopping rule measures observe(x)
     constants: dict | None = None  # step constants, shared by the systems of one equilibrium
+    #: ``1 - mu_2(A)`` (an upper bound of ``mu_2`` rounded up), evaluated on demand: the strong
+    #: monotonicity margin of a MON system, for `monotone_error_bound`
+    monotone_margin: Callable[[], float] | None = None
+    #: an upper bound of ``||A||_{inf,[eta]^-1}`` (IDL: ``||A||_inf <= gamma``): Picard steps
+    #: then never move away from ``x*``, whatever ``alpha*``
+    lipschitz: float | None = None
 
     def preactivation(self, x: Tensor) -> Tensor:
         """``A x + z`` as a new tensor (fused by ``affine`` where the operator offers it)."""
@@ -120,6 +134,8 @@ class SolverOptions:
     residual: str = "step"  # or "fixed_point" (see the module docstring)
     memory: int = 5  # Anderson history
     warn: bool = True
+    error_tol: float | None = None  # stop when every sample's error bound is <= error_tol
+    per_sample: bool = False  # relative residual per sample (largest), not over the batch
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,6 +151,8 @@ class SolverOptions:
             raise ValueError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
         if self.residual not in ("step", "fixed_point"):
             raise ValueError(f"residual must be 'step' or 'fixed_point', got {self.residual!r}")
+        if self.error_tol is not None:
+            check_number("error_tol", self.error_tol, low=0.0, low_open=True)
 
 
 @dataclass
@@ -161,8 +179,13 @@ def contraction_factor(alpha: float, measure: float) -> float:
     return 1.0 - alpha * (1.0 - max(measure, 0.0))
 
 
-def _relative(r: Tensor, f: Tensor) -> Tensor:
-    return r.norm() / f.norm().clamp_min(_TINY)
+def _relative(r: Tensor, f: Tensor, per_sample: bool = False) -> Tensor:
+    """``||r|| / ||f||`` over the batch, or per sample and the largest (``per_sample``: one
+    sample far from the others in scale then cannot stop the solve for the rest)."""
+    if not per_sample:
+        return r.norm() / f.norm().clamp_min(_TINY)
+    ratios = r.flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1).clamp_min(_TINY)
+    return ratios.amax() if ratios.numel() else ratios.new_zeros(())
 
 
 def weighted_inf_norm(eta: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -184,10 +207,28 @@ def _euclidean(x: Tensor) -> Tensor:
 
 
 def _error_bound(system: FixedPointSystem, residual: Tensor) -> Tensor | None:
-    """Per-sample a-posteriori bound ``||x - x*|| <= ||x - F(x)|| / (1 - mu_+)`` (section 2)."""
-    if system.measure is None or system.norm is None or system.measure >= 1:
+    """Per-sample a-posteriori bound on ``||x - x*||`` at an iterate ``x`` with residual
+    ``F(x) - x``: ``||F(x) - x|| / (1 - mu_+)`` in the weighted l_inf norm (docs/maths.md#model),
+    or `monotone_error_bound` for a MON system; None when the system has neither."""
+    if system.measure is not None and system.norm is not None and system.measure < 1:
+        return system.norm(residual) / (1.0 - max(system.measure, 0.0))
+    if system.monotone_margin is not None:
+        return monotone_error_bound(system, residual)
+    return None
+
+
+def monotone_error_bound(system: FixedPointSystem, residual: Tensor) -> Tensor | None:
+    """``||x - x*||_2 <= ||r||_2 + ||A r||_2 / m`` per sample, with ``r = F(x) - x`` and
+    ``m = 1 - mu_2(A) > 0`` (docs/maths.md#model, MON's bound).
+
+    ``Phi`` is the proximal map of a convex function, so ``x^ = F(x)`` satisfies
+    ``A (x - x^) in (I - A) x^ - z + df(x^)``, an operator that is ``m``-strongly monotone and
+    vanishes at ``x*``: hence ``||x^ - x*|| <= ||A r|| / m``, and the triangle inequality gives the
+    bound at ``x``. It bounds the l_inf error too (``||.||_inf <= ||.||_2``)."""
+    margin = system.monotone_margin()
+    if not (math.isfinite(margin) and margin > 0):
         return None
-    return system.norm(residual) / (1.0 - max(system.measure, 0.0))
+    return _euclidean(residual) + _euclidean(system.matvec(residual)) / margin
 
 
 def _default_alpha(system: FixedPointSystem) -> float:
@@ -216,30 +257,47 @@ def _stopping_residual(opts: SolverOptions, step: Step, observe=None) -> float:
     see = observe if observe is not None else (lambda t: t)
     if opts.residual == "fixed_point":
         residual = see(step.residual)
-        return float(_relative(residual, residual + see(step.point)))
+        return float(_relative(residual, residual + see(step.point), opts.per_sample))
     end = see(step.step_to)
-    return float(_relative(end - see(step.step_from), end))
+    return float(_relative(end - see(step.step_from), end, opts.per_sample))
 
 
 def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> Tensor:
     """The one solver loop: ``rule.step`` every iteration, the stopping rule every
     ``check_every`` iterations (the only host sync), then the statistics and the a-posteriori
-    error bound at the last checked iterate."""
-    residual = None
+    error bound at the last checked iterate. With ``error_tol`` the rule is that bound, for
+    every sample."""
+    if opts.error_tol is not None and system.measure is None and system.monotone_margin is None:
+        raise ValueError("error_tol needs a system with an error bound (a measure or MON's)")
+    residual = error = None
     for k in range(1, opts.max_iter + 1):
         check = k % opts.check_every == 0 or k == opts.max_iter
         step = rule.step(x, check)
         if check:
             residual = step.residual
+            if opts.error_tol is not None:
+                error = _error_bound(system, residual)
             rel = _stopping_residual(opts, step, system.observe)
             stats.iterations, stats.residual = k, rel
-            if rel <= opts.tol or not math.isfinite(rel) or k == opts.max_iter:
+            if _converged(opts, rel, error) or not math.isfinite(rel) or k == opts.max_iter:
                 x = step.final
                 break
         x = step.next
-    stats.converged = stats.residual <= opts.tol
-    stats.error_bound = None if residual is None else _error_bound(system, residual)
+    if error is None and residual is not None:
+        error = _error_bound(system, residual)
+    stats.error_bound = error
+    stats.converged = _converged(opts, stats.residual, error)
     return x
+
+
+def _converged(opts: SolverOptions, rel: float, error: Tensor | None) -> bool:
+    """The relative residual is within ``tol`` and, with ``error_tol``, every error bound
+    within ``error_tol``."""
+    if not rel <= opts.tol:
+        return False
+    if opts.error_tol is None or (error is not None and error.numel() == 0):
+        return True
+    return error is not None and bool(error.amax() <= opts.error_tol)
 
 
 def diagonal_steps(diagonal: Tensor) -> Tensor:
@@ -257,15 +315,19 @@ class AveragedStep:
     """``x <- x + step (F(x) - x)`` (``step`` a scalar or per-coordinate tensor), in place.
 
     On a check the residual ``F(x_k) - x_k`` is formed before the update and the stopping rule is
-    the residual of ``N_{alpha_ref}`` at ``x_k``, whatever the step used; the iterate returned is
-    ``x_{k+1}``, for which the bound computed at ``x_k`` still holds (the map contracts towards
-    ``x*``). From ``x_0 = 0`` (``zero_start``) the first ``A x_0 + z`` is ``z``: no product.
+    the residual of ``N_{alpha_ref}`` at ``x_k``, whatever the step used. The iterate returned is
+    ``x_{k+1}`` when the step is proven not to move away from ``x*`` (``proven``: steps up to
+    ``alpha*``, see `step_is_proven`), so the bound computed at ``x_k`` holds for it; otherwise
+    (a larger step a user chose) ``x_k`` itself. From ``x_0 = 0`` (``zero_start``) the first
+    ``A x_0 + z`` is ``z``: no product.
     """
 
-    def __init__(self, system: FixedPointSystem, step, alpha_ref: float, stats, zero_start=False):
+    def __init__(
+        self, system: FixedPointSystem, step, alpha_ref: float, stats, zero_start=False, proven=True
+    ):
         self.system, self.step_size, self.alpha_ref = system, step, alpha_ref
-        self.zero_start = zero_start
-        if system.measure is not None:
+        self.zero_start, self.proven = zero_start, proven
+        if system.measure is not None and proven:
             stats.contraction_factor = contraction_factor(alpha_ref, system.measure)
 
     def step(self, x: Tensor, check: bool) -> Step:
@@ -279,9 +341,21 @@ class AveragedStep:
         residual = fx - x
         x_ref = torch.add(x, residual, alpha=self.alpha_ref)
         x_next = torch.lerp(x, fx, self.step_size)
+        final = x_next if self.proven else x
         return Step(
-            next=x_next, residual=residual, point=x, step_from=x, step_to=x_ref, final=x_next
+            next=x_next, residual=residual, point=x, step_from=x, step_to=x_ref, final=final
         )
+
+
+def step_is_proven(method: str, alpha_ref: float, system: FixedPointSystem) -> bool:
+    """Whether the averaged step never moves an iterate away from ``x*`` (in the weighted norm):
+    per-coordinate steps (`diagonal_steps`), a step up to ``alpha*`` (Theorem 2), or any step up
+    to 1 when ``F`` itself is nonexpansive (``system.lipschitz <= 1``, IDL)."""
+    if method == "diagonal":
+        return True
+    if system.lipschitz is not None and system.lipschitz <= 1 and alpha_ref <= 1:
+        return True
+    return system.a_diagonal is not None and alpha_ref <= alpha_star(system.a_diagonal)
 
 
 def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dtype):
@@ -312,11 +386,12 @@ def averaged_solvers() -> tuple[str, ...]:
 def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start):
     key, cache = (opts.method, opts.alpha, x.dtype), system.constants
     if cache is None or key not in cache:  # the forward's steps serve its adjoint too
-        found = averaged_steps(opts, system.a_diagonal, x.dtype)
+        steps, alpha_ref = averaged_steps(opts, system.a_diagonal, x.dtype)
+        found = steps, alpha_ref, step_is_proven(opts.method, alpha_ref, system)
         if cache is not None:
             cache[key] = found
-    steps, stats.alpha = found if cache is None else cache[key]
-    rule = AveragedStep(system, steps, stats.alpha, stats, zero_start)
+    steps, stats.alpha, proven = found if cache is None else cache[key]
+    rule = AveragedStep(system, steps, stats.alpha, stats, zero_start, proven)
     return _iterate(rule, system, x, opts, stats)
 
 
