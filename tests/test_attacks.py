@@ -160,8 +160,8 @@ class _NaNGradient(torch.nn.Module):
 @pytest.mark.parametrize("box", [(0.0, 1.0), (0.2, 0.7), None])
 def test_pgd_points_lie_in_the_ball_and_the_box_exactly(dtype, box):
     """Every returned point is within eps of u as computed in float64 (the ends of the ball are
-    rounded inwards), inside the box, also from inputs up to eps outside the box and with a model
-    whose gradient has NaN (which used to carry the point out of the ball)."""
+    rounded inwards; ``u - eps`` in float32 went out by more than a unit) and inside the box, also
+    from inputs up to eps outside the box and with a model whose gradient has NaN."""
     g = torch.Generator().manual_seed(0)
     lo, hi = box or (0.0, 1.0)
     u = (lo + (hi - lo) * torch.rand(64, 6, generator=g, dtype=torch.float64)).to(dtype)

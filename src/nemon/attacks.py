@@ -101,7 +101,7 @@ def _loss_gradient(model, adv: Tensor, labels: Tensor) -> Tensor:
     with torch.enable_grad():
         loss = F.cross_entropy(model(adv), labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, adv)
-    return grad.nan_to_num(nan=0.0)  # a NaN would carry the step, and the point, out of the ball
+    return grad
 
 
 def fgsm(model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), **_) -> Tensor:
