@@ -113,3 +113,64 @@ def test_fgsm_moves_along_the_gradient_sign(trained):
     u, y = data.test_x[:4], data.test_y[:4]
     adv = fgsm(model, u, y, 0.05, box=None)
     assert torch.allclose((adv - u).abs(), torch.full_like(u, 0.05), atol=1e-6)
+
+
+def _linear_model(features=6, classes=3, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, classes)).double()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attacks_refuse_non_finite_inputs_in_one_line(name, bad):
+    """An infinite input used to come back clamped to the box, far outside its ball."""
+    u = torch.rand(2, 6, dtype=torch.float64)
+    u[1, 3] = bad
+    with pytest.raises(ValueError, match="u contains NaN or inf") as info:
+        ATTACKS[name](_linear_model(), u, torch.tensor([0, 1]), 0.1)
+    assert "\n" not in str(info.value)
+
+
+def test_attacks_refuse_a_ball_that_misses_the_box_and_bad_settings():
+    model, y = _linear_model(), torch.tensor([0, 1])
+    u = torch.rand(2, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="misses the box"):
+        pgd(model, u + 1.5, y, 0.1)
+    assert pgd(model, u + 1.5, y, 0.1, box=None).shape == u.shape
+    for kwargs, match in (
+        ({"eps": float("nan")}, "eps"),
+        ({"eps": -0.1}, "eps"),
+        ({"eps": 0.1, "steps": 0}, "steps"),
+        ({"eps": 0.1, "restarts": 0}, "restarts"),
+        ({"eps": 0.1, "step_size": float("inf")}, "step_size"),
+        ({"eps": 0.1, "box": (1.0, 0.0)}, "box"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            pgd(model, u, y, **kwargs)
+
+
+class _NaNGradient(torch.nn.Module):
+    """Logits whose gradient is NaN in one coordinate (0 * inf)."""
+
+    def forward(self, u):
+        return torch.stack((u.sum(1), u[:, 0] * torch.where(u[:, 1] < 2, float("inf"), 0.0)), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("box", [(0.0, 1.0), (0.2, 0.7), None])
+def test_pgd_points_lie_in_the_ball_and_the_box_exactly(dtype, box):
+    """Every returned point is within eps of u as computed in float64 (the ends of the ball are
+    rounded inwards; ``u - eps`` in float32 went out by more than a unit) and inside the box, also
+    from inputs up to eps outside the box and with a model whose gradient has NaN."""
+    g = torch.Generator().manual_seed(0)
+    lo, hi = box or (0.0, 1.0)
+    u = (lo + (hi - lo) * torch.rand(64, 6, generator=g, dtype=torch.float64)).to(dtype)
+    u[:8] = hi + 0.05 * torch.rand(8, 6, generator=g).to(dtype)  # within eps of the box
+    y = torch.randint(0, 2, (64,), generator=g)
+    for model, eps in ((_linear_model(classes=2).to(dtype), 0.1), (_NaNGradient(), 0.3)):
+        for restarts in (1, 2):
+            adv = pgd(model, u, y, eps, box=box, steps=5, restarts=restarts, seed=1)
+            assert adv.dtype == dtype and bool(torch.isfinite(adv).all())
+            assert float((adv.double() - u.double()).abs().max()) <= eps
+            if box is not None:
+                assert float(adv.min()) >= box[0] and float(adv.max()) <= box[1]

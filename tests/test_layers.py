@@ -165,8 +165,8 @@ def test_activation_checks():
         nemon.activations.LeakyReLU(1.5)
     with pytest.raises(ValueError, match="unknown activation"):
         nemon.NEMONDense(3, 3, activation="gelu")
-    with pytest.raises(NotImplementedError, match="prox"):
-        nemon.MONDense(3, 3, activation="tanh")(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="prox"):
+        nemon.MONDense(3, 3, activation="tanh")
     with pytest.raises(ValueError, match="circular"):
         nemon.MONConv2d(1, 2, 4, padding="zeros")
 
@@ -265,3 +265,55 @@ def test_a_non_finite_input_anywhere_is_rejected_even_where_b_ignores_it(kind):
                 layer(v)
     big = torch.full_like(u, 1e30 if u.dtype == torch.float32 else 1e300)  # finite, overflows z
     layer(big.clamp(max=torch.finfo(u.dtype).max))  # refused only for a non-finite input
+
+
+def _one_line_error(match, make, *args):
+    with pytest.raises(ValueError, match=match) as info:
+        make(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_solvers_a_layer_cannot_run_are_refused_at_construction():
+    """MON with tanh (no closed-form prox) and Peaceman-Rachford on a layer without MON's
+    resolvent failed at the first forward; now at construction, listing what is allowed."""
+    for make in (
+        lambda: nemon.MONDense(3, 3, activation="tanh"),
+        lambda: nemon.MONDense(3, 3, activation="tanh", solver="forward_backward"),
+        lambda: nemon.MONConv2d(1, 2, 4, pool=2, activation="tanh"),
+    ):
+        _one_line_error(r"closed-form prox, one of relu, leaky_relu, identity; got 'tanh'", make)
+    for make in (
+        lambda: nemon.NEMONDense(3, 3, solver="peaceman_rachford"),
+        lambda: nemon.NEMONDense(3, 3, backward_solver="peaceman_rachford"),
+        lambda: nemon.IDLDense(3, 3, solver="peaceman_rachford"),
+        lambda: nemon.NEMONConv2d(1, 2, 4, pool=2, solver="peaceman_rachford"),
+    ):
+        _one_line_error(r"resolvent .* only MON layers have; choose one of anderson, ", make)
+    nemon.MONDense(3, 3, activation="tanh", solver="averaged")(torch.randn(2, 3))  # no prox used
+    nemon.MONConv2d(1, 2, 4, pool=2, activation="leaky_relu")(torch.rand(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mon_layers_refuse_half_precision_when_built_or_converted(dtype):
+    """MON's resolvent and step use torch.linalg (no float16/bfloat16 kernels): the layer is
+    refused when built in or converted to such a dtype, and a refused conversion changes
+    nothing; NEMON layers convert."""
+    u = {"dense": torch.randn(2, 3), "conv": torch.rand(2, 1, 4, 4)}
+    for kind, make in (
+        ("dense", lambda: nemon.MONDense(3, 3)),
+        ("conv", lambda: nemon.MONConv2d(1, 2, 4, pool=2)),
+    ):
+        layer = make()
+        for convert in (lambda m: m.to(dtype), lambda m: m.half(), lambda m: m.bfloat16()):
+            _one_line_error(r"float32 or float64 only, not torch\.", convert, layer)
+            _one_line_error("float32 or float64 only", convert, nemon.Classifier(layer, 2))
+        assert all(p.dtype == torch.float32 for p in layer.parameters())
+        assert torch.isfinite(layer(u[kind])).all()
+        assert next(layer.double().parameters()).dtype == torch.float64
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            _one_line_error("float32 or float64 only", make)
+        finally:
+            torch.set_default_dtype(old)
+    assert next(nemon.NEMONDense(3, 3).to(dtype).parameters()).dtype == dtype

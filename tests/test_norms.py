@@ -100,3 +100,17 @@ def test_bad_inputs():
         mu_inf(torch.eye(2), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="shape"):
         norm_inf(torch.eye(2), torch.ones(3))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0.0, -1.0])
+def test_weights_must_be_finite_and_positive(bad):
+    """``mu_inf`` with an infinite weight returned NaN; every function taking ``eta`` refuses
+    a weight that is not finite and positive, in one line."""
+    A, eta = random_case(0, n=3)
+    eta[1] = bad
+    for f in (mu_inf, norm_inf, norm_inf_from_input, vector_norm_inf):
+        with pytest.raises(ValueError, match="eta must be finite and strictly positive") as info:
+            f(A, eta)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="eta must be finite"):
+        norm_inf_to_output(A.T, eta)

@@ -190,3 +190,78 @@ def test_closed_form_derivative_of_eq17_is_autograds(seed):
         assert torch.allclose(fused.grad, reference.grad, rtol=0, atol=tol)
     T = torch.randn(6, 6, dtype=torch.float64, generator=g).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: mu_inf_param(t, 0.5), (T,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [0.0, 1e-300, 0.5, 0.95])
+@pytest.mark.parametrize("scale", [0.0, 1e-44, 1e-3, 1.0, 1e30])
+def test_idl_scaling_is_finite_for_every_t(dtype, gamma, scale):
+    """``A = gamma T / max(gamma, ||T||)``: finite with a finite gradient for every ``T``, exactly
+    0 at ``gamma = 0`` (it was NaN in float32 at ``T = 0``: 0 over a subnormal norm) and within
+    ``gamma`` in the l_inf norm."""
+    g = torch.Generator().manual_seed(0)
+    T = (torch.randn(5, 5, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+    A = IDLConstraint(gamma)(T)
+    (A * torch.randn(5, 5, generator=g, dtype=torch.float64).to(dtype)).sum().backward()
+    assert bool(torch.isfinite(A).all()) and bool(torch.isfinite(T.grad).all())
+    assert float(norm_inf(A.detach().double())) <= gamma
+    if gamma == 0.0:
+        assert bool((A == 0).all())
+
+
+def test_idl_layer_with_gamma_zero_and_zero_feedback_is_the_explicit_layer():
+    model = nemon.build_model("idl", input_shape=(1, 2, 2), hidden=3, gamma=0.0, zero_feedback=True)
+    assert bool((model.layer.A == 0).all())
+    u = torch.rand(4, 1, 2, 2)
+    logits = model(u)
+    logits.sum().backward()
+    assert bool(torch.isfinite(logits).all())
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+def test_idl_gradient_is_autograds_of_the_formula():
+    T = rand(3, 4, 4, scale=2.0).requires_grad_()  # ||T||_inf > gamma: the scale depends on T
+    assert torch.autograd.gradcheck(lambda t: IDLConstraint(0.5)(t), (T,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weights_inside_their_range_keep_the_bound_with_finite_gradients(dtype):
+    """Log-weights at the edge of ``[-L, L]`` (``L = log_eta_max``: 22.2 in float32): ``A``, the
+    equilibrium and every gradient finite, and the weighted bound exact."""
+    L = nemon.parametrize.log_eta_max(torch.float32)  # the float32 limit, in both dtypes
+    torch.manual_seed(0)
+    layer = nemon.NEMONDense(4, 6, gamma=0.9, learn_eta=True).to(dtype)
+    with torch.no_grad():
+        layer.parametrizations.A.original0.mul_(5.0)
+        layer.parametrizations.A.original1.copy_(torch.linspace(-L, L, 6) * 0.999)
+    model = nemon.Classifier(layer, 3).to(dtype)
+    u = torch.rand(5, 4, dtype=dtype)
+    loss = torch.nn.functional.cross_entropy(model(u), torch.zeros(5, dtype=torch.long))
+    (loss + 1e-30 * model.lipschitz_bound()).backward()
+    A = layer.A.detach()
+    assert bool(torch.isfinite(A).all())
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    assert float(mu_inf(A.double(), layer.eta().detach().double())) <= 0.9 + 1e-9
+
+
+def test_weights_outside_their_range_are_refused_in_one_line():
+    """``eta = exp(d)`` with ``|d| ~ 45`` overflowed ``A`` and its gradient in float32 (inf/NaN,
+    silently); such weights are now refused when ``A`` is formed (learned) or at construction
+    (fixed), and accepted in float64, whose range is wider."""
+    T = rand(0, 3, 3)
+    d = torch.tensor([45.0, 0.0, -45.0])
+    with pytest.raises(ValueError, match=r"must lie in \[e\^-22.2, e\^22.2\]") as info:
+        MuInfConstraint(0.9, learn_eta=True)(T.float(), d)
+    assert "\n" not in str(info.value)
+    A = MuInfConstraint(0.9, learn_eta=True)(T, d.double())
+    assert bool(torch.isfinite(A).all()) and mu_inf(A, d.double().exp()) <= 0.9 + 1e-9
+    layer = nemon.NEMONDense(3, 3, learn_eta=True)
+    with torch.no_grad():
+        layer.parametrizations.A.original1.copy_(d)
+    with pytest.raises(ValueError, match="weights eta"):
+        layer(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="weights eta"):
+        nemon.NEMONDense(3, 3, eta=torch.tensor([1e-20, 1.0, 1e20]))
+    for bad in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="weights eta|positive"):
+            mu_inf_param(T, 0.5, torch.tensor([1.0, bad, 1.0], dtype=DT))

@@ -19,6 +19,7 @@ __all__ = [
     "DiagonalGain",
     "get_activation",
     "ACTIVATIONS",
+    "PROX_ACTIVATIONS",
 ]
 
 
@@ -40,6 +41,11 @@ class Activation:
     def prox(self, v: Tensor, a: float) -> Tensor:
         """``prox_{a f}(v)`` where ``phi = prox_f``; only needed by splitting solvers."""
         raise NotImplementedError(f"activation {self.name!r} has no closed-form scaled prox")
+
+    @property
+    def has_prox(self) -> bool:
+        """Whether `prox` is given in closed form (what the splitting solvers need)."""
+        return type(self).prox is not Activation.prox
 
     def onnx(self, graph, p: str, nodes) -> str:
         """The activation as an ONNX node (``graph.node(op, inputs, nodes, **attrs)``)."""
@@ -158,6 +164,8 @@ class DiagonalGain(Activation):
 
 _REGISTRY = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "identity": Identity}
 ACTIVATIONS = tuple(_REGISTRY)
+#: the activations with a closed-form scaled prox, which MON's splitting solvers need
+PROX_ACTIVATIONS = tuple(name for name, cls in _REGISTRY.items() if cls.prox is not Activation.prox)
 
 
 def get_activation(activation: str | Activation) -> Activation:

@@ -7,9 +7,14 @@ attacks backpropagate through the implicit layer's adjoint solve like training d
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .norms import round_to
+from .validation import check_integer, check_number
 
 __all__ = [
     "image_inversion",
@@ -24,9 +29,52 @@ __all__ = [
 Box = tuple[float, float] | None
 
 
+def _check(name: str, u: Tensor, eps: float, box: Box) -> float:
+    """The radius as a float, after one line for what no point of the ball around ``u``
+    intersected with the box can answer: a non-finite input, radius or box, or a ball that
+    misses the box."""
+    if not isinstance(eps, bool):
+        try:
+            eps = float(eps)  # NumPy numbers and 0-d tensors too
+        except (TypeError, ValueError):
+            pass
+    check_number(f"{name} eps", eps, low=0.0)
+    if box is not None:
+        check_number(f"{name} box lower end", box[0])
+        check_number(f"{name} box upper end", box[1], low=box[0])
+    if not u.is_floating_point():
+        raise ValueError(f"{name} expects a floating-point input u, got {u.dtype}")
+    if u.numel() == 0:
+        return eps
+    low, high = (float(v) for v in torch.stack((u.amin(), u.amax())))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} input u contains NaN or inf (values in [{low}, {high}])")
+    if box is not None and (high - eps > box[1] or low + eps < box[0]):
+        raise ValueError(
+            f"{name}: the ball of radius {eps:g} around u misses the box [{box[0]:g}, {box[1]:g}]"
+            f" (u in [{low:.4g}, {high:.4g}]); give inputs in the box, or box=None"
+        )
+    return eps
+
+
+def _ball(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``[u - eps, u + eps]`` with each end rounded inwards, so that every point between them is
+    within ``eps`` of ``u`` in float64 (``u + eps`` in float32 rounds ``eps`` too, and went out
+    by more than a unit at ``u ~ 0.1``)."""
+    wide = u.to(torch.float64)
+    lo, hi = round_to(wide - eps, u.dtype, "up"), round_to(wide + eps, u.dtype, "down")
+    # in float64 itself, the rounded sum may still lie half a unit out: one step in
+    lo = torch.where(wide - lo.to(torch.float64) > eps, torch.nextafter(lo, u), lo)
+    hi = torch.where(hi.to(torch.float64) - wide > eps, torch.nextafter(hi, u), hi)
+    return lo, hi
+
+
 def _project(u: Tensor, adv: Tensor, eps: float, box: Box) -> Tensor:
-    adv = torch.max(torch.min(adv, u + eps), u - eps)
-    return adv if box is None else adv.clamp(*box)
+    """The nearest point of the ball around ``u`` intersected with the box (non-empty: `_check`)."""
+    lo, hi = _ball(u, eps)
+    if box is not None:
+        lo, hi = lo.clamp(min=box[0]), hi.clamp(max=box[1])
+    return torch.max(torch.min(adv, hi), lo)
 
 
 def image_inversion(
@@ -34,6 +82,7 @@ def image_inversion(
 ) -> Tensor:
     """Continuous image inversion (Hosseini et al., 2017; the paper's Figure 2): move every pixel
     towards its inverse ``1 - u`` by ``eps``, i.e. ``u + eps (1 - 2 u)`` (deterministic)."""
+    eps = _check("image_inversion", u, eps, box)
     return _project(u, u + eps * (1 - 2 * u), eps, box)
 
 
@@ -41,6 +90,7 @@ def uniform_noise(
     model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), seed: int = 0, **_
 ) -> Tensor:
     """``u + U(-eps, eps)`` per pixel, from a seeded generator."""
+    eps = _check("uniform_noise", u, eps, box)
     g = torch.Generator(device=u.device).manual_seed(seed)
     noise = torch.rand(u.shape, generator=g, device=u.device, dtype=u.dtype) * 2 - 1
     return _project(u, u + eps * noise, eps, box)
@@ -56,6 +106,7 @@ def _loss_gradient(model, adv: Tensor, labels: Tensor) -> Tensor:
 
 def fgsm(model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), **_) -> Tensor:
     """Fast gradient sign method: one step of size ``eps`` along ``sign(grad loss)``."""
+    eps = _check("fgsm", u, eps, box)
     return _project(u, u + eps * _loss_gradient(model, u, labels).sign(), eps, box).detach()
 
 
@@ -75,7 +126,13 @@ def pgd(
 
     Each restart begins at a uniform random point of the ball (when ``random_start``); the
     returned perturbation per sample is the first that misclassifies, else the last iterate.
+    Inputs with NaN or inf, and balls that miss the box, are refused in one line.
     """
+    eps = _check("pgd", u, eps, box)
+    check_integer("pgd steps", steps, 1)
+    check_integer("pgd restarts", restarts, 1)
+    if step_size is not None:
+        check_number("pgd step_size", step_size, low=0.0)
     step_size = 2.5 * eps / steps if step_size is None else step_size
     g = torch.Generator(device=u.device).manual_seed(seed)
     best = u.clone()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .activations import Activation
 from .implicit import Equilibrium
-from .layers import ImplicitLayer
+from .layers import FullPrecision, ImplicitLayer
 from .lipschitz import LipschitzTerms
 from .norms import capped_measure
 from .operators import ConvOperator, MONConvOperator, conv_same, kernel_spectrum
@@ -178,14 +178,17 @@ class NEMONConv2d(_ConvLayer):
         )
 
 
-class MONConv2d(_ConvLayer):
+class MONConv2d(FullPrecision, _ConvLayer):
     """Monotone operator conv layer: ``A = gamma I - W^T W - Z + Z^T`` with circular convolutions.
 
     ``mu_2(A) <= gamma``; Peaceman-Rachford (default) or forward-backward splitting, with the
     resolvent applied by FFT. Only circular padding (the FFT diagonalises circular convolutions).
+    Parameters are float32 or float64 (`FullPrecision`).
     """
 
     default_solver = "peaceman_rachford"
+    has_resolvent = True
+    precision_reason = "torch.linalg.inv, eigvalsh and the FFT"
 
     def __init__(
         self,
@@ -212,6 +215,7 @@ class MONConv2d(_ConvLayer):
             activation=activation,
             **kwargs,
         )
+        self._check_precision(self.input_kernel.dtype)
         self.gamma = check_gamma(gamma)
         self.operator = MONConvOperator(self.gamma, image_size)
         scale = 1.0 / math.sqrt(channels * kernel_size**2)

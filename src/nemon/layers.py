@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .activations import Activation, get_activation
+from .activations import PROX_ACTIVATIONS, Activation, get_activation
 from .implicit import (
     Equilibrium,
     ImplicitAdjoint,
@@ -64,6 +64,9 @@ __all__ = [
 #: (the state's weighted l_inf norm): the model as it runs is then within a stated distance of
 #: its exact equilibrium for every input, and certificates charge that distance.
 DEFAULT_ERROR_TOL = 1e-4
+
+#: solvers that apply the resolvent ``(I + a (I - A))^-1`` of the layer's operator
+RESOLVENT_SOLVERS = ("peaceman_rachford",)
 
 
 class ImplicitLayer(nn.Module):
@@ -109,6 +112,31 @@ class ImplicitLayer(nn.Module):
         )
         self.check_inputs = check_inputs
         self.solver_stats: dict[str, SolverStats] = {}
+        self._check_solvers()
+
+    #: the layer's operator applies the resolvent ``(I + a (I - A))^-1`` (MON layers)
+    has_resolvent = False
+
+    def _check_solvers(self) -> None:
+        """One line at construction for a solver this layer cannot run (it failed at the first
+        forward): Peaceman-Rachford needs the resolvent, and a splitting solver's forward
+        iteration needs the activation's closed-form prox."""
+        for role, method in (
+            ("solver", self.solver_options.method),
+            ("backward_solver", self.backward_options.method),
+        ):
+            if method in RESOLVENT_SOLVERS and not self.has_resolvent:
+                usable = ", ".join(sorted(m for m in SOLVERS if m not in RESOLVENT_SOLVERS))
+                raise ValueError(
+                    f"{self._name()} cannot use {role}={method!r}: it needs the resolvent"
+                    f" (I + a (I - A))^-1 that only MON layers have; choose one of {usable}"
+                )
+        method = self.solver_options.method
+        if SOLVERS[method].splitting and not self.activation.has_prox:
+            raise ValueError(
+                f"{self._name()} with solver {method!r} needs an activation with a closed-form"
+                f" prox, one of {', '.join(PROX_ACTIVATIONS)}; got {self.activation.name!r}"
+            )
 
     # -- to be provided by each family -------------------------------------------------------
     operator: DenseOperator | ConvOperator
@@ -519,18 +547,49 @@ class ExplicitDense(_DenseLayer):
         )
 
 
-class MONDense(_DenseLayer):
+class FullPrecision:
+    """Mixin of the MON layers: their parameters must be float32 or float64, since the resolvent
+    and the splitting step use ``torch.linalg`` (``inv``, ``eigh``; the conv layer also the FFT),
+    which has no float16 or bfloat16 kernels. Such parameters are refused in one line when the
+    layer is built or converted (``.half()``, ``.to(torch.bfloat16)``), before anything changes,
+    instead of at the first forward."""
+
+    FULL_PRECISION = (torch.float32, torch.float64)
+    precision_reason = "torch.linalg.inv and eigh"
+
+    def _check_precision(self, dtype: torch.dtype) -> None:
+        if dtype not in self.FULL_PRECISION:
+            raise ValueError(
+                f"{self._name()} runs in float32 or float64 only, not {dtype}: its splitting"
+                f" solvers use {self.precision_reason}, which have no half-precision kernels"
+            )
+
+    def _apply(self, fn, recurse=True):
+        """Every conversion (``.to``, ``.half()``, ``.cuda()``...): the dtype it would give the
+        parameters is read from an empty tensor first."""
+        p = next(self.parameters(), None)
+        if p is not None and p.is_floating_point():
+            probe = fn(torch.empty(0, dtype=p.dtype, device=p.device))
+            if isinstance(probe, Tensor) and probe.is_floating_point():
+                self._check_precision(probe.dtype)
+        return super()._apply(fn, recurse)
+
+
+class MONDense(FullPrecision, _DenseLayer):
     """Monotone operator layer (Winston and Kolter): ``A = gamma I - W^T W - Z + Z^T``.
 
     ``mu_2(A) <= gamma``. Solvers: ``peaceman_rachford`` (default) or ``forward_backward``, the
-    same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU).
+    same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU);
+    parameters are float32 or float64 (`FullPrecision`).
     """
 
     default_solver = "peaceman_rachford"
     operator = MONDenseOperator()
+    has_resolvent = True
 
     def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
         super().__init__(in_features, hidden, activation=activation, **kw)
+        self._check_precision(self.B.weight.dtype)
         self.gamma = check_gamma(gamma)
         self.A = nn.Parameter(torch.zeros(hidden, hidden))
         parametrize.register_parametrization(self, "A", MONConstraint(self.gamma))

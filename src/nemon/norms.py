@@ -38,8 +38,11 @@ def _weights(eta: Tensor | None, n: int, like: Tensor) -> Tensor:
     eta = torch.as_tensor(eta, dtype=like.dtype, device=like.device)
     if eta.shape != (n,):
         raise ValueError(f"eta must have shape ({n},), got {tuple(eta.shape)}")
-    if not bool(torch.all(eta > 0)):
-        raise ValueError("eta must be strictly positive (weights of a norm)")
+    if not bool(torch.all(torch.isfinite(eta) & (eta > 0))):
+        raise ValueError(
+            f"eta must be finite and strictly positive (weights of a norm) in {like.dtype},"
+            f" got values in [{float(eta.amin()):.3g}, {float(eta.amax()):.3g}]"
+        )
     return eta
 
 
@@ -109,6 +112,8 @@ def perron_frobenius(A: Tensor) -> Tensor:
 # The measure decides whether a layer is well posed and enters every bound and certificate, so it
 # is computed as an upper bound of the exact measure of the stored (rounded) matrix: in float64,
 # inflated by the worst-case relative rounding error of the float64 sums (Higham, Thm 3.1).
+# They run in every solve and leave the weights unchecked (the layers' parametrizations check
+# them when they form A): a non-finite weight gives NaN, never a finite wrong bound.
 
 _U64 = 2.0**-53  # unit roundoff of float64
 

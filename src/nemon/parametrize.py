@@ -5,7 +5,8 @@ Each dense constraint is an ``nn.Module`` usable with ``torch.nn.utils.parametri
 matrix back to parameters, so ``layer.A = A0`` initialises from a given matrix.
 
 - `MuInfConstraint`: ``A = [eta] (T - diag(|T| 1) + gamma I) [eta]^-1``, eq. (17), so that
-  ``mu_{inf,[eta]^-1}(A) <= gamma`` for every ``T`` and every ``eta = exp(d) > 0``.
+  ``mu_{inf,[eta]^-1}(A) <= gamma`` for every ``T`` and every ``eta = exp(d) > 0`` (within
+  ``[e^-22, e^22]`` in float32, `check_weights`).
 - `conv_shift`: the per-channel diagonal shift that gives the same bound for convolutions.
 - `MONConstraint`: ``A = gamma I - W^T W - Z + Z^T`` (``mu_2(A) <= gamma``).
 - `IDLConstraint`: ``A = gamma T / max(gamma, ||T||_inf)`` (``||A||_inf <= gamma``).
@@ -30,6 +31,8 @@ from .norms import (
 __all__ = [
     "check_gamma",
     "mu_inf_param",
+    "check_weights",
+    "log_eta_max",
     "mu_inf_right_inverse",
     "MuInfConstraint",
     "conv_shift",
@@ -62,7 +65,7 @@ def mu_inf_param(T: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
     of the exact weighted sum of the *stored* off-diagonal entries and rounded down, so the exact
     measure of the returned matrix is at most ``gamma`` for every ``T`` and ``eta`` (the diagonal
     moves by a few units in the last place; the naive float32 form exceeded gamma by 0.18 at
-    ``|T| ~ 1e3``).
+    ``|T| ~ 1e3``). ``eta`` must pass `check_weights` (one line otherwise).
     """
     if eta is None:
         return _MuInfParam.apply(T, float(gamma))
@@ -70,8 +73,32 @@ def mu_inf_param(T: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
     eye = torch.eye(n, dtype=torch.bool, device=T.device)
     off = T.masked_fill(eye, 0.0)
     eta = eta.to(T.dtype)
+    check_weights(eta)
     off = eta[:, None] * off / eta[None, :]
     return off + torch.diag_embed(_sound_diagonal(torch.diagonal(T), off, gamma, eta))
+
+
+def log_eta_max(dtype: torch.dtype) -> float:
+    """Largest ``|d_i|`` of log-weights ``d = log(eta)`` in ``dtype``: a quarter of its exponent
+    range (float32 22.2, float64 177.4, float16 2.8), so that the weights, their inverses, their
+    ratios and the squares the gradients meet (``d(1/eta)/d eta = -1/eta^2``) all stay finite, and
+    the equilibrium, which grows with up to ``e^(max d - min d)``, has room to spare."""
+    return math.log(torch.finfo(dtype).max) / 4
+
+
+def check_weights(eta: Tensor) -> None:
+    """One line unless every weight of ``eta`` (the stored weights of a norm) lies in
+    ``[e^-L, e^L]`` with ``L = log_eta_max(eta.dtype)``; their scale is free (the norms' ratios,
+    measures and bounds do not change when ``eta`` is multiplied by a constant). A host sync:
+    weighted layers pay it when they form ``A``."""
+    low, high = (float(v) for v in torch.stack((eta.amin(), eta.amax())).detach().cpu())
+    limit = log_eta_max(eta.dtype)
+    if not (math.exp(-limit) <= low and high <= math.exp(limit)):
+        raise ValueError(
+            f"the weights eta = exp(d) of the norm must lie in [e^-{limit:.3g}, e^{limit:.3g}]"
+            f" in {eta.dtype}, got eta in [{low:.3g}, {high:.3g}]; divide eta by a constant"
+            f" (the norm does not depend on its scale) or use a wider dtype"
+        )
 
 
 class _MuInfParam(torch.autograd.Function):
@@ -149,7 +176,9 @@ class MuInfConstraint(nn.Module):
     ``A = [eta] M [eta]^-1`` with ``M = T - diag(|T| 1) + gamma I``; the similarity keeps
     ``a_ii = m_ii`` and gives ``mu_{inf,[eta]^-1}(A) = mu_inf(M) <= gamma`` (docs/maths.md#parametrization).
     With ``learn_eta=True`` the originals are ``(T, d)`` and ``eta = exp(d)``; otherwise ``eta``
-    is fixed (a buffer, all ones by default) and the only original is ``T``.
+    is fixed (a buffer, all ones by default) and the only original is ``T``. Weights outside
+    ``[e^-L, e^L]`` (``L = log_eta_max(dtype)``, 22.2 in float32) are refused in one line
+    (`check_weights`): at construction when fixed, when ``A`` is formed when learned.
     """
 
     def __init__(self, gamma: float = 0.95, eta: Tensor | None = None, learn_eta: bool = False):
@@ -160,9 +189,11 @@ class MuInfConstraint(nn.Module):
             eta = torch.as_tensor(eta, dtype=torch.get_default_dtype())
             if eta.dim() != 1 or not bool(torch.all(eta > 0)):
                 raise ValueError("eta must be a 1-D tensor of strictly positive weights")
+            check_weights(eta)
         self.register_buffer("log_eta", None if eta is None else eta.log())
 
     def forward(self, T: Tensor, d: Tensor | None = None) -> Tensor:
+        """``A`` from ``T`` and the log-weights ``d`` (learned, else the fixed ones)."""
         if d is None:
             d = self.log_eta
         return mu_inf_param(T, self.gamma, None if d is None else d.exp())
@@ -241,10 +272,18 @@ class IDLConstraint(nn.Module):
         self.gamma = check_gamma(gamma, allow_negative=False)
 
     def forward(self, T: Tensor) -> Tensor:
-        """The scale is rounded so that the stored ``A`` has ``||A||_inf <= gamma`` exactly."""
-        norm = round_to(norm_inf_upper(T), T.dtype, "up")
+        """The scale is rounded so that the stored ``A`` has ``||A||_inf <= gamma`` exactly.
+
+        The scale is formed in float64 from the upper bound of ``||T||_inf``, which is at least
+        float64's smallest normal number: finite for every ``T``, exactly 0 when ``gamma = 0``
+        (even at ``T = 0``, where a float32 division by a subnormal norm gave ``0 * inf``), and
+        its derivative ``-scale / ||T||`` is formed without squaring ``||T||``."""
+        norm = norm_inf_upper(T)
         shrink = 1.0 - 2.0 * torch.finfo(T.dtype).eps  # covers the rounding of scale and product
-        return T * (self.gamma * shrink / torch.clamp(norm, min=self.gamma))
+        cap = torch.clamp(norm, min=self.gamma)
+        scale = self.gamma * shrink / cap.detach()
+        scale = scale - (scale.detach() / cap.detach()) * (cap - cap.detach())  # d/dcap, finite
+        return T * round_to(scale, T.dtype, "down")
 
     def right_inverse(self, A: Tensor) -> Tensor:
         if not _within(float(norm_inf(A)), self.gamma, float(norm_inf(A))):
