@@ -251,6 +251,27 @@ MUTATIONS = [
         "        if False:",
         ("tests/test_train_cli.py",),
     ),
+    Mutation(
+        "the run folder's lock opened through a symbolic link (its target truncated)",
+        "src/nemon/runs.py",
+        '        self._file = _open_lock(self.folder / ".lock")',
+        '        self._file = open(self.folder / ".lock", "a+")',
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "a checkpoint without its checksum loaded unchecked",
+        "src/nemon/runs.py",
+        '    if "checksum" not in ckpt:\n        raise CheckpointError(',
+        '    if "checksum" not in ckpt:\n        return\n        raise CheckpointError(',
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "weight averaging's live_model (what resume loads) outside the checksum",
+        "src/nemon/runs.py",
+        '    if live is not None:\n        digest.update(b"live_model|")',
+        '    if False:\n        digest.update(b"live_model|")',
+        ("tests/test_reliability.py",),
+    ),
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_train_cli import config, tiny_data
+from test_train_cli import config, save_with_checksum, tiny_data
 
 import nemon
 from nemon import pretrained
@@ -266,6 +266,26 @@ def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path):
     train(config(epochs=1), run, data=tiny_data(), progress=False)  # free again
 
 
+def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
+    """A ``.lock`` made a symbolic (or hard) link to another file: refused by name, and the
+    file it points to is neither truncated nor overwritten with the pid."""
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"x" * 1500)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(RunFolderError, match=r"\.lock is a symbolic link; refused"):
+        RunLock(run).__enter__()
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        train(config(epochs=1), run, data=tiny_data(), progress=False)
+    (run / ".lock").unlink()
+    os.link(target, run / ".lock")
+    with pytest.raises(RunFolderError, match=r"\.lock is linked elsewhere; refused"):
+        RunLock(run).__enter__()
+    assert target.read_bytes() == b"x" * 1500
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
 # -- 5. resource limits ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "change, message",
@@ -308,17 +328,49 @@ def test_checkpoint_configs_are_strict_and_covered_by_the_checksum(tmp_path):
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "edited.pt")
     ckpt = dict(original)
-    ckpt.pop("checksum")
     ckpt["config"] = {k: v for k, v in original["config"].items() if k != "gamma"}
-    save_atomic(ckpt, tmp_path / "old.pt")  # no checksum (older file): the config is strict
+    save_with_checksum(ckpt, tmp_path / "old.pt")  # its checksum matches: the config is strict
     with pytest.raises(CheckpointError, match=r"missing model settings \['gamma'\]"):
         load_checkpoint(tmp_path / "old.pt")
     ckpt["config"] = {**original["config"], "speed": 2}
-    save_atomic(ckpt, tmp_path / "old.pt")
+    save_with_checksum(ckpt, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match=r"unknown settings \['speed'\]"):
         load_checkpoint(tmp_path / "old.pt")
     model, _ = load_checkpoint(path)
     assert model.layer.gamma == pytest.approx(0.3)
+
+
+def test_a_checkpoint_without_its_checksum_is_refused(tmp_path):
+    """Every checkpoint nemon writes holds a checksum: one without it (a weight changed and the
+    checksum dropped) is refused by loading and by resuming alike."""
+    run = tmp_path / "run"
+    train(config(epochs=2), run, data=tiny_data(), progress=False, stop_after_steps=3)
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    ckpt["model"]["readout.bias"].add_(1.0)
+    del ckpt["checksum"]
+    save_atomic(ckpt, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no checksum; refused"):
+        load_checkpoint(run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no checksum; refused"):
+        train(config(epochs=2), run, data=tiny_data(), progress=False, resume=True)
+
+
+def test_the_weights_a_resume_continues_from_are_covered_by_the_checksum(tmp_path):
+    """Weight averaging: ``live_model`` (what resume loads) is inside the checksum, so changing
+    it is refused; the untouched file resumes."""
+    cfg = config(epochs=3, swa_start=2, checkpoint_every=0)
+    run = tmp_path / "run"
+    train(cfg, run, data=tiny_data(), progress=False, stop_after_steps=15)
+    intact = read_checkpoint(run / "checkpoint.pt")
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    ckpt["live_model"]["readout.bias"].add_(1e-3)
+    save_atomic(ckpt, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="damaged: its weights or config do not match"):
+        train(cfg, run, data=tiny_data(), progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(run / "checkpoint.pt")
+    save_atomic(intact, run / "checkpoint.pt")
+    assert len(train(cfg, run, data=tiny_data(), progress=False, resume=True)["history"]) == 3
 
 
 @pytest.fixture
@@ -441,14 +493,13 @@ CONFIG_VALUES = st.one_of(
     change=st.dictionaries(st.sampled_from(sorted(config().__dict__) + ["extra"]), CONFIG_VALUES),
 )
 def test_checkpoint_config_fuzz(saved_run, tmp_path_factory, drop, change):
-    """Any damaged config (without a checksum to catch it): a model, or one CheckpointError."""
+    """Any crafted config (its checksum made to match): a model, or one CheckpointError."""
     ckpt = dict(saved_run)
-    ckpt.pop("checksum")
     cfg = {k: v for k, v in saved_run["config"].items() if k not in drop}
     cfg.update(change)
     ckpt["config"] = cfg
     path = tmp_path_factory.mktemp("ckpt") / "c.pt"
-    save_atomic(ckpt, path)
+    save_with_checksum(ckpt, path)
     try:
         model, _ = load_checkpoint(path)
     except CheckpointError as exc:

@@ -507,14 +507,15 @@ class _Trainer:
         if self.out is None or self.rank != 0:
             return
         s = self.state
-        weights = s.average["weights"] if s.average is not None else self.raw.state_dict()
+        live = self.raw.state_dict()
+        weights, resumed = (live, None) if s.average is None else (s.average["weights"], live)
         payload = {
             **self.metadata,
-            "checksum": state_checksum(weights, self.metadata.get("config")),
+            "checksum": state_checksum(weights, self.metadata.get("config"), resumed),
             "recipe": self.recipe.as_dict(),
             "input_shape": tuple(getattr(self.raw, "input_shape", self.data.input_shape)),
             "num_classes": getattr(self.raw, "num_classes", self.data.num_classes),
-            "model": self.raw.state_dict(),
+            "model": weights,
             "optimizer": self.opt.state_dict(),
             "epoch": s.epoch,
             "step": s.step,
@@ -523,11 +524,7 @@ class _Trainer:
             "splitting_steps": s.splitting_steps,
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
-            payload.update(
-                model=s.average["weights"],
-                live_model=self.raw.state_dict(),
-                average={"count": s.average["count"]},
-            )
+            payload.update(live_model=live, average={"count": s.average["count"]})
         save_atomic(payload, self.ckpt_path)
 
     def _kept(self) -> str:
