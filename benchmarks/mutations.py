@@ -272,6 +272,27 @@ MUTATIONS = [
         '    if False:\n        digest.update(b"live_model|")',
         ("tests/test_reliability.py",),
     ),
+    Mutation(
+        "fit's data checked only mid-run (after files are written)",
+        "src/nemon/training.py",
+        "    data = _checked_data(data, model)\n",
+        "\n",
+        ("tests/test_fit.py",),
+    ),
+    Mutation(
+        "evaluate leaves the caller's modules in eval mode",
+        "src/nemon/training.py",
+        "        for m, training in modes:\n            m.training = training",
+        "        for m, training in modes:\n            pass",
+        ("tests/test_fit.py",),
+    ),
+    Mutation(
+        "fit leaves torch's thread count at the run's",
+        "src/nemon/training.py",
+        "            torch.set_num_threads(caller_threads)",
+        "            pass",
+        ("tests/test_fit.py",),
+    ),
 ]
 
 

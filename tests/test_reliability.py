@@ -261,7 +261,8 @@ def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path):
         with pytest.raises(RunFolderError, match=r"in use by another run \(pid \d+\)"):
             train(config(epochs=1), run, data=tiny_data(), progress=False)
         with pytest.raises(RunFolderError, match="in use by another run"):
-            nemon.fit(small_model(), tiny_data(), nemon.Recipe(epochs=1), out=run)
+            model = nemon.build_model("nemon", input_shape=(1, 8, 8), num_classes=2, hidden=8)
+            nemon.fit(model, tiny_data(), nemon.Recipe(epochs=1), out=run)
     assert not (run / "metrics.jsonl").exists()
     train(config(epochs=1), run, data=tiny_data(), progress=False)  # free again
 
