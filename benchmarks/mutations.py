@@ -293,6 +293,13 @@ MUTATIONS = [
         "            pass",
         ("tests/test_fit.py",),
     ),
+    Mutation(
+        "a model too big for the memory built anyway",
+        "src/nemon/app/train.py",
+        '    check_memory(cfg, data.input_shape, data.num_classes, "train", cfg.device)\n',
+        "\n",
+        ("tests/test_reliability.py",),
+    ),
 ]
 
 

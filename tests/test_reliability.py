@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from test_train_cli import config, save_with_checksum, tiny_data
 
 import nemon
 from nemon import pretrained
-from nemon.app import cli
+from nemon.app import cli, resources
 from nemon.app.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
-from nemon.app.train import train
+from nemon.app.train import build_from_config, train
 from nemon.runs import OutputError, RunFolderError, RunLock, save_atomic, write_text_atomic
 
 SHAPE = (1, 4, 4)
@@ -302,6 +303,72 @@ def test_settings_have_upper_limits(change, message):
     if "hidden" not in change:
         with pytest.raises(ValueError, match=message.split(" must")[0]):
             nemon.SolverOptions(**change)
+
+
+@pytest.mark.parametrize("family", ["nemon", "mon", "idl", "explicit"])
+@pytest.mark.parametrize("arch", ["dense", "conv", "conv-small", "conv-small-bn", "conv-stacked"])
+def test_the_memory_estimate_counts_the_weights_a_build_makes(family, arch):
+    """The estimate's weights are those of the model built (to a few entries), for every family
+    and architecture; so a refusal is about a model that really cannot fit."""
+    cfg = config(model=family, arch=arch, hidden=6)
+    try:
+        model = build_from_config(cfg, (1, 16, 16), 3)
+    except ValueError:
+        pytest.skip(f"{family} has no {arch} architecture")
+    built = sum(t.numel() for t in model.state_dict().values())
+    assert built <= resources._model_size(asdict(cfg), (1, 16, 16), 3)[0] <= built + 6
+
+
+@pytest.fixture
+def eight_gib(monkeypatch):
+    """A machine with 8 GiB available, whatever this one has."""
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 8 * 2**30)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_it_is_built(
+    tmp_path, eight_gib, monkeypatch, capsys
+):
+    """--hidden 32768 (dense: 24 GiB to train) and a crafted checkpoint asking for a conv layer
+    of 32768 channels (36 GiB of weights): one line naming hidden, nothing allocated or written."""
+    train(config(epochs=1), tmp_path / "small", data=tiny_data(), progress=False)
+
+    def never(*args):
+        raise AssertionError("the model was built: the memory check let it through")
+
+    monkeypatch.setattr("nemon.app.train.build_from_config", never)  # nothing big, ever
+    monkeypatch.setattr("nemon.app.checkpoints.build_from_config", never)
+    monkeypatch.setattr("nemon.app.train.load_dataset", lambda *a, **k: tiny_data())
+    out = tmp_path / "big"
+    assert cli.main(["train", "--hidden", "32768", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden = 32768: training this nemon dense model" in err
+    assert "GiB of memory available; lower hidden" in err and not out.exists()
+    ckpt = read_checkpoint(tmp_path / "small" / "checkpoint.pt")
+    ckpt["config"].update(arch="conv", hidden=32768)
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=r"hidden = 32768: loading this nemon conv model"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    ckpt["input_shape"] = (1, 0, 8)
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="input_shape must be 3 positive integers"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    ckpt.update(input_shape=(1, 8, 8), config={**ckpt["config"], "arch": "dense", "hidden": 16384})
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")  # 3 GiB to load, 20 GiB to certify
+    assert cli.main(["certify", str(tmp_path / "crafted.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden = 16384: certifying this nemon dense model" in err
+
+
+def test_the_memory_a_model_needs_grows_with_its_use():
+    """Training holds gradients and Adam's moments; certifying a float64 copy and the embedding
+    system (2n)^2: each use needs more than loading, and a dense layer's A is counted."""
+    cfg = config(hidden=32768)
+    need = {use: resources.memory_needed(cfg, (1, 28, 28), 10, use)[0] for use in resources.USES}
+    assert need["load"] < need["train"] < need["certify"]
+    assert 4 * 32768**2 * 3 <= need["load"]  # A's parameter, A built, the file's copy
+    assert need["certify"] - need["load"] >= 8 * (2 * 32768) ** 2  # the embedding matrix
+    with pytest.raises(ValueError, match="use must be one of load, train, certify"):
+        resources.memory_needed(cfg, (1, 28, 28), 10, "export")
 
 
 def test_an_archive_that_would_unpack_to_gigabytes_is_refused_before_unpacking(tmp_path):

@@ -41,6 +41,7 @@ from .checkpoints import (
 from .config import PRESETS, RAMPS, TrainConfig
 from .plots import plot_curves
 from .reproduce import reproduce_conv, reproduce_mnist
+from .resources import check_memory
 from .runtime import auto_threads
 from .train import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, train
 
@@ -514,8 +515,9 @@ def _cmd_train(args) -> dict:
     return {"config": asdict(cfg), "history": result["history"]}
 
 
-def _load_model(name_or_path: str, device: str):
-    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``)."""
+def _load_model(name_or_path: str, device: str, use: str = "load"):
+    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``); the
+    memory the model needs for ``use`` is checked before it is built."""
     if Path(name_or_path).exists() and name_or_path in pretrained_names():
         print(
             f"nemon: note: {name_or_path} is a local path, used instead of the shipped model of "
@@ -525,13 +527,15 @@ def _load_model(name_or_path: str, device: str):
     if not Path(name_or_path).exists() and name_or_path in pretrained_names():
         info = describe_pretrained(name_or_path)
         config = info["config"] if "config" in info else info["members"][0]  # an ensemble
+        check_memory(config, info["input_shape"], info["num_classes"], use, device)
         return load_pretrained(name_or_path, device), config
-    model, ckpt = load_checkpoint(name_or_path, map_location=device)
+    model, ckpt = load_checkpoint(name_or_path, map_location=device, use=use)
     return model, ckpt["config"]
 
 
 def _load(args):
-    model, config = _load_model(args.checkpoint, args.device)
+    use = "certify" if args.command == "certify" else "load"
+    model, config = _load_model(args.checkpoint, args.device, use)
     data = load_dataset(config["dataset"], args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
