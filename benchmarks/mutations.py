@@ -280,6 +280,13 @@ MUTATIONS = [
         ("tests/test_fit.py",),
     ),
     Mutation(
+        "a model too big for the memory built anyway",
+        "src/nemon/app/train.py",
+        '    check_memory(cfg, data.input_shape, data.num_classes, "train", cfg.device)\n',
+        "\n",
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
         "evaluate leaves the caller's modules in eval mode",
         "src/nemon/training.py",
         "        for m, training in modes:\n            m.training = training",
@@ -294,11 +301,11 @@ MUTATIONS = [
         ("tests/test_fit.py",),
     ),
     Mutation(
-        "a model too big for the memory built anyway",
-        "src/nemon/app/train.py",
-        '    check_memory(cfg, data.input_shape, data.num_classes, "train", cfg.device)\n',
-        "\n",
-        ("tests/test_reliability.py",),
+        "a method the model lacks (NotImplementedError) a traceback in the CLI",
+        "src/nemon/app/cli.py",
+        "    except NotImplementedError as exc:",
+        "    except ZeroDivisionError as exc:",
+        ("tests/test_refusals.py",),
     ),
 ]
 
