@@ -370,6 +370,62 @@ MUTATIONS = [
         "        final = x_next",
         ("tests/test_user_modules.py",),
     ),
+    Mutation(
+        "the run folder's lock opened through a symbolic link (its target truncated)",
+        "src/nemon/runs.py",
+        '        self._file = _open_lock(self.folder / ".lock")',
+        '        self._file = open(self.folder / ".lock", "a+")',
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "a checkpoint without its checksum loaded unchecked",
+        "src/nemon/runs.py",
+        '    if "checksum" not in ckpt:\n        raise CheckpointError(',
+        '    if "checksum" not in ckpt:\n        return\n        raise CheckpointError(',
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "weight averaging's live_model (what resume loads) outside the checksum",
+        "src/nemon/runs.py",
+        '    if live is not None:\n        digest.update(b"live_model|")',
+        '    if False:\n        digest.update(b"live_model|")',
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "fit's data checked only mid-run (after files are written)",
+        "src/nemon/training.py",
+        "    data = _checked_data(data, model)\n",
+        "\n",
+        ("tests/test_fit.py",),
+    ),
+    Mutation(
+        "a model too big for the memory built anyway",
+        "src/nemon/app/train.py",
+        '    check_memory(cfg, data.input_shape, data.num_classes, "train", cfg.device)\n',
+        "\n",
+        ("tests/test_reliability.py",),
+    ),
+    Mutation(
+        "evaluate leaves the caller's modules in eval mode",
+        "src/nemon/training.py",
+        "        for m, training in modes:\n            m.training = training",
+        "        for m, training in modes:\n            pass",
+        ("tests/test_fit.py",),
+    ),
+    Mutation(
+        "fit leaves torch's thread count at the run's",
+        "src/nemon/training.py",
+        "            torch.set_num_threads(caller_threads)",
+        "            pass",
+        ("tests/test_fit.py",),
+    ),
+    Mutation(
+        "a method the model lacks (NotImplementedError) a traceback in the CLI",
+        "src/nemon/app/cli.py",
+        "    except NotImplementedError as exc:",
+        "    except ZeroDivisionError as exc:",
+        ("tests/test_refusals.py",),
+    ),
 ]
 
 

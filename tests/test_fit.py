@@ -179,3 +179,81 @@ def test_adam_is_fused_on_cpu_and_takes_the_state_of_plain_adam():
         step(fused, copies)
     for c, w in zip(copies, weights):
         assert torch.allclose(c, w, atol=1e-6)
+
+
+def _tiny_classifier(classes: int = 2) -> nemon.Classifier:
+    torch.manual_seed(0)
+    return nemon.build_model("nemon", input_shape=(1, 8, 8), num_classes=classes, hidden=8)
+
+
+def _damaged(damage):
+    data = tiny_data()
+    data = dataclasses.replace(data, train_y=data.train_y.clone(), test_x=data.test_x.clone())
+    data = dataclasses.replace(data, train_x=data.train_x.clone())
+    damage(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d.train_y.__setitem__(5, 7), r"train_y\[5\] is 7; labels must be in \[0, 2\)"),
+        (lambda d: d.train_y.__setitem__(9, -1), r"train_y\[9\] is -1"),
+        (lambda d: setattr(d, "test_y", d.test_y.float()), "test_y must hold integer class labels"),
+        (lambda d: d.train_x.__setitem__(190, float("nan")), r"train_x\[190\] holds NaN"),
+        (lambda d: d.test_x.__setitem__(3, float("inf")), r"test_x\[3\] holds an infinite value"),
+        (lambda d: setattr(d, "test_x", d.test_x[:, :, :4]), r"test_x holds samples of shape"),
+        (lambda d: setattr(d, "train_x", d.train_x.double()), "train_x is torch.float64 and"),
+        (lambda d: setattr(d, "test_y", d.test_y[:, None]), "one label per sample"),
+    ],
+    ids=["label-7", "label-negative", "float-labels", "nan-late", "inf-test", "shape", "dtype",
+         "label-shape"],
+)  # fmt: skip
+def test_fit_checks_the_data_before_writing_anything(tmp_path, damage, message):
+    """Each problem with the data is one ValueError naming the split and the index, raised
+    before the run folder is made (not an IndexError or a NaN loss after files exist)."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        nemon.fit(_tiny_classifier(), _damaged(damage), SMALL, out=out, progress=False)
+    assert not out.exists()
+
+
+def test_fit_takes_integer_labels_of_any_width():
+    data = tiny_data()
+    pairs = ((data.train_x, data.train_y.int()), (data.test_x, data.test_y.to(torch.uint8)))
+    result = nemon.fit(_tiny_classifier(), pairs, SMALL.replace(epochs=1), progress=False)
+    assert len(result.history) == 1
+
+
+def test_fit_gives_torch_its_thread_count_back(monkeypatch):
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    nemon.fit(_tiny_classifier(), tiny_data(), SMALL.replace(epochs=1), threads=other)
+    assert torch.get_num_threads() == before
+
+    def broken(self, *args):
+        assert torch.get_num_threads() == other  # the run's own count while it trains
+        raise RuntimeError("a failing step")
+
+    monkeypatch.setattr(nemon.training._Trainer, "train_step", broken)
+    with pytest.raises(RuntimeError, match="a failing step"):
+        nemon.fit(_tiny_classifier(), tiny_data(), SMALL, threads=other, progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_evaluation_leaves_every_module_in_the_mode_it_was_in():
+    """evaluate and certified_accuracy run in eval mode and restore each submodule's own mode
+    (a frozen encoder in eval mode inside a model in training mode stays so), also on errors."""
+    model = custom_model().train()
+    model.encoder.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    data = tiny_data()
+    nemon.evaluate(model, data.test_x, data.test_y)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.01])
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(ValueError):
+        nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.1], "none")
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    result = nemon.fit(model, data, SMALL.replace(epochs=1), progress=False)
+    assert not any(m.training for m in result.model.modules())  # fit returns it for use

@@ -289,6 +289,8 @@ BAD_ARGUMENTS = [
     ["attack", "CKPT", "--restarts", "0"],
     ["reproduce", "mnist", "--runs", "0"],
     ["eval", "NOTCKPT"],
+    ["export", "CKPT", "--onnx", "ONNX", "--data-range", "0", "1e308"],
+    ["export", "CKPT", "--onnx", "ONNX", "--data-range", "0", "1e38"],
 ]
 
 
@@ -306,6 +308,7 @@ def _substitute(argv, run_dir):
         "MISSING": run_dir / "missing.pt",
         "FOLDER": run_dir,
         "NOTCKPT": run_dir / "not.pt",
+        "ONNX": run_dir / "new" / "model.onnx",
     }
     return [str(names.get(a, a)) for a in argv]
 
@@ -322,6 +325,70 @@ def test_user_errors_are_one_line(argv, run_dir, capsys):
     assert exit_info.value.code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "error" in err
     assert not (run_dir / "new").exists()
+
+
+def test_a_method_the_model_lacks_is_one_line(monkeypatch, capsys):
+    """certify --method interval on a MON model: the library's refusal (NotImplementedError)
+    is one line with status 2, not a traceback."""
+    torch.manual_seed(0)
+    model = nemon.build_model("mon", input_shape=(1, 8, 8), num_classes=2, hidden=6).eval()
+    data = tiny_data()
+    monkeypatch.setattr(cli, "_validate", lambda args: None)
+    monkeypatch.setattr(cli, "_load", lambda args: (model, data.test_x[:8], data.test_y[:8]))
+    assert cli.main(["certify", "mon.pt", "--method", "interval"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "nemon certify: error: interval bounds need mu_inf(A) < 1" in err
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 36.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+                     "memory: you tried to allocate 38654705664 bytes.\nmore lines"),
+        MemoryError(),
+    ],
+    ids=["torch", "cpu-allocator", "python"],
+)  # fmt: skip
+def test_out_of_memory_is_one_line_and_a_bug_keeps_its_traceback(failure, monkeypatch, capsys):
+    def fail(args):
+        raise failure
+
+    monkeypatch.setattr(cli, "_validate", lambda args: None)
+    monkeypatch.setitem(cli.COMMANDS, "eval", fail)
+    assert cli.main(["eval", "model.pt"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nemon eval: error: out of memory")
+
+    def bug(args):
+        raise RuntimeError("shape mismatch in a library function")
+
+    monkeypatch.setitem(cli.COMMANDS, "eval", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.main(["eval", "model.pt"])
+
+
+def test_cli_warnings_are_one_line_without_source(monkeypatch, capsys):
+    """A warning during a command: ``warning: Category: message`` on one line (the default
+    format adds nemon's file, line and source text); the library's format is left alone."""
+
+    def warns(args):
+        warnings.warn("solves stopped\nearly", nemon.ConvergenceWarning, stacklevel=1)
+        return {}
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    original = warnings.formatwarning
+    monkeypatch.setattr(cli, "_validate", lambda args: None)
+    monkeypatch.setitem(cli.COMMANDS, "eval", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", show)  # as Python's, outside pytest
+        assert cli.main(["eval", "model.pt"]) == 0
+    assert capsys.readouterr().err == "warning: ConvergenceWarning: solves stopped early\n"
+    assert warnings.formatwarning is original
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(run_dir, capsys):

@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_train_cli import config, tiny_data
+from test_train_cli import config, save_with_checksum, tiny_data
 
 import nemon
 from nemon import pretrained
-from nemon.app import cli
+from nemon.app import cli, resources
 from nemon.app.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
-from nemon.app.train import train
+from nemon.app.train import build_from_config, train
 from nemon.runs import OutputError, RunFolderError, RunLock, save_atomic, write_text_atomic
 
 SHAPE = (1, 4, 4)
@@ -261,9 +262,30 @@ def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path):
         with pytest.raises(RunFolderError, match=r"in use by another run \(pid \d+\)"):
             train(config(epochs=1), run, data=tiny_data(), progress=False)
         with pytest.raises(RunFolderError, match="in use by another run"):
-            nemon.fit(small_model(), tiny_data(), nemon.Recipe(epochs=1), out=run)
+            model = nemon.build_model("nemon", input_shape=(1, 8, 8), num_classes=2, hidden=8)
+            nemon.fit(model, tiny_data(), nemon.Recipe(epochs=1), out=run)
     assert not (run / "metrics.jsonl").exists()
     train(config(epochs=1), run, data=tiny_data(), progress=False)  # free again
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
+    """A ``.lock`` made a symbolic (or hard) link to another file: refused by name, and the
+    file it points to is neither truncated nor overwritten with the pid."""
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"x" * 1500)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(RunFolderError, match=r"\.lock is a symbolic link; refused"):
+        RunLock(run).__enter__()
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        train(config(epochs=1), run, data=tiny_data(), progress=False)
+    (run / ".lock").unlink()
+    os.link(target, run / ".lock")
+    with pytest.raises(RunFolderError, match=r"\.lock is linked elsewhere; refused"):
+        RunLock(run).__enter__()
+    assert target.read_bytes() == b"x" * 1500
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
 
 
 # -- 5. resource limits ----------------------------------------------------------------------
@@ -281,6 +303,72 @@ def test_settings_have_upper_limits(change, message):
     if "hidden" not in change:
         with pytest.raises(ValueError, match=message.split(" must")[0]):
             nemon.SolverOptions(**change)
+
+
+@pytest.mark.parametrize("family", ["nemon", "mon", "idl", "explicit"])
+@pytest.mark.parametrize("arch", ["dense", "conv", "conv-small", "conv-small-bn", "conv-stacked"])
+def test_the_memory_estimate_counts_the_weights_a_build_makes(family, arch):
+    """The estimate's weights are those of the model built (to a few entries), for every family
+    and architecture; so a refusal is about a model that really cannot fit."""
+    cfg = config(model=family, arch=arch, hidden=6)
+    try:
+        model = build_from_config(cfg, (1, 16, 16), 3)
+    except ValueError:
+        pytest.skip(f"{family} has no {arch} architecture")
+    built = sum(t.numel() for t in model.state_dict().values())
+    assert built <= resources._model_size(asdict(cfg), (1, 16, 16), 3)[0] <= built + 6
+
+
+@pytest.fixture
+def eight_gib(monkeypatch):
+    """A machine with 8 GiB available, whatever this one has."""
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 8 * 2**30)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_it_is_built(
+    tmp_path, eight_gib, monkeypatch, capsys
+):
+    """--hidden 32768 (dense: 24 GiB to train) and a crafted checkpoint asking for a conv layer
+    of 32768 channels (36 GiB of weights): one line naming hidden, nothing allocated or written."""
+    train(config(epochs=1), tmp_path / "small", data=tiny_data(), progress=False)
+
+    def never(*args):
+        raise AssertionError("the model was built: the memory check let it through")
+
+    monkeypatch.setattr("nemon.app.train.build_from_config", never)  # nothing big, ever
+    monkeypatch.setattr("nemon.app.checkpoints.build_from_config", never)
+    monkeypatch.setattr("nemon.app.train.load_dataset", lambda *a, **k: tiny_data())
+    out = tmp_path / "big"
+    assert cli.main(["train", "--hidden", "32768", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden = 32768: training this nemon dense model" in err
+    assert "GiB of memory available; lower hidden" in err and not out.exists()
+    ckpt = read_checkpoint(tmp_path / "small" / "checkpoint.pt")
+    ckpt["config"].update(arch="conv", hidden=32768)
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=r"hidden = 32768: loading this nemon conv model"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    ckpt["input_shape"] = (1, 0, 8)
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="input_shape must be 3 positive integers"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    ckpt.update(input_shape=(1, 8, 8), config={**ckpt["config"], "arch": "dense", "hidden": 16384})
+    save_with_checksum(ckpt, tmp_path / "crafted.pt")  # 3 GiB to load, 20 GiB to certify
+    assert cli.main(["certify", str(tmp_path / "crafted.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden = 16384: certifying this nemon dense model" in err
+
+
+def test_the_memory_a_model_needs_grows_with_its_use():
+    """Training holds gradients and Adam's moments; certifying a float64 copy and the embedding
+    system (2n)^2: each use needs more than loading, and a dense layer's A is counted."""
+    cfg = config(hidden=32768)
+    need = {use: resources.memory_needed(cfg, (1, 28, 28), 10, use)[0] for use in resources.USES}
+    assert need["load"] < need["train"] < need["certify"]
+    assert 4 * 32768**2 * 3 <= need["load"]  # A's parameter, A built, the file's copy
+    assert need["certify"] - need["load"] >= 8 * (2 * 32768) ** 2  # the embedding matrix
+    with pytest.raises(ValueError, match="use must be one of load, train, certify"):
+        resources.memory_needed(cfg, (1, 28, 28), 10, "export")
 
 
 def test_an_archive_that_would_unpack_to_gigabytes_is_refused_before_unpacking(tmp_path):
@@ -308,17 +396,49 @@ def test_checkpoint_configs_are_strict_and_covered_by_the_checksum(tmp_path):
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "edited.pt")
     ckpt = dict(original)
-    ckpt.pop("checksum")
     ckpt["config"] = {k: v for k, v in original["config"].items() if k != "gamma"}
-    save_atomic(ckpt, tmp_path / "old.pt")  # no checksum (older file): the config is strict
+    save_with_checksum(ckpt, tmp_path / "old.pt")  # its checksum matches: the config is strict
     with pytest.raises(CheckpointError, match=r"missing model settings \['gamma'\]"):
         load_checkpoint(tmp_path / "old.pt")
     ckpt["config"] = {**original["config"], "speed": 2}
-    save_atomic(ckpt, tmp_path / "old.pt")
+    save_with_checksum(ckpt, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match=r"unknown settings \['speed'\]"):
         load_checkpoint(tmp_path / "old.pt")
     model, _ = load_checkpoint(path)
     assert model.layer.gamma == pytest.approx(0.3)
+
+
+def test_a_checkpoint_without_its_checksum_is_refused(tmp_path):
+    """Every checkpoint nemon writes holds a checksum: one without it (a weight changed and the
+    checksum dropped) is refused by loading and by resuming alike."""
+    run = tmp_path / "run"
+    train(config(epochs=2), run, data=tiny_data(), progress=False, stop_after_steps=3)
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    ckpt["model"]["readout.bias"].add_(1.0)
+    del ckpt["checksum"]
+    save_atomic(ckpt, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no checksum; refused"):
+        load_checkpoint(run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no checksum; refused"):
+        train(config(epochs=2), run, data=tiny_data(), progress=False, resume=True)
+
+
+def test_the_weights_a_resume_continues_from_are_covered_by_the_checksum(tmp_path):
+    """Weight averaging: ``live_model`` (what resume loads) is inside the checksum, so changing
+    it is refused; the untouched file resumes."""
+    cfg = config(epochs=3, swa_start=2, checkpoint_every=0)
+    run = tmp_path / "run"
+    train(cfg, run, data=tiny_data(), progress=False, stop_after_steps=15)
+    intact = read_checkpoint(run / "checkpoint.pt")
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    ckpt["live_model"]["readout.bias"].add_(1e-3)
+    save_atomic(ckpt, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="damaged: its weights or config do not match"):
+        train(cfg, run, data=tiny_data(), progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(run / "checkpoint.pt")
+    save_atomic(intact, run / "checkpoint.pt")
+    assert len(train(cfg, run, data=tiny_data(), progress=False, resume=True)["history"]) == 3
 
 
 @pytest.fixture
@@ -441,14 +561,13 @@ CONFIG_VALUES = st.one_of(
     change=st.dictionaries(st.sampled_from(sorted(config().__dict__) + ["extra"]), CONFIG_VALUES),
 )
 def test_checkpoint_config_fuzz(saved_run, tmp_path_factory, drop, change):
-    """Any damaged config (without a checksum to catch it): a model, or one CheckpointError."""
+    """Any crafted config (its checksum made to match): a model, or one CheckpointError."""
     ckpt = dict(saved_run)
-    ckpt.pop("checksum")
     cfg = {k: v for k, v in saved_run["config"].items() if k not in drop}
     cfg.update(change)
     ckpt["config"] = cfg
     path = tmp_path_factory.mktemp("ckpt") / "c.pt"
-    save_atomic(ckpt, path)
+    save_with_checksum(ckpt, path)
     try:
         model, _ = load_checkpoint(path)
     except CheckpointError as exc:

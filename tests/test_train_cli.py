@@ -18,6 +18,7 @@ from nemon.app.train import (
     train,
 )
 from nemon.data import Dataset
+from nemon.runs import state_checksum
 
 
 def tiny_data(seed=0, n=240):
@@ -78,13 +79,18 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
 
 
+def save_with_checksum(ckpt: dict, path) -> None:
+    """``ckpt`` saved with its checksum made anew, as nemon would have written its contents."""
+    ckpt["checksum"] = state_checksum(ckpt["model"], ckpt.get("config"), ckpt.get("live_model"))
+    save_atomic(ckpt, path)
+
+
 def _without_setting(folder, name):
-    """The checkpoint as written before the setting ``name`` (and checksums) existed."""
+    """The checkpoint as written before the setting ``name`` existed."""
     ckpt = read_checkpoint(folder / "checkpoint.pt")
     del ckpt["config"][name]
     del ckpt["recipe"][name]
-    del ckpt["checksum"]
-    save_atomic(ckpt, folder / "checkpoint.pt")
+    save_with_checksum(ckpt, folder / "checkpoint.pt")
 
 
 def test_resume_of_a_checkpoint_older_than_a_setting_takes_its_default(tmp_path):
@@ -100,9 +106,8 @@ def test_resume_refuses_a_checkpoint_missing_a_model_setting_even_at_its_default
     data = tiny_data()
     train(config(epochs=1), tmp_path, data=data, progress=False)
     ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
-    del ckpt["config"]["gamma"]  # as in a file without checksums: no default is guessed
-    del ckpt["checksum"]
-    save_atomic(ckpt, tmp_path / "checkpoint.pt")
+    del ckpt["config"]["gamma"]  # a model setting: no default is guessed
+    save_with_checksum(ckpt, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"config.gamma: None -> 0.95"):
         train(config(epochs=1), tmp_path, data=data, progress=False, resume=True)
 

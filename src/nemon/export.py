@@ -62,7 +62,7 @@ def export_onnx(
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.float64):
         raise ExportError(f"export supports float32 and float64 models, not {dtype}")
-    graph, metadata = _Builder(model, data_range).build()
+    graph, metadata = _Builder(model, _checked_range(data_range, dtype)).build()
     proto = onnx.helper.make_model(
         graph,
         opset_imports=[onnx.helper.make_opsetid("", OPSET)],
@@ -76,6 +76,23 @@ def export_onnx(
         except (OSError, ValueError) as exc:
             raise OutputError(f"could not write {path}: {exc}") from None
     return metadata
+
+
+def _checked_range(data_range, dtype: torch.dtype) -> tuple[float, float]:
+    """``(lo, hi)``: two finite numbers, ``lo < hi``, that the model's dtype can hold."""
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ExportError(f"data_range must be two numbers (lo, hi), got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ExportError(f"data_range must be two finite numbers lo < hi, got ({lo:g}, {hi:g})")
+    biggest = torch.finfo(dtype).max
+    if max(abs(lo), abs(hi)) > biggest:
+        raise ExportError(
+            f"data_range ({lo:g}, {hi:g}) does not fit in the model's {dtype} "
+            f"(|value| <= {biggest:.3g}); give the inputs' real range"
+        )
+    return lo, hi
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict:
@@ -301,6 +318,12 @@ class _Builder:
         k = self.solver_constants()
         rho = contraction_factor(k["alpha_ref"], k["measure"])
         radius = self._state_bound(k["measure"])
+        if not math.isfinite(radius):
+            lo, hi = self.data_range
+            raise ExportError(
+                f"data_range ({lo:g}, {hi:g}) is too wide: the bound on the state overflows "
+                f"{self.dtype}; give the inputs' real range"
+            )
         worst = (
             math.ceil(math.log(opts.tol) / math.log(rho))
             if 0 < rho < 1

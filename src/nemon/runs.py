@@ -9,10 +9,12 @@ command line both write run folders through this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -172,21 +174,43 @@ def _check_archive_size(path: Path) -> None:
         )
 
 
-def state_checksum(state: dict, config=None) -> str:
+def state_checksum(state: dict, config=None, live: dict | None = None) -> str:
     """sha256 of a state dict (names, dtypes, shapes and bytes of every tensor) and a config,
-    stored in checkpoints so that a damaged file is refused instead of loaded."""
+    stored in checkpoints so that a damaged file is refused instead of loaded. ``live``: the
+    weights a resumed run continues from when they differ from ``state`` (weight averaging's
+    ``live_model``), covered too; without it the digest is that of ``state`` and ``config``."""
     digest = hashlib.sha256(json.dumps(_json_safe(config), sort_keys=True).encode())
+    _digest_tensors(digest, state)
+    if live is not None:
+        digest.update(b"live_model|")
+        _digest_tensors(digest, live)
+    return digest.hexdigest()
+
+
+def _digest_tensors(digest, state: dict) -> None:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def check_checksum(path, ckpt: dict) -> None:
-    """A checkpoint that holds a checksum must match it (weights and config); `CheckpointError`
-    otherwise. Loading (`nemon.app.checkpoints.load_checkpoint`) and resuming both check it."""
-    if "checksum" in ckpt and state_checksum(ckpt["model"], ckpt.get("config")) != ckpt["checksum"]:
+    """A checkpoint must hold a checksum, and match it (weights, config and, under weight
+    averaging, the ``live_model`` a resume continues from); `CheckpointError` otherwise.
+    Every checkpoint nemon writes holds one, so a file without it was edited or written by
+    other code. Loading (`nemon.app.checkpoints.load_checkpoint`) and resuming both check it."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} is not a nemon checkpoint (no model weights)")
+    if "checksum" not in ckpt:
+        raise CheckpointError(
+            f"{path} holds no checksum; refused (nemon writes one into every checkpoint: "
+            "this file was edited or written by other code)"
+        )
+    try:
+        expected = state_checksum(ckpt["model"], ckpt.get("config"), ckpt.get("live_model"))
+    except (AttributeError, TypeError, RuntimeError):  # a value that is not a tensor
+        expected = None
+    if expected != ckpt["checksum"]:
         raise CheckpointError(
             f"{path} is damaged: its weights or config do not match the checksum it holds"
         )
@@ -247,7 +271,7 @@ class RunLock:
         import fcntl
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.folder / ".lock", "a+")
+        self._file = _open_lock(self.folder / ".lock")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -269,3 +293,25 @@ class RunLock:
 
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
+
+
+def _open_lock(path: Path):
+    """The lock file, opened for reading and writing without following a symbolic link
+    (``O_NOFOLLOW``): a ``.lock`` that is a link, or not a regular file of its own (another
+    name hard-linked to it), is refused, so that writing the holder's pid never truncates
+    a file elsewhere."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    if path.is_symlink():  # also where O_NOFOLLOW is missing
+        raise RunFolderError(f"{path} is a symbolic link; refused (remove it)")
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # made a link since the check above
+            raise RunFolderError(f"{path} is a symbolic link; refused (remove it)") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "linked elsewhere"
+        raise RunFolderError(f"{path} is {what}; refused (remove it)")
+    return os.fdopen(fd, "r+")

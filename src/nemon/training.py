@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,10 +90,28 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """``model`` in eval mode inside the block; afterwards every submodule is back in the mode
+    it was in (training or eval), also when the block raises."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> dict:
-    """Accuracy, mean loss and mean forward iterations on ``(x, y)``, in eval mode."""
-    model.eval()
+    """Accuracy, mean loss and mean forward iterations on ``(x, y)``, in eval mode (the
+    model's own modes are restored after)."""
+    with evaluation_mode(model):
+        return _evaluate(model, x, y, batch_size)
+
+
+def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> dict:
     device = _device(model)
     correct, loss, iters, count = 0, 0.0, 0, 0
     for xb, yb in batches(x, y, batch_size):
@@ -122,8 +140,13 @@ def certified_accuracy(
 ) -> dict[float, float]:
     """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
     ``method=None``: the strongest the model supports). A method that certifies nothing at a
-    positive radius says so once, for the whole set, not once per batch."""
-    model.eval()
+    positive radius says so once, for the whole set, not once per batch. The model's own
+    modes (training or eval) are restored after."""
+    with evaluation_mode(model):
+        return _certified_accuracy(model, x, y, eps, method, batch_size, clip)
+
+
+def _certified_accuracy(model, x, y, eps, method, batch_size, clip) -> dict[float, float]:
     device = _device(model)
     total, noted = torch.zeros(len(eps)), []
     for xb, yb in batches(x, y, batch_size):
@@ -142,7 +165,7 @@ def certified_accuracy(
         hint = str(noted[-1]).partition("; ")[2]
         radii = ", ".join(f"{e:g}" for e in empty)
         warnings.warn(
-            f"{message} at eps {radii}" + (f"; {hint}" if hint else ""), CertificateWarning, 3
+            f"{message} at eps {radii}" + (f"; {hint}" if hint else ""), CertificateWarning, 4
         )
     return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
 
@@ -273,6 +296,78 @@ def _as_dataset(data) -> Dataset:
     return Dataset("custom", train_x, train_y, test_x, test_y)
 
 
+#: Rows whose finiteness is checked at once (bounds the memory of the check).
+_CHUNK = 4096
+
+
+def _checked_data(data: Dataset, model: nn.Module) -> Dataset:
+    """``data`` checked against ``model`` before anything runs or is written: the inputs' shape
+    (a nemon classifier's ``input_shape``) and dtype, finite inputs, integer labels within
+    ``[0, num_classes)``. Each problem is one `ValueError` naming the split and the first bad
+    index. Integer labels of another dtype are returned as int64 (what the loss takes)."""
+    splits = {}
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        for name, t in ((f"{split}_x", x), (f"{split}_y", y)):
+            if not isinstance(t, Tensor):
+                raise ValueError(f"data: {name} must be a tensor, got {type(t).__name__}")
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(
+                f"data: {len(x)} {split} inputs for {len(y)} labels; give as many of each, > 0"
+            )
+        _check_inputs(f"{split}_x", x, model)
+        splits[f"{split}_y"] = _checked_labels(f"{split}_y", y, model)
+    if data.train_x.shape[1:] != data.test_x.shape[1:]:
+        raise ValueError(
+            f"data: training inputs of shape {tuple(data.train_x.shape[1:])} but test inputs of "
+            f"shape {tuple(data.test_x.shape[1:])}"
+        )
+    if all(splits[k] is getattr(data, k) for k in splits):
+        return data
+    return replace(data, **splits)
+
+
+def _check_inputs(name: str, x: Tensor, model: nn.Module) -> None:
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:  # a nemon classifier: its input shape and dtype are known
+        sample = tuple(x.shape[1:])
+        prepare = getattr(model, "prepare_input", None)
+        prepared = tuple(prepare(x[:0]).shape[1:]) if prepare is not None else sample
+        if tuple(shape) not in (sample, prepared):
+            raise ValueError(
+                f"data: {name} holds samples of shape {sample}; the model takes {tuple(shape)}"
+            )
+        dtype = next(model.parameters()).dtype
+        if x.dtype != dtype:
+            raise ValueError(
+                f"data: {name} is {x.dtype} and the model's parameters {dtype}; convert one"
+            )
+    if not (x.is_floating_point() or x.is_complex()):
+        return
+    for start in range(0, len(x), _CHUNK):
+        rows = x[start : start + _CHUNK].reshape(min(_CHUNK, len(x) - start), -1)
+        bad = (~torch.isfinite(rows)).any(dim=1).nonzero()
+        if len(bad):
+            i = start + int(bad[0])
+            what = "NaN" if bool(torch.isnan(rows[int(bad[0])]).any()) else "an infinite value"
+            raise ValueError(f"data: {name}[{i}] holds {what}; every input must be finite")
+
+
+def _checked_labels(name: str, y: Tensor, model: nn.Module) -> Tensor:
+    if y.dim() != 1:
+        raise ValueError(f"data: {name} must be one label per sample, got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"data: {name} must hold integer class labels, got {y.dtype}")
+    classes = getattr(model, "num_classes", None)
+    outside = (y < 0) if classes is None else (y < 0) | (y >= classes)
+    bad = outside.nonzero()
+    if len(bad):
+        i = int(bad[0])
+        allowed = ">= 0" if classes is None else f"in [0, {classes}) (the model's classes)"
+        raise ValueError(f"data: {name}[{i}] is {int(y[i])}; labels must be {allowed}")
+    return y if y.dtype == torch.int64 else y.long()
+
+
 def _check_model(model: nn.Module, recipe: Recipe) -> None:
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
         raise ValueError(f"fit needs a torch module with parameters, got {type(model).__name__}")
@@ -345,7 +440,9 @@ def fit(
         files: more text files for the run folder (name -> contents), written with the first.
         stop_after_steps: stop early after that many steps (tests of resume).
 
-    Everything is checked before the first file is written. A non-finite loss or parameter
+    Everything is checked before the first file is written, the data included (shapes,
+    dtypes, finite inputs, labels within the model's classes). The trained model is returned
+    in eval mode; torch's thread count is the caller's again after. A non-finite loss or parameter
     stops training with `TrainingDiverged`, keeping the last good checkpoint. Under
     ``torchrun`` (an initialised process group) the model is wrapped in
     ``DistributedDataParallel`` and each global batch is split between the processes; rank 0
@@ -356,6 +453,7 @@ def fit(
         raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
     data = _as_dataset(data)
     _check_model(model, recipe)
+    data = _checked_data(data, model)
     if not (threads is None or callable(threads)):
         check_integer("threads", threads, 1, MAX_THREADS)
     run_dir = None if out is None else Path(out)
@@ -365,6 +463,7 @@ def fit(
         raise RunFolderError("resume needs the run folder: pass out=")
     _check_tensorboard(tensorboard)
     trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads, files or {})
+    caller_threads = torch.get_num_threads()
     with _locked(run_dir, trainer.rank):
         if resume:
             trainer.restore()
@@ -375,6 +474,7 @@ def fit(
         finally:
             if flush:
                 torch.set_flush_denormal(False)
+            torch.set_num_threads(caller_threads)  # ``threads`` is this run's, not the caller's
 
 
 def _locked(run_dir: Path | None, rank: int):
@@ -507,14 +607,15 @@ class _Trainer:
         if self.out is None or self.rank != 0:
             return
         s = self.state
-        weights = s.average["weights"] if s.average is not None else self.raw.state_dict()
+        live = self.raw.state_dict()
+        weights, resumed = (live, None) if s.average is None else (s.average["weights"], live)
         payload = {
             **self.metadata,
-            "checksum": state_checksum(weights, self.metadata.get("config")),
+            "checksum": state_checksum(weights, self.metadata.get("config"), resumed),
             "recipe": self.recipe.as_dict(),
             "input_shape": tuple(getattr(self.raw, "input_shape", self.data.input_shape)),
             "num_classes": getattr(self.raw, "num_classes", self.data.num_classes),
-            "model": self.raw.state_dict(),
+            "model": weights,
             "optimizer": self.opt.state_dict(),
             "epoch": s.epoch,
             "step": s.step,
@@ -523,11 +624,7 @@ class _Trainer:
             "splitting_steps": s.splitting_steps,
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
-            payload.update(
-                model=s.average["weights"],
-                live_model=self.raw.state_dict(),
-                average={"count": s.average["count"]},
-            )
+            payload.update(live_model=live, average={"count": s.average["count"]})
         save_atomic(payload, self.ckpt_path)
 
     def _kept(self) -> str:
@@ -556,7 +653,7 @@ class _Trainer:
                 _log_scalars(board, record, record["epoch"])
         if self.state.average is not None:
             self.raw.load_state_dict(self.state.average["weights"])
-        return FitResult(self.raw, self.state.history, stopped=False)
+        return FitResult(self.raw.eval(), self.state.history, stopped=False)
 
     def train_epoch(self) -> bool:
         """The remaining steps of the current epoch; False when stopped early."""
@@ -667,7 +764,7 @@ class _Trainer:
         s, recipe = self.state, self.recipe
         if recipe.swa_start and s.epoch + 1 >= recipe.swa_start:
             s.average = _averaged(s.average, self.raw)
-        with _weights(self.raw, s.average):  # the epoch's results are the average's
+        with _weights(self.raw, s.average), evaluation_mode(self.raw):  # the average's results
             record = self.epoch_record(_reduce(s.running, self.world, self.device))
         record["lr"] = learning_rate(recipe, s.epoch)
         record["train_eps"] = training_radius(recipe, s.epoch, self.n_batches - 1, self.n_batches)

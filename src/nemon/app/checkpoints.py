@@ -22,6 +22,7 @@ from ..runs import (
     write_text_atomic,
 )
 from .config import TrainConfig
+from .resources import ResourceError, check_memory
 
 __all__ = [
     "CheckpointError",
@@ -76,13 +77,38 @@ def checked_config(path, config) -> TrainConfig:
         raise CheckpointError(f"{path}: its config is invalid ({exc})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``."""
+def checked_signature(path, ckpt: dict) -> tuple[tuple[int, int, int], int]:
+    """The checkpoint's ``input_shape`` (channels, height, width) and ``num_classes``, checked."""
+    shape, classes = ckpt["input_shape"], ckpt["num_classes"]
+    if not (
+        isinstance(shape, (tuple, list))
+        and len(shape) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
+        raise CheckpointError(f"{path}: input_shape must be 3 positive integers, got {shape!r}")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise CheckpointError(f"{path}: num_classes must be a positive integer, got {classes!r}")
+    return tuple(shape), classes
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str = "cpu", use: str = "load"
+) -> tuple[Classifier, dict]:
+    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``.
+
+    Before the model is built, the memory it needs for ``use`` (``"load"``, ``"certify"``; see
+    `nemon.app.resources.memory_needed`) is compared with what ``map_location`` has: a model
+    that cannot fit is a `CheckpointError` naming its ``hidden``."""
     ckpt = read_checkpoint(path, map_location)
     check_checksum(path, ckpt)
     cfg = checked_config(path, ckpt["config"])
+    shape, classes = checked_signature(path, ckpt)
     try:
-        model = build_from_config(cfg, ckpt["input_shape"], ckpt["num_classes"])
+        check_memory(cfg, shape, classes, use, map_location)
+    except ResourceError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        model = build_from_config(cfg, shape, classes)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .checkpoints import (
 from .config import PRESETS, RAMPS, TrainConfig
 from .plots import plot_curves
 from .reproduce import reproduce_conv, reproduce_mnist
+from .resources import check_memory
 from .runtime import auto_threads
 from .train import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, train
 
@@ -514,8 +516,9 @@ def _cmd_train(args) -> dict:
     return {"config": asdict(cfg), "history": result["history"]}
 
 
-def _load_model(name_or_path: str, device: str):
-    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``)."""
+def _load_model(name_or_path: str, device: str, use: str = "load"):
+    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``); the
+    memory the model needs for ``use`` is checked before it is built."""
     if Path(name_or_path).exists() and name_or_path in pretrained_names():
         print(
             f"nemon: note: {name_or_path} is a local path, used instead of the shipped model of "
@@ -525,13 +528,15 @@ def _load_model(name_or_path: str, device: str):
     if not Path(name_or_path).exists() and name_or_path in pretrained_names():
         info = describe_pretrained(name_or_path)
         config = info["config"] if "config" in info else info["members"][0]  # an ensemble
+        check_memory(config, info["input_shape"], info["num_classes"], use, device)
         return load_pretrained(name_or_path, device), config
-    model, ckpt = load_checkpoint(name_or_path, map_location=device)
+    model, ckpt = load_checkpoint(name_or_path, map_location=device, use=use)
     return model, ckpt["config"]
 
 
 def _load(args):
-    model, config = _load_model(args.checkpoint, args.device)
+    use = "certify" if args.command == "certify" else "load"
+    model, config = _load_model(args.checkpoint, args.device, use)
     data = load_dataset(config["dataset"], args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
@@ -598,8 +603,7 @@ def _cmd_export(args) -> dict:
     if not lo < hi:
         raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
     model, _ = _load_model(args.checkpoint, "cpu")
-    Path(args.onnx).parent.mkdir(parents=True, exist_ok=True)
-    metadata = export_onnx(model, args.onnx, data_range=(lo, hi))
+    metadata = export_onnx(model, args.onnx, data_range=(lo, hi))  # its folder made on writing
     print(f"wrote {args.onnx}")
     for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):
         if key in metadata:
@@ -738,6 +742,18 @@ def _write_outputs(args, result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_printoptions(precision=4)
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # the command line's only: never at import
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _run(args) -> int:
+    """The command; errors are one line with exit status 2 (what the user asked cannot work:
+    a bad argument, a refused model or method) or 1 (the work failed: divergence, out of
+    memory, a file-system fault). Anything else is a bug and keeps its traceback."""
     try:
         torch.set_num_threads(auto_threads() if args.threads == "auto" else args.threads)
         _validate(args)
@@ -749,14 +765,42 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args, exc, 1)
     except ValueError as exc:  # an argument the library refused
         return _report(args, exc, 2)
+    except NotImplementedError as exc:  # the library refuses this model (a method it lacks)
+        return _report(args, exc, 2)
     except MemoryError as exc:
         return _report(args, MemoryError(f"out of memory ({exc or 'allocation failed'})"), 1)
+    except RuntimeError as exc:
+        if not _out_of_memory(exc):
+            raise
+        return _report(args, MemoryError(f"out of memory ({_first_line(exc)})"), 1)
     except OSError as exc:  # a file-system fault during the work: finished files are kept
         return _report(args, exc, 1)
     except KeyboardInterrupt:
         print(f"nemon {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+#: How torch's allocators word a failed allocation (CPU, CUDA and the others).
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "could not allocate",
+                  "failed to allocate", "tried to allocate")  # fmt: skip
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    text = str(exc).lower()
+    return isinstance(exc, oom) or any(words in text for words in _OUT_OF_MEMORY)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warning: Category: message`` on one line (no source file or line of nemon's)."""
+    text = " ".join(str(message).split())
+    return f"warning: {category.__name__}: {text}\n"
 
 
 def _report(args, exc: Exception, status: int) -> int:
@@ -766,6 +810,6 @@ def _report(args, exc: Exception, status: int) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         message = f"{exc.strerror}{where}"
     else:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _first_line(exc)
     print(f"nemon {args.command}: error: {message}", file=sys.stderr)
     return status

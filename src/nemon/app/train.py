@@ -27,6 +27,7 @@ from .checkpoints import (
     save_atomic,
 )
 from .config import PRESETS, TrainConfig
+from .resources import check_memory
 from .runtime import auto_threads
 
 __all__ = [
@@ -81,13 +82,14 @@ def train(
 ) -> dict:
     """Train ``cfg`` into ``out_dir`` and return ``{"history", "stopped", "model"}``.
 
-    Everything is checked (settings, run folder, data, checkpoint to resume) before the first
-    file is written; see `nemon.fit` for resume, overwrite, divergence and DDP.
+    Everything is checked (settings, run folder, data, the memory the model needs, checkpoint
+    to resume) before the first file is written; see `nemon.fit` for resume, overwrite, divergence and DDP.
     """
     cfg.validate()
     out = Path(out_dir)
     check_run_folder(out, resume, overwrite)
     data = _limit(data if data is not None else load_dataset(cfg.dataset, data_dir), cfg)
+    check_memory(cfg, data.input_shape, data.num_classes, "train", cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_from_config(cfg, data.input_shape, data.num_classes).to(torch.device(cfg.device))
     result = fit(
