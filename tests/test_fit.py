@@ -11,6 +11,7 @@ from torch import nn
 
 import nemon
 from nemon.app.config import PRESETS, TrainConfig
+from nemon.attacks import accuracy_under_attack
 from nemon.runs import RunFolderError
 
 
@@ -251,6 +252,8 @@ def test_evaluation_leaves_every_module_in_the_mode_it_was_in():
     nemon.evaluate(model, data.test_x, data.test_y)
     assert {name: m.training for name, m in model.named_modules()} == modes
     nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.01])
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    accuracy_under_attack(model, data.test_x[:8], data.test_y[:8], [0.01], "fgsm")
     assert {name: m.training for name, m in model.named_modules()} == modes
     with pytest.raises(ValueError):
         nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.1], "none")

@@ -483,3 +483,11 @@ def test_random_encoders_are_certified_soundly_or_refused(made, method, eps):
     certified = assert_sound(model, u, labels, eps, method, count=20)
     assert math.isfinite(float(model.lipschitz_bound()))
     assert certified.dtype == torch.bool
+
+
+def test_conv_weights_that_would_overflow_are_refused():
+    layer = nemon.NEMONConv2d(1, 2, 4, learn_eta=True)
+    with torch.no_grad():
+        layer.log_eta.copy_(torch.tensor([-23.0, 23.0]))  # eta_1 / eta_0 = e^46 > float32's max
+    with pytest.raises(ValueError, match="weights eta"):
+        layer(torch.rand(2, 1, 4, 4))

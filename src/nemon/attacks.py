@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .modes import evaluation_mode
 from .norms import round_to
 from .validation import check_integer, check_number
 
@@ -173,15 +174,16 @@ def robust_accuracy(
 def accuracy_under_attack(
     model, x: Tensor, y: Tensor, eps_list, attack: str = "inversion", batch_size: int = 1000, **kw
 ) -> list[float]:
-    """Accuracy under ``attack`` for every radius in ``eps_list`` (batched over the data)."""
-    model.eval()
+    """Accuracy under ``attack`` for every radius in ``eps_list`` (batched over the data), in
+    eval mode (the model's own modes are restored after)."""
     device = next(model.parameters()).device
     out = []
-    for eps in eps_list:
-        ok = 0
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = y[start : start + batch_size].to(device)
-            ok += int(robust_accuracy(model, xb, yb, eps, attack, **kw).sum())
-        out.append(ok / len(x))
+    with evaluation_mode(model):
+        for eps in eps_list:
+            ok = 0
+            for start in range(0, len(x), batch_size):
+                xb = x[start : start + batch_size].to(device)
+                yb = y[start : start + batch_size].to(device)
+                ok += int(robust_accuracy(model, xb, yb, eps, attack, **kw).sum())
+            out.append(ok / len(x))
     return out

@@ -18,7 +18,7 @@ from .layers import FullPrecision, ImplicitLayer
 from .lipschitz import LipschitzTerms
 from .norms import capped_measure
 from .operators import ConvOperator, MONConvOperator, conv_same, kernel_spectrum
-from .parametrize import check_gamma, conv_measure_upper, conv_shift
+from .parametrize import check_gamma, check_weights, conv_measure_upper, conv_shift
 
 __all__ = ["NEMONConv2d", "MONConv2d"]
 
@@ -125,6 +125,7 @@ class NEMONConv2d(_ConvLayer):
 
     def effective_weights(self) -> tuple[Tensor, Tensor]:
         eta = self.eta()
+        check_weights(eta.detach())  # eta_i / eta_j must not overflow
         scaled = self.kernel * (eta[:, None] / eta[None, :])[:, :, None, None]
         return scaled, conv_shift(scaled, self.gamma, eta)
 

@@ -30,6 +30,7 @@ from .data import Dataset, batches
 from .intervals import interval_loss, logit_difference_bounds, shrunk_box
 from .layers import ImplicitLayer
 from .models import Classifier
+from .modes import evaluation_mode
 from .recipes import Recipe, recipe_named
 from .runs import (
     RUN_FILES,
@@ -88,19 +89,6 @@ def solver_iterations(model: nn.Module) -> tuple[int, int]:
 def _device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module):
-    """``model`` in eval mode inside the block; afterwards every submodule is back in the mode
-    it was in (training or eval), also when the block raises."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @torch.no_grad()
