@@ -407,7 +407,7 @@ MUTATIONS = [
     ),
     Mutation(
         "evaluate leaves the caller's modules in eval mode",
-        "src/nemon/training.py",
+        "src/nemon/modes.py",
         "        for m, training in modes:\n            m.training = training",
         "        for m, training in modes:\n            pass",
         ("tests/test_fit.py",),

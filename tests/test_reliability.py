@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import threading
+import warnings
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -40,8 +41,9 @@ def inputs(n=20, seed=0):
 # -- 1. the certificate is about the model passed ------------------------------------------
 @pytest.mark.parametrize("push", [-100.0, -50.0])
 def test_certify_judges_the_model_as_given_in_its_own_dtype(push):
-    """Norm weights pushed far down: the float32 model's solve breaks (NaN at -100) while the
-    float64 copy still contracts. Nothing the float32 model gets wrong may be certified."""
+    """Norm weights pushed far down: the float32 model's ratios eta_i / eta_j would overflow
+    (NaN at -100) while a float64 copy would still contract. Such weights are refused in one
+    line, by the model as given as by certify."""
     torch.manual_seed(0)
     m = nemon.build_model("nemon", "dense", input_shape=(1, 8, 8), hidden=20, learn_eta=True)
     with torch.no_grad():
@@ -50,13 +52,28 @@ def test_certify_judges_the_model_as_given_in_its_own_dtype(push):
     m.eval()
     u = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(2))
-    with pytest.warns(nemon.CertificateWarning):  # a tiny radius: every right centre counts
+    with pytest.raises(ValueError, match="weights eta"):
+        nemon.certify(m, u, y, 1e-6, method="interval")
+    with pytest.raises(ValueError, match="weights eta"):
+        m(u)
+
+
+def test_certify_judges_the_model_as_given_in_its_own_dtype_at_its_limit():
+    """Weights at the float32 limit: nothing the float32 model gets wrong may be certified."""
+    torch.manual_seed(0)
+    m = nemon.build_model("nemon", "dense", input_shape=(1, 8, 8), hidden=20, learn_eta=True)
+    with torch.no_grad():
+        m.layer.parametrizations.A.original1[:15] = -22.0
+        m.readout.weight.mul_(5)
+    m.eval()
+    u = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ok = nemon.certify(m, u, y, 1e-6, method="interval")
-    with torch.no_grad(), pytest.warns(nemon.ConvergenceWarning):
-        own = m(u).argmax(1)
+        with torch.no_grad():
+            own = m(u).argmax(1)
     assert not torch.any(ok & (own != y))
-    if push == -100.0:  # the float32 model's logits are NaN: nothing at all
-        assert not ok.any()
 
 
 def test_float32_logits_that_overflow_certify_nothing():

@@ -468,7 +468,7 @@ def encoders(draw):
     return nn.Sequential(*modules, nn.Flatten()), refused
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(encoders(), st.sampled_from(["interval", "linear"]), st.floats(0.01, 0.3))
 def test_random_encoders_are_certified_soundly_or_refused(made, method, eps):
     encoder, refused = made
