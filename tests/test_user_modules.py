@@ -8,15 +8,19 @@ runs. The fuzz at the end builds random encoders from all of these.
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from conftest import mnist_dir, requires_mnist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import nemon
+from nemon.data import load_dataset
 from nemon.explicit import (
     ModuleRule,
     UnsupportedModule,
@@ -491,3 +495,24 @@ def test_conv_weights_that_would_overflow_are_refused():
         layer.log_eta.copy_(torch.tensor([-23.0, 23.0]))  # eta_1 / eta_0 = e^46 > float32's max
     with pytest.raises(ValueError, match="weights eta"):
         layer(torch.rand(2, 1, 4, 4))
+
+
+@requires_mnist
+def test_a_shipped_model_as_it_runs_is_within_the_distance_certificates_charge():
+    """The float32 model in eval mode against its float64 equilibrium solved tightly: every
+    logit difference within what `certify` subtracts for the model as it runs."""
+    from nemon.certificates import _running_charge
+
+    model = nemon.load_pretrained("mnist-cert-0.1").eval()
+    data = load_dataset("mnist", mnist_dir())
+    u, y = data.test_x[:300], data.test_y[:300]
+    exact = copy.deepcopy(model).double()
+    exact.layer.solver_options = replace(
+        exact.layer.solver_options, tol=1e-12, residual="fixed_point", max_iter=5000
+    )
+    with torch.no_grad():
+        running, truth = model(u).double(), exact(u.double())
+    gap = (running.gather(1, y[:, None]) - running) - (truth.gather(1, y[:, None]) - truth)
+    charge = _running_charge(exact, y)
+    assert torch.all(gap.abs() <= charge)
+    assert float(charge.amax()) < 0.02  # and the charge is small beside certified margins

@@ -396,7 +396,7 @@ def _fresh_running() -> dict:
 
 def fit(
     model: nn.Module,
-    data,
+    data: Dataset | tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
     recipe: Recipe | str = "paper",
     *,
     out: str | os.PathLike | None = None,
