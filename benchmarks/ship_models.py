@@ -73,8 +73,8 @@ def _results(name: str, evaluation: dict) -> str:
         f"{evaluation[f'pgd@{r}']:.4f} | {evaluation[f'violations@{r}']} |"
         for r in radii
     )
-    return f"""Full MNIST test set ({evaluation["images"]} images), box clipped to [0, 1], solver error bound
-charged, float64; PGD: {evaluation["pgd"]["steps"]} steps, {evaluation["pgd"]["restarts"]}
+    return f"""Full MNIST test set ({evaluation["images"]} images), box clipped to [0, 1], float64, the
+solver's error bound and the distance of the model as it runs (`error_tol`) charged; PGD: {evaluation["pgd"]["steps"]} steps, {evaluation["pgd"]["restarts"]}
 restarts (`benchmarks/certified_models.py`). Clean accuracy: {evaluation["clean"]:.4f}.
 
 | eps | interval certified | pairwise certified | PGD accuracy | certified but broken |
