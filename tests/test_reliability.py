@@ -601,3 +601,24 @@ def test_resuming_a_damaged_checkpoint_is_refused(tmp_path):
     save_atomic(ckpt, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="damaged: its weights or config do not match"):
         train(config(epochs=2), run, data=tiny_data(), progress=False, resume=True)
+
+
+def test_a_centre_the_float32_model_gets_wrong_is_not_certified():
+    """Logits of 1e8 + 3 and 1e8: float64 tells them apart, float32 rounds both to 1e8 and
+    predicts class 0. The exact margin (3) is far above every charge; the model as it runs is
+    still wrong at the centre, so nothing is certified."""
+    layer = nemon.NEMONDense(1, 1, gamma=0.5)
+    with torch.no_grad():
+        layer.A = torch.zeros(1, 1)
+        layer.B.weight.fill_(1.0)
+        layer.B.bias.zero_()
+    model = nemon.Classifier(layer, 2).eval()
+    with torch.no_grad():
+        model.readout.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model.readout.bias.fill_(1e8)
+    u, y = torch.tensor([[3.0]]), torch.tensor([1])
+    with torch.no_grad():
+        assert int(model(u).argmax(1)) == 0 and int(model.double()(u.double()).argmax(1)) == 1
+    model.float()
+    with pytest.warns(nemon.CertificateWarning, match="in its own dtype"):
+        assert not bool(nemon.certify(model, u, y, 1e-6, clip=None))
