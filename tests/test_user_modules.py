@@ -392,10 +392,12 @@ def test_one_huge_sample_does_not_cost_the_others_their_certificates():
     labels = labelled(model, u)
     alone = nemon.certify(model, u, labels, 0.01, "interval", clip=None)
     outlier = torch.cat([u, 1e30 * torch.ones(1, 6)])
-    together = nemon.certify(
-        model, outlier, torch.cat([labels, labels[:1]]), 0.01, "interval", clip=None
-    )
+    both = torch.cat([labels, labels[:1]])
+    together = nemon.certify(model, outlier, both, 0.01, "interval", clip=None)
     assert bool(alone.any()) and torch.equal(together[:32], alone)
+    bounds = nemon.margin_bounds(model, u, labels, 0.01, "interval", clip=None)[1]
+    bounds_together = nemon.margin_bounds(model, outlier, both, 0.01, "interval", clip=None)[1]
+    torch.testing.assert_close(bounds_together[:32], bounds, atol=1e-8, rtol=0)
 
 
 def test_a_step_above_alpha_star_keeps_the_error_bound():
