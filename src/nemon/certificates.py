@@ -422,8 +422,14 @@ def _running_charge(model: Classifier, labels: Tensor) -> Tensor:
     layer's norm (docs/guarantees.md). Subtracted from the exact bounds, a certificate covers
     both the exact equilibrium and the model as it runs."""
     C, _ = model.readout_weights()
-    pair_c = _readout_norms(model.lipschitz_terms(), C[:, None, :] - C[None, :, :])  # (q, q)
+    pair_c = _pair_readout_norms(model.lipschitz_terms(), C)
     return pair_c[labels] * model.running_error().to(pair_c)
+
+
+def _pair_readout_norms(terms, C: Tensor) -> Tensor:
+    """``(q, q)``: ``||c_i - c_j||`` in the dual of the state's norm (what a state error costs
+    the logit difference ``y_i - y_j``)."""
+    return _readout_norms(terms, C[:, None, :] - C[None, :, :])
 
 
 def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str):
@@ -441,8 +447,7 @@ def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], meth
         bounds = [lipschitz_margins(logits, labels, L, e, slack) for e in radii]
     else:
         L_pair = pairwise_bounds(terms, C, D)
-        pair_c = _readout_norms(terms, C[:, None, :] - C[None, :, :])  # (q, q)
-        slack = error[:, None] * pair_c[labels]
+        slack = error[:, None] * _pair_readout_norms(terms, C)[labels]
         bounds = [pairwise_margins(logits, labels, L_pair, e, slack) for e in radii]
     return logits, bounds
 
