@@ -195,6 +195,10 @@ class ModuleRule:
 
     types: tuple[type, ...] = ()
 
+    #: how `nemon.verify` encodes the module: ``"affine"`` (a matrix read off `evaluate` on unit
+    #: vectors), ``"relu"``, ``"sequential"``, ``"implicit"``; None: refused by name
+    verify_kind: str | None = None
+
     def check(self, m: nn.Module) -> None:
         """Raise `UnsupportedModule` naming an option of ``m`` this rule does not model."""
 
@@ -229,6 +233,7 @@ class _AffineRule(ModuleRule):
     autograd through one evaluation of the rule."""
 
     has_linear = True
+    verify_kind = "affine"
 
     def linear(self, m, lam, lo, hi):
         batch, rows = lam.shape[:2]
@@ -244,6 +249,7 @@ class _AffineRule(ModuleRule):
 
 class _SequentialRule(ModuleRule):
     types = (nn.Sequential,)
+    verify_kind = "sequential"
 
     def evaluate(self, m, x):
         for child in m:
@@ -283,6 +289,7 @@ class _ReLURule(_OrderPreservingRule):
 
     types = (nn.ReLU,)
     has_linear = True
+    verify_kind = "relu"
 
     def evaluate(self, m, x):
         return F.relu(x)
@@ -470,6 +477,8 @@ class _ImplicitRule(ModuleRule):
         from .layers import ExplicitDense, IDLDense, MONDense, NEMONDense
 
         self.types = (NEMONDense, IDLDense, ExplicitDense, MONDense, NEMONConv2d, MONConv2d)
+
+    verify_kind = "implicit"
 
     def evaluate(self, m, x):
         return m(x)

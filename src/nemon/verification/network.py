@@ -1,0 +1,175 @@
+"""A classifier lowered to sparse matrices: what the verifier's bounds and programs read.
+
+Every supported model is a chain of blocks on flat vectors (docs/maths.md#verification):
+
+    a_k = ReLU(W_k a_{k-1} + b_k)                 (explicit: `Block.A` is None)
+    a_k = ReLU(A_k a_k + W_k a_{k-1} + b_k)       (implicit: the unique fixed point)
+
+from the flattened input ``a_0 = u`` to the logits ``y = C a_K + c + D u``. Affine modules are
+matrices read off their rules' point evaluations on the unit vectors (in float64, with the
+module's rounding charged by the programs' row tolerances), consecutive ones multiplied
+together, so that every block has one matrix. What the chain cannot state (another activation,
+MaxPool, MON without a sound state box) is refused by name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ..explicit import UnsupportedModule, rule_for
+from ..layers import ImplicitLayer
+
+__all__ = ["Block", "Network", "lower", "VerificationUnsupported"]
+
+_CHUNK = 2**22  # entries evaluated at once when reading a matrix off a module
+
+
+class VerificationUnsupported(UnsupportedModule):
+    """A model (or a part of one) the verifier cannot encode exactly."""
+
+
+@dataclass
+class Block:
+    """``a = ReLU([A a +] W a_prev + b)``; ``layer``/``prefix`` (implicit blocks): the layer, and
+    the affine map ``v = P a_prev + p`` to its own input (for its embedding box)."""
+
+    W: sp.csr_matrix
+    b: np.ndarray
+    A: sp.csr_matrix | None = None
+    layer: ImplicitLayer | None = None
+    prefix: tuple[sp.csr_matrix, np.ndarray] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.b)
+
+
+@dataclass
+class Network:
+    """One classifier as blocks and a readout ``y = C a_K + c + D u`` (``D`` may be None)."""
+
+    input_size: int
+    blocks: list[Block]
+    C: sp.csr_matrix
+    c: np.ndarray
+    D: np.ndarray | None = None
+    model: nn.Module | None = field(default=None, repr=False)  # the float64 copy lowered
+
+
+def lower(classifier) -> Network:
+    """Lower a `Classifier` (a float64 copy in eval mode; the caller's is untouched)."""
+    model = copy.deepcopy(classifier).double().eval()
+    layer = model.layer
+    shape = tuple(model.input_shape)
+    ops: list = []
+    if model.encoder is not None:
+        shape = _lower_module(model.encoder, shape, ops)
+    elif len(layer.input_shape()) == 1:
+        shape = (int(np.prod(shape)),)
+    shape = _lower_implicit(layer, shape, ops)
+    blocks, pending = _blocks(ops, int(np.prod(model.input_shape)))
+    readout = model.readout.weight.detach().numpy()
+    features = _matrix(layer.features, shape)
+    C, c = _compose((sp.csr_matrix(readout), model.readout.bias.detach().numpy()), features)
+    if pending is not None:
+        C, c = _compose((C, c), pending)
+    D = None if model.direct is None else model.direct.weight.detach().numpy().copy()
+    return Network(int(np.prod(model.input_shape)), blocks, C, c, D, model)
+
+
+def _lower_module(module: nn.Module, shape: tuple, ops: list) -> tuple:
+    """Append ``module``'s operations to ``ops``; returns its output shape (one sample)."""
+    rule = rule_for(module)
+    kind = rule.verify_kind
+    if kind == "sequential":
+        for child in module:
+            shape = _lower_module(child, shape, ops)
+        return shape
+    if kind == "relu":
+        ops.append(("relu",))
+        return shape
+    if kind == "implicit":
+        return _lower_implicit(module, shape, ops)
+    if kind == "affine":
+        W, b = _matrix(lambda x: rule.evaluate(module, x), shape)
+        ops.append(("affine", W, b))
+        out = rule.evaluate(module, torch.zeros(1, *shape, dtype=torch.float64))
+        return tuple(out.shape[1:])
+    raise VerificationUnsupported(
+        f"verify cannot encode {type(module).__name__} exactly (its rule states no "
+        "verify_kind of 'affine', 'relu', 'sequential' or 'implicit')"
+    )
+
+
+def _lower_implicit(layer: ImplicitLayer, shape: tuple, ops: list) -> tuple:
+    if layer.activation.name != "relu":
+        raise VerificationUnsupported(
+            f"verify encodes ReLU implicit layers; {layer._name()} has activation "
+            f"{layer.activation.name!r}"
+        )
+    if layer.lipschitz_terms().norm != "inf":
+        raise VerificationUnsupported(
+            f"verify needs a sound box of the state (mu_inf(A) < 1 by construction: NEMON, IDL, "
+            f"explicit); {layer._name()} has none"
+        )
+    n = layer.num_features if not hasattr(layer, "state_shape") else int(np.prod(layer.state_shape()))
+    A = sp.csr_matrix(layer.weight().detach().numpy())
+    inj = _matrix(layer.injection, shape)
+    ops.append(("implicit", A, inj, layer))
+    state = layer.state_shape() if hasattr(layer, "state_shape") else (n,)
+    return tuple(state)
+
+
+def _blocks(ops: list, input_size: int) -> tuple[list[Block], tuple | None]:
+    """Fold the operations into blocks; returns them and the affine map left after the last."""
+    blocks: list[Block] = []
+    pending = None  # the affine map since the last block's output
+    for op in ops:
+        if op[0] == "affine":
+            pending = op[1:] if pending is None else _compose(op[1:], pending)
+        elif op[0] == "relu":
+            if pending is None:  # a ReLU of the previous output itself: ReLU(I a)
+                n = blocks[-1].size if blocks else input_size
+                pending = (sp.identity(n, format="csr"), np.zeros(n))
+            blocks.append(Block(pending[0].tocsr(), pending[1]))
+            pending = None
+        else:
+            _, A, inj, layer = op
+            prefix = pending
+            W, b = inj if pending is None else _compose(inj, pending)
+            blocks.append(Block(W.tocsr(), b, A, layer, prefix))
+            pending = None
+    return blocks, pending
+
+
+def _compose(outer: tuple, inner: tuple) -> tuple:
+    """``outer o inner`` for affine maps ``(W, b)``."""
+    W1, b1 = outer
+    W0, b0 = inner
+    return sp.csr_matrix(W1 @ W0), np.asarray(W1 @ b0).ravel() + b1
+
+
+def _matrix(f, shape: tuple) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(W, b)`` with ``f(x) = W x + b`` on flattened samples of ``shape``: ``b = f(0)`` and
+    the columns ``f(e_k) - f(0)`` (rounding is charged by the programs' row tolerances)."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        zero = torch.zeros(1, *shape, dtype=torch.float64)
+        base = f(zero).reshape(1, -1)
+        out = base.shape[1]
+        step = max(1, _CHUNK // max(out, 1))
+        columns = []
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            basis = torch.zeros(stop - start, n, dtype=torch.float64)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            cols = f(basis.reshape(-1, *shape)).reshape(stop - start, -1) - base
+            columns.append(sp.csr_matrix(cols.numpy()))
+    W = sp.vstack(columns).T.tocsr()
+    return W, base[0].numpy().copy()

@@ -1,0 +1,161 @@
+"""Branch and bound over ReLU phases, each node an LP relaxation solved by HiGHS.
+
+A node fixes some phases ``d_i`` to 0 or 1 (the rest relaxed to ``[0, 1]``). Its LP value orders
+the search (lowest first); what closes it is `safe_bound` recomputed from the LP's row
+multipliers, never the solver's own value. With every phase fixed the program is exact (the
+fixed point is unique), so the search is complete: each leaf is either closed, or its optimum is
+an input whose margin is at most the threshold.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .program import Program, safe_bound
+
+__all__ = ["LPSolver", "Outcome", "minimise", "highspy_or_error"]
+
+_GAP = 1e-9  # relaxation gaps below this are not worth a branch
+
+
+def highspy_or_error():
+    try:
+        import highspy
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise ImportError(
+            "nemon.verify needs HiGHS: pip install 'nemon[verify]' (highspy, scipy)"
+        ) from exc
+    return highspy
+
+
+class LPSolver:
+    """One HiGHS instance for a program: costs and phase bounds change between solves, and each
+    solve starts from the last basis (dual simplex)."""
+
+    def __init__(self, program: Program) -> None:
+        highspy = highspy_or_error()
+        self.program = program
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.h.setOptionValue("threads", 1)
+        lp = highspy.HighsLp()
+        csc = program.M.tocsc()
+        lp.num_col_, lp.num_row_ = program.size, program.M.shape[0]
+        lp.col_cost_ = np.zeros(program.size)
+        lp.col_lower_, lp.col_upper_ = program.col_lo, program.col_hi
+        lp.row_lower_ = np.where(np.isfinite(program.row_lo), program.row_lo, -highspy.kHighsInf)
+        lp.row_upper_ = np.where(np.isfinite(program.row_hi), program.row_hi, highspy.kHighsInf)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+        lp.a_matrix_.value_ = csc.data
+        self.h.passModel(lp)
+        self._all = np.arange(program.size, dtype=np.int32)
+        self._phases = program.phases.astype(np.int32)
+        self._optimal = highspy.HighsModelStatus.kOptimal
+        self._infeasible = highspy.HighsModelStatus.kInfeasible
+
+    def set_cost(self, cost: np.ndarray) -> None:
+        self.h.changeColsCost(len(self._all), self._all, cost)
+
+    def set_phases(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        if len(self._phases):
+            self.h.changeColsBounds(len(self._phases), self._phases, lo, hi)
+
+    def solve(self, deadline: float):
+        """``("optimal", value, primal, duals)``, ``("infeasible", ray)`` or ``("other",)``."""
+        self.h.setOptionValue("time_limit", max(0.01, deadline - time.monotonic()))
+        self.h.run()
+        status = self.h.getModelStatus()
+        if status == self._optimal:
+            sol = self.h.getSolution()
+            value = self.h.getInfo().objective_function_value
+            return "optimal", value, np.asarray(sol.col_value), np.asarray(sol.row_dual)
+        if status == self._infeasible:
+            _, has_ray, ray = self.h.getDualRay()
+            return ("infeasible", np.asarray(ray)) if has_ray else ("other",)
+        return ("other",)
+
+
+@dataclass
+class Outcome:
+    """``verdict``: "certified" (``lower`` > threshold, proven), "falsified" (``point``: the
+    input refuting it) or "unknown"; ``lower``: a proven lower bound of the minimum; ``nodes``."""
+
+    verdict: str
+    lower: float
+    point: np.ndarray | None = None
+    nodes: int = 0
+
+
+def minimise(
+    solver: LPSolver,
+    cost: np.ndarray,
+    const: float,
+    threshold: float,
+    deadline: float,
+    refutes,
+) -> Outcome:
+    """Prove ``min cost . v + const > threshold`` over the program, or find an input (checked by
+    ``refutes(point) -> bool``) that refutes it, before ``deadline`` (``time.monotonic``)."""
+    program = solver.program
+    solver.set_cost(cost)
+    n = len(program.phases)
+    order = itertools.count()
+    heap = [(-math.inf, next(order), np.full(n, -1, np.int8))]
+    closed_lower, nodes = math.inf, 0
+    while heap:
+        if time.monotonic() > deadline:
+            return Outcome("unknown", min(closed_lower, heap[0][0]), nodes=nodes)
+        priority, _, fixed = heapq.heappop(heap)
+        nodes += 1
+        lo, hi = np.where(fixed == 1, 1.0, 0.0), np.where(fixed == 0, 0.0, 1.0)
+        solver.set_phases(lo, hi)
+        col_lo, col_hi = program.col_lo.copy(), program.col_hi.copy()
+        col_lo[program.phases], col_hi[program.phases] = lo, hi
+        result = solver.solve(deadline)
+        if result[0] == "infeasible" and _empty(program, result[1], col_lo, col_hi):
+            continue
+        if result[0] != "optimal":
+            return Outcome("unknown", min(closed_lower, priority), nodes=nodes)
+        _, value, primal, duals = result
+        bound = safe_bound(program, cost, const, col_lo, col_hi, duals)
+        if bound > threshold:
+            closed_lower = min(closed_lower, bound)
+            continue
+        if value + const < 0 and refutes(primal[program.inputs]):
+            return Outcome("falsified", -math.inf, primal[program.inputs], nodes)
+        pick = _branching_phase(program, primal, fixed)
+        if pick is None:  # a leaf: exact, and not above the threshold
+            return Outcome("unknown", min(closed_lower, bound), nodes=nodes)
+        for phase in (0, 1):
+            child = fixed.copy()
+            child[pick] = phase
+            heapq.heappush(heap, (value + const, next(order), child))
+    return Outcome("certified", closed_lower, nodes=nodes)
+
+
+def _empty(program: Program, ray: np.ndarray, col_lo, col_hi) -> bool:
+    """Whether the Farkas ray proves the node's box empty (either sign of the ray)."""
+    zero = np.zeros(program.size)
+    return any(safe_bound(program, zero, 0.0, col_lo, col_hi, s * ray) > 0 for s in (1.0, -1.0))
+
+
+def _branching_phase(program: Program, primal: np.ndarray, fixed: np.ndarray) -> int | None:
+    """The free phase whose relaxation is most violated at the LP point (``a - ReLU(z)``);
+    among negligible violations the widest triangle; None when every phase is fixed."""
+    free = np.flatnonzero(fixed < 0)
+    if not len(free):
+        return None
+    a, z = primal[program.phase_a[free]], primal[program.phase_z[free]]
+    gap = a - np.maximum(z, 0.0)
+    if gap.max() > _GAP:
+        return int(free[np.argmax(gap)])
+    lo, hi = program.col_lo[program.phase_z[free]], program.col_hi[program.phase_z[free]]
+    return int(free[np.argmax(-lo * hi / np.maximum(hi - lo, 1e-300))])

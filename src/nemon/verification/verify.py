@@ -1,0 +1,369 @@
+"""`verify`: every input certified robust, refuted by a counterexample, or (out of time) unknown.
+
+A cascade, each stage on what the previous left open (docs/maths.md#verification):
+
+1. ``linear`` certificates (interval, then linear bounds through the encoder): batched, cheap;
+2. the centre itself, then PGD: a candidate refutes only if it lies in the ball and the clip box
+   and both the exact equilibrium (a tight float64 solve with its error bound charged) and the
+   model as given (its dtype, its eval-mode solver) misclassify it;
+3. branch and bound over ReLU phases with LP relaxations (`nemon.verification.search`), each
+   closing bound recomputed rigorously from the LP's multipliers.
+
+A certified verdict holds for the exact equilibrium of the model's weights and, the running
+charge subtracted as `nemon.certify` does, for the model as it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..attacks import _project, pgd
+from ..certificates import (
+    _check_clip,
+    _check_eval_mode,
+    _check_labels,
+    _check_model,
+    _pair_readout_norms,
+    _running_charge,
+    _tight,
+    certificate_obstacle,
+    check_modules,
+    default_certificate,
+    full_float32,
+    margin_bounds,
+)
+from ..solvers import ConvergenceWarning
+from ..validation import check_number
+from .bounds import network_bounds, tighten
+from .network import Network, lower
+from .program import build_program, safe_bound
+from .search import LPSolver, minimise
+
+__all__ = ["verify", "VerificationResult"]
+
+
+@dataclass
+class VerificationResult:
+    """What `verify` decided, one entry per input.
+
+    Attributes:
+        certified: robust on the whole ball (exact equilibrium and model as it runs).
+        falsified: ``counterexamples[i]`` lies in the ball and the clip box and both the exact
+            equilibrium and the model as given misclassify it.
+        counterexamples: inputs shaped like ``x`` (the input itself where not falsified).
+        lower: a proven lower bound of the smallest margin ``y_label - y_j`` over the ball (the
+            running charge subtracted; ``-inf`` where none was proven).
+        upper: an upper bound of the exact equilibrium's smallest margin at some point of the
+            ball (the best point found; negative where falsified).
+        seconds: time spent on each input.
+        stage: what decided each input: ``"linear"``, ``"centre"``, ``"attack"``, ``"search"``,
+            or ``""`` (unknown).
+        nodes: branch-and-bound nodes per input.
+    """
+
+    certified: Tensor
+    falsified: Tensor
+    counterexamples: Tensor
+    lower: Tensor
+    upper: Tensor
+    seconds: Tensor
+    stage: list[str] = field(default_factory=list)
+    nodes: Tensor | None = None
+
+    @property
+    def unknown(self) -> Tensor:
+        return ~(self.certified | self.falsified)
+
+    def summary(self) -> str:
+        n = len(self.certified)
+        c, f = int(self.certified.sum()), int(self.falsified.sum())
+        acc = c / n if n else math.nan
+        return (
+            f"certified {c} / refuted {f} / unknown {n - c - f} of {n}: verified robust "
+            f"accuracy {acc:.4f} (not refuted {(n - f) / max(n, 1):.4f})"
+        )
+
+
+def verify(
+    model,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    time_limit: float = 60.0,
+    attack_steps: int = 50,
+    attack_restarts: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+    on_verdict=None,
+) -> VerificationResult:
+    """Decide for each input whether the model is robust on the l_inf ball of radius ``eps``.
+
+    Args:
+        model: a `Classifier` or `Ensemble` (one shared input) of NEMON, IDL or explicit
+            layers with ReLU, encoders of affine modules and ReLUs, implicit layers inside them.
+            MON (no sound state box) and other activations are refused by name.
+        x, y: inputs ``(batch, *input_shape)`` in the model's dtype and their labels.
+        eps: the radius.
+        clip: the data range ``(lo, hi)`` the ball is intersected with (None: no range).
+        time_limit: seconds of branch and bound per input before it is left unknown.
+        attack_steps, attack_restarts: PGD's budget before the search.
+        seed: PGD's seed.
+        progress: a tqdm bar over the inputs the search decides.
+        on_verdict: called as ``on_verdict(i, result, index)`` when input ``i`` is decided
+            (``result`` holds every input's fields; entry ``i`` is final).
+
+    Returns:
+        A `VerificationResult`.
+    """
+    from .search import highspy_or_error
+
+    highspy_or_error()
+    _check_model(model)
+    check_number("verify eps", eps, low=0.0)
+    eps = float(eps)
+    check_number("verify time_limit", time_limit, low=0.0)
+    clip = _check_clip(x, clip)
+    y = _check_labels(model, x, y).to(x.device)
+    _check_eval_mode(model)
+    check_modules(model)
+    model = copy.deepcopy(model).eval()
+    nets = [lower(c) for c in model.classifiers()]  # refuses what it cannot encode, by name
+    state = _State(model, nets, x, y, eps, clip, on_verdict)
+    state.run_certificates()
+    state.run_refutation(attack_steps, attack_restarts, seed)
+    state.run_search(time_limit, progress)
+    return state.result
+
+
+class _State:
+    """The result being filled in, stage by stage."""
+
+    def __init__(self, model, nets: list[Network], x, y, eps, clip, on_verdict) -> None:
+        self.model, self.nets, self.x, self.y = model, nets, x, y
+        self.eps, self.clip, self.on_verdict = eps, clip, on_verdict
+        n = len(x)
+        self.result = VerificationResult(
+            certified=torch.zeros(n, dtype=torch.bool),
+            falsified=torch.zeros(n, dtype=torch.bool),
+            counterexamples=x.detach().clone().cpu(),
+            lower=torch.full((n,), -math.inf, dtype=torch.float64),
+            upper=torch.full((n,), math.inf, dtype=torch.float64),
+            seconds=torch.zeros(n, dtype=torch.float64),
+            stage=[""] * n,
+            nodes=torch.zeros(n, dtype=torch.long),
+        )
+        if certificate_obstacle(model) is None:
+            charges = [_running_charge(c, y.cpu()).double() for c in model.classifiers()]
+            self.charges = torch.stack(charges).mean(0)
+        else:  # nothing can be certified; refutations still can be found
+            self.charges = torch.full((n, model.num_classes), math.inf, dtype=torch.float64)
+        self.pair_bounds = None
+
+    def open(self) -> Tensor:
+        r = self.result
+        return ~(r.certified | r.falsified)
+
+    def _decide(self, i: int, stage: str) -> None:
+        self.result.stage[i] = stage
+        if self.on_verdict is not None:
+            self.on_verdict(i, self.result)
+
+    def _timed(self, rows: Tensor, start: float) -> None:
+        if len(rows):
+            self.result.seconds[rows] += (time.monotonic() - start) / len(rows)
+
+    # -- 1. certificates ---------------------------------------------------------------------
+    def run_certificates(self) -> None:
+        start = time.monotonic()
+        method = default_certificate(self.model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # verify reports its own verdicts
+            correct, bounds = margin_bounds(self.model, self.x, self.y, self.eps, method, self.clip)
+        bounds = bounds.double().cpu()
+        self.pair_bounds = bounds
+        lower = bounds.scatter(1, self.y.cpu()[:, None], math.inf).amin(1)
+        r = self.result
+        r.lower = torch.where(correct.cpu(), lower, torch.full_like(lower, -math.inf))
+        r.certified = correct.cpu() & (lower > 0)
+        self._timed(torch.arange(len(self.x)), start)
+        for i in r.certified.nonzero().flatten().tolist():
+            self._decide(i, "linear")
+
+    # -- 2. the centre and PGD ---------------------------------------------------------------
+    def run_refutation(self, steps: int, restarts: int, seed: int) -> None:
+        start = time.monotonic()
+        rows = self.open().nonzero().flatten()
+        if not len(rows):
+            return
+        self._try(rows, self.x[rows], "centre")
+        rows_left = self.open().nonzero().flatten()
+        self._timed(rows, start)
+        if not len(rows_left) or self.eps == 0:
+            return
+        start = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            adv = pgd(
+                self.model, self.x[rows_left], self.y[rows_left], self.eps, box=self.clip,
+                steps=steps, restarts=restarts, seed=seed,
+            )
+        self._try(rows_left, adv, "attack")
+        self._timed(rows_left, start)
+
+    def _try(self, rows: Tensor, points: Tensor, stage: str) -> None:
+        refuted, upper = refutes(self.model, points, self.y[rows])
+        r = self.result
+        r.upper[rows] = torch.minimum(r.upper[rows], upper.cpu())
+        for k in refuted.nonzero().flatten().tolist():
+            i = int(rows[k])
+            r.falsified[i] = True
+            r.counterexamples[i] = points[k].detach().cpu()
+            self._decide(i, stage)
+
+    # -- 3. branch and bound -----------------------------------------------------------------
+    def run_search(self, time_limit: float, progress: bool) -> None:
+        rows = self.open().nonzero().flatten().tolist()
+        if not rows or time_limit <= 0:
+            return
+        from tqdm.auto import tqdm
+
+        for i in tqdm(rows, desc="verify", unit="input", disable=not progress):
+            start = time.monotonic()
+            self._search(i, start + time_limit)
+            self.result.seconds[i] += time.monotonic() - start
+            if not bool(self.open()[i]):
+                self._decide(i, "search")
+
+    def _search(self, i: int, deadline: float) -> None:
+        label = int(self.y[i])
+        lo, hi = ball_box(self.x[i], self.eps, self.clip)
+        bounds = [network_bounds(net, lo, hi) for net in self.nets]
+        program = build_program(self.nets, bounds, lo, hi)
+        solver = LPSolver(program)
+        program, solver = _tighten_implicit(self.nets, bounds, program, solver, lo, hi, deadline)
+        r = self.result
+        pair = self.pair_bounds[i]
+        lowers = {j: float(pair[j]) for j in range(len(pair)) if j != label}
+        certified = True
+        for j in sorted(lowers, key=lowers.get):
+            if lowers[j] > 0:  # proven by the certificates
+                continue
+            cost, const = _margin_objective(self.nets, program, label, j)
+            threshold = float(self.charges[i, j])
+            out = minimise(solver, cost, const, threshold, deadline, partial(self._refutes_point, i))
+            r.nodes[i] += out.nodes
+            if out.verdict == "falsified":
+                return
+            lowers[j] = max(lowers[j], out.lower - threshold)
+            certified &= out.verdict == "certified"
+        r.lower[i] = min(lowers.values(), default=math.inf)
+        r.certified[i] = certified and r.lower[i] > 0
+
+    def _refutes_point(self, i: int, point: np.ndarray) -> bool:
+        x_i = self.x[i : i + 1]
+        candidate = torch.from_numpy(point).to(torch.float64).reshape(x_i.shape)
+        candidate = _project(x_i, candidate.to(x_i.dtype), self.eps, self.clip)
+        before = bool(self.result.falsified[i])
+        self._try(torch.tensor([i]), candidate, "search")
+        if not before and bool(self.result.falsified[i]):
+            self.result.stage[i] = "search"
+            return True
+        return False
+
+
+def ball_box(x: Tensor, eps: float, clip) -> tuple[np.ndarray, np.ndarray]:
+    """The ball of radius ``eps`` around ``x`` intersected with ``clip``, flattened, each end
+    rounded outwards in float64 (so it contains the exact ball)."""
+    centre = x.detach().double().cpu().reshape(-1).numpy()
+    lo = np.nextafter(centre - eps, -np.inf)
+    hi = np.nextafter(centre + eps, np.inf)
+    if clip is not None:
+        lo, hi = np.maximum(lo, clip[0]), np.minimum(hi, clip[1])
+    return lo, hi
+
+
+def _margin_objective(nets, program, label: int, j: int) -> tuple[np.ndarray, float]:
+    """``y_label - y_j`` (the mean over members) as a cost on the program's columns."""
+    cost, const = np.zeros(program.size), 0.0
+    for net, cols in zip(nets, program.outputs):
+        row = (net.C[label] - net.C[j]).toarray().ravel() / len(nets)
+        np.add.at(cost, cols, row)
+        const += (net.c[label] - net.c[j]) / len(nets)
+        if net.D is not None:
+            np.add.at(cost, program.inputs, (net.D[label] - net.D[j]) / len(nets))
+    return cost, const
+
+
+def _tighten_implicit(nets, bounds, program, solver, lo, hi, deadline):
+    """Tighten every implicit block's unstable pre-activations by two LPs each (min and max,
+    every bound recomputed by `safe_bound`), then rebuild the program on the new boxes."""
+    targets = []
+    for m, (net, net_bounds) in enumerate(zip(nets, bounds)):
+        for k, (block, bb) in enumerate(zip(net.blocks, net_bounds)):
+            if block.A is not None:
+                un = bb.unstable
+                targets.append((m, k, un))
+    if not any(len(t[2]) for t in targets):
+        return program, solver
+    where = {w: t for t, w in enumerate(program.phase_block)}
+    for m, k, un in targets:
+        bb = bounds[m][k]
+        new_lo, new_hi = bb.pre.lo.copy(), bb.pre.hi.copy()
+        for i in un:
+            col = program.phase_z[where[(m, k, int(i))]]
+            for sign in (1.0, -1.0):
+                if time.monotonic() > deadline:
+                    break
+                cost = np.zeros(program.size)
+                cost[col] = sign
+                solver.set_cost(cost)
+                result = solver.solve(deadline)
+                if result[0] != "optimal":
+                    continue
+                bound = safe_bound(program, cost, 0.0, program.col_lo, program.col_hi, result[3])
+                if sign > 0:
+                    new_lo[i] = max(new_lo[i], bound)
+                else:
+                    new_hi[i] = min(new_hi[i], -bound)
+        tighten(bb, new_lo, new_hi)
+    program = build_program(nets, bounds, lo, hi)
+    return program, LPSolver(program)
+
+
+@torch.no_grad()
+def refutes(model, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per point: whether it is misclassified both by the model as given (its dtype and eval-mode
+    solver) and, provably, by the exact equilibrium (a float64 solve to 1e-10 with its error
+    bound charged); and an upper bound of the exact equilibrium's smallest margin there."""
+    with warnings.catch_warnings(), full_float32():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dtype = next(model.parameters()).dtype
+        own_wrong = model(points.to(dtype)).argmax(1) != labels
+    exact = copy.deepcopy(model).double()
+    u = points.double()
+    upper = 0.0
+    members = exact.classifiers()
+    with _tight(exact, "auto", u), full_float32(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in members:
+            solution = c.solve(u)
+            logits, err = solution.logits, solution.error_bound
+            if err is None:
+                err = torch.full((len(u),), math.inf, dtype=torch.float64)
+            C, _ = c.readout_weights()
+            pair = _pair_readout_norms(c.lipschitz_terms(), C)[labels]  # (batch, q)
+            diff = logits.gather(1, labels[:, None]) - logits
+            upper = upper + (diff + pair * err[:, None]) / len(members)
+    upper = upper.scatter(1, labels[:, None], math.inf).amin(1)
+    return own_wrong & (upper < 0), upper
