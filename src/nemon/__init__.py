@@ -23,6 +23,17 @@ from .training import TrainingDiverged, evaluate, fit
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`verify` and `VerificationResult` load on first use: they need the ``verify`` extra
+    (HiGHS and SciPy), which the rest of the library does not."""
+    if name in ("verify", "VerificationResult"):
+        from . import verification
+
+        return getattr(verification, name)
+    raise AttributeError(f"module 'nemon' has no attribute {name!r}")
+
+
 __all__ = [
     # layers and models
     "NEMONDense",
@@ -47,6 +58,8 @@ __all__ = [
     "margin_bounds",
     "certificate_obstacle",
     "CertificateWarning",
+    "verify",
+    "VerificationResult",
     "pgd",
     "accuracy_under_attack",
     # shipped models and export

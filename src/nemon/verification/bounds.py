@@ -99,11 +99,14 @@ def _implicit_bounds(net: Network, bounds, k: int, lo, hi) -> tuple[Box, Box]:
         lin_lo, lin_hi = _linear(net, bounds, k, block.W, block.b, lo, hi)
         injection = Box(np.maximum(injection.lo, lin_lo), np.minimum(injection.hi, lin_hi))
     state = _state_box(block, before, injection)
-    pre = _interval(sp.hstack([block.A, sp.identity(block.size)]).tocsr(), np.zeros(block.size),
-                    Box(np.concatenate([state.lo, injection.lo]),
-                        np.concatenate([state.hi, injection.hi])))
-    out = Box(np.maximum(state.lo, np.maximum(pre.lo, 0.0)),
-              np.minimum(state.hi, np.maximum(pre.hi, 0.0)))
+    pre = _interval(
+        sp.hstack([block.A, sp.identity(block.size)]).tocsr(),
+        np.zeros(block.size),
+        Box(np.concatenate([state.lo, injection.lo]), np.concatenate([state.hi, injection.hi])),
+    )
+    out = Box(
+        np.maximum(state.lo, np.maximum(pre.lo, 0.0)), np.minimum(state.hi, np.maximum(pre.hi, 0.0))
+    )
     return pre, out
 
 
@@ -119,7 +122,9 @@ def _state_box(block: Block, before: Box, injection: Box) -> Box:
     state_shape = layer.state_shape() if hasattr(layer, "state_shape") else (block.size,)
     with torch.no_grad():
         x_lo, x_hi = implicit_box(
-            layer, as_tensor(v.lo, shape), as_tensor(v.hi, shape),
+            layer,
+            as_tensor(v.lo, shape),
+            as_tensor(v.hi, shape),
             (as_tensor(injection.lo, state_shape), as_tensor(injection.hi, state_shape)),
         )
     x_lo, x_hi = x_lo.reshape(-1).numpy(), x_hi.reshape(-1).numpy()

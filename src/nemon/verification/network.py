@@ -118,7 +118,11 @@ def _lower_implicit(layer: ImplicitLayer, shape: tuple, ops: list) -> tuple:
             f"verify needs a sound box of the state (mu_inf(A) < 1 by construction: NEMON, IDL, "
             f"explicit); {layer._name()} has none"
         )
-    n = layer.num_features if not hasattr(layer, "state_shape") else int(np.prod(layer.state_shape()))
+    n = (
+        layer.num_features
+        if not hasattr(layer, "state_shape")
+        else int(np.prod(layer.state_shape()))
+    )
     A = sp.csr_matrix(layer.weight().detach().numpy())
     inj = _matrix(layer.injection, shape)
     ops.append(("implicit", A, inj, layer))

@@ -85,11 +85,11 @@ def build_program(nets: list[Network], bounds: list[list[BlockBounds]], lo, hi) 
             W = block.W.tocsr()
             A = None if block.A is None else block.A.tocsr()
             for i in np.flatnonzero(~inactive):
-                cols = [np.array([target[i]]), prev[W.indices[W.indptr[i]:W.indptr[i + 1]]]]
-                vals = [np.array([1.0]), -W.data[W.indptr[i]:W.indptr[i + 1]]]
+                cols = [np.array([target[i]]), prev[W.indices[W.indptr[i] : W.indptr[i + 1]]]]
+                vals = [np.array([1.0]), -W.data[W.indptr[i] : W.indptr[i + 1]]]
                 if A is not None:
-                    cols.append(a[A.indices[A.indptr[i]:A.indptr[i + 1]]])
-                    vals.append(-A.data[A.indptr[i]:A.indptr[i + 1]])
+                    cols.append(a[A.indices[A.indptr[i] : A.indptr[i + 1]]])
+                    vals.append(-A.data[A.indptr[i] : A.indptr[i + 1]])
                 rows.append((np.concatenate(cols), np.concatenate(vals)))
                 row_lo.append(block.b[i])
                 row_hi.append(block.b[i])
@@ -111,8 +111,17 @@ def build_program(nets: list[Network], bounds: list[list[BlockBounds]], lo, hi) 
     tau = _row_tolerance(M, row_lo, row_hi, col_lo, col_hi)
     cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
     return Program(
-        M, row_lo - tau, row_hi + tau, col_lo, col_hi, inputs,
-        cat(phases), cat(phase_z), cat(phase_a), where, outputs,
+        M,
+        row_lo - tau,
+        row_hi + tau,
+        col_lo,
+        col_hi,
+        inputs,
+        cat(phases),
+        cat(phase_z),
+        cat(phase_a),
+        where,
+        outputs,
     )
 
 

@@ -69,18 +69,25 @@ class LPSolver:
             self.h.changeColsBounds(len(self._phases), self._phases, lo, hi)
 
     def solve(self, deadline: float):
-        """``("optimal", value, primal, duals)``, ``("infeasible", ray)`` or ``("other",)``."""
-        self.h.setOptionValue("time_limit", max(0.01, deadline - time.monotonic()))
-        self.h.run()
-        status = self.h.getModelStatus()
-        if status == self._optimal:
-            sol = self.h.getSolution()
-            value = self.h.getInfo().objective_function_value
-            return "optimal", value, np.asarray(sol.col_value), np.asarray(sol.row_dual)
-        if status == self._infeasible:
-            _, has_ray, ray = self.h.getDualRay()
-            return ("infeasible", np.asarray(ray)) if has_ray else ("other",)
-        return ("other",)
+        """``("optimal", value, primal, duals)``, ``("infeasible", ray)``, or ``("other",
+        duals)`` (``duals``: None when HiGHS has none). A solve that ends in another status
+        (numerical trouble) is repeated once from scratch."""
+        for attempt in range(2):
+            self.h.setOptionValue("time_limit", max(0.01, deadline - time.monotonic()))
+            self.h.run()
+            status = self.h.getModelStatus()
+            if status == self._optimal:
+                sol = self.h.getSolution()
+                value = self.h.getInfo().objective_function_value
+                return "optimal", value, np.asarray(sol.col_value), np.asarray(sol.row_dual)
+            if status == self._infeasible:
+                _, has_ray, ray = self.h.getDualRay()
+                if has_ray:
+                    return "infeasible", np.asarray(ray)
+            if attempt == 0:
+                self.h.clearSolver()
+        sol = self.h.getSolution()
+        return "other", np.asarray(sol.row_dual) if sol.dual_valid else None
 
 
 @dataclass
@@ -120,24 +127,30 @@ def minimise(
         col_lo, col_hi = program.col_lo.copy(), program.col_hi.copy()
         col_lo[program.phases], col_hi[program.phases] = lo, hi
         result = solver.solve(deadline)
-        if result[0] == "infeasible" and _empty(program, result[1], col_lo, col_hi):
-            continue
-        if result[0] != "optimal":
-            return Outcome("unknown", min(closed_lower, priority), nodes=nodes)
-        _, value, primal, duals = result
-        bound = safe_bound(program, cost, const, col_lo, col_hi, duals)
+        if result[0] == "infeasible":
+            if _empty(program, result[1], col_lo, col_hi):
+                continue
+            result = ("other", None)
+        if result[0] == "optimal":
+            _, value, primal, duals = result
+            priority = value + const
+        else:  # no optimum: whatever multipliers there are, and branch on the widest phase
+            value, primal, duals = math.inf, None, result[1]
+        bound = (
+            -math.inf if duals is None else safe_bound(program, cost, const, col_lo, col_hi, duals)
+        )
         if bound > threshold:
             closed_lower = min(closed_lower, bound)
             continue
         if value + const < 0 and refutes(primal[program.inputs]):
             return Outcome("falsified", -math.inf, primal[program.inputs], nodes)
         pick = _branching_phase(program, primal, fixed)
-        if pick is None:  # a leaf: exact, and not above the threshold
+        if pick is None:  # a leaf: exact, and not above the threshold (or not solved)
             return Outcome("unknown", min(closed_lower, bound), nodes=nodes)
         for phase in (0, 1):
             child = fixed.copy()
             child[pick] = phase
-            heapq.heappush(heap, (value + const, next(order), child))
+            heapq.heappush(heap, (priority, next(order), child))
     return Outcome("certified", closed_lower, nodes=nodes)
 
 
@@ -153,9 +166,10 @@ def _branching_phase(program: Program, primal: np.ndarray, fixed: np.ndarray) ->
     free = np.flatnonzero(fixed < 0)
     if not len(free):
         return None
-    a, z = primal[program.phase_a[free]], primal[program.phase_z[free]]
-    gap = a - np.maximum(z, 0.0)
-    if gap.max() > _GAP:
-        return int(free[np.argmax(gap)])
+    if primal is not None:
+        a, z = primal[program.phase_a[free]], primal[program.phase_z[free]]
+        gap = a - np.maximum(z, 0.0)
+        if gap.max() > _GAP:
+            return int(free[np.argmax(gap)])
     lo, hi = program.col_lo[program.phase_z[free]], program.col_hi[program.phase_z[free]]
     return int(free[np.argmax(-lo * hi / np.maximum(hi - lo, 1e-300))])

@@ -164,7 +164,7 @@ class _State:
             nodes=torch.zeros(n, dtype=torch.long),
         )
         if certificate_obstacle(model) is None:
-            charges = [_running_charge(c, y.cpu()).double() for c in model.classifiers()]
+            charges = [_running_charge(c, y.cpu()).detach().double() for c in model.classifiers()]
             self.charges = torch.stack(charges).mean(0)
         else:  # nothing can be certified; refutations still can be found
             self.charges = torch.full((n, model.num_classes), math.inf, dtype=torch.float64)
@@ -215,8 +215,14 @@ class _State:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             adv = pgd(
-                self.model, self.x[rows_left], self.y[rows_left], self.eps, box=self.clip,
-                steps=steps, restarts=restarts, seed=seed,
+                self.model,
+                self.x[rows_left],
+                self.y[rows_left],
+                self.eps,
+                box=self.clip,
+                steps=steps,
+                restarts=restarts,
+                seed=seed,
             )
         self._try(rows_left, adv, "attack")
         self._timed(rows_left, start)
@@ -261,7 +267,9 @@ class _State:
                 continue
             cost, const = _margin_objective(self.nets, program, label, j)
             threshold = float(self.charges[i, j])
-            out = minimise(solver, cost, const, threshold, deadline, partial(self._refutes_point, i))
+            out = minimise(
+                solver, cost, const, threshold, deadline, partial(self._refutes_point, i)
+            )
             r.nodes[i] += out.nodes
             if out.verdict == "falsified":
                 return

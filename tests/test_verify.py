@@ -1,0 +1,361 @@
+"""Complete verification (`nemon.verify`): against exhaustive enumeration of activation patterns
+on tiny implicit networks, never certifying what a point breaks, never weaker than `linear`,
+refutations that hold for both the exact equilibrium and the model as given, and the rigorous
+dual bound against exact rational arithmetic."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import warnings
+from dataclasses import replace
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+from torch import nn
+
+import nemon
+from nemon.explicit import Normalize, implicit_box
+from nemon.verification import VerificationUnsupported, verify
+from nemon.verification.bounds import network_bounds
+from nemon.verification.network import lower
+from nemon.verification.program import Program, safe_bound
+from nemon.verification.verify import ball_box, refutes
+
+DT = torch.float64
+TIGHT = dict(tol=1e-13, max_iter=5000, error_tol=1e-11)
+
+
+def tiny(seed: int, encoder: bool, inputs=2, hidden=3, width=3, gamma=0.6, solver=TIGHT):
+    """A float64 NEMON classifier small enough to enumerate: ``width`` encoder ReLUs (or none)
+    and ``hidden`` implicit states, 3 classes; solves tight, so the running charge is ~1e-10."""
+    torch.manual_seed(seed)
+    enc = nn.Sequential(nn.Linear(inputs, width), nn.ReLU()) if encoder else None
+    features = width if encoder else inputs
+    layer = nemon.NEMONDense(features, hidden, gamma=gamma, **solver)
+    model = nemon.Classifier(layer, 3, encoder=enc, input_shape=(inputs,)).double().eval()
+    with torch.no_grad():
+        model.layer.B.weight.mul_(3.0)
+        model.readout.weight.mul_(3.0)
+        # classes balanced over [0, 1]^inputs: decision boundaries cross the data
+        logits = model(
+            torch.rand(256, inputs, generator=torch.Generator().manual_seed(seed)).double()
+        )
+        model.readout.bias.sub_(logits.mean(0))
+    return model
+
+
+def exact_min_margins(model, u: np.ndarray, label: int, eps: float, clip=(0.0, 1.0)):
+    """``min over the ball of y_label - y_j`` for every ``j``, by enumerating every activation
+    pattern of the encoder and the implicit layer: on each pattern's region (a polyhedron in
+    ``u``) the network is affine, so one LP per pattern and class gives the exact minimum."""
+    with torch.no_grad():
+        A = model.layer.weight().numpy()
+        B, b = model.layer.B.weight.numpy(), model.layer.B.bias.numpy()
+        C, c = model.readout.weight.numpy(), model.readout.bias.numpy()
+        if model.encoder is not None:
+            W1, b1 = model.encoder[0].weight.numpy(), model.encoder[0].bias.numpy()
+        else:
+            W1, b1 = np.eye(len(u)), np.zeros(len(u))
+    h, n = len(b1), len(b)
+    enc_patterns = itertools.product([0, 1], repeat=h) if model.encoder is not None else [(1,) * h]
+    lo, hi = np.maximum(u - eps, clip[0]), np.minimum(u + eps, clip[1])
+    best = np.full(C.shape[0], np.inf)
+    for p1 in enc_patterns:
+        P1 = np.diag(p1)
+        # a1 = P1 (W1 u + b1) = G u + g
+        G, g = P1 @ W1, P1 @ b1
+        rows, rhs = [], []
+        if model.encoder is not None:
+            for i in range(h):  # sign of the encoder pre-activation
+                s = 1.0 if p1[i] else -1.0
+                rows.append(-s * W1[i]), rhs.append(s * b1[i])
+        for p2 in itertools.product([0, 1], repeat=n):
+            P2 = np.diag(p2)
+            # x = P2 (A x + B a1 + b)  =>  x = (I - P2 A)^-1 P2 (B G u + B g + b)
+            M = np.linalg.solve(np.eye(n) - P2 @ A, P2)
+            X, x0 = M @ B @ G, M @ (B @ g + b)
+            Z, z0 = A @ X + B @ G, A @ x0 + B @ g + b  # pre-activation
+            r2, s2 = list(rows), list(rhs)
+            for i in range(n):
+                s = 1.0 if p2[i] else -1.0
+                r2.append(-s * Z[i]), s2.append(s * z0[i])
+            for j in range(C.shape[0]):
+                if j == label:
+                    continue
+                cost = (C[label] - C[j]) @ X
+                const = (C[label] - C[j]) @ x0 + c[label] - c[j]
+                res = linprog(
+                    cost,
+                    A_ub=np.array(r2),
+                    b_ub=np.array(s2),
+                    bounds=list(zip(lo, hi)),
+                    method="highs",
+                )
+                if res.status == 0:
+                    best[j] = min(best[j], res.fun + const)
+    best[label] = np.inf
+    return best
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_verdicts_match_exhaustive_enumeration(encoder):
+    """Every verdict agrees with the exact minimum margin of enumeration (and nothing is left
+    unknown on these sizes)."""
+    g = torch.Generator().manual_seed(1)
+    checked = {"certified": 0, "falsified": 0}
+    for seed in range(4):
+        model = tiny(seed, encoder)
+        x = torch.rand(6, 2, generator=g, dtype=DT) * 0.6 + 0.2
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        y[0] = (y[0] + 1) % 3  # one misclassified centre
+        eps = 0.12
+        result = verify(model, x, y, eps, time_limit=30, attack_steps=5, attack_restarts=1)
+        assert not bool(result.unknown.any())
+        for i in range(len(x)):
+            exact = exact_min_margins(model, x[i].numpy(), int(y[i]), eps)
+            assert result.lower[i] <= exact.min() + 1e-9 <= result.upper[i] + 2e-9
+            if result.certified[i]:
+                assert exact.min() > 0
+                checked["certified"] += 1
+            else:
+                assert exact.min() < 1e-8
+                checked["falsified"] += 1
+    assert min(checked.values()) >= 3  # both verdicts were exercised
+
+
+def test_never_weaker_than_linear_and_counterexamples_refute():
+    model = tiny(7, encoder=True, inputs=4, hidden=5, width=6)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(12, 4, generator=g, dtype=DT)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for eps in (0.05, 0.2):
+        linear = nemon.certify(model, x, y, eps, method="linear")
+        result = verify(model, x, y, eps, time_limit=30)
+        assert bool((result.certified | ~linear).all())
+        assert not bool((result.certified & result.falsified).any())
+        rows = result.falsified.nonzero().flatten()
+        cx = result.counterexamples[rows]
+        assert bool(((cx - x[rows]).abs() <= eps).all()) and bool(((cx >= 0) & (cx <= 1)).all())
+        wrong, upper = refutes(model, cx, y[rows])
+        assert bool(wrong.all()) and bool((upper < 0).all())
+        with torch.no_grad():
+            assert bool((model(cx).argmax(1) != y[rows]).all())
+        # sampled points never break a certified input
+        cert = result.certified.nonzero().flatten()
+        for _ in range(50):
+            noise = (torch.rand(len(cert), 4, generator=g, dtype=DT) * 2 - 1) * eps
+            pts = (x[cert] + noise).clamp(0, 1)
+            with torch.no_grad():
+                assert bool((model(pts).argmax(1) == y[cert]).all())
+
+
+def test_float32_model_as_given_is_checked():
+    """A float32 model: its counterexamples are float32 inputs in the ball, misclassified by the
+    float32 model and the exact equilibrium alike."""
+    solver = dict(tol=1e-6, max_iter=500, error_tol=1e-4)
+    model = tiny(7, encoder=True, inputs=4, hidden=5, width=6, solver=solver).float()
+    x = torch.rand(12, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = verify(model, x, y, 0.2, time_limit=30)
+    assert result.counterexamples.dtype == torch.float32
+    rows = result.falsified.nonzero().flatten()
+    assert len(rows) and len(result.certified.nonzero())
+    cx = result.counterexamples[rows]
+    assert bool(((cx.double() - x[rows].double()).abs() <= 0.2).all())
+    with torch.no_grad():
+        assert bool((model(cx).argmax(1) != y[rows]).all())
+
+
+def fixed_point(block, injection: np.ndarray) -> np.ndarray:
+    """``x = ReLU(A x + injection)`` by a damped iteration (mu_inf(A) < 1 makes it converge for
+    a small enough step; plain iteration need not)."""
+    x = np.zeros(block.size)
+    for _ in range(20000):
+        x = 0.8 * x + 0.2 * np.maximum(block.A @ x + injection, 0.0)
+    return x
+
+
+def lowered_logits(net, u: np.ndarray) -> np.ndarray:
+    """The lowered network evaluated directly (implicit blocks by fixed-point iteration)."""
+    a = u
+    for block in net.blocks:
+        if block.A is None:
+            a = np.maximum(block.W @ a + block.b, 0.0)
+        else:
+            a = fixed_point(block, block.W @ a + block.b)
+    out = net.C @ a + net.c
+    return out if net.D is None else out + net.D @ u
+
+
+def conv_model(name: str):
+    """Small models of every kind the lowering reads."""
+    torch.manual_seed(0)
+    if name == "mixed":
+        enc = nn.Sequential(
+            Normalize([0.5], [0.25]),
+            nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+            nn.BatchNorm2d(2),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            enc[2].running_mean.uniform_(-0.2, 0.2)
+        layer = nemon.IDLDense(18, 5, gamma=0.7)
+        return nemon.Classifier(layer, 3, encoder=enc, input_shape=(1, 6, 6), direct=True)
+    family = "explicit" if name == "explicit" else "nemon"
+    arch = {"stacked": "conv-stacked", "explicit": "dense"}.get(name, name)
+    return nemon.build_model(family, arch, input_shape=(1, 8, 8), hidden=4, gamma=0.5)
+
+
+@pytest.mark.parametrize("name", ["conv-small", "stacked", "conv", "mixed", "explicit"])
+def test_lowering_reproduces_the_model(name):
+    model = conv_model(name).double().eval()
+    for layer in model.modules():
+        if isinstance(layer, nemon.ImplicitLayer):
+            layer.solver_options = layer.solver_options.__class__(
+                **{**layer.solver_options.__dict__, "tol": 1e-13, "max_iter": 5000}
+            )
+    net = lower(model)
+    u = torch.rand(3, *model.input_shape, dtype=DT)
+    with torch.no_grad():
+        want = model(u).numpy()
+    for k in range(3):
+        got = lowered_logits(net, u[k].reshape(-1).numpy())
+        np.testing.assert_allclose(got, want[k], atol=1e-8)
+
+
+def test_boxes_contain_the_network_at_sampled_points():
+    """Every block's box holds the values at points of the ball, with the implicit layer's
+    solve left loose (so its error bound must widen the box); the truth from a tight copy."""
+    tight = tiny(3, encoder=True, inputs=4, hidden=6, width=5, gamma=0.9)
+    model = copy.deepcopy(tight)
+    model.layer.solver_options = replace(model.layer.solver_options, tol=1e-2, max_iter=3)
+    model.layer.error_tol = None
+    net = lower(model)
+    u = torch.rand(4, generator=torch.Generator().manual_seed(0), dtype=DT)
+    eps = 0.1
+    lo, hi = ball_box(u, eps, (0.0, 1.0))
+    (enc, imp) = network_bounds(net, lo, hi)
+    g = torch.Generator().manual_seed(1)
+    points = (u + (torch.rand(500, 4, generator=g, dtype=DT) * 2 - 1) * eps).clamp(0, 1)
+    points[0], points[1] = torch.from_numpy(lo), torch.from_numpy(hi)
+    with torch.no_grad():
+        z1 = tight.encoder[0](points)
+        x = tight.layer(torch.relu(z1))
+        z2 = tight.layer.A @ x.T + tight.layer.B(torch.relu(z1)).T
+    for values, box in ((z1, enc.pre), (torch.relu(z1), enc.out), (z2.T, imp.pre), (x, imp.out)):
+        assert bool((values >= torch.from_numpy(box.lo)).all())
+        assert bool((values <= torch.from_numpy(box.hi)).all())
+
+
+def test_state_box_contains_the_exact_embedding_box():
+    """The box of a loosely solved layer, widened by its error bound, contains the exactly
+    solved embedding system's box (the big-M constants rest on it)."""
+    tight = tiny(3, encoder=True, inputs=4, hidden=6, width=5, gamma=0.9).layer
+    loose = copy.deepcopy(tight)
+    loose.solver_options = replace(loose.solver_options, tol=1e-2, max_iter=3)
+    lo, hi = torch.zeros(1, 5, dtype=DT), torch.full((1, 5), 0.5, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x_lo, x_hi = implicit_box(loose, lo, hi)
+    e_lo, e_hi, _ = tight.interval_bounds(lo, hi)
+    assert bool((x_lo <= e_lo).all()) and bool((e_hi <= x_hi).all())
+
+
+def test_refuses_what_it_cannot_encode():
+    mon = nemon.Classifier(nemon.MONDense(4, 3), 3)
+    with pytest.raises(VerificationUnsupported, match="sound box"):
+        verify(mon, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), 0.1)
+    tanh = nemon.Classifier(nemon.NEMONDense(4, 3, activation="tanh"), 3)
+    with pytest.raises(VerificationUnsupported, match="tanh"):
+        verify(tanh, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), 0.1)
+    pool = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
+    maxpool = nemon.Classifier(nemon.NEMONDense(4, 3), 3, encoder=pool, input_shape=(1, 4, 4))
+    with pytest.raises(VerificationUnsupported, match="MaxPool2d"):
+        verify(maxpool, torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        verify(tiny(0, False), torch.rand(2, 2, dtype=DT), torch.zeros(2, dtype=torch.long), -1.0)
+
+
+def test_ensemble_verdicts_are_sound():
+    members = [tiny(s, encoder=True, inputs=3, hidden=3, width=3) for s in (11, 12)]
+    model = nemon.Ensemble(members)
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(10, 3, generator=g, dtype=DT)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = verify(model, x, y, 0.15, time_limit=30)
+    assert not bool(result.unknown.any())
+    cert = result.certified.nonzero().flatten()
+    for _ in range(100):
+        pts = (x[cert] + (torch.rand(len(cert), 3, generator=g, dtype=DT) * 2 - 1) * 0.15).clamp(
+            0, 1
+        )
+        with torch.no_grad():
+            assert bool((model(pts).argmax(1) == y[cert]).all())
+    rows = result.falsified.nonzero().flatten()
+    with torch.no_grad():
+        assert bool((model(result.counterexamples[rows]).argmax(1) != y[rows]).all())
+
+
+def _exact_bound(program: Program, cost, const, y) -> Fraction:
+    """`safe_bound`'s expression in rational arithmetic (the same multipliers)."""
+    F = Fraction
+    M = program.M.tocsr()
+    total = F(const)
+    r = [F(c) for c in cost]
+    for i in range(M.shape[0]):
+        yi = F(y[i])
+        if yi > 0:
+            total += yi * F(program.row_lo[i])
+        elif yi < 0:
+            total += yi * F(program.row_hi[i])
+        for k in range(M.indptr[i], M.indptr[i + 1]):
+            r[M.indices[k]] -= yi * F(M.data[k])
+    for j, rj in enumerate(r):
+        total += min(rj * F(program.col_lo[j]), rj * F(program.col_hi[j]))
+    return total
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_safe_bound_never_exceeds_its_exact_value(seed):
+    """For any multipliers, the float64 bound is at most the exact value of the same expression
+    (so at most the program's minimum): a sum without the rounding allowance fails this."""
+    g = np.random.default_rng(seed)
+    rows, cols = 6, 8
+    dense = g.normal(size=(rows, cols)) * g.choice([1e-3, 1.0, 1e3], size=(rows, cols))
+    import scipy.sparse as sp
+
+    M = sp.csr_matrix(dense)
+    b = g.normal(size=rows) * 1e3
+    program = Program(
+        M,
+        b - 1e-3,
+        b + 1e-3,
+        -g.uniform(0.1, 1e3, cols),
+        g.uniform(0.1, 1e3, cols),
+        np.arange(cols),
+        np.zeros(0, int),
+        np.zeros(0, int),
+        np.zeros(0, int),
+    )
+    cost = g.normal(size=cols) * 1e3
+    y = g.normal(size=rows) * 1e2
+    const = float(g.normal() * 1e6)
+    got = safe_bound(program, cost, const, program.col_lo, program.col_hi, y)
+    assert math.isfinite(got)
+    exact = _exact_bound(program, cost, const, y)
+    assert Fraction(got) <= exact
+    assert float(exact) - got <= 1e-6 * (abs(float(exact)) + 1e9)  # and not uselessly loose
