@@ -265,6 +265,7 @@ class Shift(nn.Module):
 class ShiftRule(ModuleRule):
     types = (Shift,)
     has_linear = True
+    verify_kind = "affine"  # nemon.verify reads its matrix off evaluate
 
     def evaluate(self, m, x):
         return x + m.offset
@@ -296,6 +297,15 @@ def test_a_registered_rule_certifies_and_a_wrong_one_is_caught_at_the_centre():
         assert supports_linear_bounds(model)
         for method in ("interval", "linear"):
             assert bool(assert_sound(model, u, labels, 0.05, method).any())
+        linear = nemon.certify(model, u, labels, 0.05, "linear")
+        result = nemon.verify(model, u, labels, 0.05, time_limit=20)
+        assert bool((result.certified | ~linear).all()) and not bool(result.unknown.any())
+        with torch.no_grad():
+            rows = result.falsified.nonzero().flatten()
+            assert bool((model(result.counterexamples[rows]).argmax(1) != labels[rows]).all())
+        register_rule(type("NoVerify", (ShiftRule,), {"verify_kind": None})())
+        with pytest.raises(UnsupportedModule, match="verify cannot encode Shift"):
+            nemon.verify(model, u, labels, 0.05)
         register_rule(WrongShiftRule())
         with pytest.raises(UnsupportedModule, match=r"encoder\.1 \(Shift\): its forward differs"):
             nemon.certify(model, u, labels, 0.05)

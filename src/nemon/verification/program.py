@@ -1,22 +1,26 @@
-"""The verification program of one input: every block's ReLU with its phase as a 0-1 variable.
+"""The verification program of one input: every unstable ReLU with its phase as a 0-1 variable.
 
-Variables (all boxed): the input in the ball, each block's output ``a``, and for each unstable
-neuron its pre-activation ``z`` and phase ``d`` in ``[0, 1]``. Rows (docs/maths.md#verification):
+Variables (all boxed): the input in the ball; for each unstable neuron its pre-activation ``z``,
+output ``a`` and phase ``d`` in ``[0, 1]``; each implicit state that is not inactive. A stable
+explicit neuron is no variable: active, it is its pre-activation, an affine expression in the
+variables (substituted into the next block); inactive, it is 0. Rows
+(docs/maths.md#verification):
 
-    active neuron    a_i - (W a_prev)_i [- (A a)_i] = b_i
-    unstable neuron  z_i - (W a_prev)_i [- (A a)_i] = b_i,
-                     a_i >= z_i,  a_i <= z_i - l_i (1 - d_i),  a_i <= u_i d_i      (a_i >= 0: box)
-    inactive neuron  a_i = 0 (its box)
+    unstable neuron   z_i - (W a_prev)_i [- (A x)_i] = b_i,
+                      a_i >= z_i,  a_i <= z_i - l_i (1 - d_i),  a_i <= u_i d_i   (a_i >= 0: box)
+    active state      x_i - (W a_prev)_i - (A x)_i = b_i
 
-each equality as a range ``b_i +- tau_i`` that covers the rounding of its coefficients. With
-``d`` integral the rows state ``a = ReLU(z)`` exactly, so (the fixed point being unique) the
-program's feasible inputs and logits are the model's; with ``d`` relaxed it is the triangle
-relaxation. `safe_bound` turns any row multipliers into a rigorous lower bound of the program
-(Neumaier and Shcherbina, 2004), so no certificate rests on the LP solver's tolerances.
+each equality as a range ``b_i +- tau_i`` that covers the rounding of its coefficients (products
+of matrices in float64). With ``d`` integral the rows state ``a = ReLU(z)`` exactly, so (the
+fixed point being unique) the program's feasible inputs and logits are the model's; with ``d``
+relaxed it is the triangle relaxation. `safe_bound` turns any row multipliers into a rigorous
+lower bound of the program (Neumaier and Shcherbina, 2004), so no certificate rests on the LP
+solver's tolerances.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -47,68 +51,42 @@ class Program:
     phase_z: np.ndarray  # each phase's pre-activation column
     phase_a: np.ndarray  # each phase's output column
     phase_block: list = field(default_factory=list)  # (member, block, neuron) of each phase
-    outputs: list = field(default_factory=list)  # per member: columns of the last block
+    outputs: list = field(default_factory=list)  # per member: the last block's expression
+    phase_rows: np.ndarray | None = None  # each phase's two upper rows (a <= z - l(1-d), a <= u d)
 
     @property
     def size(self) -> int:
         return len(self.col_lo)
 
+    @functools.cached_property
+    def transpose(self) -> tuple[sp.csr_matrix, sp.csr_matrix, int]:
+        """``(M^T, |M|^T, the most non-zeros in a column)``, for `safe_bound`."""
+        MT = self.M.T.tocsr()
+        return MT, abs(MT), int(np.diff(MT.indptr).max(initial=0))
+
 
 def build_program(nets: list[Network], bounds: list[list[BlockBounds]], lo, hi) -> Program:
     """The program of one input box ``[lo, hi]`` for the members ``nets`` (one shared input)."""
-    col_lo, col_hi = [np.asarray(lo, float)], [np.asarray(hi, float)]
-    count = len(lo)
-    inputs = np.arange(count)
-    rows, row_lo, row_hi = [], [], []  # rows as (cols, values)
-    phases, phase_z, phase_a, where, outputs = [], [], [], [], []
-
-    def new(lo_, hi_):
-        nonlocal count
-        col_lo.append(np.asarray(lo_, float))
-        col_hi.append(np.asarray(hi_, float))
-        idx = np.arange(count, count + len(lo_))
-        count += len(lo_)
-        return idx
-
+    cols = _Columns(lo, hi)
+    plan = [
+        [_allocate(cols, block, bb) for block, bb in zip(net.blocks, nb)]
+        for net, nb in zip(nets, bounds)
+    ]
+    rows = _Rows()
+    phases, phase_z, phase_a, where, outputs, phase_rows = [], [], [], [], [], []
+    n = cols.count
     for m, (net, net_bounds) in enumerate(zip(nets, bounds)):
-        prev = inputs
-        for k, (block, bb) in enumerate(zip(net.blocks, net_bounds)):
-            l, u = bb.pre.lo, bb.pre.hi
-            inactive, active = u <= 0, l >= 0
-            unstable = ~inactive & ~active
-            a = new(np.where(inactive, 0.0, bb.out.lo), np.where(inactive, 0.0, bb.out.hi))
-            un = np.flatnonzero(unstable)
-            z = new(l[un], u[un])
-            d = new(np.zeros(len(un)), np.ones(len(un)))
-            target = a.copy()
-            target[un] = z
-            W = block.W.tocsr()
-            A = None if block.A is None else block.A.tocsr()
-            for i in np.flatnonzero(~inactive):
-                cols = [np.array([target[i]]), prev[W.indices[W.indptr[i] : W.indptr[i + 1]]]]
-                vals = [np.array([1.0]), -W.data[W.indptr[i] : W.indptr[i + 1]]]
-                if A is not None:
-                    cols.append(a[A.indices[A.indptr[i] : A.indptr[i + 1]]])
-                    vals.append(-A.data[A.indptr[i] : A.indptr[i + 1]])
-                rows.append((np.concatenate(cols), np.concatenate(vals)))
-                row_lo.append(block.b[i])
-                row_hi.append(block.b[i])
-            for t, i in enumerate(un):
-                ai, zi, di = a[i], z[t], d[t]
-                rows.append((np.array([ai, zi]), np.array([1.0, -1.0])))
-                row_lo.append(0.0), row_hi.append(math.inf)
-                rows.append((np.array([ai, zi, di]), np.array([1.0, -1.0, -l[i]])))
-                row_lo.append(-math.inf), row_hi.append(-l[i])
-                rows.append((np.array([ai, di]), np.array([1.0, -u[i]])))
-                row_lo.append(-math.inf), row_hi.append(0.0)
-                where.append((m, k, int(i)))
-            phases.append(d), phase_z.append(z), phase_a.append(a[un])
-            prev = a
-        outputs.append(prev)
-    M = _matrix(rows, count)
-    col_lo, col_hi = np.concatenate(col_lo), np.concatenate(col_hi)
-    row_lo, row_hi = np.array(row_lo, float), np.array(row_hi, float)
-    tau = _row_tolerance(M, row_lo, row_hi, col_lo, col_hi)
+        expr = _Expression.unit(cols.inputs, n)  # a_0 = u
+        for k, (block, bb, alloc) in enumerate(zip(net.blocks, net_bounds, plan[m])):
+            expr = _block_rows(block, bb, alloc, expr, rows, n)
+            un = alloc["unstable"]
+            phases.append(alloc["d"]), phase_z.append(alloc["z"]), phase_a.append(alloc["a"][un])
+            phase_rows.append(alloc.get("rows", np.zeros((0, 2), np.int64)))
+            where.extend((m, k, int(i)) for i in un)
+        outputs.append(expr)
+    M, row_lo, row_hi, magnitude = rows.finish(n)
+    col_lo, col_hi = cols.bounds()
+    tau = _row_tolerance(magnitude, row_lo, row_hi, col_lo, col_hi)
     cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
     return Program(
         M,
@@ -116,31 +94,164 @@ def build_program(nets: list[Network], bounds: list[list[BlockBounds]], lo, hi) 
         row_hi + tau,
         col_lo,
         col_hi,
-        inputs,
+        cols.inputs,
         cat(phases),
         cat(phase_z),
         cat(phase_a),
         where,
         outputs,
+        np.concatenate(phase_rows).astype(np.int64) if phase_rows else np.zeros((0, 2), np.int64),
     )
 
 
-def _matrix(rows, count: int) -> sp.csr_matrix:
-    indptr = np.cumsum([0] + [len(c) for c, _ in rows])
-    cols = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int64)
-    vals = np.concatenate([v for _, v in rows]) if rows else np.zeros(0)
-    M = sp.csr_matrix((vals, cols, indptr), shape=(len(rows), count))
-    M.sum_duplicates()  # e.g. the diagonal of A beside the unit coefficient: 1 - A_ii
-    return M
+class _Columns:
+    """The program's columns with their boxes, allocated block by block."""
+
+    def __init__(self, lo, hi) -> None:
+        self.lo, self.hi = [np.asarray(lo, float)], [np.asarray(hi, float)]
+        self.count = len(lo)
+        self.inputs = np.arange(self.count)
+
+    def new(self, lo, hi) -> np.ndarray:
+        self.lo.append(np.asarray(lo, float))
+        self.hi.append(np.asarray(hi, float))
+        idx = np.arange(self.count, self.count + len(lo))
+        self.count += len(lo)
+        return idx
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.lo), np.concatenate(self.hi)
 
 
-def _row_tolerance(M, row_lo, row_hi, col_lo, col_hi) -> np.ndarray:
-    """Per row, a bound far above the rounding of its coefficients (products of matrices read in
-    float64, ``1 - A_ii``): ``2^-36`` times the magnitude of its terms, only on finite ends."""
+def _allocate(cols: _Columns, block, bb: BlockBounds) -> dict:
+    """Columns of one block: ``a`` (index per neuron, -1 where it is no variable), and ``z``,
+    ``d`` of its unstable neurons."""
+    l, u = bb.pre.lo, bb.pre.hi
+    inactive, active = u <= 0, l >= 0
+    unstable = np.flatnonzero(~inactive & ~active)
+    variable = ~inactive if block.A is not None else ~inactive & ~active
+    a = np.full(block.size, -1, np.int64)
+    a[variable] = cols.new(bb.out.lo[variable], bb.out.hi[variable])
+    z = cols.new(l[unstable], u[unstable])
+    d = cols.new(np.zeros(len(unstable)), np.ones(len(unstable)))
+    return dict(a=a, z=z, d=d, unstable=unstable, active=np.flatnonzero(active))
+
+
+@dataclass
+class _Expression:
+    """Affine expressions ``E v + e`` in the program's columns, with ``|E|``-magnitudes
+    ``(Eabs, eabs)`` bounding what rounding formed them."""
+
+    E: sp.csr_matrix
+    e: np.ndarray
+    Eabs: sp.csr_matrix
+    eabs: np.ndarray
+
+    @staticmethod
+    def unit(columns: np.ndarray, n: int) -> _Expression:
+        E = sp.csr_matrix(
+            (np.ones(len(columns)), (np.arange(len(columns)), columns)), shape=(len(columns), n)
+        )
+        zero = np.zeros(len(columns))
+        return _Expression(E, zero, E, zero)
+
+    def apply(self, W: sp.csr_matrix, b: np.ndarray) -> _Expression:
+        absW = abs(W)
+        return _Expression(
+            (W @ self.E).tocsr(),
+            W @ self.e + b,
+            (absW @ self.Eabs).tocsr(),
+            absW @ self.eabs + np.abs(b),
+        )
+
+
+class _Rows:
+    """Row blocks with their ranges and magnitudes ``(|M|, |e|)``."""
+
+    def __init__(self) -> None:
+        self.blocks, self.lo, self.hi, self.mags, self.offsets = [], [], [], [], []
+        self.count = 0
+
+    def add(self, M, lo, hi, magnitude) -> None:
+        self.blocks.append(sp.csr_matrix(M))
+        self.lo.append(np.asarray(lo, float))
+        self.hi.append(np.asarray(hi, float))
+        self.mags.append(sp.csr_matrix(magnitude[0]))
+        self.offsets.append(np.asarray(magnitude[1], float))
+        first = self.count
+        self.count += self.blocks[-1].shape[0]
+        return np.arange(first, self.count)
+
+    def finish(self, n: int):
+        if not self.blocks:
+            empty = sp.csr_matrix((0, n))
+            return empty, np.zeros(0), np.zeros(0), (empty, np.zeros(0))
+        M = sp.vstack(self.blocks).tocsr()
+        M.sum_duplicates()
+        mag = (sp.vstack(self.mags).tocsr(), np.concatenate(self.offsets))
+        return M, np.concatenate(self.lo), np.concatenate(self.hi), mag
+
+
+def _block_rows(block, bb: BlockBounds, alloc: dict, prev: _Expression, rows: _Rows, n: int):
+    """Append one block's rows; returns the expression of its output."""
+    pre = prev.apply(block.W, block.b)
+    a, z, d, un = alloc["a"], alloc["z"], alloc["d"], alloc["unstable"]
+    if block.A is not None:  # the state's own feedback: pre += A x over the state's columns
+        states = np.flatnonzero(a >= 0)
+        X = sp.csr_matrix((np.ones(len(states)), (states, a[states])), shape=(block.size, n))
+        AX, absAX = (block.A @ X).tocsr(), (abs(block.A) @ X).tocsr()
+        pre = _Expression(pre.E + AX, pre.e, pre.Eabs + absAX, pre.eabs)
+        target = a.copy()
+        target[un] = z
+        eq = np.flatnonzero(a >= 0)  # every state that is not inactive: a row
+    else:
+        target = np.full(block.size, -1, np.int64)
+        target[un] = z
+        eq = un
+    if len(eq):
+        unit = sp.csr_matrix(
+            (np.ones(len(eq)), (np.arange(len(eq)), target[eq])), shape=(len(eq), n)
+        )
+        rhs = pre.e[eq]
+        rows.add(unit - pre.E[eq], rhs, rhs, (unit + pre.Eabs[eq], pre.eabs[eq]))
+    if len(un):
+        l, u = bb.pre.lo[un], bb.pre.hi[un]
+        k = len(un)
+        r = np.arange(k)
+        ai, zi, di = a[un], z, d
+        one = np.ones(k)
+        M1 = sp.csr_matrix((np.r_[one, -one], (np.r_[r, r], np.r_[ai, zi])), shape=(k, n))
+        M2 = sp.csr_matrix(
+            (np.r_[one, -one, -l], (np.r_[r, r, r], np.r_[ai, zi, di])), shape=(k, n)
+        )
+        M3 = sp.csr_matrix((np.r_[one, -u], (np.r_[r, r], np.r_[ai, di])), shape=(k, n))
+        inf = np.full(k, math.inf)
+        rows.add(M1, np.zeros(k), inf, (abs(M1), np.zeros(k)))
+        upper = rows.add(M2, -inf, -l, (abs(M2), np.abs(l)))
+        active = rows.add(M3, -inf, np.zeros(k), (abs(M3), np.zeros(k)))
+        alloc["rows"] = np.stack([upper, active], 1)
+    # the output: variables where there are some, the pre-activation where active, else 0
+    keep = np.flatnonzero(a >= 0)
+    unit = sp.csr_matrix((np.ones(len(keep)), (keep, a[keep])), shape=(block.size, n))
+    if block.A is None and len(alloc["active"]):
+        act = alloc["active"]
+        S = sp.csr_matrix((np.ones(len(act)), (act, act)), shape=(block.size, block.size))
+        E, Eabs = unit + S @ pre.E, unit + S @ pre.Eabs
+        mask = np.zeros(block.size)
+        mask[act] = 1.0
+        return _Expression(E.tocsr(), pre.e * mask, Eabs.tocsr(), pre.eabs * mask)
+    zero = np.zeros(block.size)
+    return _Expression(unit, zero, unit, zero)
+
+
+def _row_tolerance(magnitude, row_lo, row_hi, col_lo, col_hi) -> np.ndarray:
+    """Per row, a bound far above the rounding of its coefficients and right side (products of
+    matrices in float64): ``2^-36`` times the magnitudes that formed them."""
+    Mabs, eabs = magnitude
     reach = np.maximum(np.abs(col_lo), np.abs(col_hi))
     rhs = np.where(np.isfinite(row_lo), np.abs(row_lo), 0.0)
     rhs = np.maximum(rhs, np.where(np.isfinite(row_hi), np.abs(row_hi), 0.0))
-    return _ROW_TOL * (abs(M) @ reach + rhs) + _TINY
+    return _ROW_TOL * (Mabs @ reach + eabs + rhs) + _TINY
 
 
 def safe_bound(
@@ -160,10 +271,9 @@ def safe_bound(
     y = np.where((y < 0) & ~np.isfinite(program.row_hi), 0.0, y)
     if not np.all(np.isfinite(y)):
         return -math.inf
-    M = program.M
-    r = cost - M.T @ y
-    per_col = np.diff(M.tocsc().indptr).max(initial=0)
-    r_err = _gamma(per_col + 2) * 2 * (np.abs(cost) + abs(M).T @ np.abs(y)) + _TINY
+    MT, absMT, per_col = program.transpose
+    r = cost - MT @ y
+    r_err = _gamma(per_col + 2) * 2 * (np.abs(cost) + absMT @ np.abs(y)) + _TINY
     r_lo, r_hi = r - r_err, r + r_err
     corners = np.stack([r_lo * col_lo, r_lo * col_hi, r_hi * col_lo, r_hi * col_hi])
     col_terms = corners.min(0)

@@ -120,8 +120,8 @@ def verify(
         attack_steps, attack_restarts: PGD's budget before the search.
         seed: PGD's seed.
         progress: a tqdm bar over the inputs the search decides.
-        on_verdict: called as ``on_verdict(i, result, index)`` when input ``i`` is decided
-            (``result`` holds every input's fields; entry ``i`` is final).
+        on_verdict: called as ``on_verdict(i, result)`` once input ``i`` is decided
+            (``result`` holds every input's fields; entry ``i`` is final, its seconds too).
 
     Returns:
         A `VerificationResult`.
@@ -196,7 +196,7 @@ class _State:
         r = self.result
         r.lower = torch.where(correct.cpu(), lower, torch.full_like(lower, -math.inf))
         r.certified = correct.cpu() & (lower > 0)
-        self._timed(torch.arange(len(self.x)), start)
+        self._timed(torch.arange(len(self.x)), start)  # before the verdicts are reported
         for i in r.certified.nonzero().flatten().tolist():
             self._decide(i, "linear")
 
@@ -206,9 +206,9 @@ class _State:
         rows = self.open().nonzero().flatten()
         if not len(rows):
             return
+        self._timed(rows, start)  # before the verdicts are reported: their seconds are final
         self._try(rows, self.x[rows], "centre")
         rows_left = self.open().nonzero().flatten()
-        self._timed(rows, start)
         if not len(rows_left) or self.eps == 0:
             return
         start = time.monotonic()
@@ -224,10 +224,10 @@ class _State:
                 restarts=restarts,
                 seed=seed,
             )
-        self._try(rows_left, adv, "attack")
         self._timed(rows_left, start)
+        self._try(rows_left, adv, "attack")
 
-    def _try(self, rows: Tensor, points: Tensor, stage: str) -> None:
+    def _try(self, rows: Tensor, points: Tensor, stage: str, report: bool = True) -> None:
         refuted, upper = refutes(self.model, points, self.y[rows])
         r = self.result
         r.upper[rows] = torch.minimum(r.upper[rows], upper.cpu())
@@ -235,7 +235,9 @@ class _State:
             i = int(rows[k])
             r.falsified[i] = True
             r.counterexamples[i] = points[k].detach().cpu()
-            self._decide(i, stage)
+            r.stage[i] = stage
+            if report:
+                self._decide(i, stage)
 
     # -- 3. branch and bound -----------------------------------------------------------------
     def run_search(self, time_limit: float, progress: bool) -> None:
@@ -283,11 +285,8 @@ class _State:
         candidate = torch.from_numpy(point).to(torch.float64).reshape(x_i.shape)
         candidate = _project(x_i, candidate.to(x_i.dtype), self.eps, self.clip)
         before = bool(self.result.falsified[i])
-        self._try(torch.tensor([i]), candidate, "search")
-        if not before and bool(self.result.falsified[i]):
-            self.result.stage[i] = "search"
-            return True
-        return False
+        self._try(torch.tensor([i]), candidate, "search", report=False)  # run_search reports
+        return not before and bool(self.result.falsified[i])
 
 
 def ball_box(x: Tensor, eps: float, clip) -> tuple[np.ndarray, np.ndarray]:
@@ -302,15 +301,19 @@ def ball_box(x: Tensor, eps: float, clip) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _margin_objective(nets, program, label: int, j: int) -> tuple[np.ndarray, float]:
-    """``y_label - y_j`` (the mean over members) as a cost on the program's columns."""
-    cost, const = np.zeros(program.size), 0.0
-    for net, cols in zip(nets, program.outputs):
-        row = (net.C[label] - net.C[j]).toarray().ravel() / len(nets)
-        np.add.at(cost, cols, row)
-        const += (net.c[label] - net.c[j]) / len(nets)
+    """``y_label - y_j`` (the mean over members) as a cost on the program's columns, its constant
+    lowered by ``2^-36`` times the magnitudes that formed it (the rounding of the products)."""
+    cost, const, slack = np.zeros(program.size), 0.0, 0.0
+    reach = np.maximum(np.abs(program.col_lo), np.abs(program.col_hi))
+    for net, out in zip(nets, program.outputs):
+        row = (net.C[label] - net.C[j]) / len(nets)
+        cost += np.asarray((row @ out.E).todense()).ravel()
+        const += float((row @ out.e)[0]) + (net.c[label] - net.c[j]) / len(nets)
+        magnitude = abs(row) @ (out.Eabs @ reach + out.eabs)
+        slack += float(magnitude[0]) + abs(net.c[label] - net.c[j]) / len(nets)
         if net.D is not None:
-            np.add.at(cost, program.inputs, (net.D[label] - net.D[j]) / len(nets))
-    return cost, const
+            cost[program.inputs] += (net.D[label] - net.D[j]) / len(nets)
+    return cost, const - 2.0**-36 * (slack + np.abs(cost) @ reach)
 
 
 def _tighten_implicit(nets, bounds, program, solver, lo, hi, deadline):
@@ -353,11 +356,21 @@ def _tighten_implicit(nets, bounds, program, solver, lo, hi, deadline):
 def refutes(model, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per point: whether it is misclassified both by the model as given (its dtype and eval-mode
     solver) and, provably, by the exact equilibrium (a float64 solve to 1e-10 with its error
-    bound charged); and an upper bound of the exact equilibrium's smallest margin there."""
+    bound charged); and an upper bound of the exact equilibrium's smallest margin there (+inf
+    where the model as given classifies right: the exact solve is skipped)."""
     with warnings.catch_warnings(), full_float32():
         warnings.simplefilter("ignore", ConvergenceWarning)
         dtype = next(model.parameters()).dtype
         own_wrong = model(points.to(dtype)).argmax(1) != labels
+    upper = torch.full((len(points),), math.inf, dtype=torch.float64, device=points.device)
+    rows = own_wrong.nonzero().flatten()
+    if len(rows):
+        upper[rows] = _exact_upper(model, points[rows], labels[rows])
+    return own_wrong & (upper < 0), upper
+
+
+def _exact_upper(model, points: Tensor, labels: Tensor) -> Tensor:
+    """An upper bound of the exact equilibrium's smallest margin ``y_label - y_j`` per point."""
     exact = copy.deepcopy(model).double()
     u = points.double()
     upper = 0.0
@@ -373,5 +386,4 @@ def refutes(model, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
             pair = _pair_readout_norms(c.lipschitz_terms(), C)[labels]  # (batch, q)
             diff = logits.gather(1, labels[:, None]) - logits
             upper = upper + (diff + pair * err[:, None]) / len(members)
-    upper = upper.scatter(1, labels[:, None], math.inf).amin(1)
-    return own_wrong & (upper < 0), upper
+    return upper.scatter(1, labels[:, None], math.inf).amin(1)
