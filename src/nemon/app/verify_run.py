@@ -46,7 +46,7 @@ __all__ = [
 #: chunk are recorded when it reaches its search, so a kill loses little.
 CHUNK = 200
 #: The settings that define the question; a resume must keep them (the budget may change).
-QUESTION = ("model", "dataset", "eps", "clip", "test_limit")
+QUESTION = ("sha256", "dataset", "eps", "clip", "test_limit")
 #: Seconds between progress lines when no bar is shown.
 STATUS_EVERY = 30.0
 STAGES = ("linear", "centre", "attack", "search")
@@ -85,15 +85,15 @@ def check_folder(out: Path, resume: bool) -> None:
 
 
 def _differing_key(old: dict, new: dict) -> str | None:
-    """The first question setting that differs, as ``key: old -> new``."""
-    if old.get("sha256") != new["sha256"]:
-        return (
-            f"model: {old.get('model')} (sha256 {str(old.get('sha256'))[:12]}) -> "
-            f"{new['model']} (sha256 {new['sha256'][:12]})"
-        )
-    for key in QUESTION[1:]:
-        if old.get(key) != new[key]:
-            return f"{key}: {old.get(key)} -> {new[key]}"
+    """The first question setting that differs, as ``key: old -> new`` (the model is compared by
+    the sha256 of its weights, so a path may be spelled differently)."""
+    for key in QUESTION:
+        if old.get(key) == new[key]:
+            continue
+        if key == "sha256":
+            was = f"{old.get('model')} (sha256 {str(old.get('sha256'))[:12]})"
+            return f"model: {was} -> {new['model']} (sha256 {new['sha256'][:12]})"
+        return f"{key}: {old.get(key)} -> {new[key]}"
     return None
 
 
@@ -149,10 +149,14 @@ def _settled(records: dict[int, dict], folder: Path | None) -> dict[int, dict]:
 
 
 class _Log:
-    """The records of a run, appended to ``verdicts.jsonl`` (flushed and synced) as they come."""
+    """The records of a run, appended to ``verdicts.jsonl`` (flushed and synced) as they come,
+    and the count of each verdict among them."""
 
     def __init__(self, folder: Path | None, records: dict[int, dict]) -> None:
         self.folder, self.records = folder, records
+        self.count = {v: 0 for v in VERDICTS}
+        for r in records.values():
+            self.count[r["verdict"]] += 1
         self._fd = None
         if folder is not None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -165,7 +169,14 @@ class _Log:
                 save_atomic(counterexample.clone(), path)
             os.write(self._fd, (json_line(record) + "\n").encode())
             os.fsync(self._fd)
+        old = self.records.get(record["index"])
+        if old is not None:
+            self.count[old["verdict"]] -= 1
+        self.count[record["verdict"]] += 1
         self.records[record["index"]] = record
+
+    def counts(self) -> str:
+        return ", ".join(f"{self.count[v]} {v}" for v in VERDICTS)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -176,39 +187,33 @@ class _Log:
 # -- progress -----------------------------------------------------------------------------------
 class _Progress:
     """A tqdm bar over the inputs on a terminal; otherwise a line of counts every
-    `STATUS_EVERY` seconds."""
+    `STATUS_EVERY` seconds (``show``: None for that choice, False for nothing, True: a bar)."""
 
-    def __init__(self, records: dict[int, dict], n: int, show: bool | None) -> None:
-        self.records, self.n = records, n
-        self.bar_on = sys.stderr is not None and sys.stderr.isatty() if show is None else show
-        self.lines_on = show is None and not self.bar_on
+    def __init__(self, log: _Log, done: int, n: int, show: bool | None) -> None:
+        self.log, self.done, self.n = log, done, n
+        bar_on = sys.stderr is not None and sys.stderr.isatty() if show is None else show
+        self.lines_on = show is None and not bar_on
         self.last = time.monotonic()
         self.bar = None
-        if self.bar_on:
+        if bar_on:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=n, initial=len(records), desc="verify", unit="input")
+            self.bar = tqdm(total=n, initial=done, desc="verify", unit="input", mininterval=1.0)
 
     def update(self) -> None:
+        """One more input written."""
+        self.done += 1
         if self.bar is not None:
-            self.bar.n = len(self.records)
-            self.bar.set_postfix_str(_counts(self.records), refresh=False)
-            self.bar.refresh()
+            self.bar.set_postfix_str(self.log.counts(), refresh=False)
+            self.bar.update(1)
         elif self.lines_on and time.monotonic() - self.last >= STATUS_EVERY:
             self.last = time.monotonic()
-            print(f"verify: {len(self.records)}/{self.n} inputs: {_counts(self.records)}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            line = f"verify: {self.done}/{self.n} inputs done: {self.log.counts()}"
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _counts(records: dict[int, dict]) -> str:
-    count = {v: 0 for v in VERDICTS}
-    for r in records.values():
-        count[r["verdict"]] += 1
-    return ", ".join(f"{count[v]} {v}" for v in VERDICTS)
 
 
 # -- one chunk ----------------------------------------------------------------------------------
@@ -296,14 +301,14 @@ def _verify_all(model, x, y, config, out, records, progress) -> dict:
     settled = _settled(records, out)
     todo = [i for i in range(len(x)) if i not in settled]
     log = _Log(out, records)
-    bar = _Progress(records, len(x), progress)
+    bar = _Progress(log, len(settled), len(x), progress)
     budget = {k: config[k] for k in ("time_limit", "attack_steps", "attack_restarts", "seed")}
     try:
         for start in range(0, len(todo), CHUNK):
             rows = todo[start : start + CHUNK]
             chunk = _Chunk(rows, y[rows], log, bar, budget)
             result = verify(
-                model, x[rows], y[rows], config["eps"], clip=config["clip"],
+                model, x[rows], y[rows], config["eps"], clip=_clip(config),
                 on_verdict=chunk.on_verdict, **budget,
             )  # fmt: skip
             chunk.finish(result)
@@ -344,3 +349,7 @@ def summary_line(s: dict) -> str:
         f"{s['images']}: verified robust accuracy {s['verified_robust_accuracy']:.4f} "
         f"(not refuted {s['not_refuted_accuracy']:.4f})"
     )
+
+
+def _clip(config: dict) -> tuple[float, float] | None:
+    return None if config["clip"] is None else tuple(config["clip"])
