@@ -1,4 +1,4 @@
-"""nemon: train, evaluate, certify, attack, benchmark and reproduce implicit models.
+"""nemon: train, evaluate, certify, verify, attack, benchmark and reproduce implicit models.
 
 Every argument is checked (types, ranges, paths, device) before any work starts. A user error is
 one line on stderr naming the argument and the fix, with exit status 2 (``--debug`` shows the
@@ -45,6 +45,7 @@ from .reproduce import reproduce_conv, reproduce_mnist
 from .resources import check_memory
 from .runtime import auto_threads
 from .train import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, train
+from .verify_run import check_folder, model_identity, summary_line, verify_folder
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -290,6 +291,39 @@ def _add_eval(sub, common) -> None:
             p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
 
 
+def _add_verify(sub, common) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="complete verification at radius --eps: each test image certified, refuted or unknown",
+        parents=[common],
+    )
+    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint file or shipped model name")
+    p.add_argument("--eps", type=RADIUS, required=True, help="the l_inf radius")
+    p.add_argument(
+        "--time-limit",
+        type=_number(low=0.0),
+        default=60.0,
+        help="seconds of branch and bound per image before it is left unknown (default 60)",
+    )
+    p.add_argument("--attack-steps", type=POSITIVE, default=50, help="PGD steps (default 50)")
+    p.add_argument("--attack-restarts", type=POSITIVE, default=3, help="PGD restarts (default 3)")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0, help="PGD's seed")
+    ranges = p.add_mutually_exclusive_group()
+    _add_range(ranges, "--clip", "data range the ball is intersected with (default 0 1)")
+    ranges.add_argument("--no-clip", action="store_true", help="verify the whole ball")
+    p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--out", help="run folder: each verdict recorded as it is decided (default: none)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (unknowns are retried)"
+    )
+    p.add_argument("--json", help="write the summary to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(device="cpu")
+
+
 def _add_attack(sub, common) -> None:
     p = sub.add_parser(
         "attack",
@@ -360,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nemon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = _common()
-    for add in (_add_train, _add_eval, _add_attack, _add_bench, _add_export, _add_reproduce):
+    adders = (_add_train, _add_eval, _add_verify, _add_attack, _add_bench, _add_export,
+              _add_reproduce)  # fmt: skip
+    for add in adders:
         add(sub, common)
     return parser
 
@@ -438,7 +474,7 @@ def _validate(args) -> None:
     if board is not None and Path(board).exists() and not Path(board).is_dir():
         raise UsageError(f"--tensorboard {board} is not a folder")
     if (
-        args.command in ("eval", "certify", "attack", "export")
+        args.command in ("eval", "certify", "verify", "attack", "export")
         and args.checkpoint not in pretrained_names()
     ):
         if not Path(args.checkpoint).exists():
@@ -449,7 +485,7 @@ def _validate(args) -> None:
         _check_input_file("checkpoint", args.checkpoint)
     if args.command == "bench":
         _check_input_file("--checkpoint", args.checkpoint)
-    if args.command == "certify" and not args.no_clip and args.clip[0] > args.clip[1]:
+    if args.command in ("certify", "verify") and not args.no_clip and args.clip[0] > args.clip[1]:
         raise UsageError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: LO must not exceed HI")
     if args.command == "train":
         try:
@@ -457,9 +493,26 @@ def _validate(args) -> None:
         except RunFolderError as exc:
             hint = " (pass --resume or --overwrite)" if "not empty" in str(exc) else ""
             raise UsageError(f"--out: {exc}{hint}") from None
+    if args.command == "verify":
+        _check_verify(args)
     if args.command in ("bench", "reproduce") and args.out is not None:
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise UsageError(f"--out {args.out} is not a folder")
+
+
+def _check_verify(args) -> None:
+    try:
+        import highspy  # noqa: F401
+        import scipy.sparse  # noqa: F401
+    except ImportError:
+        raise UsageError("verify needs HiGHS and SciPy: pip install 'nemon[verify]'") from None
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out, the run folder to continue")
+    if args.out is not None:
+        try:
+            check_folder(Path(args.out), args.resume)
+        except RunFolderError as exc:
+            raise UsageError(f"--out: {exc}") from None
 
 
 def _config(args) -> TrainConfig:
@@ -535,12 +588,28 @@ def _load_model(name_or_path: str, device: str, use: str = "load"):
 
 
 def _load(args):
-    use = "certify" if args.command == "certify" else "load"
+    model, _, x, y = _load_with_config(args)
+    return model, x, y
+
+
+def _load_with_config(args):
+    use = "certify" if args.command in ("certify", "verify") else "load"
     model, config = _load_model(args.checkpoint, args.device, use)
     data = load_dataset(config["dataset"], args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
-    return model, x, y
+    return model, config, x, y
+
+
+def _clip(args, x) -> tuple[float, float] | None:
+    """``--clip`` (None with ``--no-clip``), checked to hold the test images."""
+    clip = None if args.no_clip else tuple(args.clip)
+    if clip is not None and (float(x.min()) < clip[0] or float(x.max()) > clip[1]):
+        raise UsageError(
+            f"--clip {clip[0]:g} {clip[1]:g}: the test images range from {float(x.min()):g} "
+            f"to {float(x.max()):g}; widen --clip or pass --no-clip"
+        )
+    return clip
 
 
 def _cmd_eval(args) -> dict:
@@ -555,12 +624,7 @@ def _cmd_eval(args) -> dict:
 
 def _cmd_certify(args) -> dict:
     model, x, y = _load(args)
-    clip = None if args.no_clip else tuple(args.clip)
-    if clip is not None and (float(x.min()) < clip[0] or float(x.max()) > clip[1]):
-        raise UsageError(
-            f"--clip {clip[0]:g} {clip[1]:g}: the test images range from {float(x.min()):g} "
-            f"to {float(x.max()):g}; widen --clip or pass --no-clip"
-        )
+    clip = _clip(args, x)
     result = {
         "lipschitz_bound": float(model.lipschitz_bound().detach()),
         "eps": args.eps,
@@ -578,6 +642,27 @@ def _cmd_certify(args) -> dict:
     for e in args.eps:
         print(f"{e:<10g} " + "  ".join(f"{result[m][e]:>10.4f}" for m in args.method))
     return result
+
+
+def _cmd_verify(args) -> dict:
+    model, config, x, y = _load_with_config(args)
+    clip = _clip(args, x)
+    question = {
+        **model_identity(args.checkpoint),
+        "dataset": config["dataset"],
+        "eps": args.eps,
+        "clip": None if clip is None else list(clip),
+        "test_limit": args.test_limit,
+        "time_limit": args.time_limit,
+        "attack_steps": args.attack_steps,
+        "attack_restarts": args.attack_restarts,
+        "seed": args.seed,
+    }
+    out = None if args.out is None else Path(args.out)
+    progress = False if args.no_progress else None
+    summary = verify_folder(model, x, y, question, out, args.resume, progress)
+    print(summary_line(summary))
+    return summary
 
 
 def _cmd_attack(args) -> dict:
@@ -708,6 +793,7 @@ COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "certify": _cmd_certify,
+    "verify": _cmd_verify,
     "attack": _cmd_attack,
     "bench": _cmd_bench,
     "export": _cmd_export,

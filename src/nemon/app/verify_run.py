@@ -1,0 +1,355 @@
+"""`nemon verify`: complete verification of a test set, each verdict recorded as it is decided.
+
+A run folder (``--out``) holds:
+
+- ``config.json``: the question (model and the sha256 of its weights, dataset, eps, clip, test
+  limit) and the budget of the latest run (time limit, attack steps and restarts, seed);
+- ``verdicts.jsonl``: one line per decided input (``index`` in the test set, ``label``,
+  ``verdict`` certified / refuted / unknown, ``stage``, ``lower``, ``upper``, ``seconds``,
+  ``nodes``, ``time_limit``), appended, flushed and synced as it is written; the last line of an
+  index is its verdict;
+- ``counterexamples/INDEX.pt``: the point that refutes input INDEX (a tensor shaped like it);
+- ``summary.json``: what `summarise` reports over every recorded input.
+
+A resume keeps the certified and refuted inputs and retries the others (unknowns included: a
+later run may have more time); its question must be the same, its budget may differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..pretrained import describe_pretrained, pretrained_names
+from ..runs import RunFolderError, RunLock, json_line, save_atomic, write_text_atomic
+
+__all__ = [
+    "CHUNK",
+    "QUESTION",
+    "model_identity",
+    "check_folder",
+    "read_verdicts",
+    "verify_folder",
+    "summarise",
+    "summary_line",
+]
+
+#: Inputs per `nemon.verification.verify` call: the batched stages (certificates, PGD) of a
+#: chunk are recorded when it reaches its search, so a kill loses little.
+CHUNK = 200
+#: The settings that define the question; a resume must keep them (the budget may change).
+QUESTION = ("sha256", "dataset", "eps", "clip", "test_limit")
+#: Seconds between progress lines when no bar is shown.
+STATUS_EVERY = 30.0
+STAGES = ("linear", "centre", "attack", "search")
+VERDICTS = ("certified", "refuted", "unknown")
+
+
+# -- the folder -----------------------------------------------------------------------------
+def model_identity(name_or_path: str) -> dict:
+    """``model`` (the name as given) and the ``sha256`` of its weights file; a local path is
+    preferred over a shipped model of the same name, as `nemon.app.cli._load_model` does."""
+    if not Path(name_or_path).exists() and name_or_path in pretrained_names():
+        return {"model": name_or_path, "sha256": describe_pretrained(name_or_path)["sha256"]}
+    digest = hashlib.sha256()
+    with open(name_or_path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return {"model": name_or_path, "sha256": digest.hexdigest()}
+
+
+def check_folder(out: Path, resume: bool) -> None:
+    """Before any work: a new or empty folder, or (``resume``) one that holds a run."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"run folder {out} exists and is not a folder")
+    if resume:
+        if not (out / "config.json").is_file():
+            raise RunFolderError(f"nothing to resume: {out} holds no config.json")
+        return
+    held = (
+        sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    )
+    if held:
+        raise RunFolderError(
+            f"run folder {out} is not empty ({', '.join(held[:4])}); pass --resume to continue "
+            "it, or choose another folder"
+        )
+
+
+def _differing_key(old: dict, new: dict) -> str | None:
+    """The first question setting that differs, as ``key: old -> new`` (the model is compared by
+    the sha256 of its weights, so a path may be spelled differently)."""
+    for key in QUESTION:
+        if old.get(key) == new[key]:
+            continue
+        if key == "sha256":
+            was = f"{old.get('model')} (sha256 {str(old.get('sha256'))[:12]})"
+            return f"model: {was} -> {new['model']} (sha256 {new['sha256'][:12]})"
+        return f"{key}: {old.get(key)} -> {new[key]}"
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(f"{path} cannot be read ({exc})") from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path} is not a mapping of settings")
+    return value
+
+
+def read_verdicts(folder: Path, n: int) -> dict[int, dict]:
+    """The last recorded line of each input. A last line cut short by a kill (no newline) is
+    dropped, and cut off the file so that the next line starts on its own; a damaged complete
+    line is refused by number."""
+    path = folder / "verdicts.jsonl"
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    records = {}
+    for number, line in enumerate(complete.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            index = record["index"]
+            ok = isinstance(index, int) and 0 <= index < n and record["verdict"] in VERDICTS
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise RunFolderError(f"{path} line {number} is damaged; refused (remove the line)")
+        records[index] = record
+    if len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    return records
+
+
+def _settled(records: dict[int, dict], folder: Path | None) -> dict[int, dict]:
+    """The inputs a resume skips: certified, or refuted with the counterexample on disk."""
+    return {
+        i: r
+        for i, r in records.items()
+        if r["verdict"] == "certified"
+        or (
+            r["verdict"] == "refuted"
+            and (folder is None or (folder / "counterexamples" / f"{i}.pt").is_file())
+        )
+    }
+
+
+class _Log:
+    """The records of a run, appended to ``verdicts.jsonl`` (flushed and synced) as they come,
+    and the count of each verdict among them."""
+
+    def __init__(self, folder: Path | None, records: dict[int, dict]) -> None:
+        self.folder, self.records = folder, records
+        self.count = {v: 0 for v in VERDICTS}
+        for r in records.values():
+            self.count[r["verdict"]] += 1
+        self._fd = None
+        if folder is not None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self._fd = os.open(folder / "verdicts.jsonl", flags, 0o666)
+
+    def write(self, record: dict, counterexample: torch.Tensor | None) -> None:
+        if self._fd is not None:
+            if counterexample is not None:  # first: a refuted line always has its point
+                path = self.folder / "counterexamples" / f"{record['index']}.pt"
+                save_atomic(counterexample.clone(), path)
+            os.write(self._fd, (json_line(record) + "\n").encode())
+            os.fsync(self._fd)
+        old = self.records.get(record["index"])
+        if old is not None:
+            self.count[old["verdict"]] -= 1
+        self.count[record["verdict"]] += 1
+        self.records[record["index"]] = record
+
+    def counts(self) -> str:
+        return ", ".join(f"{self.count[v]} {v}" for v in VERDICTS)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# -- progress -----------------------------------------------------------------------------------
+class _Progress:
+    """A tqdm bar over the inputs on a terminal; otherwise a line of counts every
+    `STATUS_EVERY` seconds (``show``: None for that choice, False for nothing, True: a bar)."""
+
+    def __init__(self, log: _Log, done: int, n: int, show: bool | None) -> None:
+        self.log, self.done, self.n = log, done, n
+        bar_on = sys.stderr is not None and sys.stderr.isatty() if show is None else show
+        self.lines_on = show is None and not bar_on
+        self.last = time.monotonic()
+        self.bar = None
+        if bar_on:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n, initial=done, desc="verify", unit="input", mininterval=1.0)
+
+    def update(self) -> None:
+        """One more input written."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.log.counts(), refresh=False)
+            self.bar.update(1)
+        elif self.lines_on and time.monotonic() - self.last >= STATUS_EVERY:
+            self.last = time.monotonic()
+            line = f"verify: {self.done}/{self.n} inputs done: {self.log.counts()}"
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- one chunk ----------------------------------------------------------------------------------
+_ORDER = {stage: k for k, stage in enumerate(STAGES)}
+
+
+class _Chunk:
+    """`verify` on some inputs, each verdict written as soon as all its fields are final.
+
+    ``on_verdict`` is called when an input is decided; a refutation's time (and a search's node
+    count) is added after that call, so a refuted input waits until `verify` has moved on (a later
+    stage, or another input of the search) or returned."""
+
+    def __init__(self, rows: list[int], y: torch.Tensor, log: _Log, progress, budget: dict):
+        self.rows, self.y, self.log, self.progress = rows, y, log, progress
+        self.time_limit = budget["time_limit"]
+        self.pending: dict[int, str] = {}
+        self.written: set[int] = set()
+
+    def on_verdict(self, i: int, result) -> None:
+        stage = result.stage[i]
+        for j, stage_j in list(self.pending.items()):
+            if j != i and (_ORDER[stage] > _ORDER[stage_j] or stage_j == stage == "search"):
+                self._write(j, result)
+        if stage == "linear" or bool(result.certified[i]) or i in self.pending:
+            self._write(i, result)
+        else:
+            self.pending[i] = stage
+
+    def finish(self, result) -> None:
+        for k in range(len(self.rows)):
+            self._write(k, result)
+
+    def _write(self, k: int, result) -> None:
+        if k in self.written:
+            return
+        self.written.add(k)
+        self.pending.pop(k, None)
+        refuted, certified = bool(result.falsified[k]), bool(result.certified[k])
+        record = {
+            "index": self.rows[k],
+            "label": int(self.y[k]),
+            "verdict": "refuted" if refuted else "certified" if certified else "unknown",
+            "stage": result.stage[k],
+            "lower": float(result.lower[k]),
+            "upper": float(result.upper[k]),
+            "seconds": float(result.seconds[k]),
+            "nodes": int(result.nodes[k]) if result.nodes is not None else 0,
+            "time_limit": self.time_limit,
+        }
+        self.log.write(record, result.counterexamples[k] if refuted else None)
+        self.progress.update()
+
+
+# -- the run ------------------------------------------------------------------------------------
+def verify_folder(model, x, y, config: dict, out: Path | None, resume: bool, progress=None) -> dict:
+    """Verify every input of ``x, y`` not yet settled in ``out`` (None: no folder), ``CHUNK``
+    at a time; returns `summarise` over every recorded input."""
+    if out is None:
+        return _verify_all(model, x, y, config, None, {}, progress)
+    with RunLock(out):
+        check_folder(out, resume)
+        records = {}
+        if resume:
+            old = _read_json(out / "config.json")
+            differ = _differing_key(old, config)
+            if differ is not None:
+                raise RunFolderError(
+                    f"--resume: {out} holds a run of another question ({differ}); choose "
+                    "another folder"
+                )
+            records = read_verdicts(out, len(x))
+        left = ".config.json.*", ".summary.json.*", "counterexamples/.*.pt.*"
+        for tmp in [p for pattern in left for p in out.glob(pattern)]:
+            tmp.unlink(missing_ok=True)  # left by a kill
+        write_text_atomic(json_line(config) + "\n", out / "config.json")
+        summary = _verify_all(model, x, y, config, out, records, progress)
+        write_text_atomic(json_line(summary) + "\n", out / "summary.json")
+    return summary
+
+
+def _verify_all(model, x, y, config, out, records, progress) -> dict:
+    from ..verification import verify
+
+    settled = _settled(records, out)
+    todo = [i for i in range(len(x)) if i not in settled]
+    log = _Log(out, records)
+    bar = _Progress(log, len(settled), len(x), progress)
+    budget = {k: config[k] for k in ("time_limit", "attack_steps", "attack_restarts", "seed")}
+    try:
+        for start in range(0, len(todo), CHUNK):
+            rows = todo[start : start + CHUNK]
+            chunk = _Chunk(rows, y[rows], log, bar, budget)
+            result = verify(
+                model, x[rows], y[rows], config["eps"], clip=_clip(config),
+                on_verdict=chunk.on_verdict, **budget,
+            )  # fmt: skip
+            chunk.finish(result)
+    finally:
+        bar.close()
+        log.close()
+    return summarise(records, len(x), config)
+
+
+def summarise(records: dict[int, dict], n: int, config: dict) -> dict:
+    """Counts, accuracies, seconds and stages over the recorded inputs (of ``n``)."""
+    verdicts = [r["verdict"] for r in records.values()]
+    certified, refuted = verdicts.count("certified"), verdicts.count("refuted")
+    seconds = [r["seconds"] for r in records.values()]
+    stages = {s: 0 for s in STAGES}
+    for r in records.values():
+        if r["verdict"] != "unknown" and r["stage"] in stages:
+            stages[r["stage"]] += 1
+    return {
+        **config,
+        "images": n,
+        "recorded": len(records),
+        "certified": certified,
+        "refuted": refuted,
+        "unknown": n - certified - refuted,
+        "verified_robust_accuracy": certified / n if n else math.nan,
+        "not_refuted_accuracy": (n - refuted) / n if n else math.nan,
+        "seconds_total": math.fsum(seconds),
+        "seconds_median": statistics.median(seconds) if seconds else 0.0,
+        "seconds_max": max(seconds, default=0.0),
+        "stages": stages,
+    }
+
+
+def summary_line(s: dict) -> str:
+    return (
+        f"certified {s['certified']} / refuted {s['refuted']} / unknown {s['unknown']} of "
+        f"{s['images']}: verified robust accuracy {s['verified_robust_accuracy']:.4f} "
+        f"(not refuted {s['not_refuted_accuracy']:.4f})"
+    )
+
+
+def _clip(config: dict) -> tuple[float, float] | None:
+    return None if config["clip"] is None else tuple(config["clip"])
