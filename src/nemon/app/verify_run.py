@@ -217,31 +217,19 @@ class _Progress:
 
 
 # -- one chunk ----------------------------------------------------------------------------------
-_ORDER = {stage: k for k, stage in enumerate(STAGES)}
 
 
 class _Chunk:
-    """`verify` on some inputs, each verdict written as soon as all its fields are final.
-
-    ``on_verdict`` is called when an input is decided; a refutation's time (and a search's node
-    count) is added after that call, so a refuted input waits until `verify` has moved on (a later
-    stage, or another input of the search) or returned."""
+    """`verify` on some inputs, each verdict written as `verify` reports it (its fields final),
+    the inputs left unknown when the chunk ends."""
 
     def __init__(self, rows: list[int], y: torch.Tensor, log: _Log, progress, budget: dict):
         self.rows, self.y, self.log, self.progress = rows, y, log, progress
         self.time_limit = budget["time_limit"]
-        self.pending: dict[int, str] = {}
         self.written: set[int] = set()
 
     def on_verdict(self, i: int, result) -> None:
-        stage = result.stage[i]
-        for j, stage_j in list(self.pending.items()):
-            if j != i and (_ORDER[stage] > _ORDER[stage_j] or stage_j == stage == "search"):
-                self._write(j, result)
-        if stage == "linear" or bool(result.certified[i]) or i in self.pending:
-            self._write(i, result)
-        else:
-            self.pending[i] = stage
+        self._write(i, result)
 
     def finish(self, result) -> None:
         for k in range(len(self.rows)):
@@ -251,7 +239,6 @@ class _Chunk:
         if k in self.written:
             return
         self.written.add(k)
-        self.pending.pop(k, None)
         refuted, certified = bool(result.falsified[k]), bool(result.certified[k])
         record = {
             "index": self.rows[k],

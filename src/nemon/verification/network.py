@@ -15,6 +15,8 @@ MaxPool, MON without a sound state box) is refused by name.
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +62,24 @@ class Network:
     c: np.ndarray
     D: np.ndarray | None = None
     model: nn.Module | None = field(default=None, repr=False)  # the float64 copy lowered
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def lower_cached(classifier) -> Network:
+    """`lower`, reused while the classifier's tensors are the same objects at the same versions
+    (reading a conv-medium encoder's matrices takes about a minute)."""
+    stamp = tuple(
+        (name, t.data_ptr(), t._version, tuple(t.shape))
+        for name, t in itertools.chain(classifier.named_parameters(), classifier.named_buffers())
+    )
+    hit = _CACHE.get(classifier)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    net = lower(classifier)
+    _CACHE[classifier] = (stamp, net)
+    return net
 
 
 def lower(classifier) -> Network:

@@ -44,7 +44,7 @@ from ..certificates import (
 from ..solvers import ConvergenceWarning
 from ..validation import check_number
 from .bounds import network_bounds, tighten
-from .network import Network, lower
+from .network import Network, lower_cached
 from .program import build_program, safe_bound
 from .search import LPSolver, minimise
 
@@ -137,8 +137,8 @@ def verify(
     y = _check_labels(model, x, y).to(x.device)
     _check_eval_mode(model)
     check_modules(model)
+    nets = [lower_cached(c) for c in model.classifiers()]  # refuses what it cannot, by name
     model = copy.deepcopy(model).eval()
-    nets = [lower(c) for c in model.classifiers()]  # refuses what it cannot encode, by name
     state = _State(model, nets, x, y, eps, clip, on_verdict)
     state.run_certificates()
     state.run_refutation(attack_steps, attack_restarts, seed)
