@@ -103,6 +103,33 @@ def shipped_table_readme() -> str:
     return _table([*header, "PGD at 0.3", "certified but broken by PGD"], rows)
 
 
+# -- complete verification --------------------------------------------------------------------
+def verifications() -> list[dict]:
+    """Each ``nemon verify`` run folder's summary under ``benchmarks/results/verification``."""
+    folders = sorted((RESULTS / "verification").glob("*/summary.json"))
+    return [_json(path) | {"folder": path.parent.name} for path in folders]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}"
+
+
+def verification_table() -> str:
+    rows = []
+    for v in verifications():
+        model = v["model"]["name"] if isinstance(v.get("model"), dict) else v.get("model")
+        done = "" if v["recorded"] == v["images"] else f" ({v['recorded']} so far)"
+        rows.append(
+            [f"`{model}`{done}", f"{v['eps']:g}", v["images"], v["certified"], v["refuted"]]
+            + [v["unknown"], _f4(v["verified_robust_accuracy"]), _f4(v["not_refuted_accuracy"])]
+            + [_minutes(v.get("wall_seconds", v["seconds_total"])), f"{v['seconds_median']:.2f}"]
+            + [f"{v['seconds_max']:.1f}"]
+        )
+    header = ["model", "eps", "images", "certified", "refuted", "unknown", "verified robust"]
+    header += ["not refuted", "minutes", "median s / image", "max s / image"]
+    return _table(header, rows) if rows else "No verification run is committed yet.\n"
+
+
 # -- implicit against explicit ----------------------------------------------------------------
 def ablations() -> list[dict]:
     rows = []
@@ -429,6 +456,18 @@ images that are certified and yet misclassified by PGD. Made by
 training steps as each card states them.
 
 {shipped}
+## Complete verification
+
+Each test image decided: certified robust, refuted by a counterexample (in the ball and the clip
+box, misclassified by the model as given and by its exact equilibrium), or unknown (out of time,
+or robust at the exact equilibrium by less than the running charge). "Verified robust" is the
+certified share: the exact robust accuracy lies between it and "not refuted" (PGD's and the
+search's counterexamples together). Made by `nemon verify NAME --eps R --out
+benchmarks/results/verification/FOLDER --json ...` on one thread of the 2-core machine
+(`benchmarks/results/verification/*/summary.json`; a resume adds to a folder); minutes of wall
+clock, all runs on the folder together.
+
+{verification}
 ## Implicit against explicit, same recipe and budget
 
 `python benchmarks/ablation.py PRESET` trains the preset twice, once with its NEMON layer and once
@@ -549,6 +588,7 @@ def results_page() -> str:
     return RESULTS_PAGE.format(
         **_protocol(),
         shipped=shipped_table_docs(),
+        verification=verification_table(),
         ablation=ablation_table(),
         ablation_verdict=ablation_verdict(),
         published=published_table(),
@@ -578,6 +618,7 @@ BLOCKS = {
     "tightness-summary": tightness_summary,
     "linear-summary": linear_summary,
     "headline": headline,
+    "verification": verification_table,
 }
 PAGES_WITH_BLOCKS = (
     "README.md",

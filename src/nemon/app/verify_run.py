@@ -276,8 +276,12 @@ def verify_folder(model, x, y, config: dict, out: Path | None, resume: bool, pro
         left = ".config.json.*", ".summary.json.*", "counterexamples/.*.pt.*"
         for tmp in [p for pattern in left for p in out.glob(pattern)]:
             tmp.unlink(missing_ok=True)  # left by a kill
+        earlier = _read_json(out / "summary.json") if (out / "summary.json").is_file() else {}
         write_text_atomic(json_line(config) + "\n", out / "config.json")
+        start = time.monotonic()
         summary = _verify_all(model, x, y, config, out, records, progress)
+        # every run's wall-clock seconds on this folder, resumes included
+        summary["wall_seconds"] = earlier.get("wall_seconds", 0.0) + time.monotonic() - start
         write_text_atomic(json_line(summary) + "\n", out / "summary.json")
     return summary
 

@@ -259,7 +259,7 @@ class _State:
         bounds = [network_bounds(net, lo, hi) for net in self.nets]
         program = build_program(self.nets, bounds, lo, hi)
         solver = LPSolver(program)
-        program, solver = _tighten_implicit(self.nets, bounds, program, solver, lo, hi, deadline)
+        program, solver = _tighten(self.nets, bounds, program, solver, lo, hi, deadline)
         r = self.result
         pair = self.pair_bounds[i]
         lowers = {j: float(pair[j]) for j in range(len(pair)) if j != label}
@@ -316,40 +316,49 @@ def _margin_objective(nets, program, label: int, j: int) -> tuple[np.ndarray, fl
     return cost, const - 2.0**-36 * (slack + np.abs(cost) @ reach)
 
 
-def _tighten_implicit(nets, bounds, program, solver, lo, hi, deadline):
-    """Tighten every implicit block's unstable pre-activations by two LPs each (min and max,
-    every bound recomputed by `safe_bound`), then rebuild the program on the new boxes."""
-    targets = []
-    for m, (net, net_bounds) in enumerate(zip(nets, bounds)):
-        for k, (block, bb) in enumerate(zip(net.blocks, net_bounds)):
-            if block.A is not None:
-                un = bb.unstable
-                targets.append((m, k, un))
-    if not any(len(t[2]) for t in targets):
-        return program, solver
-    where = {w: t for t, w in enumerate(program.phase_block)}
-    for m, k, un in targets:
-        bb = bounds[m][k]
-        new_lo, new_hi = bb.pre.lo.copy(), bb.pre.hi.copy()
-        for i in un:
-            col = program.phase_z[where[(m, k, int(i))]]
-            for sign in (1.0, -1.0):
-                if time.monotonic() > deadline:
-                    break
-                cost = np.zeros(program.size)
-                cost[col] = sign
-                solver.set_cost(cost)
-                result = solver.solve(deadline)
-                if result[0] != "optimal":
-                    continue
-                bound = safe_bound(program, cost, 0.0, program.col_lo, program.col_hi, result[3])
-                if sign > 0:
-                    new_lo[i] = max(new_lo[i], bound)
-                else:
-                    new_hi[i] = min(new_hi[i], -bound)
-        tighten(bb, new_lo, new_hi)
-    program = build_program(nets, bounds, lo, hi)
-    return program, LPSolver(program)
+def _tighten(nets, bounds, program, solver, lo, hi, deadline):
+    """Tighten the unstable pre-activations of every implicit block by two LPs each (min and
+    max, every bound recomputed by `safe_bound`), block by block, the program rebuilt on the new
+    boxes after each; returns the last program. (Explicit blocks too cost more than they gained
+    on `mnist-cert-0.3`: 27 s against 9 s on a hard image, no verdict changed.)"""
+    depth = max(len(net.blocks) for net in nets)
+    for k in range(depth):
+        targets = [
+            (m, bounds[m][k]) for m, net in enumerate(nets)
+            if k < len(net.blocks) and net.blocks[k].A is not None
+            and len(bounds[m][k].unstable)
+        ]  # fmt: skip
+        if not targets or time.monotonic() > deadline:
+            continue
+        where = {w: t for t, w in enumerate(program.phase_block)}
+        for m, bb in targets:
+            new_lo, new_hi = bb.pre.lo.copy(), bb.pre.hi.copy()
+            for i in bb.unstable:
+                col = program.phase_z[where[(m, k, int(i))]]
+                for sign in (1.0, -1.0):
+                    bound = _lp_bound(program, solver, col, sign, deadline)
+                    if sign > 0:
+                        new_lo[i] = max(new_lo[i], bound)
+                    else:
+                        new_hi[i] = min(new_hi[i], -bound)
+            tighten(bb, new_lo, new_hi)
+        program = build_program(nets, bounds, lo, hi)
+        solver = LPSolver(program)
+    return program, solver
+
+
+def _lp_bound(program, solver, col: int, sign: float, deadline: float) -> float:
+    """A rigorous lower bound of ``sign * v[col]`` over the relaxed program (-inf if none)."""
+    if time.monotonic() > deadline:
+        return -math.inf
+    cost = np.zeros(program.size)
+    cost[col] = sign
+    solver.set_cost(cost)
+    result = solver.solve(deadline)
+    duals = result[3] if result[0] == "optimal" else result[1] if result[0] == "other" else None
+    if duals is None:
+        return -math.inf
+    return safe_bound(program, cost, 0.0, program.col_lo, program.col_hi, duals)
 
 
 @torch.no_grad()
