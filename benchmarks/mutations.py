@@ -77,6 +77,13 @@ MUTATIONS = [
         ("tests/test_exact.py",),
     ),
     Mutation(
+        "embedding box not widened by the solver's error bound (verify's big-M constants)",
+        "src/nemon/explicit.py",
+        "    return x_lo - widen, x_hi + widen",
+        "    return x_lo, x_hi",
+        ("tests/test_verify.py",),
+    ),
+    Mutation(
         "embedding system without off-diagonal coupling (dense)",
         "src/nemon/layers.py",
         "E = torch.cat([torch.cat([A_M, A_neg], 1), torch.cat([A_neg, A_M], 1)], 0)",
@@ -426,6 +433,27 @@ MUTATIONS = [
         "    except ZeroDivisionError as exc:",
         ("tests/test_refusals.py",),
     ),
+    Mutation(
+        "verify's safe dual bound without directed rounding",
+        "src/nemon/verification/program.py",
+        "    r_lo, r_hi = r - r_err, r + r_err",
+        "    r_lo, r_hi = r, r",
+        ("tests/test_verify.py",),
+    ),
+    Mutation(
+        "verify's big-M row with the wrong sign of the lower bound",
+        "src/nemon/verification/program.py",
+        "np.r_[one, -one, -l]",
+        "np.r_[one, -one, l]",
+        ("tests/test_verify.py",),
+    ),
+    Mutation(
+        "verify's ReLU chord not lifted past its rounding (CROWN bounds)",
+        "src/nemon/verification/bounds.py",
+        "    up_icpt = up_icpt + np.where(unstable, WIDEN * (up * np.maximum(-lo, hi) + up_icpt), 0.0)",
+        "    up_icpt = up_icpt + 0.0 * np.where(unstable, WIDEN, 0.0) - np.where(unstable, 1e-3, 0.0)",
+        ("tests/test_verify.py",),
+    ),
 ]
 
 
@@ -472,6 +500,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=int, nargs="*", help="indices (0-based) of mutations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutations.json"))
+    parser.add_argument(
+        "--merge", action="store_true", help="replace these mutations' entries in --out, keep others"
+    )
     args = parser.parse_args()
     chosen = [MUTATIONS[i] for i in args.only] if args.only else MUTATIONS
     results = []
@@ -480,6 +511,12 @@ def main() -> int:
             r = run(m, Path(tmp))
             results.append(r)
             print(f"{r['status']:>9}  {m.name}  {r.get('by', [''])[:1]}", flush=True)
+    if args.merge and Path(args.out).is_file():
+        fresh = {r["name"]: r for r in results}
+        order = [m.name for m in MUTATIONS]
+        kept = json.loads(Path(args.out).read_text())["mutations"]
+        merged = {r["name"]: r for r in kept if r["name"] in order} | fresh
+        results = [merged[name] for name in order if name in merged]
     killed = sum(r["status"] == "killed" for r in results)
     summary = {"killed": killed, "total": len(results), "mutations": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -329,17 +329,19 @@ def _exact_bound(program: Program, cost, const, y) -> Fraction:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1))
-def test_safe_bound_never_exceeds_its_exact_value(seed):
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_safe_bound_never_exceeds_its_exact_value(seed, cancelling):
     """For any multipliers, the float64 bound is at most the exact value of the same expression
-    (so at most the program's minimum): a sum without the rounding allowance fails this."""
+    (so at most the program's minimum): a sum without the rounding allowance fails this.
+    ``cancelling``: multipliers with ``M^T y ~ cost``, as at an LP optimum, where the reduced
+    costs are what rounding leaves of a cancellation."""
     g = np.random.default_rng(seed)
-    rows, cols = 6, 8
+    rows, cols = (10, 6) if cancelling else (6, 8)
     dense = g.normal(size=(rows, cols)) * g.choice([1e-3, 1.0, 1e3], size=(rows, cols))
     import scipy.sparse as sp
 
     M = sp.csr_matrix(dense)
-    b = g.normal(size=rows) * 1e3
+    b = g.normal(size=rows) * (0.0 if cancelling else 1e3)  # no large row terms to hide in
     program = Program(
         M,
         b - 1e-3,
@@ -353,7 +355,9 @@ def test_safe_bound_never_exceeds_its_exact_value(seed):
     )
     cost = g.normal(size=cols) * 1e3
     y = g.normal(size=rows) * 1e2
-    const = float(g.normal() * 1e6)
+    if cancelling:
+        y = np.linalg.lstsq(dense.T, cost, rcond=None)[0]
+    const = 0.0 if cancelling else float(g.normal() * 1e6)
     got = safe_bound(program, cost, const, program.col_lo, program.col_hi, y)
     assert math.isfinite(got)
     exact = _exact_bound(program, cost, const, y)

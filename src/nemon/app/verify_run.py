@@ -8,7 +8,8 @@ A run folder (``--out``) holds:
   ``verdict`` certified / refuted / unknown, ``stage``, ``lower``, ``upper``, ``seconds``,
   ``nodes``, ``time_limit``), appended, flushed and synced as it is written; the last line of an
   index is its verdict;
-- ``counterexamples/INDEX.pt``: the point that refutes input INDEX (a tensor shaped like it);
+- ``counterexamples/INDEX.npy``: the point that refutes input INDEX (an array shaped like it, in
+  the model's dtype: ``numpy.load``);
 - ``summary.json``: what `summarise` reports over every recorded input.
 
 A resume keeps the certified and refuted inputs and retries the others (unknowns included: a
@@ -26,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..pretrained import describe_pretrained, pretrained_names
-from ..runs import RunFolderError, RunLock, json_line, save_atomic, write_text_atomic
+from ..runs import RunFolderError, RunLock, _atomic_write, json_line, write_text_atomic
 
 __all__ = [
     "CHUNK",
@@ -143,7 +145,7 @@ def _settled(records: dict[int, dict], folder: Path | None) -> dict[int, dict]:
         if r["verdict"] == "certified"
         or (
             r["verdict"] == "refuted"
-            and (folder is None or (folder / "counterexamples" / f"{i}.pt").is_file())
+            and (folder is None or (folder / "counterexamples" / f"{i}.npy").is_file())
         )
     }
 
@@ -165,8 +167,9 @@ class _Log:
     def write(self, record: dict, counterexample: torch.Tensor | None) -> None:
         if self._fd is not None:
             if counterexample is not None:  # first: a refuted line always has its point
-                path = self.folder / "counterexamples" / f"{record['index']}.pt"
-                save_atomic(counterexample.clone(), path)
+                path = self.folder / "counterexamples" / f"{record['index']}.npy"
+                point = counterexample.detach().cpu().numpy()
+                _atomic_write(path, lambda f: np.save(f, point))  # 3 KB a 28 x 28 image
             os.write(self._fd, (json_line(record) + "\n").encode())
             os.fsync(self._fd)
         old = self.records.get(record["index"])
@@ -273,7 +276,7 @@ def verify_folder(model, x, y, config: dict, out: Path | None, resume: bool, pro
                     "another folder"
                 )
             records = read_verdicts(out, len(x))
-        left = ".config.json.*", ".summary.json.*", "counterexamples/.*.pt.*"
+        left = ".config.json.*", ".summary.json.*", "counterexamples/.*.npy.*"
         for tmp in [p for pattern in left for p in out.glob(pattern)]:
             tmp.unlink(missing_ok=True)  # left by a kill
         earlier = _read_json(out / "summary.json") if (out / "summary.json").is_file() else {}
