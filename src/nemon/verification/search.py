@@ -131,17 +131,27 @@ def minimise(
     refutes,
 ) -> Outcome:
     """Prove ``min cost . v + const > threshold`` over the program, or find an input (checked by
-    ``refutes(point) -> bool``) that refutes it, before ``deadline`` (``time.monotonic``)."""
+    ``refutes(point) -> bool``) that refutes it, before ``deadline`` (``time.monotonic``).
+
+    Best first with plunges: the lowest LP value goes first, and from it the search dives into
+    the child the LP point leans to while the dive stays open (its sibling waits in the queue),
+    so consecutive LPs mostly differ in one phase and start near the last basis. Every node
+    whose bound is not above the threshold is split whatever the order."""
     program = solver.program
     solver.set_cost(cost)
     n = len(program.phases)
     order = itertools.count()
     heap = [(-math.inf, next(order), np.full(n, -1, np.int8))]
+    plunge = None  # the child being dived into
     closed_lower, nodes = math.inf, 0
-    while heap:
+    while heap or plunge is not None:
         if time.monotonic() > deadline:
-            return Outcome("unknown", min(closed_lower, heap[0][0]), nodes=nodes)
-        priority, _, fixed = heapq.heappop(heap)
+            open_lower = min([p for p, _, _ in heap] + ([plunge[0]] if plunge else []))
+            return Outcome("unknown", min(closed_lower, open_lower), nodes=nodes)
+        if plunge is not None:
+            (priority, fixed), plunge = plunge, None
+        else:
+            priority, _, fixed = heapq.heappop(heap)
         nodes += 1
         lo, hi = np.where(fixed == 1, 1.0, 0.0), np.where(fixed == 0, 0.0, 1.0)
         solver.set_phases(lo, hi)
@@ -168,10 +178,11 @@ def minimise(
         pick = _branching_phase(program, primal, duals, fixed)
         if pick is None:  # a leaf: exact, and not above the threshold (or not solved)
             return Outcome("unknown", min(closed_lower, bound), nodes=nodes)
-        for phase in (0, 1):
-            child = fixed.copy()
-            child[pick] = phase
-            heapq.heappush(heap, (priority, next(order), child))
+        lean = 1 if primal is None or primal[program.phases[pick]] >= 0.5 else 0
+        dive, wait = fixed.copy(), fixed.copy()
+        dive[pick], wait[pick] = lean, 1 - lean
+        heapq.heappush(heap, (priority, next(order), wait))
+        plunge = (priority, dive)
     return Outcome("certified", closed_lower, nodes=nodes)
 
 
