@@ -81,26 +81,46 @@ def shipped_table_docs() -> str:
     for m in shipped_models():
         e, r = m["evaluation"], m["eps"]
         minutes = " + ".join(str(x) for x in m["minutes"])
+        v = _verification_of(m["name"], r)
+        if v is None:
+            verified = ["-", "-", "-", f"{_f4(e[f'pgd@{r}'])} (PGD)"]
+        else:
+            verified = [_f4(v["verified_robust_accuracy"]), v["refuted"], v["unknown"]]
+            verified.append(_f4(v["not_refuted_accuracy"]))
         rows.append(
             [f"`{m['name']}`", m["architecture"], r, _f4(e["clean"]), _f4(e[f"interval@{r}"])]
-            + [_f4(e[f"pgd@{r}"]), e[f"violations@{r}"], minutes]
+            + verified
+            + [e[f"violations@{r}"], minutes]
         )
-    header = ["name", "architecture", "eps", "clean", "certified", "PGD", "broken"]
-    return _table([*header, "training minutes"], rows)
+    header = ["name", "architecture", "eps", "clean", "certified", "verified robust", "refuted"]
+    return _table([*header, "unknown", "not refuted", "broken", "training minutes"], rows)
 
 
 def shipped_table_readme() -> str:
     rows = []
     for m in shipped_models():
         e, r = m["evaluation"], m["eps"]
-        cells = {"0.1": ["-", "-"], "0.3": ["-", "-"]}
-        cells[r] = [_f4(e[f"interval@{r}"]), _f4(e[f"pgd@{r}"])]
+        v = _verification_of(m["name"], r)
+        if v is None:
+            verified = ["-", "-", "-", f"{_f4(e[f'pgd@{r}'])} (PGD)"]
+        else:
+            verified = [_f4(v["verified_robust_accuracy"]), v["refuted"], v["unknown"]]
+            verified.append(_f4(v["not_refuted_accuracy"]))
         rows.append(
-            [f"`{m['name']}` ({m['architecture']})", _f4(e["clean"]), *cells["0.1"]]
-            + [*cells["0.3"], e[f"violations@{r}"]]
+            [f"`{m['name']}` ({m['architecture']})", r, _f4(e["clean"]), _f4(e[f"interval@{r}"])]
+            + verified
         )
-    header = ["model", "clean", "certified at 0.1", "PGD at 0.1", "certified at 0.3"]
-    return _table([*header, "PGD at 0.3", "certified but broken by PGD"], rows)
+    header = ["model", "eps", "clean", "certified (interval)", "verified robust", "refuted"]
+    return _table([*header, "unknown", "not refuted"], rows)
+
+
+def _verification_of(name: str, eps: str) -> dict | None:
+    """The finished `nemon verify` run of a model at a radius, if one is committed."""
+    for v in verifications():
+        if v.get("model") == name and f"{v['eps']:g}" == f"{float(eps):g}":
+            if v["recorded"] == v["images"]:
+                return v
+    return None
 
 
 # -- complete verification --------------------------------------------------------------------
@@ -453,7 +473,9 @@ Full MNIST test set ({images} images), interval certificate on the l_inf ball cl
 float64, every solver error bound charged; PGD with {steps} steps and {restarts} restarts. "Broken" counts
 images that are certified and yet misclassified by PGD. Made by
 `python benchmarks/certified_models.py NAME --eps R` (each model's `evaluation.json`); minutes of
-training steps as each card states them.
+training steps as each card states them. "Verified robust", "refuted", "unknown" and "not
+refuted" come from the complete verification below; where none is committed yet, "not refuted"
+is PGD's.
 
 {shipped}
 ## Complete verification
