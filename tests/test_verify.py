@@ -131,6 +131,27 @@ def test_verdicts_match_exhaustive_enumeration(encoder):
     assert min(checked.values()) >= 3  # both verdicts were exercised
 
 
+def test_margins_below_the_running_charge_are_unknown_and_say_so():
+    """A model as it runs that may err by more than some margins: those inputs are neither
+    certified nor refuted, and the reason names the running charge; the verdicts still agree
+    with enumeration where they are given."""
+    model = tiny(0, encoder=False, solver=dict(tol=1e-13, max_iter=5000, error_tol=0.02))
+    x = torch.rand(12, 2, generator=torch.Generator().manual_seed(4), dtype=DT) * 0.6 + 0.2
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = verify(model, x, y, 0.08, time_limit=30, attack_steps=5, attack_restarts=1)
+    charged = [i for i, why in enumerate(result.reasons) if "running charge" in why]
+    assert charged and all(bool(result.unknown[i]) for i in charged)
+    for i in range(len(x)):
+        exact = exact_min_margins(model, x[i].numpy(), int(y[i]), 0.08).min()
+        if i in charged:
+            assert exact > -1e-9
+        elif result.certified[i]:
+            assert exact > 0
+        else:
+            assert bool(result.falsified[i]) and exact < 1e-8
+
+
 def test_never_weaker_than_linear_and_counterexamples_refute():
     model = tiny(7, encoder=True, inputs=4, hidden=5, width=6)
     g = torch.Generator().manual_seed(3)

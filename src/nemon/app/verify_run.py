@@ -252,6 +252,7 @@ class _Chunk:
             "upper": float(result.upper[k]),
             "seconds": float(result.seconds[k]),
             "nodes": int(result.nodes[k]) if result.nodes is not None else 0,
+            "reason": result.reasons[k] if result.reasons else "",
             "time_limit": self.time_limit,
         }
         self.log.write(record, result.counterexamples[k] if refuted else None)

@@ -120,6 +120,7 @@ class Outcome:
     lower: float
     point: np.ndarray | None = None
     nodes: int = 0
+    reason: str = ""  # why an unknown is unknown
 
 
 def minimise(
@@ -147,7 +148,9 @@ def minimise(
     while heap or plunge is not None:
         if time.monotonic() > deadline:
             open_lower = min([p for p, _, _ in heap] + ([plunge[0]] if plunge else []))
-            return Outcome("unknown", min(closed_lower, open_lower), nodes=nodes)
+            return Outcome(
+                "unknown", min(closed_lower, open_lower), nodes=nodes, reason="time limit"
+            )
         if plunge is not None:
             (priority, fixed), plunge = plunge, None
         else:
@@ -177,7 +180,13 @@ def minimise(
             return Outcome("falsified", -math.inf, primal[program.inputs], nodes)
         pick = _branching_phase(program, primal, duals, fixed)
         if pick is None:  # a leaf: exact, and not above the threshold (or not solved)
-            return Outcome("unknown", min(closed_lower, bound), nodes=nodes)
+            if primal is None:
+                reason = "no LP optimum at a leaf"
+            elif value + const >= 0:
+                reason = "robust at the exact equilibrium by less than the running charge"
+            else:
+                reason = "the leaf's minimiser did not refute (rounding)"
+            return Outcome("unknown", min(closed_lower, bound), nodes=nodes, reason=reason)
         lean = 1 if primal is None or primal[program.phases[pick]] >= 0.5 else 0
         dive, wait = fixed.copy(), fixed.copy()
         dive[pick], wait[pick] = lean, 1 - lean

@@ -72,6 +72,8 @@ class VerificationResult:
         stage: what decided each input: ``"linear"``, ``"centre"``, ``"attack"``, ``"search"``,
             or ``""`` (unknown).
         nodes: branch-and-bound nodes per input.
+        reasons: why each unknown input is unknown (``"time limit"``, or robust at the exact
+            equilibrium by less than the running charge, ...); ``""`` for decided ones.
     """
 
     certified: Tensor
@@ -82,6 +84,7 @@ class VerificationResult:
     seconds: Tensor
     stage: list[str] = field(default_factory=list)
     nodes: Tensor | None = None
+    reasons: list[str] = field(default_factory=list)
 
     @property
     def unknown(self) -> Tensor:
@@ -166,6 +169,7 @@ class _State:
             seconds=torch.zeros(n, dtype=torch.float64),
             stage=[""] * n,
             nodes=torch.zeros(n, dtype=torch.long),
+            reasons=[""] * n,
         )
         if certificate_obstacle(model) is None:
             charges = [_running_charge(c, y.cpu()).detach().double() for c in model.classifiers()]
@@ -246,16 +250,22 @@ class _State:
     # -- 3. branch and bound -----------------------------------------------------------------
     def run_search(self, time_limit: float, progress: bool) -> None:
         rows = self.open().nonzero().flatten().tolist()
+        for i in rows:
+            self.result.reasons[i] = "time limit"  # until the search says otherwise
         if not rows or time_limit <= 0:
             return
         from tqdm.auto import tqdm
 
         for i in tqdm(rows, desc="verify", unit="input", disable=not progress):
             start = time.monotonic()
+            self.result.reasons[i] = ""
             self._search(i, start + time_limit)
             self.result.seconds[i] += time.monotonic() - start
             if not bool(self.open()[i]):
+                self.result.reasons[i] = ""
                 self._decide(i, "search")
+            elif not self.result.reasons[i]:
+                self.result.reasons[i] = "time limit"
 
     def _search(self, i: int, deadline: float) -> None:
         label = int(self.y[i])
@@ -282,6 +292,8 @@ class _State:
                 return
             lowers[j] = max(lowers[j], out.lower - threshold)
             certified &= out.verdict == "certified"
+            if out.reason and not r.reasons[i]:
+                r.reasons[i] = out.reason
         r.lower[i] = min(lowers.values(), default=math.inf)
         r.certified[i] = certified and r.lower[i] > 0
 
