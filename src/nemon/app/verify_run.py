@@ -283,14 +283,18 @@ def verify_folder(model, x, y, config: dict, out: Path | None, resume: bool, pro
         earlier = _read_json(out / "summary.json") if (out / "summary.json").is_file() else {}
         write_text_atomic(json_line(config) + "\n", out / "config.json")
         start = time.monotonic()
-        summary = _verify_all(model, x, y, config, out, records, progress)
-        # every run's wall-clock seconds on this folder, resumes included
-        summary["wall_seconds"] = earlier.get("wall_seconds", 0.0) + time.monotonic() - start
-        write_text_atomic(json_line(summary) + "\n", out / "summary.json")
+
+        def save(summary: dict) -> dict:  # after each chunk: a killed run keeps its summary
+            # every run's wall-clock seconds on this folder, resumes included
+            summary["wall_seconds"] = earlier.get("wall_seconds", 0.0) + time.monotonic() - start
+            write_text_atomic(json_line(summary) + "\n", out / "summary.json")
+            return summary
+
+        summary = save(_verify_all(model, x, y, config, out, records, progress, save))
     return summary
 
 
-def _verify_all(model, x, y, config, out, records, progress) -> dict:
+def _verify_all(model, x, y, config, out, records, progress, save=None) -> dict:
     from ..verification import verify
 
     settled = _settled(records, out)
@@ -307,6 +311,8 @@ def _verify_all(model, x, y, config, out, records, progress) -> dict:
                 on_verdict=chunk.on_verdict, **budget,
             )  # fmt: skip
             chunk.finish(result)
+            if save is not None:
+                save(summarise(records, len(x), config))
     finally:
         bar.close()
         log.close()
