@@ -137,17 +137,40 @@ def _minutes(seconds: float) -> str:
 def verification_table() -> str:
     rows = []
     for v in verifications():
-        model = v["model"]["name"] if isinstance(v.get("model"), dict) else v.get("model")
         done = "" if v["recorded"] == v["images"] else f" ({v['recorded']} so far)"
         rows.append(
-            [f"`{model}`{done}", f"{v['eps']:g}", v["images"], v["certified"], v["refuted"]]
+            [f"`{v['folder']}`{done}", f"{v['eps']:g}", v["images"], v["certified"], v["refuted"]]
             + [v["unknown"], _f4(v["verified_robust_accuracy"]), _f4(v["not_refuted_accuracy"])]
             + [_minutes(v.get("wall_seconds", v["seconds_total"])), f"{v['seconds_median']:.2f}"]
             + [f"{v['seconds_max']:.1f}"]
         )
-    header = ["model", "eps", "images", "certified", "refuted", "unknown", "verified robust"]
+    header = ["run folder", "eps", "images", "certified", "refuted", "unknown", "verified robust"]
     header += ["not refuted", "minutes", "median s / image", "max s / image"]
     return _table(header, rows) if rows else "No verification run is committed yet.\n"
+
+
+def verified_ablation_table() -> str:
+    """Each verified model beside its verified explicit ablation (folder ``NAME-explicit-epsR``
+    beside ``NAME-epsR``), both finished."""
+    done = {v["folder"]: v for v in verifications() if v["recorded"] == v["images"]}
+    rows = []
+    for folder, explicit in sorted(done.items()):
+        if "-explicit-eps" not in folder:
+            continue
+        implicit = done.get(folder.replace("-explicit-eps", "-eps"))
+        if implicit is None:
+            continue
+        gap = implicit["verified_robust_accuracy"] - explicit["verified_robust_accuracy"]
+        rows.append(
+            [f"`{implicit['folder']}`", f"{implicit['eps']:g}"]
+            + [_f4(implicit["verified_robust_accuracy"]), _f4(implicit["not_refuted_accuracy"])]
+            + [implicit["unknown"], _f4(explicit["verified_robust_accuracy"])]
+            + [_f4(explicit["not_refuted_accuracy"]), explicit["unknown"], f"{100 * gap:+.2f}"]
+        )
+    header = ["model", "eps", "NEMON verified", "NEMON not refuted", "NEMON unknown"]
+    header += ["explicit verified", "explicit not refuted", "explicit unknown"]
+    header += ["NEMON - explicit (points, verified)"]
+    return _table(header, rows) if rows else "No verified pair is committed yet.\n"
 
 
 # -- implicit against explicit ----------------------------------------------------------------
@@ -498,6 +521,10 @@ with an explicit ReLU layer of the same width (`ExplicitDense`), and evaluates b
 
 {ablation}
 The column "NEMON - explicit" is the difference in certified accuracy, in percentage points.
+With both sides verified completely (`nemon verify` on the explicit run's checkpoint, folder
+`NAME-explicit-epsR` in `benchmarks/results/verification`), exact numbers:
+
+{verified_ablation}
 {ablation_verdict}
 ## Published certified accuracies (MNIST, l_inf)
 
@@ -611,6 +638,7 @@ def results_page() -> str:
         **_protocol(),
         shipped=shipped_table_docs(),
         verification=verification_table(),
+        verified_ablation=verified_ablation_table(),
         ablation=ablation_table(),
         ablation_verdict=ablation_verdict(),
         published=published_table(),
