@@ -63,35 +63,55 @@ def _table_rows(path: Path, width: int) -> dict[str, list[str]]:
     return rows
 
 
+def _verified_cells(name: str, r: str, evaluation: dict) -> list:
+    """What the tables state after "certified": verified robust, refuted, unknown and not
+    refuted from the model's finished verification folder, else dashes and PGD."""
+    path = ROOT / "benchmarks" / "results" / "verification" / f"{name}-eps{r}" / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else None
+    if summary is None or summary["recorded"] != summary["images"]:
+        return ["-", "-", "-", f"{evaluation[f'pgd@{r}']:.4f} (PGD)"]
+    keys = ("verified_robust_accuracy", "refuted", "unknown", "not_refuted_accuracy")
+    return [summary[k] for k in keys]
+
+
+def _assert_cells(name: str, stated: list[str], wanted: list) -> None:
+    for cell, value in zip(stated, wanted):
+        if isinstance(value, str):
+            assert cell == value, name
+        else:
+            assert float(cell) == pytest.approx(value, abs=5e-5), name
+
+
 def test_docs_table_states_each_shipped_evaluation():
-    """The pretrained guide lists every shipped model with its ``evaluation.json``'s figures."""
-    rows = _table_rows(ROOT / "docs" / "guide" / "pretrained.md", width=7)
+    """The pretrained guide lists every shipped model with its ``evaluation.json``'s figures and
+    its verification's (columns: architecture, eps, clean, certified, verified robust, refuted,
+    unknown, not refuted, broken, training minutes)."""
+    rows = _table_rows(ROOT / "docs" / "guide" / "pretrained.md", width=10)
     assert sorted(rows) == sorted(NAMES)
     for name, cells in rows.items():
         evaluation = _evaluation(name)
         (r,) = _radii(evaluation)
         assert float(cells[1]) == float(r), name
-        figures = [evaluation["clean"]] + [evaluation[f"{k}@{r}"] for k in ("interval", "pgd")]
-        assert [float(c) for c in cells[2:5]] == pytest.approx(figures, abs=5e-5), name
-        assert int(cells[5]) == evaluation[f"violations@{r}"], name
+        figures = [evaluation["clean"], evaluation[f"interval@{r}"]]
+        _assert_cells(name, cells[2:8], figures + _verified_cells(name, r, evaluation))
+        assert int(cells[8]) == evaluation[f"violations@{r}"], name
         training = re.search(r"^Training time.*$", _card(name), re.M).group(0)
-        for minutes in re.findall(r"\d+", cells[6]):
+        for minutes in re.findall(r"\d+", cells[9]):
             assert re.search(rf"\b{minutes}\b", training), f"{name}: {minutes} minutes"
 
 
 def test_readme_rows_state_each_shipped_evaluation():
     """The README's robustness table gives each shipped model its ``evaluation.json``'s figures
-    (columns: clean, certified and PGD at 0.1, certified and PGD at 0.3, broken)."""
-    rows = _table_rows(ROOT / "README.md", width=6)
+    and its verification's (columns: eps, clean, certified, verified robust, refuted, unknown,
+    not refuted)."""
+    rows = _table_rows(ROOT / "README.md", width=7)
     assert sorted(rows) == sorted(NAMES)
     for name, cells in rows.items():
         evaluation = _evaluation(name)
         (r,) = _radii(evaluation)
-        at = {"0.1": 1, "0.3": 3}[r]
-        figures = [evaluation["clean"]] + [evaluation[f"{k}@{r}"] for k in ("interval", "pgd")]
-        stated = [cells[0], cells[at], cells[at + 1]]
-        assert [float(c) for c in stated] == pytest.approx(figures, abs=5e-5), name
-        assert int(cells[5]) == evaluation[f"violations@{r}"], name
+        assert float(cells[0]) == float(r), name
+        figures = [evaluation["clean"], evaluation[f"interval@{r}"]]
+        _assert_cells(name, cells[1:7], figures + _verified_cells(name, r, evaluation))
 
 
 @pytest.fixture(scope="module")

@@ -212,7 +212,7 @@ def lowered_logits(net, u: np.ndarray) -> np.ndarray:
             a = np.maximum(block.W @ a + block.b, 0.0)
         else:
             a = fixed_point(block, block.W @ a + block.b)
-    out = net.C @ a + net.c
+    out = net.readout.W @ a + net.readout.b
     return out if net.D is None else out + net.D @ u
 
 
@@ -379,3 +379,32 @@ def test_safe_bound_never_exceeds_its_exact_value(seed, cancelling):
     exact = _exact_bound(program, cost, const, y)
     assert Fraction(got) <= exact
     assert float(exact) - got <= 1e-6 * (abs(float(exact)) + 1e9)  # and not uselessly loose
+
+
+def test_a_cancelling_composition_keeps_sound_boxes():
+    """Two affine modules whose product cancels in float64 (2^60 - 2^60): the lowered matrix
+    reads 0, but the boxes stay sound, sized by the factors' magnitudes (the exact map is
+    ``v = u``)."""
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(1, 3, bias=False), nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        enc[0].weight.copy_(torch.tensor([[2.0**60], [1.0], [2.0**60]]))
+        enc[1].weight.copy_(torch.tensor([[1.0, 1.0, -1.0]]))
+    layer = nemon.NEMONDense(1, 2, gamma=0.5, **TIGHT)
+    model = nemon.Classifier(layer, 2, encoder=enc, input_shape=(1,)).double().eval()
+    net = lower(model)
+    u = torch.tensor([0.5], dtype=DT)
+    (block,) = network_bounds(net, *ball_box(u, 0.1, (0.0, 1.0)))
+    B, b = model.layer.B.weight.detach(), model.layer.B.bias.detach()
+    for point in (0.4, 0.5, 0.6):  # the exact injection B v + b with v = u
+        z = (B[:, 0] * point + b).numpy()
+        assert np.all(block.pre.lo <= z + 1e-12) and np.all(z - 1e-12 <= block.pre.hi)
+
+
+def test_projection_stays_in_a_clip_box_that_float32_cannot_represent():
+    u = torch.full((1, 4), 0.29)
+    adv = torch.ones(1, 4)
+    from nemon.attacks import _project
+
+    p = _project(u, adv, 0.1, (0.0, 0.3))
+    assert bool((p.double() <= 0.3).all()) and bool(((p.double() - u.double()).abs() <= 0.1).all())

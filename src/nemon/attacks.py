@@ -73,8 +73,10 @@ def _ball(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 def _project(u: Tensor, adv: Tensor, eps: float, box: Box) -> Tensor:
     """The nearest point of the ball around ``u`` intersected with the box (non-empty: `_check`)."""
     lo, hi = _ball(u, eps)
-    if box is not None:
-        lo, hi = lo.clamp(min=box[0]), hi.clamp(max=box[1])
+    if box is not None:  # the box's ends rounded inwards to u's dtype (0.3 is no float32)
+        ends = torch.tensor([box[0], box[1]], dtype=torch.float64, device=u.device)
+        low, high = round_to(ends[:1], u.dtype, "up"), round_to(ends[1:], u.dtype, "down")
+        lo, hi = torch.maximum(lo, low), torch.minimum(hi, high)
     return torch.max(torch.min(adv, hi), lo)
 
 

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from ..explicit import implicit_box
-from .network import Block, Network
+from .network import Affine, Block, Network
 
 __all__ = ["Box", "BlockBounds", "network_bounds", "WIDEN"]
 
@@ -71,21 +71,26 @@ def _input_box(bounds: list[BlockBounds], k: int, lo, hi) -> Box:
     return Box(lo, hi) if k == 0 else bounds[k - 1].out
 
 
-def _interval(W: sp.csr_matrix, b: np.ndarray, box: Box) -> Box:
+def _reach(box: Box) -> np.ndarray:
+    return np.maximum(np.abs(box.lo), np.abs(box.hi))
+
+
+def _interval(f: Affine, box: Box) -> Box:
+    """The box of ``W x + b`` for ``x`` in ``box``, widened by ``WIDEN`` times the magnitudes
+    that formed it (``f``'s, which cover the rounding of a composed ``W``)."""
     centre, radius = (box.hi + box.lo) / 2, (box.hi - box.lo) / 2
-    absW = abs(W)
-    c, r = W @ centre + b, absW @ radius
-    mag = absW @ np.maximum(np.abs(box.lo), np.abs(box.hi)) + np.abs(b)
+    c, r = f.W @ centre + f.b, abs(f.W) @ radius
+    mag = f.Wabs @ _reach(box) + f.babs
     slack = WIDEN * (mag + np.abs(c) + r) + _TINY
     return Box(c - r - slack, c + r + slack)
 
 
 def _explicit_pre(net: Network, bounds, k: int, lo, hi) -> Box:
     block = net.blocks[k]
-    box = _interval(block.W, block.b, _input_box(bounds, k, lo, hi))
+    box = _interval(block.map, _input_box(bounds, k, lo, hi))
     rows = np.flatnonzero((box.lo < 0) & (box.hi > 0))
     if len(rows) and k > 0:
-        lin_lo, lin_hi = _linear(net, bounds, k, block.W[rows], block.b[rows], lo, hi)
+        lin_lo, lin_hi = _linear(net, bounds, k, rows, lo, hi)
         box.lo[rows] = np.maximum(box.lo[rows], lin_lo)
         box.hi[rows] = np.minimum(box.hi[rows], lin_hi)
     return box
@@ -94,14 +99,13 @@ def _explicit_pre(net: Network, bounds, k: int, lo, hi) -> Box:
 def _implicit_bounds(net: Network, bounds, k: int, lo, hi) -> tuple[Box, Box]:
     block = net.blocks[k]
     before = _input_box(bounds, k, lo, hi)
-    injection = _interval(block.W, block.b, before)
+    injection = _interval(block.map, before)
     if k > 0:
-        lin_lo, lin_hi = _linear(net, bounds, k, block.W, block.b, lo, hi)
+        lin_lo, lin_hi = _linear(net, bounds, k, np.arange(block.size), lo, hi)
         injection = Box(np.maximum(injection.lo, lin_lo), np.minimum(injection.hi, lin_hi))
     state = _state_box(block, before, injection)
     pre = _interval(
-        sp.hstack([block.A, sp.identity(block.size)]).tocsr(),
-        np.zeros(block.size),
+        Affine.read(sp.hstack([block.A, sp.identity(block.size)]).tocsr(), np.zeros(block.size)),
         Box(np.concatenate([state.lo, injection.lo]), np.concatenate([state.hi, injection.hi])),
     )
     out = Box(
@@ -116,7 +120,7 @@ def _state_box(block: Block, before: Box, injection: Box) -> Box:
     if block.prefix is None:
         v = before
     else:
-        v = _interval(*block.prefix, before)
+        v = _interval(block.prefix, before)
     shape = layer.input_shape()
     as_tensor = lambda a, s: torch.from_numpy(np.ascontiguousarray(a)).reshape(1, *s)  # noqa: E731
     state_shape = layer.state_shape() if hasattr(layer, "state_shape") else (block.size,)
@@ -132,24 +136,30 @@ def _state_box(block: Block, before: Box, injection: Box) -> Box:
     return Box(np.maximum(x_lo - slack, 0.0), x_hi + slack)
 
 
-def _linear(net: Network, bounds, k: int, W, b, lo, hi) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper linear bounds of ``W a_{k-1} + b`` (rows of ``W``), carried back through
-    the explicit blocks before ``k`` to the input or to the last implicit block's output box."""
-    out_lo, out_hi = np.empty(W.shape[0]), np.empty(W.shape[0])
-    for start in range(0, W.shape[0], _ROWS):
-        part = slice(start, start + _ROWS)
-        rows = W[part].toarray()
-        lam = np.concatenate([rows, -rows])
-        offset = np.concatenate([b[part], -b[part]])
-        bound = _backward(net, bounds, k, lam, offset, lo, hi)
-        half = len(rows)
-        out_lo[part], out_hi[part] = bound[:half], -bound[half:]
+def _linear(net: Network, bounds, k: int, rows: np.ndarray, lo, hi):
+    """Lower and upper linear bounds of rows ``rows`` of block ``k``'s ``W a_{k-1} + b``,
+    carried back through the explicit blocks before ``k`` to the input or to the last implicit
+    block's output box."""
+    f = net.blocks[k].map
+    out_lo, out_hi = np.empty(len(rows)), np.empty(len(rows))
+    for start in range(0, len(rows), _ROWS):
+        part = rows[start : start + _ROWS]
+        W = f.W[part].toarray()
+        lam = np.concatenate([W, -W])
+        offset = np.concatenate([f.b[part], -f.b[part]])
+        # the rounding of a composed W and b: relative to their magnitudes
+        wabs = f.Wabs[part] @ _reach(_input_box(bounds, k, lo, hi)) + f.babs[part]
+        bound = _backward(net, bounds, k, lam, offset, np.concatenate([wabs, wabs]), lo, hi)
+        half = len(part)
+        out_lo[start : start + half], out_hi[start : start + half] = bound[:half], -bound[half:]
     return out_lo, out_hi
 
 
-def _backward(net: Network, bounds, k: int, lam: np.ndarray, offset: np.ndarray, lo, hi):
-    """Lower bounds of ``lam . a_{k-1} + offset`` (rows of ``lam``)."""
-    mag = np.abs(offset)
+def _backward(net: Network, bounds, k: int, lam, offset, mag, lo, hi):
+    """Lower bounds of ``lam . a_{k-1} + offset`` (rows of ``lam``), lowered by ``WIDEN``
+    times the magnitudes of everything that formed them (``mag``: those of ``lam`` and
+    ``offset`` as given)."""
+    mag = mag + np.abs(offset)
     j = k - 1
     while j >= 0 and net.blocks[j].A is None:
         pre = bounds[j].pre
@@ -157,15 +167,18 @@ def _backward(net: Network, bounds, k: int, lam: np.ndarray, offset: np.ndarray,
         pos, neg = np.maximum(lam, 0.0), np.minimum(lam, 0.0)
         lam_z = pos * low + neg * up
         offset = offset + neg @ up_icpt
-        W, bj = net.blocks[j].W, net.blocks[j].b
-        offset = offset + lam_z @ bj
-        mag = mag + np.abs(neg) @ np.abs(up_icpt) + np.abs(lam_z) @ np.abs(bj)
-        lam = np.asarray((W.T @ lam_z.T).T)
+        f = net.blocks[j].map
+        offset = offset + lam_z @ f.b
+        abs_z = np.abs(lam_z)
+        reach = _reach(_input_box(bounds, j, lo, hi))
+        mag = mag + np.abs(neg) @ np.abs(up_icpt) + abs_z @ f.babs
+        mag = mag + np.asarray((f.Wabs.T @ abs_z.T).T) @ reach  # the rounding of W^T lam
+        lam = np.asarray((f.W.T @ lam_z.T).T)
         j -= 1
     box = Box(lo, hi) if j < 0 else bounds[j].out
     pos, neg = np.maximum(lam, 0.0), np.minimum(lam, 0.0)
     bound = pos @ box.lo + neg @ box.hi + offset
-    mag = mag + np.abs(lam) @ np.maximum(np.abs(box.lo), np.abs(box.hi))
+    mag = mag + np.abs(lam) @ _reach(box)
     return bound - (WIDEN * (mag + np.abs(bound)) + _TINY)
 
 

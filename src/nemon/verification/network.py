@@ -27,7 +27,7 @@ from torch import nn
 from ..explicit import UnsupportedModule, rule_for
 from ..layers import ImplicitLayer
 
-__all__ = ["Block", "Network", "lower", "VerificationUnsupported"]
+__all__ = ["Affine", "Block", "Network", "lower", "lower_cached", "VerificationUnsupported"]
 
 _CHUNK = 2**22  # entries evaluated at once when reading a matrix off a module
 
@@ -37,15 +37,49 @@ class VerificationUnsupported(UnsupportedModule):
 
 
 @dataclass
-class Block:
-    """``a = ReLU([A a +] W a_prev + b)``; ``layer``/``prefix`` (implicit blocks): the layer, and
-    the affine map ``v = P a_prev + p`` to its own input (for its embedding box)."""
+class Affine:
+    """``x -> W x + b`` with magnitudes ``Wabs >= |W|``, ``babs >= |b|`` that bound what formed
+    them (for a product of maps, ``|W1| |W0|``: the rounding of a product that cancels is
+    relative to these, not to the product)."""
 
     W: sp.csr_matrix
     b: np.ndarray
+    Wabs: sp.csr_matrix
+    babs: np.ndarray
+
+    @staticmethod
+    def read(W, b) -> Affine:
+        W = sp.csr_matrix(W)
+        return Affine(W, np.asarray(b, float), abs(W), np.abs(b))
+
+    def after(self, inner: Affine) -> Affine:
+        """``self o inner``."""
+        return Affine(
+            sp.csr_matrix(self.W @ inner.W),
+            np.asarray(self.W @ inner.b).ravel() + self.b,
+            sp.csr_matrix(self.Wabs @ inner.Wabs),
+            np.asarray(self.Wabs @ inner.babs).ravel() + self.babs,
+        )
+
+
+@dataclass
+class Block:
+    """``a = ReLU([A a +] W a_prev + b)`` (``map``: ``W, b`` and their magnitudes);
+    ``layer``/``prefix`` (implicit blocks): the layer, and the affine map ``v = P a_prev + p``
+    to its own input (for its embedding box)."""
+
+    map: Affine
     A: sp.csr_matrix | None = None
     layer: ImplicitLayer | None = None
-    prefix: tuple[sp.csr_matrix, np.ndarray] | None = None
+    prefix: Affine | None = None
+
+    @property
+    def W(self) -> sp.csr_matrix:
+        return self.map.W
+
+    @property
+    def b(self) -> np.ndarray:
+        return self.map.b
 
     @property
     def size(self) -> int:
@@ -54,12 +88,12 @@ class Block:
 
 @dataclass
 class Network:
-    """One classifier as blocks and a readout ``y = C a_K + c + D u`` (``D`` may be None)."""
+    """One classifier as blocks and a readout ``y = C a_K + c + D u`` (``D`` may be None;
+    ``readout``: ``C, c`` with their magnitudes)."""
 
     input_size: int
     blocks: list[Block]
-    C: sp.csr_matrix
-    c: np.ndarray
+    readout: Affine
     D: np.ndarray | None = None
     model: nn.Module | None = field(default=None, repr=False)  # the float64 copy lowered
 
@@ -94,13 +128,12 @@ def lower(classifier) -> Network:
         shape = (int(np.prod(shape)),)
     shape = _lower_implicit(layer, shape, ops)
     blocks, pending = _blocks(ops, int(np.prod(model.input_shape)))
-    readout = model.readout.weight.detach().numpy()
-    features = _matrix(layer.features, shape)
-    C, c = _compose((sp.csr_matrix(readout), model.readout.bias.detach().numpy()), features)
+    weight, bias = model.readout.weight.detach().numpy(), model.readout.bias.detach().numpy()
+    readout = Affine.read(weight, bias).after(_matrix(layer.features, shape))
     if pending is not None:
-        C, c = _compose((C, c), pending)
+        readout = readout.after(pending)
     D = None if model.direct is None else model.direct.weight.detach().numpy().copy()
-    return Network(int(np.prod(model.input_shape)), blocks, C, c, D, model)
+    return Network(int(np.prod(model.input_shape)), blocks, readout, D, model)
 
 
 def _lower_module(module: nn.Module, shape: tuple, ops: list) -> tuple:
@@ -117,8 +150,7 @@ def _lower_module(module: nn.Module, shape: tuple, ops: list) -> tuple:
     if kind == "implicit":
         return _lower_implicit(module, shape, ops)
     if kind == "affine":
-        W, b = _matrix(lambda x: rule.evaluate(module, x), shape)
-        ops.append(("affine", W, b))
+        ops.append(("affine", _matrix(lambda x: rule.evaluate(module, x), shape)))
         out = rule.evaluate(module, torch.zeros(1, *shape, dtype=torch.float64))
         return tuple(out.shape[1:])
     raise VerificationUnsupported(
@@ -143,45 +175,38 @@ def _lower_implicit(layer: ImplicitLayer, shape: tuple, ops: list) -> tuple:
         if not hasattr(layer, "state_shape")
         else int(np.prod(layer.state_shape()))
     )
-    A = sp.csr_matrix(layer.weight().detach().numpy())
+    with torch.no_grad():
+        A = sp.csr_matrix(layer.weight().detach().numpy())
     inj = _matrix(layer.injection, shape)
     ops.append(("implicit", A, inj, layer))
     state = layer.state_shape() if hasattr(layer, "state_shape") else (n,)
     return tuple(state)
 
 
-def _blocks(ops: list, input_size: int) -> tuple[list[Block], tuple | None]:
+def _blocks(ops: list, input_size: int) -> tuple[list[Block], Affine | None]:
     """Fold the operations into blocks; returns them and the affine map left after the last."""
     blocks: list[Block] = []
     pending = None  # the affine map since the last block's output
     for op in ops:
         if op[0] == "affine":
-            pending = op[1:] if pending is None else _compose(op[1:], pending)
+            pending = op[1] if pending is None else op[1].after(pending)
         elif op[0] == "relu":
             if pending is None:  # a ReLU of the previous output itself: ReLU(I a)
                 n = blocks[-1].size if blocks else input_size
-                pending = (sp.identity(n, format="csr"), np.zeros(n))
-            blocks.append(Block(pending[0].tocsr(), pending[1]))
+                pending = Affine.read(sp.identity(n, format="csr"), np.zeros(n))
+            blocks.append(Block(pending))
             pending = None
         else:
             _, A, inj, layer = op
-            prefix = pending
-            W, b = inj if pending is None else _compose(inj, pending)
-            blocks.append(Block(W.tocsr(), b, A, layer, prefix))
+            blocks.append(Block(inj if pending is None else inj.after(pending), A, layer, pending))
             pending = None
     return blocks, pending
 
 
-def _compose(outer: tuple, inner: tuple) -> tuple:
-    """``outer o inner`` for affine maps ``(W, b)``."""
-    W1, b1 = outer
-    W0, b0 = inner
-    return sp.csr_matrix(W1 @ W0), np.asarray(W1 @ b0).ravel() + b1
-
-
-def _matrix(f, shape: tuple) -> tuple[sp.csr_matrix, np.ndarray]:
-    """``(W, b)`` with ``f(x) = W x + b`` on flattened samples of ``shape``: ``b = f(0)`` and
-    the columns ``f(e_k) - f(0)`` (rounding is charged by the programs' row tolerances)."""
+def _matrix(f, shape: tuple) -> Affine:
+    """``f(x) = W x + b`` on flattened samples of ``shape``: ``b = f(0)`` and the columns of
+    ``W`` by forward-mode differentiation along the unit vectors (for Linear and Conv2d each
+    entry is then a weight exactly: one tap times 1, no bias to subtract)."""
     n = int(np.prod(shape))
     with torch.no_grad():
         zero = torch.zeros(1, *shape, dtype=torch.float64)
@@ -193,7 +218,8 @@ def _matrix(f, shape: tuple) -> tuple[sp.csr_matrix, np.ndarray]:
             stop = min(n, start + step)
             basis = torch.zeros(stop - start, n, dtype=torch.float64)
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            cols = f(basis.reshape(-1, *shape)).reshape(stop - start, -1) - base
-            columns.append(sp.csr_matrix(cols.numpy()))
+            origin = torch.zeros(stop - start, *shape, dtype=torch.float64)
+            _, cols = torch.func.jvp(f, (origin,), (basis.reshape(-1, *shape),))
+            columns.append(sp.csr_matrix(cols.reshape(stop - start, -1).numpy()))
     W = sp.vstack(columns).T.tocsr()
-    return W, base[0].numpy().copy()
+    return Affine.read(W, base[0].numpy().copy())

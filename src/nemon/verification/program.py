@@ -155,13 +155,13 @@ class _Expression:
         zero = np.zeros(len(columns))
         return _Expression(E, zero, E, zero)
 
-    def apply(self, W: sp.csr_matrix, b: np.ndarray) -> _Expression:
-        absW = abs(W)
+    def apply(self, f) -> _Expression:
+        """``f`` (a `nemon.verification.network.Affine`) applied, its magnitudes carried."""
         return _Expression(
-            (W @ self.E).tocsr(),
-            W @ self.e + b,
-            (absW @ self.Eabs).tocsr(),
-            absW @ self.eabs + np.abs(b),
+            (f.W @ self.E).tocsr(),
+            f.W @ self.e + f.b,
+            (f.Wabs @ self.Eabs).tocsr(),
+            f.Wabs @ self.eabs + f.babs,
         )
 
 
@@ -194,7 +194,7 @@ class _Rows:
 
 def _block_rows(block, bb: BlockBounds, alloc: dict, prev: _Expression, rows: _Rows, n: int):
     """Append one block's rows; returns the expression of its output."""
-    pre = prev.apply(block.W, block.b)
+    pre = prev.apply(block.map)
     a, z, d, un = alloc["a"], alloc["z"], alloc["d"], alloc["unstable"]
     if block.A is not None:  # the state's own feedback: pre += A x over the state's columns
         states = np.flatnonzero(a >= 0)

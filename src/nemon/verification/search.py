@@ -142,19 +142,20 @@ def minimise(
     solver.set_cost(cost)
     n = len(program.phases)
     order = itertools.count()
-    heap = [(-math.inf, next(order), np.full(n, -1, np.int8))]
+    # entries: (the parent's LP value: the order, count, phases, the parent's safe bound)
+    heap = [(-math.inf, next(order), np.full(n, -1, np.int8), -math.inf)]
     plunge = None  # the child being dived into
     closed_lower, nodes = math.inf, 0
     while heap or plunge is not None:
-        if time.monotonic() > deadline:
-            open_lower = min([p for p, _, _ in heap] + ([plunge[0]] if plunge else []))
+        if time.monotonic() > deadline:  # proven: the open nodes' parents' safe bounds
+            open_lower = min([e[3] for e in heap] + ([plunge[3]] if plunge else []))
             return Outcome(
                 "unknown", min(closed_lower, open_lower), nodes=nodes, reason="time limit"
             )
         if plunge is not None:
-            (priority, fixed), plunge = plunge, None
+            (priority, _, fixed, _), plunge = plunge, None
         else:
-            priority, _, fixed = heapq.heappop(heap)
+            priority, _, fixed, _ = heapq.heappop(heap)
         nodes += 1
         lo, hi = np.where(fixed == 1, 1.0, 0.0), np.where(fixed == 0, 0.0, 1.0)
         solver.set_phases(lo, hi)
@@ -190,8 +191,8 @@ def minimise(
         lean = 1 if primal is None or primal[program.phases[pick]] >= 0.5 else 0
         dive, wait = fixed.copy(), fixed.copy()
         dive[pick], wait[pick] = lean, 1 - lean
-        heapq.heappush(heap, (priority, next(order), wait))
-        plunge = (priority, dive)
+        heapq.heappush(heap, (priority, next(order), wait, bound))
+        plunge = (priority, next(order), dive, bound)
     return Outcome("certified", closed_lower, nodes=nodes)
 
 

@@ -200,6 +200,7 @@ class _State:
             correct, bounds = margin_bounds(self.model, self.x, self.y, self.eps, method, self.clip)
         bounds = bounds.double().cpu()
         self.pair_bounds = bounds
+        self.correct = correct.cpu()  # the centre right by the model as given and exactly
         lower = bounds.scatter(1, self.y.cpu()[:, None], math.inf).amin(1)
         r = self.result
         r.lower = torch.where(correct.cpu(), lower, torch.full_like(lower, -math.inf))
@@ -295,7 +296,7 @@ class _State:
             if out.reason and not r.reasons[i]:
                 r.reasons[i] = out.reason
         r.lower[i] = min(lowers.values(), default=math.inf)
-        r.certified[i] = certified and r.lower[i] > 0
+        r.certified[i] = certified and bool(self.correct[i]) and r.lower[i] > 0
 
     def _refutes_point(self, i: int, point: np.ndarray) -> bool:
         x_i = self.x[i : i + 1]
@@ -319,17 +320,22 @@ def ball_box(x: Tensor, eps: float, clip) -> tuple[np.ndarray, np.ndarray]:
 
 def _margin_objective(nets, program, label: int, j: int) -> tuple[np.ndarray, float]:
     """``y_label - y_j`` (the mean over members) as a cost on the program's columns, its constant
-    lowered by ``2^-36`` times the magnitudes that formed it (the rounding of the products)."""
+    lowered by ``2^-36`` times the magnitudes that formed it (the rounding of the products, of
+    the readout's composition and of the sums over members)."""
     cost, const, slack = np.zeros(program.size), 0.0, 0.0
     reach = np.maximum(np.abs(program.col_lo), np.abs(program.col_hi))
     for net, out in zip(nets, program.outputs):
-        row = (net.C[label] - net.C[j]) / len(nets)
+        f, k = net.readout, len(nets)
+        row = (f.W[label] - f.W[j]) / k
         cost += np.asarray((row @ out.E).todense()).ravel()
-        const += float((row @ out.e)[0]) + (net.c[label] - net.c[j]) / len(nets)
-        magnitude = abs(row) @ (out.Eabs @ reach + out.eabs)
-        slack += float(magnitude[0]) + abs(net.c[label] - net.c[j]) / len(nets)
+        const += float((row @ out.e)[0]) + (f.b[label] - f.b[j]) / k
+        row_abs = (f.Wabs[label] + f.Wabs[j]) / k
+        slack += float((row_abs @ (out.Eabs @ reach + out.eabs))[0])
+        slack += (f.babs[label] + f.babs[j]) / k
         if net.D is not None:
-            cost[program.inputs] += (net.D[label] - net.D[j]) / len(nets)
+            d = (net.D[label] - net.D[j]) / k
+            cost[program.inputs] += d
+            slack += float(np.abs(d) @ reach[program.inputs])
     return cost, const - 2.0**-36 * (slack + np.abs(cost) @ reach)
 
 
@@ -396,7 +402,9 @@ def refutes(model, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _exact_upper(model, points: Tensor, labels: Tensor) -> Tensor:
-    """An upper bound of the exact equilibrium's smallest margin ``y_label - y_j`` per point."""
+    """An upper bound of the exact equilibrium's smallest margin ``y_label - y_j`` per point:
+    the float64 logit difference, plus the state's error bound through the readout, plus
+    ``2^-30`` times the magnitudes that formed the logits (their float64 rounding)."""
     exact = copy.deepcopy(model).double()
     u = points.double()
     upper = 0.0
@@ -408,8 +416,13 @@ def _exact_upper(model, points: Tensor, labels: Tensor) -> Tensor:
             logits, err = solution.logits, solution.error_bound
             if err is None:
                 err = torch.full((len(u),), math.inf, dtype=torch.float64)
-            C, _ = c.readout_weights()
+            C, D = c.readout_weights()
             pair = _pair_readout_norms(c.lipschitz_terms(), C)[labels]  # (batch, q)
+            features = c.layer.features(solution.x).abs()
+            size = features @ C.abs().T + c.readout.bias.abs()
+            if D is not None:
+                size = size + u.flatten(1).abs() @ D.abs().T
+            rounding = 2.0**-30 * (size.gather(1, labels[:, None]) + size)
             diff = logits.gather(1, labels[:, None]) - logits
-            upper = upper + (diff + pair * err[:, None]) / len(members)
+            upper = upper + (diff + pair * err[:, None] + rounding) / len(members)
     return upper.scatter(1, labels[:, None], math.inf).amin(1)
