@@ -117,9 +117,8 @@ def shipped_table_readme() -> str:
 def _verification_of(name: str, eps: str) -> dict | None:
     """The finished `nemon verify` run of a model at a radius, if one is committed."""
     for v in verifications():
-        if v.get("model") == name and f"{v['eps']:g}" == f"{float(eps):g}":
-            if v["recorded"] == v["images"]:
-                return v
+        if v["folder"] == f"{name}-eps{float(eps):g}" and v["recorded"] == v["images"]:
+            return v
     return None
 
 
