@@ -514,14 +514,20 @@ _REGISTRY: dict[type, ModuleRule] = {t: rule for rule in RULES for t in rule.typ
 
 SUPPORTED_MODULES = tuple(_REGISTRY)
 
+#: Counts `register_rule` calls: what was derived from the rules (a lowered model) is stale
+#: once it changes.
+REGISTRY_VERSION = 0
+
 
 def register_rule(rule: ModuleRule) -> ModuleRule:
     """Make ``rule`` the rule of each type in ``rule.types`` (exact types: a subclass needs
     its own), for bounds, certificates, verification and export; returns the rule."""
+    global REGISTRY_VERSION
     if not rule.types or not all(isinstance(t, type) for t in rule.types):
         raise ValueError("a rule needs types: a tuple of nn.Module classes")
     for t in rule.types:
         _REGISTRY[t] = rule
+    REGISTRY_VERSION += 1
     return rule
 
 

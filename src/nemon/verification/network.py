@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .. import explicit
 from ..explicit import UnsupportedModule, rule_for
 from ..layers import ImplicitLayer
 
@@ -103,10 +104,11 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def lower_cached(classifier) -> Network:
     """`lower`, reused while the classifier's tensors are the same objects at the same versions
-    (reading a conv-medium encoder's matrices takes about a minute)."""
-    stamp = tuple(
-        (name, t.data_ptr(), t._version, tuple(t.shape))
-        for name, t in itertools.chain(classifier.named_parameters(), classifier.named_buffers())
+    and no rule was registered since (reading a conv-medium encoder's matrices takes about a
+    minute)."""
+    tensors = itertools.chain(classifier.named_parameters(), classifier.named_buffers())
+    stamp = (explicit.REGISTRY_VERSION, len(explicit._REGISTRY)) + tuple(
+        (name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in tensors
     )
     hit = _CACHE.get(classifier)
     if hit is not None and hit[0] == stamp:
