@@ -501,7 +501,9 @@ def main() -> int:
     parser.add_argument("--only", type=int, nargs="*", help="indices (0-based) of mutations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutations.json"))
     parser.add_argument(
-        "--merge", action="store_true", help="replace these mutations' entries in --out, keep others"
+        "--merge",
+        action="store_true",
+        help="replace these mutations' entries in --out, keep others",
     )
     args = parser.parse_args()
     chosen = [MUTATIONS[i] for i in args.only] if args.only else MUTATIONS
