@@ -19,12 +19,13 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..attacks import _project, pgd
 from ..certificates import (
@@ -101,7 +102,7 @@ class VerificationResult:
 
 
 def verify(
-    model,
+    model: nn.Module,
     x: Tensor,
     y: Tensor,
     eps: float,
@@ -112,7 +113,7 @@ def verify(
     attack_restarts: int = 3,
     seed: int = 0,
     progress: bool = False,
-    on_verdict=None,
+    on_verdict: Callable[[int, VerificationResult], None] | None = None,
 ) -> VerificationResult:
     """Decide for each input whether the model is robust on the l_inf ball of radius ``eps``.
 
@@ -120,11 +121,13 @@ def verify(
         model: a `Classifier` or `Ensemble` (one shared input) of NEMON, IDL or explicit
             layers with ReLU, encoders of affine modules and ReLUs, implicit layers inside them.
             MON (no sound state box) and other activations are refused by name.
-        x, y: inputs ``(batch, *input_shape)`` in the model's dtype and their labels.
+        x: inputs ``(batch, *input_shape)`` in the model's dtype.
+        y: their labels ``(batch,)``.
         eps: the radius.
         clip: the data range ``(lo, hi)`` the ball is intersected with (None: no range).
         time_limit: seconds of branch and bound per input before it is left unknown.
-        attack_steps, attack_restarts: PGD's budget before the search.
+        attack_steps: PGD's steps before the search.
+        attack_restarts: PGD's restarts.
         seed: PGD's seed.
         progress: a tqdm bar over the inputs the search decides.
         on_verdict: called as ``on_verdict(i, result)`` once input ``i`` is decided
