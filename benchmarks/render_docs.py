@@ -81,12 +81,7 @@ def shipped_table_docs() -> str:
     for m in shipped_models():
         e, r = m["evaluation"], m["eps"]
         minutes = " + ".join(str(x) for x in m["minutes"])
-        v = _verification_of(m["name"], r)
-        if v is None:
-            verified = ["-", "-", "-", f"{_f4(e[f'pgd@{r}'])} (PGD)"]
-        else:
-            verified = [_f4(v["verified_robust_accuracy"]), v["refuted"], v["unknown"]]
-            verified.append(_f4(v["not_refuted_accuracy"]))
+        verified = _verified_columns(m)
         rows.append(
             [f"`{m['name']}`", m["architecture"], r, _f4(e["clean"]), _f4(e[f"interval@{r}"])]
             + verified
@@ -96,16 +91,22 @@ def shipped_table_docs() -> str:
     return _table([*header, "unknown", "not refuted", "broken", "training minutes"], rows)
 
 
+def _verified_columns(m: dict) -> list:
+    """Verified robust, refuted, unknown and not refuted of a shipped model: its finished
+    verification's, else dashes and PGD's accuracy as "not refuted"."""
+    e, r = m["evaluation"], m["eps"]
+    v = _verification_of(m["name"], r)
+    if v is None:
+        return ["-", "-", "-", f"{_f4(e[f'pgd@{r}'])} (PGD)"]
+    counts = [_f4(v["verified_robust_accuracy"]), v["refuted"], v["unknown"]]
+    return counts + [_f4(v["not_refuted_accuracy"])]
+
+
 def shipped_table_readme() -> str:
     rows = []
     for m in shipped_models():
         e, r = m["evaluation"], m["eps"]
-        v = _verification_of(m["name"], r)
-        if v is None:
-            verified = ["-", "-", "-", f"{_f4(e[f'pgd@{r}'])} (PGD)"]
-        else:
-            verified = [_f4(v["verified_robust_accuracy"]), v["refuted"], v["unknown"]]
-            verified.append(_f4(v["not_refuted_accuracy"]))
+        verified = _verified_columns(m)
         rows.append(
             [f"`{m['name']}` ({m['architecture']})", r, _f4(e["clean"]), _f4(e[f"interval@{r}"])]
             + verified

@@ -223,23 +223,29 @@ class RunFolderError(ValueError):
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
 
 
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a folder holding files needs ``resume`` or ``overwrite``."""
+def check_run_folder(
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    marker: str = "checkpoint.pt",
+    advice: str = "resume it or overwrite it",
+) -> None:
+    """Refuse to mix runs: a folder holding files needs ``resume`` or ``overwrite``; a resumed
+    folder must hold ``marker`` (the file a run writes first). ``advice``: what the refusal of
+    a non-empty folder suggests."""
     if resume and overwrite:
         raise RunFolderError("choose one of resume and overwrite, not both")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"run folder {out} exists and is not a folder")
     if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise RunFolderError(f"nothing to resume: {out} holds no checkpoint.pt")
+        if not (out / marker).is_file():
+            raise RunFolderError(f"nothing to resume: {out} holds no {marker}")
         return
     held = (
         sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
     )
     if held and not overwrite:
-        raise RunFolderError(
-            f"run folder {out} is not empty ({', '.join(held[:4])}); resume it or overwrite it"
-        )
+        raise RunFolderError(f"run folder {out} is not empty ({', '.join(held[:4])}); {advice}")
 
 
 def _json_safe(value):

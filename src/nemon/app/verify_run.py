@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from ..pretrained import describe_pretrained, pretrained_names
-from ..runs import RunFolderError, RunLock, _atomic_write, json_line, write_text_atomic
+from ..runs import (
+    RunFolderError,
+    RunLock,
+    _atomic_write,
+    check_run_folder,
+    json_line,
+    write_text_atomic,
+)
 
 __all__ = [
     "CHUNK",
@@ -70,20 +77,8 @@ def model_identity(name_or_path: str) -> dict:
 
 def check_folder(out: Path, resume: bool) -> None:
     """Before any work: a new or empty folder, or (``resume``) one that holds a run."""
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"run folder {out} exists and is not a folder")
-    if resume:
-        if not (out / "config.json").is_file():
-            raise RunFolderError(f"nothing to resume: {out} holds no config.json")
-        return
-    held = (
-        sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
-    )
-    if held:
-        raise RunFolderError(
-            f"run folder {out} is not empty ({', '.join(held[:4])}); pass --resume to continue "
-            "it, or choose another folder"
-        )
+    advice = "pass --resume to continue it, or choose another folder"
+    check_run_folder(out, resume, overwrite=False, marker="config.json", advice=advice)
 
 
 def _differing_key(old: dict, new: dict) -> str | None:
