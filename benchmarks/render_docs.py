@@ -138,9 +138,11 @@ def verification_table() -> str:
     rows = []
     for v in verifications():
         done = "" if v["recorded"] == v["images"] else f" ({v['recorded']} so far)"
+        # an unfinished run: no unknown count or accuracy yet (its unrecorded images are open)
+        final = [v["unknown"], _f4(v["verified_robust_accuracy"]), _f4(v["not_refuted_accuracy"])]
         rows.append(
             [f"`{v['folder']}`{done}", f"{v['eps']:g}", v["images"], v["certified"], v["refuted"]]
-            + [v["unknown"], _f4(v["verified_robust_accuracy"]), _f4(v["not_refuted_accuracy"])]
+            + (final if not done else ["-", "-", "-"])
             + [_minutes(v.get("wall_seconds", v["seconds_total"])), f"{v['seconds_median']:.2f}"]
             + [f"{v['seconds_max']:.1f}"]
         )
