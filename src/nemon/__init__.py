@@ -14,6 +14,7 @@ from .ensemble import Ensemble
 from .export import export_onnx
 from .intervals import interval_loss
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
+from .modelfile import load, save
 from .models import Classifier, build_model
 from .norms import mu_inf, norm_inf
 from .pretrained import load_pretrained, pretrained_names
@@ -46,6 +47,8 @@ __all__ = [
     "Classifier",
     "Ensemble",
     "build_model",
+    "save",
+    "load",
     # training
     "fit",
     "Recipe",

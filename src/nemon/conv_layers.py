@@ -110,6 +110,7 @@ class NEMONConv2d(_ConvLayer):
             **kwargs,
         )
         self.gamma = check_gamma(gamma)
+        self._register_gamma(self.gamma)
         self.operator = ConvOperator(padding)
         self.padding = padding
         self.kernel = nn.Parameter(torch.randn(channels, channels, kernel_size, kernel_size) * 0.01)
@@ -218,6 +219,7 @@ class MONConv2d(FullPrecision, _ConvLayer):
         )
         self._check_precision(self.input_kernel.dtype)
         self.gamma = check_gamma(gamma)
+        self._register_gamma(self.gamma)
         self.operator = MONConvOperator(self.gamma, image_size)
         scale = 1.0 / math.sqrt(channels * kernel_size**2)
         self.W = nn.Parameter(torch.randn(channels, channels, kernel_size, kernel_size) * scale)

@@ -16,12 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .arguments import RecordsArguments
 from .models import Classifier
 
 __all__ = ["Ensemble"]
 
 
-class Ensemble(nn.Module):
+class Ensemble(RecordsArguments, nn.Module):
     """The mean of the logits of ``members`` (`Classifier` s with one input shape
     and one number of classes), trained separately (for example with different seeds)."""
 

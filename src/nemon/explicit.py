@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .arguments import RecordsArguments
 from .layers import ImplicitLayer
 
 __all__ = [
@@ -40,10 +41,11 @@ __all__ = [
     "ENCODER_DESCRIPTIONS",
     "conv_stack",
     "encode_with_error",
+    "plain_type",
 ]
 
 
-class Normalize(nn.Module):
+class Normalize(RecordsArguments, nn.Module):
     """``(u - mean) / std`` per channel (input normalisation inside the model)."""
 
     def __init__(self, mean: list[float], std: list[float]) -> None:
@@ -531,7 +533,7 @@ def register_rule(rule: ModuleRule) -> ModuleRule:
     return rule
 
 
-def _plain_type(module: nn.Module) -> type:
+def plain_type(module: nn.Module) -> type:
     """The module's class, seen through ``torch.nn.utils.parametrize``'s generated subclass."""
     kind = type(module)
     if parametrize.is_parametrized(module) and kind.__name__.startswith("Parametrized"):
@@ -565,7 +567,7 @@ def rule_for(module: nn.Module) -> ModuleRule:
     """The rule for ``module``'s exact type, after refusing hooks and options it does not model;
     an `UnsupportedModule` error naming the problem (and the supported modules)."""
     _refuse_hooks(module)
-    kind = _plain_type(module)
+    kind = plain_type(module)
     rule = _REGISTRY.get(kind)
     if rule is None:
         parents = [t.__name__ for t in _REGISTRY if issubclass(kind, t)]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .activations import PROX_ACTIVATIONS, Activation, get_activation
+from .arguments import RecordsArguments
 from .implicit import (
     Equilibrium,
     ImplicitAdjoint,
@@ -69,7 +70,7 @@ DEFAULT_ERROR_TOL = 1e-4
 RESOLVENT_SOLVERS = ("peaceman_rachford",)
 
 
-class ImplicitLayer(nn.Module):
+class ImplicitLayer(RecordsArguments, nn.Module):
     """Shared machinery: input checks, solver options, the implicit solve and its statistics.
 
     ``error_tol``: in eval mode the forward solve also runs until every sample's a-posteriori
@@ -113,6 +114,41 @@ class ImplicitLayer(nn.Module):
         self.check_inputs = check_inputs
         self.solver_stats: dict[str, SolverStats] = {}
         self._check_solvers()
+
+    def settings(self) -> dict:
+        """The solver settings the layer runs with now, as constructor arguments (model files
+        record them; ``splitting_step`` is set by `set_splitting_step`)."""
+        fwd, bwd = self.solver_options, self.backward_options
+        return {
+            "solver": fwd.method,
+            "tol": fwd.tol,
+            "max_iter": fwd.max_iter,
+            "backward_solver": bwd.method,
+            "backward_tol": bwd.tol,
+            "residual": fwd.residual,
+            "check_inputs": self.check_inputs,
+            "error_tol": self.error_tol,
+            "splitting_step": fwd.alpha,
+        }
+
+    def _register_gamma(self, gamma: float) -> None:
+        """``gamma`` travels in the state dict (buffer ``gamma_bound``), so that weights trained
+        under one constraint are refused by a layer built with another (`_load_from_state_dict`)."""
+        self.register_buffer("gamma_bound", torch.tensor(float(gamma), dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "gamma_bound"
+        if "gamma_bound" in self._buffers:
+            mine = self._buffers["gamma_bound"]
+            if key not in state_dict:  # written before gamma travelled with the weights
+                state_dict[key] = mine.clone()
+            elif not math.isclose(float(state_dict[key]), self.gamma, rel_tol=1e-6):
+                raise ValueError(
+                    f"{prefix.rstrip('.') or 'the layer'}: the weights were trained with gamma = "
+                    f"{float(state_dict[key]):g}, this {self._name()} has gamma = "
+                    f"{self.gamma:g}; build it with gamma={float(state_dict[key]):g}"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     #: the layer's operator applies the resolvent ``(I + a (I - A))^-1`` (MON layers)
     has_resolvent = False
@@ -425,6 +461,7 @@ class NEMONDense(_DenseLayer):
     ) -> None:
         super().__init__(in_features, hidden, activation=activation, **kwargs)
         self.gamma = check_gamma(gamma)
+        self._register_gamma(self.gamma)
         if eta is not None and tuple(torch.as_tensor(eta).shape) != (hidden,):
             raise ValueError(
                 f"eta must have shape ({hidden},), got {tuple(torch.as_tensor(eta).shape)}"
@@ -475,6 +512,7 @@ class IDLDense(_DenseLayer):
     def __init__(self, in_features: int, hidden: int, gamma: float = 0.95, activation="relu", **kw):
         super().__init__(in_features, hidden, activation=activation, **kw)
         self.gamma = check_gamma(gamma, allow_negative=False)
+        self._register_gamma(self.gamma)
         self.A = nn.Parameter(torch.zeros(hidden, hidden))
         parametrize.register_parametrization(self, "A", IDLConstraint(self.gamma))
         with torch.no_grad():  # a free T (not one on the kink ||T||_inf = gamma)
@@ -591,6 +629,7 @@ class MONDense(FullPrecision, _DenseLayer):
         super().__init__(in_features, hidden, activation=activation, **kw)
         self._check_precision(self.B.weight.dtype)
         self.gamma = check_gamma(gamma)
+        self._register_gamma(self.gamma)
         self.A = nn.Parameter(torch.zeros(hidden, hidden))
         parametrize.register_parametrization(self, "A", MONConstraint(self.gamma))
         with torch.no_grad():

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from .arguments import RecordsArguments
 from .conv_layers import MONConv2d, NEMONConv2d
 from .explicit import (
     ENCODERS,
@@ -37,7 +38,7 @@ class ModelSolution:
     error_bound: Tensor | None
 
 
-class Classifier(nn.Module):
+class Classifier(RecordsArguments, nn.Module):
     """An implicit layer between an optional explicit encoder and a linear readout.
 
     Args:

@@ -34,6 +34,7 @@ __all__ = [
     "RUN_FILES",
     "save_atomic",
     "write_text_atomic",
+    "write_bytes_atomic",
     "read_torch_file",
     "check_run_folder",
     "remove_stale_temporaries",
@@ -104,6 +105,11 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     """``torch.save`` atomically (see `_atomic_write`); ``obj`` must hold only plain data
     and tensors, so that it loads with ``weights_only=True``."""
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (see `_atomic_write`)."""
+    _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -220,7 +226,7 @@ class RunFolderError(ValueError):
     """The run folder cannot be used as asked (it holds another run, or nothing to resume)."""
 
 
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+RUN_FILES = ("checkpoint.pt", "model.safetensors", "metrics.jsonl", "config.json")
 
 
 def check_run_folder(

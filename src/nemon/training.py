@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import modelfile
 from .attacks import pgd
 from .certificates import CertificateWarning, certify
 from .data import Dataset, batches
@@ -499,6 +500,16 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
 
 
+def _model_file_header(model: nn.Module, data: Dataset) -> dict | None:
+    """The model file's header (`nemon.modelfile.header`); None, with a warning naming the
+    module, for a model a file cannot describe (the checkpoint then holds only weights)."""
+    try:
+        return modelfile.header(model, {"name": data.name})
+    except modelfile.ModelFileError as exc:
+        warnings.warn(f"no model.safetensors will be written: {exc}", stacklevel=4)
+        return None
+
+
 def _distributed() -> tuple[int, int]:
     """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -521,6 +532,7 @@ class _Trainer:
         }
         self.defaults["recipe"] = training
         self.rank, self.world = _distributed()
+        self.model_file = _model_file_header(model, data)
         self.device = _device(model)
         self.model = model
         if self.world > 1:
@@ -613,7 +625,11 @@ class _Trainer:
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
             payload.update(live_model=live, average={"count": s.average["count"]})
+        if self.model_file is not None:
+            payload["model_file"] = self.model_file
         save_atomic(payload, self.ckpt_path)
+        if self.model_file is not None:  # the model to use, for every command (nemon.load)
+            modelfile.write(self.model_file, weights, self.out / "model.safetensors")
 
     def _kept(self) -> str:
         if self.ckpt_path is not None and self.ckpt_path.exists():

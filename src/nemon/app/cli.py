@@ -25,10 +25,18 @@ from ..attacks import ATTACKS, accuracy_under_attack
 from ..certificates import CERTIFICATES, default_certificate
 from ..data import DATASETS, DataError, load_dataset
 from ..export import export_onnx
+from ..modelfile import ModelFileError, model_data, model_file_path
+from ..modelfile import load as load_model
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from ..recipes import ROBUST_MIXES
-from ..runs import OutputError, atomic_path, check_output_target, write_text_atomic
+from ..runs import (
+    OutputError,
+    atomic_path,
+    check_output_target,
+    read_torch_file,
+    write_text_atomic,
+)
 from ..solvers import SOLVERS
 from ..validation import MAX_THREADS, RANGES, check_setting
 from .bench import run_bench
@@ -265,13 +273,28 @@ def _add_range(p, flag: str, help_text: str) -> None:
     )
 
 
+def _add_model(p, dataset: bool = True) -> None:
+    """The model argument (and ``--dataset``, the test set, where the command reads one)."""
+    p.add_argument(
+        "checkpoint",
+        metavar="MODEL",
+        help="a shipped model's name, a model file (.safetensors), a checkpoint or a run folder",
+    )
+    if dataset:
+        p.add_argument(
+            "--dataset",
+            choices=sorted(DATASETS),
+            help="the test set (default: the one the model file names)",
+        )
+
+
 def _add_eval(sub, common) -> None:
     for name, help_text in (
         ("eval", "accuracy, Lipschitz bound and iterations of a checkpoint"),
         ("certify", "certified accuracy of a checkpoint at radii --eps"),
     ):
         p = sub.add_parser(name, help=help_text, parents=[common])
-        p.add_argument("checkpoint", help="checkpoint file or shipped model name")
+        _add_model(p)
         p.add_argument("--data-dir")
         p.add_argument("--test-limit", type=POSITIVE)
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -297,7 +320,7 @@ def _add_verify(sub, common) -> None:
         help="complete verification at radius --eps: each test image certified, refuted or unknown",
         parents=[common],
     )
-    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint file or shipped model name")
+    _add_model(p)
     p.add_argument("--eps", type=RADIUS, required=True, help="the l_inf radius")
     p.add_argument(
         "--time-limit",
@@ -330,7 +353,7 @@ def _add_attack(sub, common) -> None:
         help="accuracy of a checkpoint under an l_inf attack at radii --eps",
         parents=[common],
     )
-    p.add_argument("checkpoint", help="checkpoint file or shipped model name")
+    _add_model(p)
     p.add_argument("--attack", nargs="+", default=["pgd"], choices=sorted(ATTACKS))
     p.add_argument("--eps", type=RADIUS, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--steps", type=POSITIVE, default=20, help="PGD steps")
@@ -367,7 +390,7 @@ def _add_export(sub, common) -> None:
         help="write a checkpoint to ONNX (the solver as an ONNX Loop, with its error bound)",
         parents=[common],
     )
-    p.add_argument("checkpoint", help="checkpoint file or shipped model name")
+    _add_model(p, dataset=False)
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     _add_range(p, "--data-range", "input range for the bounds in the metadata (default 0 1)")
 
@@ -482,7 +505,8 @@ def _validate(args) -> None:
                 f"checkpoint {args.checkpoint} is neither a file nor a shipped model "
                 f"({', '.join(pretrained_names())})"
             )
-        _check_input_file("checkpoint", args.checkpoint)
+        if not Path(args.checkpoint).is_dir():
+            _check_input_file("checkpoint", args.checkpoint)
     if args.command == "bench":
         _check_input_file("--checkpoint", args.checkpoint)
     if args.command in ("certify", "verify") and not args.no_clip and args.clip[0] > args.clip[1]:
@@ -569,9 +593,10 @@ def _cmd_train(args) -> dict:
     return {"config": asdict(cfg), "history": result["history"]}
 
 
-def _load_model(name_or_path: str, device: str, use: str = "load"):
-    """A checkpoint file, or the name of a shipped model (``nemon.pretrained_names()``); the
-    memory the model needs for ``use`` is checked before it is built."""
+def _load_model(name_or_path: str, device: str, use: str = "load", dataset: str | None = None):
+    """``(model, dataset name)`` from a shipped model's name, a model file, a checkpoint or a
+    run folder (`nemon.load`); the memory a configured model needs for ``use`` is checked
+    before it is built. ``dataset`` (``--dataset``) overrides the one the file names."""
     if Path(name_or_path).exists() and name_or_path in pretrained_names():
         print(
             f"nemon: note: {name_or_path} is a local path, used instead of the shipped model of "
@@ -582,9 +607,19 @@ def _load_model(name_or_path: str, device: str, use: str = "load"):
         info = describe_pretrained(name_or_path)
         config = info["config"] if "config" in info else info["members"][0]  # an ensemble
         check_memory(config, info["input_shape"], info["num_classes"], use, device)
-        return load_pretrained(name_or_path, device), config
-    model, ckpt = load_checkpoint(name_or_path, map_location=device, use=use)
-    return model, ckpt["config"]
+        return load_pretrained(name_or_path, device), dataset or config["dataset"]
+    path = model_file_path(name_or_path)
+    if path.suffix != ".safetensors" and "config" in read_torch_file(path, device):
+        model, ckpt = load_checkpoint(path, map_location=device, use=use)
+        return model, dataset or ckpt["config"]["dataset"]
+    model = load_model(path, map_location=device)
+    named = model_data(path).get("name")
+    if dataset is None and named not in DATASETS:
+        raise UsageError(
+            f"{name_or_path} does not name one of nemon's datasets (it was trained on "
+            f"{named or 'data it does not name'}); pass --dataset, one of {', '.join(DATASETS)}"
+        )
+    return model, dataset or named
 
 
 def _load(args):
@@ -594,11 +629,11 @@ def _load(args):
 
 def _load_with_config(args):
     use = "certify" if args.command in ("certify", "verify") else "load"
-    model, config = _load_model(args.checkpoint, args.device, use)
-    data = load_dataset(config["dataset"], args.data_dir)
+    model, dataset = _load_model(args.checkpoint, args.device, use, args.dataset)
+    data = load_dataset(dataset, args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
-    return model, config, x, y
+    return model, {"dataset": dataset}, x, y
 
 
 def _clip(args, x) -> tuple[float, float] | None:
@@ -687,7 +722,7 @@ def _cmd_export(args) -> dict:
     lo, hi = args.data_range
     if not lo < hi:
         raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
-    model, _ = _load_model(args.checkpoint, "cpu")
+    model, _ = _load_model(args.checkpoint, "cpu", dataset="")
     metadata = export_onnx(model, args.onnx, data_range=(lo, hi))  # its folder made on writing
     print(f"wrote {args.onnx}")
     for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):
@@ -802,6 +837,7 @@ COMMANDS = {
 
 USER_ERRORS = (
     UsageError,
+    ModelFileError,
     DataError,
     CheckpointError,
     RunFolderError,

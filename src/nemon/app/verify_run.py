@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..modelfile import model_file_path
 from ..pretrained import describe_pretrained, pretrained_names
 from ..runs import (
     RunFolderError,
@@ -69,7 +70,7 @@ def model_identity(name_or_path: str) -> dict:
     if not Path(name_or_path).exists() and name_or_path in pretrained_names():
         return {"model": name_or_path, "sha256": describe_pretrained(name_or_path)["sha256"]}
     digest = hashlib.sha256()
-    with open(name_or_path, "rb") as f:
+    with open(model_file_path(name_or_path), "rb") as f:
         for block in iter(lambda: f.read(2**20), b""):
             digest.update(block)
     return {"model": name_or_path, "sha256": digest.hexdigest()}
