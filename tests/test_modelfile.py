@@ -5,11 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import mnist_dir, requires_mnist
 from safetensors.torch import save_file
 from torch import nn
 
 import nemon
 from nemon import modelfile
+from nemon.app.cli import main
 from nemon.explicit import BatchNorm2d, Normalize
 
 
@@ -141,3 +143,22 @@ def test_shipped_model_by_name():
     model = nemon.load("mnist-cert-0.1")
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(model(x), nemon.load_pretrained("mnist-cert-0.1")(x))
+
+
+@requires_mnist
+def test_every_command_takes_what_fit_wrote(tmp_path, capsys):
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    model = nemon.Classifier(nemon.NEMONDense(784, 8), 10)
+    nemon.fit(model, ((x, y), (x, y)), nemon.Recipe(epochs=1), out=tmp_path / "run", progress=False)
+    data = ["--test-limit", "20", "--data-dir", str(mnist_dir())]
+    assert main(["eval", str(tmp_path / "run"), *data]) == 2  # its data has no name
+    assert "pass --dataset" in capsys.readouterr().err
+    for path in ("run", "run/model.safetensors", "run/checkpoint.pt"):
+        assert (
+            main(["certify", str(tmp_path / path), "--eps", "0.01", "--dataset", "mnist", *data])
+            == 0
+        )
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(onnx)]) == 0
+    assert onnx.is_file()
