@@ -33,7 +33,7 @@ from nemon.data import load_dataset
 from nemon.explicit import propagate_interval
 from nemon.intervals import input_box, interval_equilibrium, interval_loss, logit_difference_bounds
 from nemon.models import build_from_config
-from nemon.training import _adversarial_points as adversarial_points
+from nemon.training import adversarial_points as adversarial_points
 from nemon.training import recipe_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed"

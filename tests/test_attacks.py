@@ -62,17 +62,17 @@ def test_pgd_finds_at_least_as_many_as_foolbox(trained):
 
 def _reference_pgd(model, u, labels, eps, steps, restarts, seed):
     """PGD that checks every iterate: first misclassifying one per sample, else the last."""
-    from nemon.attacks import _loss_gradient, _project
+    from nemon.attacks import _loss_gradient, project
 
     step_size = 2.5 * eps / steps
     g = torch.Generator().manual_seed(seed)
     best, fooled = u.clone(), torch.zeros(len(u), dtype=torch.bool)
     for _ in range(restarts):
-        adv = _project(
+        adv = project(
             u, u + eps * (torch.rand(u.shape, generator=g, dtype=u.dtype) * 2 - 1), eps, (0.0, 1.0)
         )
         for _ in range(steps):
-            adv = _project(
+            adv = project(
                 u, adv + step_size * _loss_gradient(model, adv, labels).sign(), eps, (0.0, 1.0)
             )
             with torch.no_grad():
@@ -111,7 +111,7 @@ def test_unknown_attack():
 def test_fgsm_moves_along_the_gradient_sign(trained):
     model, data = trained
     u, y = data.test_x[:4], data.test_y[:4]
-    adv = fgsm(model, u, y, 0.05, box=None)
+    adv = fgsm(model, u, y, 0.05, input_range=None)
     assert torch.allclose((adv - u).abs(), torch.full_like(u, 0.05), atol=1e-6)
 
 
@@ -131,19 +131,19 @@ def test_attacks_refuse_non_finite_inputs_in_one_line(name, bad):
     assert "\n" not in str(info.value)
 
 
-def test_attacks_refuse_a_ball_that_misses_the_box_and_bad_settings():
+def test_attacks_refuse_inputs_outside_the_range_and_bad_settings():
     model, y = _linear_model(), torch.tensor([0, 1])
     u = torch.rand(2, 6, dtype=torch.float64)
-    with pytest.raises(ValueError, match="misses the box"):
+    with pytest.raises(ValueError, match=r"outside pgd input_range=\(0, 1\)"):
         pgd(model, u + 1.5, y, 0.1)
-    assert pgd(model, u + 1.5, y, 0.1, box=None).shape == u.shape
+    assert pgd(model, u + 1.5, y, 0.1, input_range=None).shape == u.shape
     for kwargs, match in (
         ({"eps": float("nan")}, "eps"),
         ({"eps": -0.1}, "eps"),
         ({"eps": 0.1, "steps": 0}, "steps"),
         ({"eps": 0.1, "restarts": 0}, "restarts"),
         ({"eps": 0.1, "step_size": float("inf")}, "step_size"),
-        ({"eps": 0.1, "box": (1.0, 0.0)}, "box"),
+        ({"eps": 0.1, "input_range": (1.0, 0.0)}, "input_range"),
     ):
         with pytest.raises(ValueError, match=match):
             pgd(model, u, y, **kwargs)
@@ -160,16 +160,16 @@ class _NaNGradient(torch.nn.Module):
 @pytest.mark.parametrize("box", [(0.0, 1.0), (0.2, 0.7), None])
 def test_pgd_points_lie_in_the_ball_and_the_box_exactly(dtype, box):
     """Every returned point is within eps of u as computed in float64 (the ends of the ball are
-    rounded inwards; ``u - eps`` in float32 went out by more than a unit) and inside the box, also
-    from inputs up to eps outside the box and with a model whose gradient has NaN."""
+    rounded inwards; ``u - eps`` in float32 went out by more than a unit) and inside the box,
+    also from inputs on the box's edge and with a model whose gradient has NaN."""
     g = torch.Generator().manual_seed(0)
     lo, hi = box or (0.0, 1.0)
     u = (lo + (hi - lo) * torch.rand(64, 6, generator=g, dtype=torch.float64)).to(dtype)
-    u[:8] = hi + 0.05 * torch.rand(8, 6, generator=g).to(dtype)  # within eps of the box
+    u[:8] = hi  # on the edge
     y = torch.randint(0, 2, (64,), generator=g)
     for model, eps in ((_linear_model(classes=2).to(dtype), 0.1), (_NaNGradient(), 0.3)):
         for restarts in (1, 2):
-            adv = pgd(model, u, y, eps, box=box, steps=5, restarts=restarts, seed=1)
+            adv = pgd(model, u, y, eps, input_range=box, steps=5, restarts=restarts, seed=1)
             assert adv.dtype == dtype and bool(torch.isfinite(adv).all())
             assert float((adv.double() - u.double()).abs().max()) <= eps
             if box is not None:

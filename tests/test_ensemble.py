@@ -48,8 +48,10 @@ def test_one_member_certifies_as_the_member(method):
     model = classifier("nemon-eta", seed=3)
     u, labels = _inputs(model)
     for eps in (0.01, 0.05, 0.2):
-        alone = nemon.certify(model, u, labels, eps, method=method, clip=None)
-        ens = nemon.certify(nemon.Ensemble([model]), u, labels, eps, method=method, clip=None)
+        alone = nemon.certify(model, u, labels, eps, method=method, input_range=None)
+        ens = nemon.certify(
+            nemon.Ensemble([model]), u, labels, eps, method=method, input_range=None
+        )
         assert torch.equal(alone, ens)
 
 
@@ -76,8 +78,10 @@ def test_interval_certificates_survive_pgd_and_need_every_member():
     u, labels = _inputs(ens, n=60)
     certified_somewhere = False
     for eps in (0.005, 0.02, 0.05, 0.1):
-        ok = nemon.certify(ens, u, labels, eps, method="interval", clip=None)
-        both = [nemon.certify(m, u, labels, eps, method="interval", clip=None) for m in (a, b)]
+        ok = nemon.certify(ens, u, labels, eps, method="interval", input_range=None)
+        both = [
+            nemon.certify(m, u, labels, eps, method="interval", input_range=None) for m in (a, b)
+        ]
         assert torch.all(ok | ~(both[0] & both[1]))  # certified by both members: by the mean
         assert not torch.any(ok & pgd_breaks(ens, u, labels, eps))
         certified_somewhere |= bool(ok.any())
@@ -102,7 +106,7 @@ def test_a_member_that_cannot_certify_stops_the_ensemble():
     u, labels = _inputs(a)
     assert "member 1: parameter readout.weight" in nemon.certificate_obstacle(ens)
     with pytest.warns(nemon.CertificateWarning, match="member 1"):
-        assert not nemon.certify(ens, u, labels, 0.01, method="interval", clip=None).any()
+        assert not nemon.certify(ens, u, labels, 0.01, method="interval", input_range=None).any()
 
 
 @pytest.fixture
@@ -162,12 +166,12 @@ def test_margin_bounds_are_what_certify_checks(method):
     model = nemon.Ensemble([classifier("nemon-eta", seed=8), classifier("idl", seed=9)])
     u, labels = _inputs(model)
     radii = [0.0, 0.01, 0.05]
-    correct, bounds = nemon.margin_bounds(model, u, labels, radii, method=method, clip=None)
+    correct, bounds = nemon.margin_bounds(model, u, labels, radii, method=method, input_range=None)
     assert bounds.shape == (3, len(u), model.num_classes)
     assert torch.all(bounds.gather(2, labels[None, :, None].expand(3, -1, 1)) == 0)
     others = bounds.scatter(2, labels[None, :, None].expand(3, -1, 1), math.inf).amin(2)
-    expected = nemon.certify(model, u, labels, radii, method=method, clip=None)
+    expected = nemon.certify(model, u, labels, radii, method=method, input_range=None)
     assert torch.equal(correct & (others > 0), expected)
     assert torch.all(bounds[1:] <= bounds[:-1] + 1e-12)  # a larger ball: never a larger bound
-    single, one = nemon.margin_bounds(model, u, labels, 0.01, method=method, clip=None)
+    single, one = nemon.margin_bounds(model, u, labels, 0.01, method=method, input_range=None)
     assert torch.equal(one, bounds[1]) and torch.equal(single, correct)

@@ -49,8 +49,12 @@ def test_certificates_reach_the_exact_radius_and_not_beyond(family, method):
     radius = exact_radius(u.squeeze(1))
     for i in range(3):
         r = float(radius[i])
-        below = nemon.certify(model, u[i : i + 1], labels[:1], r * (1 - 1e-6), method, clip=None)
-        above = nemon.certify(model, u[i : i + 1], labels[:1], r * (1 + 1e-6), method, clip=None)
+        below = nemon.certify(
+            model, u[i : i + 1], labels[:1], r * (1 - 1e-6), method, input_range=None
+        )
+        above = nemon.certify(
+            model, u[i : i + 1], labels[:1], r * (1 + 1e-6), method, input_range=None
+        )
         assert bool(below) and not bool(above), (method, i)
 
 
@@ -70,10 +74,14 @@ def test_loose_solve_charges_its_error():
     for method in nemon.certificates.CERTIFICATES:
         with pytest.warns(nemon.ConvergenceWarning):
             with model.layer.solver_settings(max_iter=8, check_every=1, warn=True):
-                above = nemon.certify(model, u, labels, r * 1.01, method, clip=None, solve_tol=None)
+                above = nemon.certify(
+                    model, u, labels, r * 1.01, method, input_range=None, solve_tol=None
+                )
         assert not bool(above), method
         with model.layer.solver_settings(tol=1e-3):
-            below = nemon.certify(model, u, labels, r * 0.5, method, clip=None, solve_tol=None)
+            below = nemon.certify(
+                model, u, labels, r * 0.5, method, input_range=None, solve_tol=None
+            )
         assert bool(below), method
 
 
@@ -109,9 +117,11 @@ def test_a_loose_inner_solve_charges_its_error():
     for method in nemon.certificates.CERTIFICATES:
         with pytest.warns(nemon.ConvergenceWarning):
             with inner.solver_settings(max_iter=8, check_every=1, warn=True):
-                above = nemon.certify(model, u, labels, r * 1.01, method, clip=None, solve_tol=None)
+                above = nemon.certify(
+                    model, u, labels, r * 1.01, method, input_range=None, solve_tol=None
+                )
         assert not bool(above), method
-        below = nemon.certify(model, u, labels, r * 0.99, method, clip=None)
+        below = nemon.certify(model, u, labels, r * 0.99, method, input_range=None)
         assert bool(below), method
 
 

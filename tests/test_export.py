@@ -146,7 +146,7 @@ def test_cli_refusals(tmp_path, capsys):
     assert cli.main(["export", "no-such-model", "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "no-such-model" in capsys.readouterr().err
     args = ["export", "mnist-cert-0.1", "--onnx", str(tmp_path / "m.onnx")]
-    assert cli.main([*args, "--data-range", "1", "0"]) == 2
+    assert cli.main([*args, "--input-range", "1", "0"]) == 2
     assert "LO must be below HI" in capsys.readouterr().err
     assert cli.main(["export", "mnist-cert-0.1", "--onnx", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -51,8 +51,8 @@ def test_interval_is_at_least_as_tight_and_sound(kind):
         base = float((top[:, -1] - top[:, -2]).median()) / L
     gained = 0
     for eps in (0.1 * base, 0.5 * base, 2 * base, 20 * base):
-        pair = nemon.certify(model, u, labels, eps, method="pairwise", clip=None)
-        inter = nemon.certify(model, u, labels, eps, method="interval", clip=None)
+        pair = nemon.certify(model, u, labels, eps, method="pairwise", input_range=None)
+        inter = nemon.certify(model, u, labels, eps, method="interval", input_range=None)
         assert torch.all(inter | ~pair)  # every pairwise-certified input is interval-certified
         gained += int((inter & ~pair).sum())
         assert not torch.any(pgd_breaks(model, u, labels, eps) & inter)
@@ -117,7 +117,7 @@ def test_certified_points_survive_pgd_at_radii_where_pgd_breaks_points(kind):
     assert 0 < int(broken.sum()) < len(u), "the radius must break some points, not all"
     certified = {}
     for method in nemon.certificates.CERTIFICATES:
-        ok = nemon.certify(model, u, labels, eps, method=method, clip=None)
+        ok = nemon.certify(model, u, labels, eps, method=method, input_range=None)
         assert not torch.any(ok & broken), method
         certified[method] = int(ok.sum())
     assert certified["interval"] > 0, certified

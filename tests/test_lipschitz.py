@@ -117,8 +117,8 @@ def test_certificates_are_sound(kind):
         ]
     certified_any = 0
     for eps in eps_values:
-        lip = nemon.certify(model, u, labels, eps, method="lipschitz", clip=None)
-        pair = nemon.certify(model, u, labels, eps, method="pairwise", clip=None)
+        lip = nemon.certify(model, u, labels, eps, method="lipschitz", input_range=None)
+        pair = nemon.certify(model, u, labels, eps, method="pairwise", input_range=None)
         assert torch.all(pair | ~lip)  # pairwise is never weaker
         certified_any += int(pair.sum())
         # PGD at the same radius must never flip a certified point
@@ -130,7 +130,9 @@ def test_certificates_are_sound(kind):
 def test_certify_list_of_radii_and_method_check():
     model = classifier("nemon")
     u = torch.randn(5, 5, dtype=DT)
-    out = nemon.certify(model, u, torch.zeros(5, dtype=torch.long), [0.0, 1e-3, 1.0], clip=None)
+    out = nemon.certify(
+        model, u, torch.zeros(5, dtype=torch.long), [0.0, 1e-3, 1.0], input_range=None
+    )
     assert out.shape == (3, 5)
     assert torch.all(out[0] >= out[1]) and torch.all(out[1] >= out[2])
     with pytest.raises(ValueError, match="certificate"):

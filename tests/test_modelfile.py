@@ -136,7 +136,7 @@ def test_fit_writes_a_model_file_every_loader_reads(tmp_path):
     for path in (tmp_path / "run", tmp_path / "run" / "model.safetensors"):
         assert torch.equal(nemon.load(path)(x), expected)
     assert torch.equal(nemon.load(tmp_path / "run" / "checkpoint.pt")(x), expected)
-    assert modelfile.model_data(tmp_path / "run") == {"name": "custom"}
+    assert modelfile.model_data(tmp_path / "run") == {"name": "custom", "range": [0.0, 1.0]}
 
 
 def test_shipped_model_by_name():

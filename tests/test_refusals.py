@@ -64,14 +64,15 @@ def test_certify_checks_radii_and_range():
     for eps in (-0.1, float("nan"), float("inf"), []):
         with pytest.raises(ValueError, match="eps"):
             nemon.certify(model, u, labels, eps)
-    with pytest.raises(ValueError, match="outside the data range"):
+    with pytest.raises(ValueError, match=r"outside input_range=\(0, 1\)"):
         nemon.certify(model, u + 2.0, labels, 0.1)
-    assert nemon.certify(model, u + 2.0, labels, 0.1, clip=None).shape == (4,)
+    assert nemon.certify(model, u + 2.0, labels, 0.1, input_range=None).shape == (4,)
 
 
 def test_training_stops_on_a_non_finite_loss(tmp_path):
     data = tiny_data()
     data.train_x[:] = 3e38  # finite inputs whose injection overflows
+    data.input_range = None
     with pytest.raises(
         TrainingDiverged, match="loss is (nan|inf) at epoch 1, step 1.*No checkpoint"
     ):
@@ -281,7 +282,7 @@ BAD_ARGUMENTS = [
     ["train", "--solver", "magic"],
     ["certify", "CKPT", "--eps", "-0.1"],
     ["certify", "CKPT", "--eps", "nan"],
-    ["certify", "CKPT", "--clip", "1", "0"],
+    ["certify", "CKPT", "--input-range", "1", "0"],
     ["certify", "MISSING"],
     ["certify", "FOLDER"],
     ["certify", "CKPT", "--json", "FOLDER"],
@@ -289,8 +290,8 @@ BAD_ARGUMENTS = [
     ["attack", "CKPT", "--restarts", "0"],
     ["reproduce", "mnist", "--runs", "0"],
     ["eval", "NOTCKPT"],
-    ["export", "CKPT", "--onnx", "ONNX", "--data-range", "0", "1e308"],
-    ["export", "CKPT", "--onnx", "ONNX", "--data-range", "0", "1e38"],
+    ["export", "CKPT", "--onnx", "ONNX", "--input-range", "0", "1e308"],
+    ["export", "CKPT", "--onnx", "ONNX", "--input-range", "0", "1e38"],
 ]
 
 
@@ -334,7 +335,8 @@ def test_a_method_the_model_lacks_is_one_line(monkeypatch, capsys):
     model = nemon.build_model("mon", input_shape=(1, 8, 8), num_classes=2, hidden=6).eval()
     data = tiny_data()
     monkeypatch.setattr(cli, "_validate", lambda args: None)
-    monkeypatch.setattr(cli, "_load", lambda args: (model, data.test_x[:8], data.test_y[:8]))
+    loaded = (model, {"input_range": (0.0, 1.0)}, data.test_x[:8], data.test_y[:8])
+    monkeypatch.setattr(cli, "_load_with_config", lambda args: loaded)
     assert cli.main(["certify", "mon.pt", "--method", "interval"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -157,15 +157,15 @@ def test_certify_checks_labels_radii_and_the_model():
         st.none(),
     ),
     labels=st.lists(st.integers(-3, 12), min_size=0, max_size=10),
-    clip=st.one_of(st.none(), st.tuples(st.floats(-2, 2), st.floats(-2, 2))),
+    input_range=st.one_of(st.none(), st.tuples(st.floats(-2, 2), st.floats(-2, 2))),
 )
-def test_certify_argument_fuzz(eps, labels, clip):
-    """Any eps, labels and clip: a result of the right shape, or one ValueError naming them."""
+def test_certify_argument_fuzz(eps, labels, input_range):
+    """Any eps, labels and input_range: a result of the right shape, or one ValueError naming them."""
     model = small_model()
     u = inputs(len(labels)) if labels else inputs(1)[:0]
     y = torch.tensor(labels, dtype=torch.long)
     try:
-        ok = nemon.certify(model, u, y, eps, clip=clip)
+        ok = nemon.certify(model, u, y, eps, input_range=input_range)
     except ValueError as exc:
         assert any(word in str(exc) for word in ("eps", "labels", "clip", "range", "radius"))
         return
@@ -194,7 +194,10 @@ def test_cli_refuses_bad_outputs_before_the_work(tmp_path, capsys):
         (["export", str(ckpt / "checkpoint.pt"), "--onnx", "/dev/null"], "not a regular file"),
         (["certify", str(ckpt / "checkpoint.pt"), "--plot", str(tmp_path / "x.txt")], ".png"),
         (["eval", str(ckpt / "checkpoint.pt"), "--device", "cpu:1"], "takes no index"),
-        (["certify", str(ckpt / "checkpoint.pt"), "--clip", "0", "1", "--no-clip"], "not allowed"),
+        (
+            ["certify", str(ckpt / "checkpoint.pt"), "--input-range", "0", "1", "--no-input-range"],
+            "not allowed",
+        ),
         (["eval", str(ckpt / "checkpoint.pt"), "--threads", "100000"], "from 1 to 1024"),
     ]:
         with pytest.raises(SystemExit) if "not allowed" in message or "1024" in message else _ok():
@@ -621,4 +624,4 @@ def test_a_centre_the_float32_model_gets_wrong_is_not_certified():
         assert int(model(u).argmax(1)) == 0 and int(model.double()(u.double()).argmax(1)) == 1
     model.float()
     with pytest.warns(nemon.CertificateWarning, match="in its own dtype"):
-        assert not bool(nemon.certify(model, u, y, 1e-6, clip=None))
+        assert not bool(nemon.certify(model, u, y, 1e-6, input_range=None))

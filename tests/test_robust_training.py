@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from nemon import Recipe, build_model
 from nemon.intervals import interval_loss, logit_difference_bounds, shrunk_box
-from nemon.training import _adversarial_points, recipe_loss
+from nemon.training import adversarial_points, recipe_loss
 
 DT = torch.float64
 
@@ -40,7 +40,7 @@ def test_shrunk_box_lies_in_the_ball_around_the_centre_moved_inside():
 def test_small_box_bounds_are_sound_and_tighter_than_the_ball():
     model, u, y = model_and_batch()
     model.eval()
-    adv = _adversarial_points(model, u, y, 0.1, 2, seed=3)
+    adv = adversarial_points(model, u, y, 0.1, 2, seed=3)
     box = shrunk_box(u, adv, 0.1, 0.3, (0.0, 1.0))
     small = logit_difference_bounds(model, u, y, 0.1, (0.0, 1.0), box=box)
     ball = logit_difference_bounds(model, u, y, 0.1, (0.0, 1.0))
@@ -62,7 +62,7 @@ def test_cc_ibp_mixes_logit_differences_before_one_cross_entropy(weight):
     recipe = Recipe(cert_eps=0.1, cert_weight=weight, adv_steps=2, robust_mix="logits")
     model(u)  # training-mode statistics, as every step's clean pass records them
     logits, loss = recipe_loss(model, model, recipe, u, y, 0.1, 1.0, step=5)
-    adv = _adversarial_points(model, u, y, 0.1, 2, seed=5)
+    adv = adversarial_points(model, u, y, 0.1, 2, seed=5)
     adv_logits = model(adv)
     differences = adv_logits.gather(1, y[:, None]) - adv_logits
     bounds = logit_difference_bounds(model, u, y, 0.1, (0.0, 1.0))
@@ -85,7 +85,7 @@ def test_sabr_bounds_the_small_box_around_the_pgd_point(mix):
     recipe = Recipe(cert_eps=0.1, cert_weight=1.0, adv_steps=2, box_shrink=0.4, robust_mix=mix)
     model(u)
     _, loss = recipe_loss(model, model, recipe, u, y, 0.1, 1.0, step=9)
-    adv = _adversarial_points(model, u, y, 0.1, 2, seed=9)
+    adv = adversarial_points(model, u, y, 0.1, 2, seed=9)
     box = shrunk_box(u, adv, 0.1, 0.4, (0.0, 1.0))
     assert torch.allclose(loss, interval_loss(model, u, y, 0.1, box=box), atol=1e-12)
     assert not torch.allclose(loss, interval_loss(model, u, y, 0.1), atol=1e-6)

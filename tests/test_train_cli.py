@@ -275,7 +275,7 @@ def test_adversarial_term_replaces_the_clean_one(weight):
     seeded start; the logits returned (the accuracy metric) are those at the PGD point, with no
     clean pass. Fails if the clean term is kept."""
     from nemon.intervals import interval_loss
-    from nemon.training import _adversarial_points, recipe_loss
+    from nemon.training import adversarial_points, recipe_loss
 
     torch.manual_seed(0)
     cfg = TrainConfig(
@@ -287,7 +287,7 @@ def test_adversarial_term_replaces_the_clean_one(weight):
     model(u)  # record training-mode statistics, as every step's clean pass does
     bn = model.encoder[1]
     running = bn.running_mean.clone()
-    adv = _adversarial_points(model, u, y, 0.1, 2, seed=7)
+    adv = adversarial_points(model, u, y, 0.1, 2, seed=7)
     assert model.training and torch.equal(bn.running_mean, running)  # attack in eval mode
     assert (adv - u).abs().max() <= 0.1 + 1e-12 and adv.min() >= 0 and adv.max() <= 1
     assert (adv - u).abs().max() > 0.05  # it moved

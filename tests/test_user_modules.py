@@ -72,7 +72,7 @@ def assert_box_holds(module: nn.Module, u: torch.Tensor, eps: float, count: int 
 
 def assert_sound(model: nemon.Classifier, u, labels, eps: float, method: str, count: int = 40):
     """No certified input is misclassified at a corner or a sampled point of its ball."""
-    certified = nemon.certify(model, u, labels, eps, method, clip=None)
+    certified = nemon.certify(model, u, labels, eps, method, input_range=None)
     with torch.no_grad():
         for v in corners_and_samples(u, eps, count):
             wrong = model(v).argmax(1) != labels
@@ -172,8 +172,8 @@ def test_in_place_relus_give_the_same_bounds(method):
     u = points() * 2 - 1
     kept = u.clone()
     labels = labelled(plain, u)
-    a = nemon.margin_bounds(plain, u, labels, 0.1, method, clip=None)[1]
-    b = nemon.margin_bounds(inplace, u, labels, 0.1, method, clip=None)[1]
+    a = nemon.margin_bounds(plain, u, labels, 0.1, method, input_range=None)[1]
+    b = nemon.margin_bounds(inplace, u, labels, 0.1, method, input_range=None)[1]
     assert torch.equal(a, b) and torch.equal(u, kept)
     lo, hi = u - 0.1, u + 0.1
     spec = torch.eye(10, dtype=DT)
@@ -224,7 +224,7 @@ def test_subclasses_and_hooks_are_refused_by_name(case):
     u = points(batch=2)
     for method in ("interval", "linear", "pairwise", "lipschitz"):
         with pytest.raises(UnsupportedModule, match=message):
-            nemon.certify(model, u, labelled(model, u), 0.1, method, clip=None)
+            nemon.certify(model, u, labelled(model, u), 0.1, method, input_range=None)
     with pytest.raises(UnsupportedModule, match=message):
         model.lipschitz_bound()
 
@@ -333,7 +333,9 @@ def test_an_unconverged_mon_solve_is_charged_its_error():
         truth = exact(u.double()).argmax(1)
     for shift in (1, 2):  # every class the exact equilibrium rejects
         with pytest.warns(nemon.solvers.ConvergenceWarning):
-            certified = nemon.certify(model, u, (truth + shift) % 3, 0.0, "pairwise", clip=None)
+            certified = nemon.certify(
+                model, u, (truth + shift) % 3, 0.0, "pairwise", input_range=None
+            )
         assert not bool(certified.any())
 
 
@@ -388,11 +390,15 @@ def test_certificates_charge_the_distance_of_the_model_as_it_runs():
     r = float(exact_radius(u.squeeze(1)))
     model = scalar_classifier(error_tol=1e-3)
     cost = 2 * 1e-3 / 4
-    assert not bool(nemon.certify(model, u, labels, r - cost * (1 - 1e-3), "interval", clip=None))
-    assert bool(nemon.certify(model, u, labels, r - cost * (1 + 1e-3), "interval", clip=None))
+    assert not bool(
+        nemon.certify(model, u, labels, r - cost * (1 - 1e-3), "interval", input_range=None)
+    )
+    assert bool(
+        nemon.certify(model, u, labels, r - cost * (1 + 1e-3), "interval", input_range=None)
+    )
     model.layer.error_tol = None
     with pytest.warns(nemon.CertificateWarning, match="error_tol=None"):
-        assert not bool(nemon.certify(model, u, labels, 0.0, "interval", clip=None))
+        assert not bool(nemon.certify(model, u, labels, 0.0, "interval", input_range=None))
 
 
 def test_one_huge_sample_does_not_cost_the_others_their_certificates():
@@ -400,13 +406,15 @@ def test_one_huge_sample_does_not_cost_the_others_their_certificates():
     model = nemon.Classifier(nemon.NEMONDense(6, 10, gamma=0.9), 3).eval()
     u = torch.randn(32, 6)
     labels = labelled(model, u)
-    alone = nemon.certify(model, u, labels, 0.01, "interval", clip=None)
+    alone = nemon.certify(model, u, labels, 0.01, "interval", input_range=None)
     outlier = torch.cat([u, 1e30 * torch.ones(1, 6)])
     both = torch.cat([labels, labels[:1]])
-    together = nemon.certify(model, outlier, both, 0.01, "interval", clip=None)
+    together = nemon.certify(model, outlier, both, 0.01, "interval", input_range=None)
     assert bool(alone.any()) and torch.equal(together[:32], alone)
-    bounds = nemon.margin_bounds(model, u, labels, 0.01, "interval", clip=None)[1]
-    bounds_together = nemon.margin_bounds(model, outlier, both, 0.01, "interval", clip=None)[1]
+    bounds = nemon.margin_bounds(model, u, labels, 0.01, "interval", input_range=None)[1]
+    bounds_together = nemon.margin_bounds(model, outlier, both, 0.01, "interval", input_range=None)[
+        1
+    ]
     torch.testing.assert_close(bounds_together[:32], bounds, atol=1e-8, rtol=0)
 
 
@@ -493,7 +501,7 @@ def test_random_encoders_are_certified_soundly_or_refused(made, method, eps):
     labels = labelled(model, u)
     if refused:
         with pytest.raises(UnsupportedModule):
-            nemon.certify(model, u, labels, eps, method, clip=None)
+            nemon.certify(model, u, labels, eps, method, input_range=None)
         return
     assert_box_holds(model.encoder, u, eps, count=10)
     certified = assert_sound(model, u, labels, eps, method, count=20)

@@ -404,7 +404,7 @@ def test_a_cancelling_composition_keeps_sound_boxes():
 def test_projection_stays_in_a_clip_box_that_float32_cannot_represent():
     u = torch.full((1, 4), 0.29)
     adv = torch.ones(1, 4)
-    from nemon.attacks import _project
+    from nemon.attacks import project
 
-    p = _project(u, adv, 0.1, (0.0, 0.3))
+    p = project(u, adv, 0.1, (0.0, 0.3))
     assert bool((p.double() <= 0.3).all()) and bool(((p.double() - u.double()).abs() <= 0.1).all())

@@ -176,7 +176,7 @@ def test_refusals_of_the_folder(run, tmp_path):
         (["--eps", "nan"], "--eps"),
         (["--time-limit", "-1"], "--time-limit"),
         (["--time-limit", "inf"], "--time-limit"),
-        (["--clip", "1", "0"], "LO must not exceed HI"),
+        (["--input-range", "1", "0"], "LO must be below HI"),
     ],
 )
 def test_bad_arguments_are_one_line(run, argv, words):

@@ -1,12 +1,14 @@
 """l_inf attacks on any classifier: image inversion, uniform noise, FGSM and PGD.
 
-All attacks are batched, stay in the l_inf ball of radius ``eps`` around ``u`` intersected with the
-box ``[lo, hi]`` (pixel range; ``None`` disables it) and are deterministic under ``seed``. Gradient
+All attacks are batched, stay in the l_inf ball of radius ``eps`` around ``u`` intersected with
+``input_range`` (the box ``(lo, hi)`` the data lives in, `nemon.ranges`; ``None``: unbounded),
+refuse inputs outside that range, and are deterministic under ``seed``. Gradient
 attacks backpropagate through the implicit layer's adjoint solve like training does.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -15,6 +17,7 @@ from torch import Tensor
 
 from .modes import evaluation_mode
 from .norms import round_to
+from .ranges import IMAGES, InputRange, check_inside
 from .validation import check_integer, check_number
 
 __all__ = [
@@ -22,27 +25,23 @@ __all__ = [
     "uniform_noise",
     "fgsm",
     "pgd",
+    "project",
     "ATTACKS",
     "robust_accuracy",
     "accuracy_under_attack",
 ]
 
-Box = tuple[float, float] | None
 
-
-def _check(name: str, u: Tensor, eps: float, box: Box) -> float:
+def _check(name: str, u: Tensor, eps: float, input_range: InputRange) -> float:
     """The radius as a float, after one line for what no point of the ball around ``u``
-    intersected with the box can answer: a non-finite input, radius or box, or a ball that
-    misses the box."""
+    intersected with the range can answer: a non-finite input or radius, a range that is not
+    one, or an input outside the range (projecting would move it further than ``eps``)."""
     if not isinstance(eps, bool):
         try:
             eps = float(eps)  # NumPy numbers and 0-d tensors too
         except (TypeError, ValueError):
             pass
     check_number(f"{name} eps", eps, low=0.0)
-    if box is not None:
-        check_number(f"{name} box lower end", box[0])
-        check_number(f"{name} box upper end", box[1], low=box[0])
     if not u.is_floating_point():
         raise ValueError(f"{name} expects a floating-point input u, got {u.dtype}")
     if u.numel() == 0:
@@ -50,11 +49,7 @@ def _check(name: str, u: Tensor, eps: float, box: Box) -> float:
     low, high = (float(v) for v in torch.stack((u.amin(), u.amax())))
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} input u contains NaN or inf (values in [{low}, {high}])")
-    if box is not None and (high - eps > box[1] or low + eps < box[0]):
-        raise ValueError(
-            f"{name}: the ball of radius {eps:g} around u misses the box [{box[0]:g}, {box[1]:g}]"
-            f" (u in [{low:.4g}, {high:.4g}]); give inputs in the box, or box=None"
-        )
+    check_inside(u, input_range, f"{name} input_range")
     return eps
 
 
@@ -70,33 +65,40 @@ def _ball(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
-def _project(u: Tensor, adv: Tensor, eps: float, box: Box) -> Tensor:
-    """The nearest point of the ball around ``u`` intersected with the box (non-empty: `_check`)."""
+def project(u: Tensor, adv: Tensor, eps: float, input_range: InputRange) -> Tensor:
+    """The nearest point of the ball around ``u`` intersected with the range (non-empty:
+    `_check`)."""
     lo, hi = _ball(u, eps)
-    if box is not None:  # the box's ends rounded inwards to u's dtype (0.3 is no float32)
-        ends = torch.tensor([box[0], box[1]], dtype=torch.float64, device=u.device)
+    if input_range is not None:  # its ends rounded inwards to u's dtype (0.3 is no float32)
+        ends = torch.tensor(input_range, dtype=torch.float64, device=u.device)
         low, high = round_to(ends[:1], u.dtype, "up"), round_to(ends[1:], u.dtype, "down")
         lo, hi = torch.maximum(lo, low), torch.minimum(hi, high)
     return torch.max(torch.min(adv, hi), lo)
 
 
 def image_inversion(
-    model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), **_
+    model, u: Tensor, labels: Tensor, eps: float, input_range: InputRange = IMAGES, seed: int = 0
 ) -> Tensor:
     """Continuous image inversion (Hosseini et al., 2017; the paper's Figure 2): move every pixel
-    towards its inverse ``1 - u`` by ``eps``, i.e. ``u + eps (1 - 2 u)`` (deterministic)."""
-    eps = _check("image_inversion", u, eps, box)
-    return _project(u, u + eps * (1 - 2 * u), eps, box)
+    towards its inverse ``1 - u`` by ``eps``, i.e. ``u + eps (1 - 2 u)`` (deterministic:
+    ``seed`` is accepted, as by every attack, and unused)."""
+    eps = _check("image_inversion", u, eps, input_range)
+    return project(u, u + eps * (1 - 2 * u), eps, input_range)
 
 
 def uniform_noise(
-    model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), seed: int = 0, **_
+    model,
+    u: Tensor,
+    labels: Tensor,
+    eps: float,
+    input_range: InputRange = IMAGES,
+    seed: int = 0,
 ) -> Tensor:
     """``u + U(-eps, eps)`` per pixel, from a seeded generator."""
-    eps = _check("uniform_noise", u, eps, box)
+    eps = _check("uniform_noise", u, eps, input_range)
     g = torch.Generator(device=u.device).manual_seed(seed)
     noise = torch.rand(u.shape, generator=g, device=u.device, dtype=u.dtype) * 2 - 1
-    return _project(u, u + eps * noise, eps, box)
+    return project(u, u + eps * noise, eps, input_range)
 
 
 def _loss_gradient(model, adv: Tensor, labels: Tensor) -> Tensor:
@@ -107,10 +109,13 @@ def _loss_gradient(model, adv: Tensor, labels: Tensor) -> Tensor:
     return grad
 
 
-def fgsm(model, u: Tensor, labels: Tensor, eps: float, box: Box = (0.0, 1.0), **_) -> Tensor:
-    """Fast gradient sign method: one step of size ``eps`` along ``sign(grad loss)``."""
-    eps = _check("fgsm", u, eps, box)
-    return _project(u, u + eps * _loss_gradient(model, u, labels).sign(), eps, box).detach()
+def fgsm(
+    model, u: Tensor, labels: Tensor, eps: float, input_range: InputRange = IMAGES, seed: int = 0
+) -> Tensor:
+    """Fast gradient sign method: one step of size ``eps`` along ``sign(grad loss)``
+    (deterministic: ``seed`` is unused)."""
+    eps = _check("fgsm", u, eps, input_range)
+    return project(u, u + eps * _loss_gradient(model, u, labels).sign(), eps, input_range).detach()
 
 
 def pgd(
@@ -118,7 +123,7 @@ def pgd(
     u: Tensor,
     labels: Tensor,
     eps: float,
-    box: Box = (0.0, 1.0),
+    input_range: InputRange = IMAGES,
     steps: int = 20,
     step_size: float | None = None,
     restarts: int = 1,
@@ -129,9 +134,9 @@ def pgd(
 
     Each restart begins at a uniform random point of the ball (when ``random_start``); the
     returned perturbation per sample is the first that misclassifies, else the last iterate.
-    Inputs with NaN or inf, and balls that miss the box, are refused in one line.
+    Inputs with NaN or inf, or outside ``input_range``, are refused in one line.
     """
-    eps = _check("pgd", u, eps, box)
+    eps = _check("pgd", u, eps, input_range)
     check_integer("pgd steps", steps, 1)
     check_integer("pgd restarts", restarts, 1)
     if step_size is not None:
@@ -144,9 +149,11 @@ def pgd(
         adv = u.clone()
         if random_start and eps > 0:
             start = torch.rand(u.shape, generator=g, device=u.device, dtype=u.dtype) * 2 - 1
-            adv = _project(u, u + eps * start, eps, box)
+            adv = project(u, u + eps * start, eps, input_range)
         for step in range(steps):
-            adv = _project(u, adv + step_size * _loss_gradient(model, adv, labels).sign(), eps, box)
+            adv = project(
+                u, adv + step_size * _loss_gradient(model, adv, labels).sign(), eps, input_range
+            )
             if restart == restarts - 1 and step == steps - 1:
                 break  # the final iterate goes to every sample still unfooled: no check needed
             with torch.no_grad():
@@ -159,6 +166,8 @@ def pgd(
 
 
 ATTACKS = {"inversion": image_inversion, "noise": uniform_noise, "fgsm": fgsm, "pgd": pgd}
+#: PGD's own settings: the other attacks ignore them (any other unknown setting is an error)
+PGD_SETTINGS = ("steps", "step_size", "restarts", "random_start", "seed")
 
 
 @torch.no_grad()
@@ -168,7 +177,10 @@ def robust_accuracy(
     """Per-sample: correct on ``u`` and still correct under ``attack`` at radius ``eps``."""
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
-    adv = ATTACKS[attack](model, u, labels, eps, **kw)
+    attack_fn = ATTACKS[attack]
+    accepted = inspect.signature(attack_fn).parameters
+    kw = {k: v for k, v in kw.items() if k in accepted or k not in PGD_SETTINGS}
+    adv = attack_fn(model, u, labels, eps, **kw)
     return (model(u).argmax(1) == labels) & (model(adv).argmax(1) == labels)
 
 

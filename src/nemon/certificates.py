@@ -43,6 +43,7 @@ from .lipschitz import (
     state_bound,
 )
 from .models import Classifier
+from .ranges import IMAGES, InputRange, check_inside
 from .solvers import ConvergenceWarning
 
 __all__ = [
@@ -126,20 +127,6 @@ def _check_model(model) -> None:
     param = next(model.parameters(), None)
     if param is not None and param.device.type == "meta":
         raise ValueError("the model's parameters are on the meta device: they hold no values")
-
-
-def _check_clip(u: Tensor, clip) -> tuple[float, float] | None:
-    if clip is None:
-        return None
-    lo, hi = (float(c) for c in clip)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise ValueError(f"clip must be a finite range (lo, hi) with lo <= hi, got {clip!r}")
-    if bool((u < lo).any()) or bool((u > hi).any()):
-        raise ValueError(
-            f"inputs lie outside the data range clip=({lo:g}, {hi:g}) (values from "
-            f"{float(u.min()):.4g} to {float(u.max()):.4g}); rescale them or pass clip=None"
-        )
-    return lo, hi
 
 
 def check_modules(model) -> None:
@@ -267,7 +254,7 @@ def certify(
     labels: Tensor,
     eps: float | list[float],
     method: str | None = None,
-    clip: tuple[float, float] | None = (0.0, 1.0),
+    input_range: InputRange = IMAGES,
     solve_tol: float | str | None = "auto",
     dtype: torch.dtype | None = torch.float64,
 ) -> Tensor:
@@ -284,8 +271,9 @@ def certify(
             ``"interval"`` (NEMON, IDL and explicit layers), ``"pairwise"`` or
             ``"lipschitz"``; None (default): `default_certificate`. A `CertificateWarning` says when a method
             certifies none of the correctly classified inputs at a positive radius.
-        clip: the data range ``(lo, hi)``; the ball is intersected with it (``None``: no range).
-            Only the interval certificate gains from it; inputs outside it are an error.
+        input_range: the range ``(lo, hi)`` the data lives in (`nemon.ranges`); the ball is
+            intersected with it (``None``: unbounded data). Only the interval and linear
+            certificates gain from it; inputs outside it are an error.
         solve_tol: the equilibrium is solved to this fixed-point residual (``"auto"``: 1e-10 in
             float64, 1e-5 in float32; None keeps the layer's settings) and the a-posteriori error
             bound is charged against the margins, so the certificate holds for the exact
@@ -298,7 +286,7 @@ def certify(
     """
     _check_model(model)
     method = method or default_certificate(model)
-    correct, bounds = margin_bounds(model, u, labels, eps, method, clip, solve_tol, dtype)
+    correct, bounds = margin_bounds(model, u, labels, eps, method, input_range, solve_tol, dtype)
     ok = certified_by_margins(correct, bounds, labels.long().to(bounds.device))
     _warn_if_nothing_certified(model, method, _radii(eps), correct, ok)
     return ok
@@ -331,7 +319,7 @@ def margin_bounds(
     labels: Tensor,
     eps: float | list[float],
     method: str | None = None,
-    clip: tuple[float, float] | None = (0.0, 1.0),
+    input_range: InputRange = IMAGES,
     solve_tol: float | str | None = "auto",
     dtype: torch.dtype | None = torch.float64,
 ) -> tuple[Tensor, Tensor]:
@@ -348,7 +336,7 @@ def margin_bounds(
     if method not in CERTIFICATES:
         raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)
-    clip = _check_clip(u, clip)
+    input_range = check_inside(u, input_range)
     labels = _check_labels(model, u, labels).to(u.device)
     _check_eval_mode(model)
     check_modules(model)
@@ -369,7 +357,7 @@ def margin_bounds(
         bounds = bounds * len(radii)
     else:
         with _tight(model, solve_tol, u), full_float32():
-            logits, bounds = _margin_bounds(model, u, labels, radii, method, clip)
+            logits, bounds = _margin_bounds(model, u, labels, radii, method, input_range)
         exact = logits.argmax(1)
         correct = (exact == labels) & (own == labels)
         _warn_if_disagreeing(own, exact, labels)
@@ -401,12 +389,12 @@ def _check_eval_mode(model) -> None:
             )
 
 
-def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str, clip):
+def _margin_bounds(model, u: Tensor, labels: Tensor, radii: list[float], method: str, input_range):
     """``(logits, bounds)``: the centre's logits, and per radius lower bounds ``(batch, q)`` of
     ``y_label - y_j`` over the ball: the mean of its classifiers' logits and bounds (one for a
     `Classifier`, the members for an `Ensemble`; the mean of one is exact)."""
     bound = {"interval": _interval_bounds, "linear": _linear_bounds}.get(method, _lipschitz_bounds)
-    extra = (clip,) if method in ("interval", "linear") else (method,)
+    extra = (input_range,) if method in ("interval", "linear") else (method,)
     parts = []
     for c in model.classifiers():
         logits, bounds = bound(c, u, labels, radii, *extra)
@@ -453,7 +441,7 @@ def _lipschitz_bounds(model, u: Tensor, labels: Tensor, radii: list[float], meth
 
 
 def _interval_bounds(
-    model, u: Tensor, labels: Tensor, radii: list[float], clip, injection_box=None
+    model, u: Tensor, labels: Tensor, radii: list[float], input_range, injection_box=None
 ):
     """Worst-case logit differences over the state box.
 
@@ -472,24 +460,24 @@ def _interval_bounds(
     terms = model.lipschitz_terms()
     bounds = []
     for eps in radii:
-        box = input_box(u, eps, clip)
+        box = input_box(u, eps, input_range)
         injection = None if injection_box is None else injection_box(model, *box)
         x_lo, x_hi = implicit_box(layer, *model.encode_interval(*box), injection)
         if terms.norm == "inf" and err_x is not None:
             radius = state_bound(terms) * eps + err_x
             x_lo = torch.maximum(x_lo, x - scale * _per_sample(radius, x))
             x_hi = torch.minimum(x_hi, x + scale * _per_sample(radius, x))
-        bounds.append(logit_difference_bounds(model, u, labels, eps, clip, x_lo, x_hi))
+        bounds.append(logit_difference_bounds(model, u, labels, eps, input_range, x_lo, x_hi))
     return logits, bounds
 
 
-def _linear_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
+def _linear_bounds(model, u: Tensor, labels: Tensor, radii: list[float], input_range):
     """The interval bounds; for each correctly classified input they leave uncertified at a
     radius, the same bounds with the dense layer's injection box tightened by linear bounds
     through the encoder (`nemon.linear_bounds`), the larger of the two per logit difference
     (both sound: never weaker than interval). Models without a supported encoder keep the
     interval bounds."""
-    logits, bounds = _interval_bounds(model, u, labels, radii, clip)
+    logits, bounds = _interval_bounds(model, u, labels, radii, input_range)
     if not supports_linear_bounds(model):
         return logits, bounds
     right = logits.argmax(1) == labels
@@ -499,7 +487,7 @@ def _linear_bounds(model, u: Tensor, labels: Tensor, radii: list[float], clip):
             continue
         rows = open_.nonzero().squeeze(1)
         _, (tight,) = _interval_bounds(
-            model, u[rows], labels[rows], [eps], clip, injection_box=injection_bounds
+            model, u[rows], labels[rows], [eps], input_range, injection_box=injection_bounds
         )
         bounds[i] = bounds[i].clone()
         bounds[i][rows] = torch.maximum(bounds[i][rows], tight)

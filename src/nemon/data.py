@@ -4,7 +4,7 @@ The data folder is the first of: the ``data_dir`` argument, ``$NEMON_DATA_DIR``,
 Each dataset lives in a sub-folder (``mnist``, ``fashion-mnist``, ``cifar-10``); Fashion-MNIST is
 also found where Debian's ``dataset-fashion-mnist`` installs it. Missing files are downloaded from
 mirrors (atomic write, md5 checked); every file is md5-verified before use, and a corrupt or
-truncated file raises `DataError` naming it. Images are float32 in [0, 1], ``(N, C, H, W)``.
+truncated file raises `DataError` naming it. Images are float32 in [0, 1], ``(N, C, H, W)``, and the datasets say so (``input_range``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,17 @@ class DataError(RuntimeError):
 
 @dataclass
 class Dataset:
+    """Training and test tensors with what describes them: a name, the number of classes (of
+    the dataset, not of a subset) and ``input_range``, the range ``(lo, hi)`` its inputs live in
+    (None: unbounded; see `nemon.ranges`). Images read by `load_dataset` live in ``(0, 1)``."""
+
     name: str
     train_x: Tensor
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
-    classes: int | None = None  # the dataset's number of classes (not that of a subset)
+    classes: int | None = None
+    input_range: tuple[float, float] | None = (0.0, 1.0)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

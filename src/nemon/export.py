@@ -43,10 +43,11 @@ class ExportError(ValueError):
 def export_onnx(
     model: Classifier,
     path: str | os.PathLike,
-    data_range: tuple[float, float] = (0.0, 1.0),
+    input_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
     """Write ``model`` (a `Classifier` with a dense NEMON, IDL or explicit layer)
-    to ``path``; return the metadata written into the file.
+    to ``path``; return the metadata written into the file. ``input_range``: the range the
+    inputs live in (`nemon.ranges`), for which the metadata bounds the state and iterations.
 
     Inputs ``u`` of shape ``(batch, *input_shape)``; outputs ``logits (batch, q)``,
     ``error_bound (batch,)`` (state, weighted l_inf), ``logit_error_bound (batch,)`` (l_inf) and
@@ -62,7 +63,7 @@ def export_onnx(
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.float64):
         raise ExportError(f"export supports float32 and float64 models, not {dtype}")
-    graph, metadata = _Builder(model, _checked_range(data_range, dtype)).build()
+    graph, metadata = _Builder(model, _checked_range(input_range, dtype)).build()
     proto = onnx.helper.make_model(
         graph,
         opset_imports=[onnx.helper.make_opsetid("", OPSET)],
@@ -78,18 +79,25 @@ def export_onnx(
     return metadata
 
 
-def _checked_range(data_range, dtype: torch.dtype) -> tuple[float, float]:
+def _checked_range(input_range, dtype: torch.dtype) -> tuple[float, float]:
     """``(lo, hi)``: two finite numbers, ``lo < hi``, that the model's dtype can hold."""
+    if input_range is None:
+        raise ExportError(
+            "export needs a bounded input_range (lo, hi): the metadata's state bound and "
+            "worst-case iterations hold for inputs in it"
+        )
     try:
-        lo, hi = (float(v) for v in data_range)
+        lo, hi = (float(v) for v in input_range)
     except (TypeError, ValueError):
-        raise ExportError(f"data_range must be two numbers (lo, hi), got {data_range!r}") from None
+        raise ExportError(
+            f"input_range must be two numbers (lo, hi), got {input_range!r}"
+        ) from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ExportError(f"data_range must be two finite numbers lo < hi, got ({lo:g}, {hi:g})")
+        raise ExportError(f"input_range must be two finite numbers lo < hi, got ({lo:g}, {hi:g})")
     biggest = torch.finfo(dtype).max
     if max(abs(lo), abs(hi)) > biggest:
         raise ExportError(
-            f"data_range ({lo:g}, {hi:g}) does not fit in the model's {dtype} "
+            f"input_range ({lo:g}, {hi:g}) does not fit in the model's {dtype} "
             f"(|value| <= {biggest:.3g}); give the inputs' real range"
         )
     return lo, hi
@@ -104,7 +112,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict:
 class _Builder:
     """Collects nodes and initializers of one graph (names made unique by a counter)."""
 
-    def __init__(self, model: Classifier, data_range: tuple[float, float]) -> None:
+    def __init__(self, model: Classifier, input_range: tuple[float, float]) -> None:
         if not isinstance(model, Classifier):
             raise ExportError(f"export needs a nemon Classifier, got {type(model).__name__}")
         layer = model.layer
@@ -112,7 +120,7 @@ class _Builder:
             raise ExportError(
                 f"export supports dense NEMON, IDL and explicit layers, not {layer._name()}"
             )
-        self.model, self.layer, self.data_range = model, layer, data_range
+        self.model, self.layer, self.input_range = model, layer, input_range
         self.dtype = layer.B.weight.dtype
         self.nodes, self.inits, self.count = [], [], 0
 
@@ -308,7 +316,7 @@ class _Builder:
         meta = {
             "nemon_layer": layer._name(),
             "input_shape": list(shape),
-            "data_range": list(self.data_range),
+            "input_range": list(self.input_range),
             "readout_norm": c_norm,
             "outputs": "logits; error_bound >= ||x - x*||_{inf,[eta]^-1}; logit_error_bound >= "
             "||logits - logits*||_inf; iterations",
@@ -319,9 +327,9 @@ class _Builder:
         rho = contraction_factor(k["alpha_ref"], k["measure"])
         radius = self._state_bound(k["measure"])
         if not math.isfinite(radius):
-            lo, hi = self.data_range
+            lo, hi = self.input_range
             raise ExportError(
-                f"data_range ({lo:g}, {hi:g}) is too wide: the bound on the state overflows "
+                f"input_range ({lo:g}, {hi:g}) is too wide: the bound on the state overflows "
                 f"{self.dtype}; give the inputs' real range"
             )
         worst = (
@@ -343,7 +351,7 @@ class _Builder:
             "state_bound": radius,
             "worst_case_iterations": worst,
             "worst_case_note": "from x_0 = 0, ||x_k - x*||_{inf,[eta]^-1} <= rho^k state_bound "
-            "for every input in data_range; after worst_case_iterations, <= tol * state_bound",
+            "for every input in input_range; after worst_case_iterations, <= tol * state_bound",
         }
 
     def _state_bound(self, measure: float) -> float:
@@ -351,8 +359,8 @@ class _Builder:
         at ``x_0 = 0``), with ``Phi(z)`` bounded through the interval of ``z``."""
         model, layer = self.model, self.layer
         shape = model.input_shape
-        lo = torch.full((1, *shape), float(self.data_range[0]), dtype=self.dtype)
-        hi = torch.full((1, *shape), float(self.data_range[1]), dtype=self.dtype)
+        lo = torch.full((1, *shape), float(self.input_range[0]), dtype=self.dtype)
+        hi = torch.full((1, *shape), float(self.input_range[1]), dtype=self.dtype)
         with torch.no_grad():
             lo, hi = model.encode_interval(model.prepare_input(lo), model.prepare_input(hi))
             W = layer.B.weight

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ranges import IMAGES
+
 __all__ = [
     "interval_equilibrium",
     "input_box",
@@ -37,30 +39,30 @@ def interval_equilibrium(layer, u_lo: Tensor, u_hi: Tensor) -> tuple[Tensor, Ten
     return layer.interval_bounds(u_lo, u_hi)
 
 
-def input_box(u: Tensor, eps: float, clip: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
-    """The l_inf ball of radius ``eps`` around ``u``, intersected with the data range ``clip``."""
+def input_box(u: Tensor, eps: float, input_range) -> tuple[Tensor, Tensor]:
+    """The l_inf ball of radius ``eps`` around ``u``, intersected with ``input_range``."""
     lo, hi = u - eps, u + eps
-    if clip is not None:
-        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
+    if input_range is not None:
+        lo, hi = lo.clamp(*input_range), hi.clamp(*input_range)
     return lo, hi
 
 
 def shrunk_box(
-    u: Tensor, centre: Tensor, eps: float, shrink: float, clip: tuple[float, float] | None
+    u: Tensor, centre: Tensor, eps: float, shrink: float, input_range
 ) -> tuple[Tensor, Tensor]:
     """SABR's small box (Mueller et al., 2023): radius ``shrink * eps`` around ``centre`` (an
     adversarial point), moved to lie inside the ball of radius ``eps`` around ``u``, intersected
-    with ``clip``. ``shrink = 1`` gives the whole ball."""
+    with ``input_range``. ``shrink = 1`` gives the whole ball."""
     margin = (1.0 - shrink) * eps
     centre = torch.max(torch.min(centre, u + margin), u - margin)
     lo, hi = centre - shrink * eps, centre + shrink * eps
-    if clip is not None:
-        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
+    if input_range is not None:
+        lo, hi = lo.clamp(*input_range), hi.clamp(*input_range)
     return lo, hi
 
 
 def logit_difference_bounds(
-    model, u: Tensor, labels: Tensor, eps: float, clip=None, x_lo=None, x_hi=None, box=None
+    model, u: Tensor, labels: Tensor, eps: float, input_range=None, x_lo=None, x_hi=None, box=None
 ) -> Tensor:
     """Lower bounds of ``y_label - y_j`` over the l_inf ball, shape ``(batch, q)`` (0 at the label).
 
@@ -69,7 +71,9 @@ def logit_difference_bounds(
     interval training). ``box=(lo, hi)`` replaces the ball by that input box (`shrunk_box`).
     """
     u = model.prepare_input(u)
-    lo, hi = input_box(u, eps, clip) if box is None else (model.prepare_input(b) for b in box)
+    lo, hi = (
+        input_box(u, eps, input_range) if box is None else (model.prepare_input(b) for b in box)
+    )
     if x_lo is None:
         v_lo, v_hi = model.encode_interval(lo, hi)
         x_lo, x_hi, _ = interval_equilibrium(model.layer, v_lo, v_hi)
@@ -88,9 +92,9 @@ def logit_difference_bounds(
 
 
 def interval_loss(
-    model, u: Tensor, labels: Tensor, eps: float, clip=(0.0, 1.0), box=None
+    model, u: Tensor, labels: Tensor, eps: float, input_range=IMAGES, box=None
 ) -> Tensor:
     """Cross-entropy on worst-case logits ``-(lower bound of y_label - y_j)`` (IBP training);
     ``box``: see `logit_difference_bounds`."""
-    bounds = logit_difference_bounds(model, u, labels, eps, clip, box=box)
+    bounds = logit_difference_bounds(model, u, labels, eps, input_range, box=box)
     return F.cross_entropy(-bounds, labels)

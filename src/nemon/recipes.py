@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .validation import RANGES, check_choice, check_setting
 
-__all__ = ["Recipe", "RECIPES", "RAMPS", "REGULARISERS", "ROBUST_MIXES", "recipe_named"]
+__all__ = [
+    "Recipe", "RECIPES", "RAMPS", "REGULARISERS", "ROBUST_MIXES", "SCHEDULE", "recipe_named",
+    "schedule_changes",
+]  # fmt: skip
 
 RAMPS = ("linear", "smooth")
 REGULARISERS = ("product", "halved_sum")
@@ -110,6 +113,27 @@ class Recipe:
             raise ValueError(f"unknown recipe settings {unknown}; the settings: {FIELDS}")
         return replace(self, **changes)
 
+    def scaled(self, epochs: int) -> Recipe:
+        """The same schedule stretched or squeezed to ``epochs``: warm-up, radius ramp, the
+        learning-rate milestones and the start of weight averaging scale by ``epochs /
+        self.epochs`` (rounded; a ramp keeps at least one epoch, milestones stay distinct and
+        inside the run). `schedule_changes` lists what moved."""
+        check_setting("epochs", epochs)
+        ratio = epochs / self.epochs
+
+        def scale(value: int, least: int = 0) -> int:
+            return max(least, min(epochs, round(value * ratio)))
+
+        milestones = sorted({scale(m, 1) for m in self.lr_milestones if scale(m, 1) < epochs})
+        return replace(
+            self,
+            epochs=epochs,
+            warmup_epochs=min(scale(self.warmup_epochs), max(epochs - 1, 0)),
+            cert_ramp_epochs=scale(self.cert_ramp_epochs, 1),
+            lr_milestones=tuple(milestones),
+            swa_start=scale(self.swa_start, 1) if self.swa_start else 0,
+        )
+
     def as_dict(self) -> dict:
         """Plain data (lists for the tuples), as stored in checkpoints and configs."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -121,6 +145,23 @@ class Recipe:
 
 
 FIELDS = tuple(f.name for f in fields(Recipe))
+
+#: the settings `Recipe.scaled` moves with the number of epochs
+SCHEDULE = ("epochs", "warmup_epochs", "cert_ramp_epochs", "lr_milestones", "swa_start")
+
+
+def schedule_changes(before: Recipe, after: Recipe) -> list[str]:
+    """``name old -> new`` for each schedule setting that differs."""
+    return [
+        f"{name} {_shown(getattr(before, name))} -> {_shown(getattr(after, name))}"
+        for name in SCHEDULE
+        if getattr(before, name) != getattr(after, name)
+    ]
+
+
+def _shown(value) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
 
 # The schedule shared by the certified recipes (Gowal et al. 2018, Shi et al. 2021): batch 100,
 # Adam 1e-3, one clean epoch, a smooth 15-epoch ramp, decays at 40 and 52 of 60, clipping 10.

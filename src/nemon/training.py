@@ -32,6 +32,7 @@ from .intervals import interval_loss, logit_difference_bounds, shrunk_box
 from .layers import ImplicitLayer
 from .models import Classifier
 from .modes import evaluation_mode
+from .ranges import IMAGES, InputRange, check_inside
 from .recipes import Recipe, recipe_named
 from .runs import (
     RUN_FILES,
@@ -125,23 +126,25 @@ def certified_accuracy(
     eps: list[float],
     method: str | None = None,
     batch_size=1000,
-    clip: tuple[float, float] | None = (0.0, 1.0),
+    input_range: InputRange = IMAGES,
 ) -> dict[float, float]:
     """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
     ``method=None``: the strongest the model supports). A method that certifies nothing at a
     positive radius says so once, for the whole set, not once per batch. The model's own
-    modes (training or eval) are restored after."""
+    modes (training or eval) are restored after. ``input_range``: as `nemon.certify`'s."""
     with evaluation_mode(model):
-        return _certified_accuracy(model, x, y, eps, method, batch_size, clip)
+        return _certified_accuracy(model, x, y, eps, method, batch_size, input_range)
 
 
-def _certified_accuracy(model, x, y, eps, method, batch_size, clip) -> dict[float, float]:
+def _certified_accuracy(model, x, y, eps, method, batch_size, input_range) -> dict:
     device = _device(model)
     total, noted = torch.zeros(len(eps)), []
     for xb, yb in batches(x, y, batch_size):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CertificateWarning)
-            ok = certify(model, xb.to(device), yb.to(device), list(eps), method=method, clip=clip)
+            ok = certify(
+                model, xb.to(device), yb.to(device), list(eps), method, input_range=input_range
+            )
         for w in caught:  # "certifies none" is judged on the whole set below; the rest passes
             if "certifies none" in str(w.message):
                 noted.append(w.message)
@@ -183,12 +186,14 @@ def learning_rate(recipe: Recipe, epoch: int) -> float:
     return recipe.lr * recipe.lr_decay ** sum(1 for m in recipe.lr_milestones if epoch >= m)
 
 
-def recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0):
+def recipe_loss(
+    model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0, input_range=IMAGES
+):
     """See `_recipe_loss`; every parametrized weight (eq. (17) and the others) is built once for
     the step's passes (clean, adversarial, interval, regulariser), not once for each."""
     with parametrize.cached():
         _build_parametrized(raw)
-        return _recipe_loss(model, raw, recipe, xb, yb, eps, progress, step)
+        return _recipe_loss(model, raw, recipe, xb, yb, eps, progress, step, input_range)
 
 
 def _build_parametrized(model: nn.Module) -> None:
@@ -201,7 +206,7 @@ def _build_parametrized(model: nn.Module) -> None:
                     getattr(m, name)
 
 
-def _recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0):
+def _recipe_loss(model, raw, recipe: Recipe, xb, yb, eps, progress, step=0, input_range=IMAGES):
     """``(logits, loss)``: the clean cross-entropy mixed with the worst-case (interval) loss,
     whose weight grows with the radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal
     et al., 2018). At weight 1 the clean pass runs without autograd (its logits only feed the
@@ -212,54 +217,58 @@ def _recipe_loss(model, raw, recipe: Recipe, xb, yb, eps: float, progress: float
     cross-entropies (MTL-IBP), ``"logits"`` the adversarial logit differences with their interval
     lower bounds before one cross-entropy (CC-IBP, De Palma et al., 2024). ``box_shrink < 1``
     bounds SABR's small box around the PGD point instead of the ball (`nemon.intervals.shrunk_box`).
-    ``model`` is what runs the forward pass (DDP's wrapper), ``raw`` the classifier itself."""
+    ``model`` is what runs the forward pass (DDP's wrapper), ``raw`` the classifier itself;
+    balls, boxes and PGD points lie in ``input_range`` (`nemon.ranges`)."""
     weight = 0.0
     if eps > 0:
         weight = recipe.cert_weight * progress if recipe.ramp == "smooth" else recipe.cert_weight
     pure = weight >= 1.0 and model is raw  # the clean term has no weight: metrics only
     adv = box = None
     if recipe.adv_steps > 0 and eps > 0 and (not pure or recipe.box_shrink < 1):
-        adv = _adversarial_points(raw, xb, yb, eps, recipe.adv_steps, seed=step)
+        adv = adversarial_points(raw, xb, yb, eps, recipe.adv_steps, step, input_range)
         if recipe.box_shrink < 1:
-            box = shrunk_box(xb, adv, eps, recipe.box_shrink, (0.0, 1.0))
+            box = shrunk_box(xb, adv, eps, recipe.box_shrink, input_range)
     if eps <= 0:
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
     elif pure:
         with torch.no_grad():
             logits = model(xb)
-        loss = interval_loss(raw, xb, yb, eps, box=box)
+        loss = interval_loss(raw, xb, yb, eps, input_range, box=box)
     else:
         logits = model(xb if adv is None else adv)
-        loss = _mixed_loss(raw, recipe, logits, xb, yb, eps, weight, box)
+        loss = _mixed_loss(raw, recipe, logits, xb, yb, eps, weight, box, input_range)
         logits = logits if adv is None else logits.detach()
     if recipe.lam > 0:
         loss = loss + recipe.lam * raw.lipschitz_penalty(recipe.reg_kind)
     return logits, loss
 
 
-def _mixed_loss(raw, recipe: Recipe, logits, xb, yb, eps: float, weight: float, box) -> Tensor:
+def _mixed_loss(raw, recipe: Recipe, logits, xb, yb, eps, weight, box, input_range) -> Tensor:
     """``(1 - w) CE(logits) + w CE(interval)`` (``robust_mix="loss"``), or the cross-entropy of
     the mixed logit differences ``(1 - w) (y_label - y_j) + w (their lower bounds)``
     (``"logits"``); the interval term is skipped at weight 0."""
     if weight <= 0:
         return F.cross_entropy(logits, yb)
     if recipe.robust_mix == "loss":
-        robust = interval_loss(raw, xb, yb, eps, box=box)
+        robust = interval_loss(raw, xb, yb, eps, input_range, box=box)
         return (1 - weight) * F.cross_entropy(logits, yb) + weight * robust
-    bounds = logit_difference_bounds(raw, xb, yb, eps, (0.0, 1.0), box=box)
+    bounds = logit_difference_bounds(raw, xb, yb, eps, input_range, box=box)
     differences = logits.gather(1, yb[:, None]) - logits  # 0 at the label, as the bounds
     return F.cross_entropy(-((1 - weight) * differences + weight * bounds), yb)
 
 
-def _adversarial_points(raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int) -> Tensor:
-    """PGD points in the l_inf ball of radius ``eps`` (clipped to [0, 1]) from a random start.
+def adversarial_points(
+    raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int, input_range=IMAGES
+) -> Tensor:
+    """PGD points in the l_inf ball of radius ``eps`` (within ``input_range``) from a random
+    start.
 
     The attack runs in eval mode (batch norm neither records the attack's batches nor moves its
     running statistics); training mode is restored after."""
     raw.eval()
     try:
-        return pgd(raw, xb, yb, eps, steps=steps, seed=seed)
+        return pgd(raw, xb, yb, eps, input_range, steps=steps, seed=seed)
     finally:
         raw.train()
 
@@ -282,7 +291,27 @@ def _as_dataset(data) -> Dataset:
             f"data: {len(train_x)} training inputs for {len(train_y)} labels and "
             f"{len(test_x)} test inputs for {len(test_y)} labels; give as many of each, > 0"
         )
-    return Dataset("custom", train_x, train_y, test_x, test_y)
+    return Dataset("custom", train_x, train_y, test_x, test_y, input_range=_images_or_none(data))
+
+
+def _images_or_none(data) -> tuple[float, float] | None:
+    """Tensors carry no range: ``(0, 1)`` when every input lies in it (images), else None."""
+    (train_x, _), (test_x, _) = data
+    inside = all(
+        x.numel() == 0 or (float(x.amin()) >= 0.0 and float(x.amax()) <= 1.0)
+        for x in (train_x, test_x)
+    )
+    return IMAGES if inside else None
+
+
+def _checked_range(data: Dataset, input_range) -> tuple[float, float] | None:
+    """The run's input range (``"data"``: the dataset's), with every input inside it."""
+    chosen = (
+        data.input_range if isinstance(input_range, str) and input_range == "data" else input_range
+    )
+    for split in ("train_x", "test_x"):
+        check_inside(getattr(data, split), chosen, f"input_range (data {split})")
+    return None if chosen is None else tuple(float(v) for v in chosen)
 
 
 #: Rows whose finiteness is checked at once (bounds the memory of the check).
@@ -409,6 +438,7 @@ def fit(
     metadata: dict | None = None,
     files: dict[str, str] | None = None,
     stop_after_steps: int | None = None,
+    input_range: InputRange | str = "data",
 ) -> FitResult:
     """Train ``model`` on ``data`` with ``recipe``; returns a `FitResult`.
 
@@ -428,6 +458,10 @@ def fit(
             the setting existed, counts as its default; any other missing field is a change.
         files: more text files for the run folder (name -> contents), written with the first.
         stop_after_steps: stop early after that many steps (tests of resume).
+        input_range: the range ``(lo, hi)`` the inputs live in, or None (unbounded); robust
+            losses, PGD points and the certified accuracies of the records use it. ``"data"``
+            (default): the `Dataset`'s ``input_range``; for tensors ``(0, 1)`` when every input
+            lies in it, else None. Inputs outside it are refused before anything runs.
 
     Everything is checked before the first file is written, the data included (shapes,
     dtypes, finite inputs, labels within the model's classes). The trained model is returned
@@ -443,6 +477,7 @@ def fit(
     data = _as_dataset(data)
     _check_model(model, recipe)
     data = _checked_data(data, model)
+    chosen_range = _checked_range(data, input_range)
     if not (threads is None or callable(threads)):
         check_integer("threads", threads, 1, MAX_THREADS)
     run_dir = None if out is None else Path(out)
@@ -451,7 +486,9 @@ def fit(
     elif resume:
         raise RunFolderError("resume needs the run folder: pass out=")
     _check_tensorboard(tensorboard)
-    trainer = _Trainer(model, data, recipe, run_dir, metadata or {}, threads, files or {})
+    trainer = _Trainer(
+        model, data, recipe, run_dir, metadata or {}, threads, files or {}, chosen_range
+    )
     caller_threads = torch.get_num_threads()
     with _locked(run_dir, trainer.rank):
         if resume:
@@ -500,11 +537,12 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
 
 
-def _model_file_header(model: nn.Module, data: Dataset) -> dict | None:
+def _model_file_header(model: nn.Module, data: Dataset, input_range) -> dict | None:
     """The model file's header (`nemon.modelfile.header`); None, with a warning naming the
     module, for a model a file cannot describe (the checkpoint then holds only weights)."""
     try:
-        return modelfile.header(model, {"name": data.name})
+        span = None if input_range is None else list(input_range)
+        return modelfile.header(model, {"name": data.name, "range": span})
     except modelfile.ModelFileError as exc:
         warnings.warn(f"no model.safetensors will be written: {exc}", stacklevel=4)
         return None
@@ -520,8 +558,9 @@ def _distributed() -> tuple[int, int]:
 class _Trainer:
     """One run of `fit`: set-up, epochs, evaluation and checkpoints as short steps."""
 
-    def __init__(self, model, data: Dataset, recipe: Recipe, out, metadata, threads, files):
+    def __init__(self, model, data, recipe: Recipe, out, metadata, threads, files, input_range):
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
+        self.input_range = input_range
         self.threads, self.extra_files = threads, files
         self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
         training = _defaults(Recipe)  # only training settings take defaults, never the model's
@@ -532,7 +571,7 @@ class _Trainer:
         }
         self.defaults["recipe"] = training
         self.rank, self.world = _distributed()
-        self.model_file = _model_file_header(model, data)
+        self.model_file = _model_file_header(model, data, input_range)
         self.device = _device(model)
         self.model = model
         if self.world > 1:
@@ -555,7 +594,12 @@ class _Trainer:
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
             recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
         recorded, defaulted = _with_defaults(recorded, current, self.defaults)
-        changed = _differences(recorded, current)
+        changed = _differences(_without_epochs(recorded), _without_epochs(current))
+        if ckpt["epoch"] > self.recipe.epochs:
+            raise RunFolderError(
+                f"{self.ckpt_path} has finished {ckpt['epoch']} epochs; resume with epochs >= "
+                f"{ckpt['epoch']} (a resume may extend or shorten a run, not undo epochs)"
+            )
         if defaulted and not changed:
             warnings.warn(
                 f"{self.ckpt_path} does not record {', '.join(defaulted[:5])} (written before "
@@ -566,6 +610,13 @@ class _Trainer:
             raise RunFolderError(
                 f"{self.ckpt_path} was written with other settings ({', '.join(changed[:5])}); "
                 "resume with the same ones or start a new run"
+            )
+        recorded_range = ckpt.get("input_range", IMAGES)  # before the setting: always (0, 1)
+        recorded_range = None if recorded_range is None else tuple(recorded_range)
+        if recorded_range != self.input_range:
+            raise RunFolderError(
+                f"{self.ckpt_path} was trained with input_range {recorded_range}, this run has "
+                f"{self.input_range}; resume with the same input_range or start a new run"
             )
         self.raw.load_state_dict(ckpt.get("live_model", ckpt["model"]))
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -622,6 +673,7 @@ class _Trainer:
             "history": s.history,
             "running": s.running,
             "splitting_steps": s.splitting_steps,
+            "input_range": self.input_range,
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
             payload.update(live_model=live, average={"count": s.average["count"]})
@@ -711,7 +763,9 @@ class _Trainer:
         eps = training_radius(recipe, s.epoch, i, self.n_batches)
         progress = ramp_progress(recipe, s.epoch, i, self.n_batches)
         step = s.epoch * self.n_batches + i
-        logits, loss = recipe_loss(self.model, self.raw, recipe, xb, yb, eps, progress, step)
+        logits, loss = recipe_loss(
+            self.model, self.raw, recipe, xb, yb, eps, progress, step, self.input_range
+        )
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
@@ -810,7 +864,10 @@ class _Trainer:
             eps = list(self.recipe.cert_eval_eps)
             with warnings.catch_warnings():  # a 0 here is a number in the record, not news
                 warnings.filterwarnings("ignore", "method .* certifies none", CertificateWarning)
-                cert = certified_accuracy(model, data.test_x[:n], data.test_y[:n], eps, "interval")
+                x, y = data.test_x[:n], data.test_y[:n]
+                cert = certified_accuracy(
+                    model, x, y, eps, "interval", input_range=self.input_range
+                )
             record["certified"] = {f"{e:g}": v for e, v in cert.items()}
         return record
 
@@ -848,6 +905,15 @@ def _print_epoch(record: dict, bar_shown: bool) -> None:
         tqdm.write(line)
     else:
         print(line, flush=True)
+
+
+def _without_epochs(settings: dict) -> dict:
+    """The settings without the number of epochs (a resume may change it), nested too."""
+    return {
+        k: _without_epochs(v) if isinstance(v, dict) else v
+        for k, v in settings.items()
+        if k != "epochs"
+    }
 
 
 def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:

@@ -29,7 +29,9 @@ from ..modelfile import ModelFileError, model_data, model_file_path
 from ..modelfile import load as load_model
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
-from ..recipes import ROBUST_MIXES
+from ..ranges import IMAGES
+from ..recipes import FIELDS as RECIPE_FIELDS
+from ..recipes import ROBUST_MIXES, SCHEDULE, Recipe, schedule_changes
 from ..runs import (
     OutputError,
     atomic_path,
@@ -266,10 +268,19 @@ def _add_train(sub, common) -> None:
     p.add_argument("--tensorboard", metavar="DIR", help="also log each epoch to TensorBoard in DIR")
 
 
-def _add_range(p, flag: str, help_text: str) -> None:
-    """``FLAG LO HI``: a data range, [0, 1] unless given."""
-    p.add_argument(
-        flag, nargs=2, type=_number(), default=[0.0, 1.0], metavar=("LO", "HI"), help=help_text
+def _add_input_range(p, what: str) -> None:
+    """``--input-range LO HI`` or ``--no-input-range``: the range the data lives in
+    (`nemon.ranges`); default: the dataset's (or the model file's)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--input-range",
+        nargs=2,
+        type=_number(),
+        metavar=("LO", "HI"),
+        help=f"the range the inputs live in, {what} (default: the data's, 0 1 for images)",
+    )
+    group.add_argument(
+        "--no-input-range", action="store_true", help="unbounded inputs (the whole ball)"
     )
 
 
@@ -308,9 +319,7 @@ def _add_eval(sub, common) -> None:
                 help="certificates to compute (default: interval for NEMON and IDL, pairwise for "
                 "MON; linear: interval tightened by linear bounds through the encoder)",
             )
-            ranges = p.add_mutually_exclusive_group()
-            _add_range(ranges, "--clip", "data range the ball is intersected with (default 0 1)")
-            ranges.add_argument("--no-clip", action="store_true", help="certify the whole ball")
+            _add_input_range(p, "intersected with the ball")
             p.add_argument("--plot", help="write certified accuracy vs eps to this PNG")
 
 
@@ -331,9 +340,7 @@ def _add_verify(sub, common) -> None:
     p.add_argument("--attack-steps", type=POSITIVE, default=50, help="PGD steps (default 50)")
     p.add_argument("--attack-restarts", type=POSITIVE, default=3, help="PGD restarts (default 3)")
     p.add_argument("--seed", type=NONNEGATIVE, default=0, help="PGD's seed")
-    ranges = p.add_mutually_exclusive_group()
-    _add_range(ranges, "--clip", "data range the ball is intersected with (default 0 1)")
-    ranges.add_argument("--no-clip", action="store_true", help="verify the whole ball")
+    _add_input_range(p, "intersected with the ball")
     p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
     p.add_argument("--data-dir")
     p.add_argument(
@@ -359,6 +366,7 @@ def _add_attack(sub, common) -> None:
     p.add_argument("--steps", type=POSITIVE, default=20, help="PGD steps")
     p.add_argument("--restarts", type=POSITIVE, default=1, help="PGD restarts")
     p.add_argument("--seed", type=NONNEGATIVE, default=0)
+    _add_input_range(p, "where the attack's points stay")
     p.add_argument("--test-limit", type=POSITIVE, help="use only the first N test images")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-dir")
@@ -392,7 +400,7 @@ def _add_export(sub, common) -> None:
     )
     _add_model(p, dataset=False)
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    _add_range(p, "--data-range", "input range for the bounds in the metadata (default 0 1)")
+    _add_input_range(p, "for the bounds in the metadata")
 
 
 def _add_reproduce(sub, common) -> None:
@@ -509,8 +517,9 @@ def _validate(args) -> None:
             _check_input_file("checkpoint", args.checkpoint)
     if args.command == "bench":
         _check_input_file("--checkpoint", args.checkpoint)
-    if args.command in ("certify", "verify") and not args.no_clip and args.clip[0] > args.clip[1]:
-        raise UsageError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: LO must not exceed HI")
+    span = getattr(args, "input_range", None)
+    if span is not None and not span[0] < span[1]:
+        raise UsageError(f"--input-range {span[0]:g} {span[1]:g}: LO must be below HI")
     if args.command == "train":
         try:
             check_run_folder(Path(args.out), args.resume, args.overwrite)
@@ -541,6 +550,8 @@ def _check_verify(args) -> None:
 
 def _config(args) -> TrainConfig:
     values = dict(PRESETS[args.preset])
+    if args.epochs is not None and args.epochs != values["epochs"] and not args.resume:
+        values.update(_scaled_schedule(args.preset, values, args.epochs, args))
     for f in fields(TrainConfig):
         given = getattr(args, f.name, None)
         if f.name == "tune_splitting_step" and given is not None:
@@ -551,6 +562,24 @@ def _config(args) -> TrainConfig:
         return TrainConfig(**values).validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _scaled_schedule(preset: str, values: dict, epochs: int, args) -> dict:
+    """The preset's schedule scaled to ``--epochs`` (`nemon.Recipe.scaled`), except the
+    settings given on the command line; one line on standard error says what moved. (On
+    ``--resume``, ``--epochs`` only extends or shortens the run.)"""
+    recipe = Recipe(**{k: values[k] for k in RECIPE_FIELDS})
+    scaled = recipe.scaled(epochs)
+    kept = [name for name in SCHEDULE if getattr(args, name, None) is not None]
+    moved = {n: getattr(scaled, n) for n in SCHEDULE if n not in kept}
+    shown = schedule_changes(recipe, replace(recipe, **moved))
+    if shown:
+        print(
+            f"nemon train: --epochs {epochs} scales {preset}'s {recipe.epochs}-epoch schedule: "
+            + ", ".join(shown),
+            file=sys.stderr,
+        )
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in moved.items()}
 
 
 def _init_distributed(cfg: TrainConfig) -> TrainConfig:
@@ -622,6 +651,16 @@ def _load_model(name_or_path: str, device: str, use: str = "load", dataset: str 
     return model, dataset or named
 
 
+def _recorded_range(name_or_path: str) -> tuple[float, float] | None:
+    """The input range a model file records, else that of images (every nemon dataset's)."""
+    if not Path(name_or_path).exists():  # a shipped model: MNIST
+        return IMAGES
+    data = model_data(name_or_path)
+    if "range" not in data:
+        return IMAGES
+    return None if data["range"] is None else tuple(data["range"])
+
+
 def _load(args):
     model, _, x, y = _load_with_config(args)
     return model, x, y
@@ -633,18 +672,14 @@ def _load_with_config(args):
     data = load_dataset(dataset, args.data_dir)
     n = args.test_limit
     x, y = (data.test_x[:n], data.test_y[:n]) if n else (data.test_x, data.test_y)
-    return model, {"dataset": dataset}, x, y
+    return model, {"dataset": dataset, "input_range": data.input_range}, x, y
 
 
-def _clip(args, x) -> tuple[float, float] | None:
-    """``--clip`` (None with ``--no-clip``), checked to hold the test images."""
-    clip = None if args.no_clip else tuple(args.clip)
-    if clip is not None and (float(x.min()) < clip[0] or float(x.max()) > clip[1]):
-        raise UsageError(
-            f"--clip {clip[0]:g} {clip[1]:g}: the test images range from {float(x.min()):g} "
-            f"to {float(x.max()):g}; widen --clip or pass --no-clip"
-        )
-    return clip
+def _input_range(args, default) -> tuple[float, float] | None:
+    """``--input-range`` (None with ``--no-input-range``; else ``default``, the data's)."""
+    if args.no_input_range:
+        return None
+    return tuple(args.input_range) if args.input_range is not None else default
 
 
 def _cmd_eval(args) -> dict:
@@ -658,18 +693,18 @@ def _cmd_eval(args) -> dict:
 
 
 def _cmd_certify(args) -> dict:
-    model, x, y = _load(args)
-    clip = _clip(args, x)
+    model, data, x, y = _load_with_config(args)
+    span = _input_range(args, data["input_range"])
     result = {
         "lipschitz_bound": float(model.lipschitz_bound().detach()),
         "eps": args.eps,
-        "clip": clip,
+        "input_range": span,
     }
     args.method = args.method or [default_certificate(model)]
     result["images"] = len(x)
     with ConvergenceTally():
         for method in args.method:
-            result[method] = certified_accuracy(model, x, y, args.eps, method, clip=clip)
+            result[method] = certified_accuracy(model, x, y, args.eps, method, input_range=span)
     print(
         f"certified accuracy on {len(x)} test images; Lipschitz bound {result['lipschitz_bound']:.4g}"
     )
@@ -681,12 +716,12 @@ def _cmd_certify(args) -> dict:
 
 def _cmd_verify(args) -> dict:
     model, config, x, y = _load_with_config(args)
-    clip = _clip(args, x)
+    span = _input_range(args, config["input_range"])
     question = {
         **model_identity(args.checkpoint),
         "dataset": config["dataset"],
         "eps": args.eps,
-        "clip": None if clip is None else list(clip),
+        "clip": None if span is None else list(span),  # the run folder's key for the range
         "test_limit": args.test_limit,
         "time_limit": args.time_limit,
         "attack_steps": args.attack_steps,
@@ -701,11 +736,13 @@ def _cmd_verify(args) -> dict:
 
 
 def _cmd_attack(args) -> dict:
-    model, x, y = _load(args)
-    result = {"eps": args.eps, "images": len(x)}
+    model, data, x, y = _load_with_config(args)
+    span = _input_range(args, data["input_range"])
+    result = {"eps": args.eps, "images": len(x), "input_range": span}
     with ConvergenceTally():
         for name in args.attack:
             kw = {"steps": args.steps, "restarts": args.restarts} if name == "pgd" else {}
+            kw["input_range"] = span
             if name in ("pgd", "noise"):
                 kw["seed"] = args.seed
             result[name] = accuracy_under_attack(
@@ -719,11 +756,11 @@ def _cmd_attack(args) -> dict:
 
 
 def _cmd_export(args) -> dict:
-    lo, hi = args.data_range
-    if not lo < hi:
-        raise UsageError(f"--data-range {lo:g} {hi:g}: LO must be below HI")
     model, _ = _load_model(args.checkpoint, "cpu", dataset="")
-    metadata = export_onnx(model, args.onnx, data_range=(lo, hi))  # its folder made on writing
+    span = _input_range(args, _recorded_range(args.checkpoint))
+    if span is None:
+        raise UsageError("export needs a bounded --input-range LO HI for its metadata's bounds")
+    metadata = export_onnx(model, args.onnx, input_range=span)  # its folder made on writing
     print(f"wrote {args.onnx}")
     for key in ("solver", "measure", "contraction_factor", "max_iter", "worst_case_iterations"):
         if key in metadata:

@@ -81,6 +81,10 @@ def _encoder_size(c: dict, shape: tuple[int, int, int]) -> tuple[int, int]:
     return channels * height * width, 0
 
 
+#: the layer's ``gamma_bound`` buffer: one element
+GAMMA = 1
+
+
 def _model_size(c: dict, shape: tuple[int, int, int], classes: int) -> tuple[int, int]:
     """``(weights, n)``: the model's weights and buffers (elements), and the state size ``n``
     of a dense implicit layer (0 for the conv layer, which never materialises a matrix)."""
@@ -91,11 +95,11 @@ def _model_size(c: dict, shape: tuple[int, int, int], classes: int) -> tuple[int
         kw = c.get("layer_kwargs") or {}
         k, k_in, pool = kw.get("kernel_size", 3), kw.get("input_kernel_size", 3), kw.get("pool", 4)
         pooled = max(height // max(pool, 1), 1) * max(width // max(pool, 1), 1)
-        weights = factors * n * n * k * k + n * channels * k_in * k_in + 2 * n
+        weights = factors * n * n * k * k + n * channels * k_in * k_in + 2 * n + GAMMA
         return weights + classes * (n * pooled + 1), 0
     features, encoder = _encoder_size(c, shape)
     weights = factors * n * n + n * (features + 1) + classes * (n + 1) + encoder
-    return weights, n
+    return weights + (GAMMA if family != "explicit" else 0), n
 
 
 USES = {

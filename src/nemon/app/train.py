@@ -57,6 +57,7 @@ def _limit(data: Dataset, cfg: TrainConfig) -> Dataset:
         data.test_x[:te] if te else data.test_x,
         data.test_y[:te] if te else data.test_y,
         classes=data.num_classes,
+        input_range=data.input_range,
     )
 
 

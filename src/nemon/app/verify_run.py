@@ -303,7 +303,7 @@ def _verify_all(model, x, y, config, out, records, progress, save=None) -> dict:
             rows = todo[start : start + CHUNK]
             chunk = _Chunk(rows, y[rows], log, bar, budget)
             result = verify(
-                model, x[rows], y[rows], config["eps"], clip=_clip(config),
+                model, x[rows], y[rows], config["eps"], input_range=_input_range(config),
                 on_verdict=chunk.on_verdict, **budget,
             )  # fmt: skip
             chunk.finish(result)
@@ -348,5 +348,6 @@ def summary_line(s: dict) -> str:
     )
 
 
-def _clip(config: dict) -> tuple[float, float] | None:
+def _input_range(config: dict) -> tuple[float, float] | None:
+    """The question's input range (recorded as ``clip``, the key of the first run folders)."""
     return None if config["clip"] is None else tuple(config["clip"])

@@ -3,7 +3,7 @@
 A cascade, each stage on what the previous left open (docs/maths.md#verification):
 
 1. ``linear`` certificates (interval, then linear bounds through the encoder): batched, cheap;
-2. the centre itself, then PGD: a candidate refutes only if it lies in the ball and the clip box
+2. the centre itself, then PGD: a candidate refutes only if it lies in the ball and the input range
    and both the exact equilibrium (a tight float64 solve with its error bound charged) and the
    model as given (its dtype, its eval-mode solver) misclassify it;
 3. branch and bound over ReLU phases with LP relaxations (`nemon.verification.search`), each
@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..attacks import _project, pgd
+from ..attacks import pgd, project
 from ..certificates import (
-    _check_clip,
     _check_eval_mode,
     _check_labels,
     _check_model,
@@ -42,6 +41,7 @@ from ..certificates import (
     full_float32,
     margin_bounds,
 )
+from ..ranges import IMAGES, InputRange, check_inside
 from ..solvers import ConvergenceWarning
 from ..validation import check_number
 from .bounds import network_bounds, tighten
@@ -62,7 +62,7 @@ class VerificationResult:
 
     Attributes:
         certified: robust on the whole ball (exact equilibrium and model as it runs).
-        falsified: ``counterexamples[i]`` lies in the ball and the clip box and both the exact
+        falsified: ``counterexamples[i]`` lies in the ball and the input range and both the exact
             equilibrium and the model as given misclassify it.
         counterexamples: inputs shaped like ``x`` (the input itself where not falsified).
         lower: a proven lower bound of the smallest margin ``y_label - y_j`` over the ball (the
@@ -107,7 +107,7 @@ def verify(
     y: Tensor,
     eps: float,
     *,
-    clip: tuple[float, float] | None = (0.0, 1.0),
+    input_range: InputRange = IMAGES,
     time_limit: float = 60.0,
     attack_steps: int = 50,
     attack_restarts: int = 3,
@@ -124,7 +124,8 @@ def verify(
         x: inputs ``(batch, *input_shape)`` in the model's dtype.
         y: their labels ``(batch,)``.
         eps: the radius.
-        clip: the data range ``(lo, hi)`` the ball is intersected with (None: no range).
+        input_range: the range ``(lo, hi)`` the data lives in, intersected with the ball
+            (None: unbounded; `nemon.ranges`); inputs outside it are an error.
         time_limit: seconds of branch and bound per input before it is left unknown.
         attack_steps: PGD's steps before the search.
         attack_restarts: PGD's restarts.
@@ -143,13 +144,13 @@ def verify(
     check_number("verify eps", eps, low=0.0)
     eps = float(eps)
     check_number("verify time_limit", time_limit, low=0.0)
-    clip = _check_clip(x, clip)
+    input_range = check_inside(x, input_range)
     y = _check_labels(model, x, y).to(x.device)
     _check_eval_mode(model)
     check_modules(model)
     nets = [lower_cached(c) for c in model.classifiers()]  # refuses what it cannot, by name
     model = copy.deepcopy(model).eval()
-    state = _State(model, nets, x, y, eps, clip, on_verdict)
+    state = _State(model, nets, x, y, eps, input_range, on_verdict)
     state.run_certificates()
     state.run_refutation(attack_steps, attack_restarts, seed)
     state.run_search(time_limit, progress)
@@ -159,9 +160,9 @@ def verify(
 class _State:
     """The result being filled in, stage by stage."""
 
-    def __init__(self, model, nets: list[Network], x, y, eps, clip, on_verdict) -> None:
+    def __init__(self, model, nets: list[Network], x, y, eps, input_range, on_verdict) -> None:
         self.model, self.nets, self.x, self.y = model, nets, x, y
-        self.eps, self.clip, self.on_verdict = eps, clip, on_verdict
+        self.eps, self.input_range, self.on_verdict = eps, input_range, on_verdict
         n = len(x)
         self.result = VerificationResult(
             certified=torch.zeros(n, dtype=torch.bool),
@@ -200,7 +201,9 @@ class _State:
         method = default_certificate(self.model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # verify reports its own verdicts
-            correct, bounds = margin_bounds(self.model, self.x, self.y, self.eps, method, self.clip)
+            correct, bounds = margin_bounds(
+                self.model, self.x, self.y, self.eps, method, self.input_range
+            )
         bounds = bounds.double().cpu()
         self.pair_bounds = bounds
         self.correct = correct.cpu()  # the centre right by the model as given and exactly
@@ -231,7 +234,7 @@ class _State:
                 self.x[rows_left],
                 self.y[rows_left],
                 self.eps,
-                box=self.clip,
+                input_range=self.input_range,
                 steps=steps,
                 restarts=restarts,
                 seed=seed,
@@ -273,7 +276,7 @@ class _State:
 
     def _search(self, i: int, deadline: float) -> None:
         label = int(self.y[i])
-        lo, hi = ball_box(self.x[i], self.eps, self.clip)
+        lo, hi = ball_box(self.x[i], self.eps, self.input_range)
         bounds = [network_bounds(net, lo, hi) for net in self.nets]
         program = build_program(self.nets, bounds, lo, hi)
         solver = LPSolver(program)
@@ -304,20 +307,20 @@ class _State:
     def _refutes_point(self, i: int, point: np.ndarray) -> bool:
         x_i = self.x[i : i + 1]
         candidate = torch.from_numpy(point).to(torch.float64).reshape(x_i.shape)
-        candidate = _project(x_i, candidate.to(x_i.dtype), self.eps, self.clip)
+        candidate = project(x_i, candidate.to(x_i.dtype), self.eps, self.input_range)
         before = bool(self.result.falsified[i])
         self._try(torch.tensor([i]), candidate, "search", report=False)  # run_search reports
         return not before and bool(self.result.falsified[i])
 
 
-def ball_box(x: Tensor, eps: float, clip) -> tuple[np.ndarray, np.ndarray]:
-    """The ball of radius ``eps`` around ``x`` intersected with ``clip``, flattened, each end
+def ball_box(x: Tensor, eps: float, input_range) -> tuple[np.ndarray, np.ndarray]:
+    """The ball of radius ``eps`` around ``x`` intersected with ``input_range``, flattened, each end
     rounded outwards in float64 (so it contains the exact ball)."""
     centre = x.detach().double().cpu().reshape(-1).numpy()
     lo = np.nextafter(centre - eps, -np.inf)
     hi = np.nextafter(centre + eps, np.inf)
-    if clip is not None:
-        lo, hi = np.maximum(lo, clip[0]), np.minimum(hi, clip[1])
+    if input_range is not None:
+        lo, hi = np.maximum(lo, input_range[0]), np.minimum(hi, input_range[1])
     return lo, hi
 
 

@@ -1,0 +1,51 @@
+"""The input range: the box ``(lo, hi)`` the data lives in (images: ``(0, 1)``), or None for
+unbounded data. Certificates and the verifier intersect the eps-ball with it, attacks project onto
+it, training's robust losses use it; every one of them refuses inputs that lie outside it
+(nothing is clamped to a range the data does not live in). A `nemon.data.Dataset` carries its
+range, and the command line takes its default from there.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+__all__ = ["InputRange", "IMAGES", "check_input_range", "check_inside"]
+
+InputRange = tuple[float, float] | None
+
+#: the range of images scaled to [0, 1] (MNIST, Fashion-MNIST, CIFAR-10 as nemon reads them)
+IMAGES = (0.0, 1.0)
+
+
+def check_input_range(input_range, where: str = "input_range") -> tuple[float, float] | None:
+    """``input_range`` as ``(lo, hi)`` floats with ``lo < hi``, both finite, or None."""
+    if input_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where} must be (lo, hi) or None for unbounded data, got {input_range!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"{where} must be finite with lo < hi, got ({lo:g}, {hi:g}); None for unbounded data"
+        )
+    return lo, hi
+
+
+def check_inside(u: Tensor, input_range, where: str = "input_range") -> tuple[float, float] | None:
+    """The checked range, after refusing inputs ``u`` with a value outside it."""
+    checked = check_input_range(input_range, where)
+    if checked is None or u.numel() == 0:
+        return checked
+    low, high = float(u.amin()), float(u.amax())
+    if low < checked[0] or high > checked[1]:
+        raise ValueError(
+            f"the inputs range from {low:.4g} to {high:.4g}, outside {where}=({checked[0]:g}, "
+            f"{checked[1]:g}); pass the range your data lives in, or {where}=None for unbounded "
+            "data (standardized features, for one)"
+        )
+    return checked
