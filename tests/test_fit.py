@@ -45,9 +45,9 @@ def test_fit_accepts_tensors_and_a_recipe_by_name():
     assert len(result.history) == 1 and 0 <= result.history[0]["test_accuracy"] <= 1
     with pytest.raises(ValueError, match="unknown recipe 'fast'; choose one of paper"):
         nemon.fit(custom_model(), pairs, "fast")
-    with pytest.raises(ValueError, match=r"data must be a nemon.data.Dataset or \(\(train_x"):
+    with pytest.raises(ValueError, match=r"data must be a nemon.data.Dataset or \(train, test\)"):
         nemon.fit(custom_model(), data.train_x, recipe)
-    with pytest.raises(ValueError, match="200 training inputs for 3 labels"):
+    with pytest.raises(ValueError, match="200 train inputs for 3 labels"):
         nemon.fit(custom_model(), ((data.train_x, data.train_y[:3]), pairs[1]), recipe)
 
 

@@ -48,6 +48,7 @@ from .runs import (
     write_text_atomic,
 )
 from .solvers import SOLVERS, ConvergenceWarning
+from .sources import TensorSource, as_tensors, training_source
 from .validation import MAX_THREADS, check_integer
 
 __all__ = [
@@ -274,32 +275,38 @@ def adversarial_points(
 
 
 # -- the run ----------------------------------------------------------------------------------
-def _as_dataset(data) -> Dataset:
+def _as_dataset(data, model: nn.Module, batch_size: int):
+    """``(dataset, source)``: what `fit` checks (the test split whole; for a dataset or a loader,
+    the first batches of the training split, for tensors all of it) and where training batches
+    come from (`nemon.sources`)."""
     if isinstance(data, Dataset):
-        return data
+        return data, TensorSource(data.train_x, data.train_y)
     try:
-        (train_x, train_y), (test_x, test_y) = data
+        train, test = data
     except (TypeError, ValueError):
         raise ValueError(
-            "data must be a nemon.data.Dataset or ((train_x, train_y), (test_x, test_y))"
+            "data must be a nemon.data.Dataset or (train, test), each split (x, y) tensors or "
+            "NumPy arrays, a map-style dataset or a DataLoader"
         ) from None
-    for name, t in (("train_x", train_x), ("train_y", train_y), ("test_x", test_x)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"data: {name} must be a tensor, got {type(t).__name__}")
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or len(train_x) == 0:
-        raise ValueError(
-            f"data: {len(train_x)} training inputs for {len(train_y)} labels and "
-            f"{len(test_x)} test inputs for {len(test_y)} labels; give as many of each, > 0"
-        )
-    return Dataset("custom", train_x, train_y, test_x, test_y, input_range=_images_or_none(data))
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else None
+    source = training_source(train, dtype)
+    train_x, train_y = source.head(batch_size)
+    test_x, test_y = as_tensors(test, "test", dtype)
+    for name, t in (("train", train_x), ("test", test_x)):
+        y = train_y if name == "train" else test_y
+        if len(t) != len(y) or len(t) == 0:
+            raise ValueError(
+                f"data: {len(t)} {name} inputs for {len(y)} labels; give as many of each, > 0"
+            )
+    span = _images_or_none(train_x, test_x)
+    return Dataset("custom", train_x, train_y, test_x, test_y, input_range=span), source
 
 
-def _images_or_none(data) -> tuple[float, float] | None:
-    """Tensors carry no range: ``(0, 1)`` when every input lies in it (images), else None."""
-    (train_x, _), (test_x, _) = data
+def _images_or_none(*inputs: Tensor) -> tuple[float, float] | None:
+    """Data given without a range: ``(0, 1)`` when every input lies in it (images), else None."""
     inside = all(
-        x.numel() == 0 or (float(x.amin()) >= 0.0 and float(x.amax()) <= 1.0)
-        for x in (train_x, test_x)
+        x.numel() == 0 or (float(x.amin()) >= 0.0 and float(x.amax()) <= 1.0) for x in inputs
     )
     return IMAGES if inside else None
 
@@ -445,7 +452,11 @@ def fit(
     Args:
         model: a `Classifier` (any encoder, implicit layer and family), or any
             module mapping inputs to logits for recipes without radius or regulariser.
-        data: a `nemon.data.Dataset` or ``((train_x, train_y), (test_x, test_y))``.
+        data: a `nemon.data.Dataset`, or ``(train, test)`` where each split is ``(x, y)``
+            tensors or NumPy arrays, a map-style dataset (``TensorDataset``, any
+            ``torch.utils.data.Dataset``) or a ``DataLoader`` (`nemon.sources`: nemon batches
+            tensors and datasets in a seeded order at the recipe's batch size; a loader is
+            iterated as configured, its transforms included; the test split is read once).
         recipe: a `Recipe` or the name of one in `nemon.RECIPES`.
         out: run folder for ``checkpoint.pt`` and ``metrics.jsonl`` (None: nothing written).
         resume: continue the run in ``out`` exactly where it stopped (same recipe required).
@@ -474,9 +485,11 @@ def fit(
     recipe = recipe_named(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, Recipe):
         raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
-    data = _as_dataset(data)
     _check_model(model, recipe)
+    data, source = _as_dataset(data, model, recipe.batch_size)
     data = _checked_data(data, model)
+    if isinstance(source, TensorSource):  # the checks may have converted the labels
+        source = TensorSource(data.train_x, data.train_y)
     chosen_range = _checked_range(data, input_range)
     if not (threads is None or callable(threads)):
         check_integer("threads", threads, 1, MAX_THREADS)
@@ -487,7 +500,7 @@ def fit(
         raise RunFolderError("resume needs the run folder: pass out=")
     _check_tensorboard(tensorboard)
     trainer = _Trainer(
-        model, data, recipe, run_dir, metadata or {}, threads, files or {}, chosen_range
+        model, data, source, recipe, run_dir, metadata or {}, threads, files or {}, chosen_range
     )
     caller_threads = torch.get_num_threads()
     with _locked(run_dir, trainer.rank):
@@ -558,8 +571,9 @@ def _distributed() -> tuple[int, int]:
 class _Trainer:
     """One run of `fit`: set-up, epochs, evaluation and checkpoints as short steps."""
 
-    def __init__(self, model, data, recipe: Recipe, out, metadata, threads, files, input_range):
+    def __init__(self, model, data, source, recipe, out, metadata, threads, files, input_range):
         self.raw, self.data, self.recipe, self.out = model, data, recipe, out
+        self.source = source
         self.input_range = input_range
         self.threads, self.extra_files = threads, files
         self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
@@ -579,7 +593,7 @@ class _Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.opt = adam(model.parameters(), recipe.lr)
         self.state = _Run()
-        self.n_batches = math.ceil(len(data.train_x) / recipe.batch_size)
+        self.n_batches = source.n_batches(recipe.batch_size)
 
     @property
     def ckpt_path(self) -> Path | None:
@@ -719,11 +733,8 @@ class _Trainer:
         gen = torch.Generator().manual_seed(recipe.seed * 100_003 + s.epoch)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(recipe, s.epoch)
-        data = self.data
         with _training_tolerance(self.raw, recipe.solve_tol):
-            for i, (xb, yb) in enumerate(
-                batches(data.train_x, data.train_y, recipe.batch_size, gen)
-            ):
+            for i, (xb, yb) in enumerate(self.source.batches(recipe.batch_size, gen)):
                 if i < s.step:
                     continue
                 self.train_step(i, xb, yb)
@@ -755,7 +766,7 @@ class _Trainer:
         if callable(self.threads) and start - self.threads_checked > 5.0:
             self._apply_threads(working=True)
             self.threads_checked = start
-        xb, yb = xb.to(self.device), yb.to(self.device)
+        xb, yb = xb.to(self.device), yb.to(self.device, torch.int64)
         if self.world > 1:  # this process's share of the global batch
             xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]
         if recipe.tune_splitting_step and i in (min(30, self.n_batches - 1), self.n_batches // 2):
