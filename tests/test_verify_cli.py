@@ -195,7 +195,7 @@ def test_missing_model_and_missing_highspy_are_one_line(run, monkeypatch, tmp_pa
 
 
 def test_progress_lines_without_a_terminal(run, monkeypatch, tmp_path):
-    monkeypatch.setattr(verify_run, "STATUS_EVERY", 0.0)
+    monkeypatch.setattr(nemon.progress, "EVERY", 0.0)
     status, out, err = run("--time-limit", "0", "--test-limit", "6")
     assert status == 0 and "verify: " in err and "certified" in err
     assert out.strip().startswith("certified ")

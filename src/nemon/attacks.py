@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .modes import evaluation_mode
 from .norms import round_to
+from .progress import Progress
 from .ranges import IMAGES, InputRange, check_inside
 from .validation import check_integer, check_number
 
@@ -186,18 +187,27 @@ def robust_accuracy(
 
 @torch.no_grad()
 def accuracy_under_attack(
-    model, x: Tensor, y: Tensor, eps_list, attack: str = "inversion", batch_size: int = 1000, **kw
+    model,
+    x: Tensor,
+    y: Tensor,
+    eps_list,
+    attack: str = "inversion",
+    batch_size: int = 1000,
+    progress: bool | None = None,
+    **kw,
 ) -> list[float]:
     """Accuracy under ``attack`` for every radius in ``eps_list`` (batched over the data), in
-    eval mode (the model's own modes are restored after)."""
+    eval mode (the model's own modes are restored after). ``progress``: see
+    `nemon.progress.Progress` (None: a bar on a terminal, a line every 30 s otherwise)."""
     device = next(model.parameters()).device
     out = []
-    with evaluation_mode(model):
+    with evaluation_mode(model), Progress(len(eps_list) * len(x), attack, "input", progress) as bar:
         for eps in eps_list:
             ok = 0
             for start in range(0, len(x), batch_size):
                 xb = x[start : start + batch_size].to(device)
                 yb = y[start : start + batch_size].to(device)
                 ok += int(robust_accuracy(model, xb, yb, eps, attack, **kw).sum())
+                bar.update(len(xb), f"eps {eps:g}")
             out.append(ok / len(x))
     return out

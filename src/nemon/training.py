@@ -32,6 +32,7 @@ from .intervals import interval_loss, logit_difference_bounds, shrunk_box
 from .layers import ImplicitLayer
 from .models import Classifier
 from .modes import evaluation_mode
+from .progress import Progress
 from .ranges import IMAGES, InputRange, check_inside
 from .recipes import Recipe, recipe_named
 from .runs import (
@@ -128,16 +129,18 @@ def certified_accuracy(
     method: str | None = None,
     batch_size=1000,
     input_range: InputRange = IMAGES,
+    progress: bool | None = None,
 ) -> dict[float, float]:
     """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
     ``method=None``: the strongest the model supports). A method that certifies nothing at a
     positive radius says so once, for the whole set, not once per batch. The model's own
-    modes (training or eval) are restored after. ``input_range``: as `nemon.certify`'s."""
-    with evaluation_mode(model):
-        return _certified_accuracy(model, x, y, eps, method, batch_size, input_range)
+    modes (training or eval) are restored after. ``input_range``: as `nemon.certify`'s;
+    ``progress``: see `nemon.progress.Progress`."""
+    with evaluation_mode(model), Progress(len(x), "certify", "input", progress) as bar:
+        return _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar)
 
 
-def _certified_accuracy(model, x, y, eps, method, batch_size, input_range) -> dict:
+def _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar) -> dict:
     device = _device(model)
     total, noted = torch.zeros(len(eps)), []
     for xb, yb in batches(x, y, batch_size):
@@ -152,6 +155,7 @@ def _certified_accuracy(model, x, y, eps, method, batch_size, input_range) -> di
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         total += ok.sum(dim=1).cpu().float()
+        bar.update(len(xb))
     empty = [e for e, t in zip(eps, total.tolist()) if e > 0 and t == 0]
     if empty and noted:
         message = str(noted[-1]).split(" at eps ")[0]

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 
 from ..modelfile import model_file_path
 from ..pretrained import describe_pretrained, pretrained_names
+from ..progress import Progress
 from ..runs import (
     RunFolderError,
     RunLock,
@@ -57,8 +57,6 @@ __all__ = [
 CHUNK = 200
 #: The settings that define the question; a resume must keep them (the budget may change).
 QUESTION = ("sha256", "dataset", "eps", "clip", "test_limit")
-#: Seconds between progress lines when no bar is shown.
-STATUS_EVERY = 30.0
 STAGES = ("linear", "centre", "attack", "search")
 VERDICTS = ("certified", "refuted", "unknown")
 
@@ -184,35 +182,16 @@ class _Log:
 
 
 # -- progress -----------------------------------------------------------------------------------
-class _Progress:
-    """A tqdm bar over the inputs on a terminal; otherwise a line of counts every
-    `STATUS_EVERY` seconds (``show``: None for that choice, False for nothing, True: a bar)."""
+class _Progress(Progress):
+    """`nemon.progress.Progress` over the inputs, the verdict counts as its status."""
 
     def __init__(self, log: _Log, done: int, n: int, show: bool | None) -> None:
-        self.log, self.done, self.n = log, done, n
-        bar_on = sys.stderr is not None and sys.stderr.isatty() if show is None else show
-        self.lines_on = show is None and not bar_on
-        self.last = time.monotonic()
-        self.bar = None
-        if bar_on:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=n, initial=done, desc="verify", unit="input", mininterval=1.0)
+        super().__init__(n, "verify", "input", show, initial=done)
+        self.log = log
 
     def update(self) -> None:
         """One more input written."""
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.log.counts(), refresh=False)
-            self.bar.update(1)
-        elif self.lines_on and time.monotonic() - self.last >= STATUS_EVERY:
-            self.last = time.monotonic()
-            line = f"verify: {self.done}/{self.n} inputs done: {self.log.counts()}"
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        super().update(1, self.log.counts())
 
 
 # -- one chunk ----------------------------------------------------------------------------------
