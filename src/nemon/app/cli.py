@@ -64,8 +64,56 @@ class UsageError(ValueError):
     """A command-line argument that cannot work; the message names it and the fix."""
 
 
+#: the help of options that several commands share
+COMMON_HELP = {
+    "--data-dir": "data folder (default: $NEMON_DATA_DIR, else ~/.cache/nemon)",
+    "--test-limit": "use only the first N test images",
+    "--train-limit": "use only the first N training images",
+    "--no-progress": "no progress bar and no progress lines",
+    "--seed": "random seed",
+    "--eps": "l_inf radii",
+    "--attack": "the attacks",
+    "--preset": "a model and its recipe (nemon.app.config.PRESETS)",
+    "--model": "model family (explicit: the ablation without feedback)",
+    "--dataset": "the dataset",
+    "--activation": "the implicit layer's activation",
+    "--epochs": "epochs (a preset's schedule scales with them)",
+    "--batch-size": "training batch size",
+    "--lr": "learning rate (Adam)",
+    "--out": "output folder",
+    "--device": "cpu, cuda or cuda:N",
+    "--lams": "Lipschitz regulariser weights",
+    "--attack-limit": "images attacked",
+    "experiment": "the paper's experiment",
+}
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` states each option's default (where it has one that is not off or None)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS) and "default" not in text
+        if shown and action.option_strings and action.nargs != 0:
+            value = " ".join(map(str, default)) if isinstance(default, list) else default
+            text = f"{text} (default: {value})" if text else f"default: {value}"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (exit status 2), without the usage."""
+    """argparse that reports a bad argument in one line (exit status 2), without the usage,
+    and states the options' defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        """Options shared by several commands take their help from `COMMON_HELP`."""
+        if kwargs.get("help") is None and names:
+            kwargs["help"] = COMMON_HELP.get(names[0])
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
