@@ -15,4 +15,4 @@ def test_every_option_has_help_and_defaults_are_stated():
     assert "PGD steps (default: 20)" in attack
     assert "(default: cpu)" in attack
     verify = commands.choices["verify"].format_help()
-    assert "(default: 60" in verify and "(default: None)" not in verify
+    assert "(default 60)" in verify and "(default: None)" not in verify
