@@ -71,7 +71,31 @@ def default_certificate(model) -> str:
 
 
 class CertificateWarning(UserWarning):
-    """A certificate was refused (nothing certified); the message says why."""
+    """A certificate certified nothing, or less than it could; the message says why, and the
+    fields say it to code: ``kind`` (``"none_certified"``: ``method`` certified none of the
+    correctly classified inputs at the radii ``radii``, ``stronger`` naming a stronger method
+    the model supports, or None; ``"refused"``: the model cannot be certified, ``reason``;
+    ``"disagreement"``: ``count`` inputs whose prediction in the model's own dtype differs
+    from the exact one)."""
+
+    def __init__(self, message: str, kind: str = "other", **fields) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.method = fields.get("method")
+        self.radii = tuple(fields.get("radii", ()))
+        self.stronger = fields.get("stronger")
+        self.reason = fields.get("reason")
+        self.count = fields.get("count", 0)
+
+    @classmethod
+    def none_certified(cls, method: str, radii, stronger: str | None) -> CertificateWarning:
+        """The warning that ``method`` certified nothing at ``radii``."""
+        hint = f"; method={stronger!r} is stronger (this model's default)" if stronger else ""
+        message = (
+            f"method {method!r} certifies none of the correctly classified inputs at eps "
+            f"{', '.join(f'{e:g}' for e in radii)}{hint}"
+        )
+        return cls(message, "none_certified", method=method, radii=radii, stronger=stronger)
 
 
 def _is_radius(e) -> bool:
@@ -302,14 +326,9 @@ def _warn_if_nothing_certified(model, method: str, radii, correct: Tensor, ok: T
     if not empty:
         return
     best = default_certificate(model)
-    stronger = CERTIFICATES.index(best) > CERTIFICATES.index(method)
-    hint = f"; method={best!r} is stronger (this model's default)" if stronger else ""
-    warnings.warn(
-        f"method {method!r} certifies none of the correctly classified inputs at eps "
-        f"{', '.join(f'{e:g}' for e in empty)}{hint}",
-        CertificateWarning,
-        stacklevel=4,  # the caller of certify (behind torch.no_grad's wrapper)
-    )
+    stronger = best if CERTIFICATES.index(best) > CERTIFICATES.index(method) else None
+    warning = CertificateWarning.none_certified(method, empty, stronger)
+    warnings.warn(warning, stacklevel=4)  # the caller of certify (behind torch.no_grad's wrapper)
 
 
 @torch.no_grad()
@@ -349,7 +368,8 @@ def margin_bounds(
         check_point_evaluation_of(classifier, u)
     reason = reason or certificate_obstacle(model)
     if reason is not None:
-        warnings.warn(f"nothing certified: {reason}", CertificateWarning, stacklevel=2)
+        warning = CertificateWarning(f"nothing certified: {reason}", "refused", reason=reason)
+        warnings.warn(warning, stacklevel=2)
         correct = torch.zeros(len(u), dtype=torch.bool, device=u.device)
         bounds = [
             torch.full((len(u), model.num_classes), -math.inf, dtype=u.dtype, device=u.device)
@@ -370,12 +390,11 @@ def _warn_if_disagreeing(own: Tensor, exact: Tensor, labels: Tensor) -> None:
     does not: they are not certified (the certificate is about the model given)."""
     count = int(((exact == labels) & (own != labels)).sum())
     if count:
-        warnings.warn(
+        message = (
             f"{count} inputs not certified: the model in its own dtype predicts another class "
-            "than its exact evaluation",
-            CertificateWarning,
-            stacklevel=3,
+            "than its exact evaluation"
         )
+        warnings.warn(CertificateWarning(message, "disagreement", count=count), stacklevel=3)
 
 
 def _check_eval_mode(model) -> None:

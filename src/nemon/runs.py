@@ -223,7 +223,13 @@ def check_checksum(path, ckpt: dict) -> None:
 
 
 class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (it holds another run, or nothing to resume)."""
+    """The run folder cannot be used as asked; ``kind`` says how to code: ``"not_empty"`` (it
+    holds another run), ``"nothing_to_resume"``, ``"not_a_folder"``, ``"both"`` (resume and
+    overwrite together), ``"other"`` (a resume with other settings, a damaged file)."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 RUN_FILES = ("checkpoint.pt", "model.safetensors", "metrics.jsonl", "config.json")
@@ -240,18 +246,20 @@ def check_run_folder(
     folder must hold ``marker`` (the file a run writes first). ``advice``: what the refusal of
     a non-empty folder suggests."""
     if resume and overwrite:
-        raise RunFolderError("choose one of resume and overwrite, not both")
+        raise RunFolderError("choose one of resume and overwrite, not both", "both")
     if out.exists() and not out.is_dir():
-        raise RunFolderError(f"run folder {out} exists and is not a folder")
+        raise RunFolderError(f"run folder {out} exists and is not a folder", "not_a_folder")
     if resume:
         if not (out / marker).is_file():
-            raise RunFolderError(f"nothing to resume: {out} holds no {marker}")
+            raise RunFolderError(f"nothing to resume: {out} holds no {marker}", "nothing_to_resume")
         return
     held = (
         sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
     )
     if held and not overwrite:
-        raise RunFolderError(f"run folder {out} is not empty ({', '.join(held[:4])}); {advice}")
+        raise RunFolderError(
+            f"run folder {out} is not empty ({', '.join(held[:4])}); {advice}", "not_empty"
+        )
 
 
 def _json_safe(value):

@@ -149,8 +149,8 @@ def _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar) 
             ok = certify(
                 model, xb.to(device), yb.to(device), list(eps), method, input_range=input_range
             )
-        for w in caught:  # "certifies none" is judged on the whole set below; the rest passes
-            if "certifies none" in str(w.message):
+        for w in caught:  # "none certified" is judged on the whole set below; the rest passes
+            if getattr(w.message, "kind", None) == "none_certified":
                 noted.append(w.message)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -158,12 +158,10 @@ def _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar) 
         bar.update(len(xb))
     empty = [e for e, t in zip(eps, total.tolist()) if e > 0 and t == 0]
     if empty and noted:
-        message = str(noted[-1]).split(" at eps ")[0]
-        hint = str(noted[-1]).partition("; ")[2]
-        radii = ", ".join(f"{e:g}" for e in empty)
-        warnings.warn(
-            f"{message} at eps {radii}" + (f"; {hint}" if hint else ""), CertificateWarning, 4
+        warning = CertificateWarning.none_certified(
+            method or noted[-1].method, empty, noted[-1].stronger
         )
+        warnings.warn(warning, stacklevel=4)
     return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
 
 

@@ -572,7 +572,7 @@ def _validate(args) -> None:
         try:
             check_run_folder(Path(args.out), args.resume, args.overwrite)
         except RunFolderError as exc:
-            hint = " (pass --resume or --overwrite)" if "not empty" in str(exc) else ""
+            hint = " (pass --resume or --overwrite)" if exc.kind == "not_empty" else ""
             raise UsageError(f"--out: {exc}{hint}") from None
     if args.command == "verify":
         _check_verify(args)

@@ -1,0 +1,45 @@
+"""Warnings and errors carry fields: code reads them, never their message text."""
+
+import warnings
+
+import pytest
+import torch
+
+import nemon
+from nemon.runs import RunFolderError, check_run_folder
+
+
+def test_certificate_warning_fields():
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", input_shape=(1, 4, 4), num_classes=2, hidden=6).eval()
+    u = torch.rand(8, 1, 4, 4)
+    labels = model(u).argmax(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nemon.certify(model, u, labels, [0.0, 0.9], method="lipschitz")
+    (w,) = [w.message for w in caught if isinstance(w.message, nemon.CertificateWarning)]
+    assert (w.kind, w.method, w.radii, w.stronger) == (
+        "none_certified",
+        "lipschitz",
+        (0.9,),
+        "linear",
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nemon.training.certified_accuracy(model, u, labels, [0.9], "lipschitz", batch_size=3)
+    (w,) = [w.message for w in caught if isinstance(w.message, nemon.CertificateWarning)]
+    assert w.kind == "none_certified" and w.radii == (0.9,)  # one warning for the whole set
+
+
+def test_run_folder_error_kinds(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    for kwargs, kind in (
+        ({"resume": False, "overwrite": False}, "not_empty"),
+        ({"resume": True, "overwrite": True}, "both"),
+    ):
+        with pytest.raises(RunFolderError) as info:
+            check_run_folder(tmp_path, **kwargs)
+        assert info.value.kind == kind
+    with pytest.raises(RunFolderError) as info:
+        check_run_folder(tmp_path / "new", resume=True, overwrite=False)
+    assert info.value.kind == "nothing_to_resume"
