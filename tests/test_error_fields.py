@@ -22,7 +22,7 @@ def test_certificate_warning_fields():
         "none_certified",
         "lipschitz",
         (0.9,),
-        "linear",
+        "interval",
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
