@@ -1,15 +1,11 @@
 """benchmarks/ablation.py: a preset with its implicit layer and with an explicit one, same budget."""
 
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
-import pytest
-from conftest import requires_mnist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ablation  # noqa: E402
+import pytest
+from helpers import requires_mnist
 
 
 def test_the_two_runs_differ_only_in_the_layer():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_train_cli import config, tiny_data
+from helpers import config, tiny_data
 
 from nemon.app.train import train
 from nemon.attacks import ATTACKS, fgsm, image_inversion, pgd, robust_accuracy

@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import mnist_dir, requires_mnist
 
 from nemon.app.bench import step_flops
 from nemon.app.cli import main

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import mnist_dir, requires_mnist
 
 from nemon import data
 from nemon.data import DataError, find_data_dir, load_dataset, read_cifar10, read_idx

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_train_cli import config, tiny_data
+from helpers import config, tiny_data
 
 from nemon.app.train import train
 

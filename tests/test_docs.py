@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mnist_dir
+from helpers import mnist_dir
 
 import nemon.data
 from nemon.data import Dataset

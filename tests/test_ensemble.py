@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-from test_lipschitz import classifier, pgd_breaks
-from test_train_cli import config, tiny_data
+from helpers import classifier, config, pgd_breaks, tiny_data
 
 import nemon
 from nemon import pretrained

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import mnist_dir, requires_mnist
 
 import nemon
 from nemon.app import cli

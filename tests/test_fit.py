@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from test_train_cli import tiny_data
+from helpers import tiny_data
 from torch import nn
 
 import nemon

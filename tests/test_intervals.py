@@ -4,8 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_layer
-from test_lipschitz import classifier, pgd_breaks
+from helpers import classifier, make_layer, pgd_breaks
 
 import nemon
 from nemon.intervals import interval_equilibrium, interval_loss

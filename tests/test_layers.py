@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ALL_KINDS, DENSE_KINDS, make_layer, random_input, tighten
+from helpers import ALL_KINDS, DENSE_KINDS, make_layer, random_input, tighten
 from torch.func import functional_call
 
 import nemon

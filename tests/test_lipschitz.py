@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ALL_KINDS, make_layer
+from helpers import ALL_KINDS, classifier, pgd_breaks
 
 import nemon
 from nemon.lipschitz import (
@@ -14,12 +14,6 @@ from nemon.lipschitz import (
 )
 
 DT = torch.float64
-
-
-def classifier(kind, seed=0, activation="relu"):
-    layer = make_layer(kind, seed, activation=activation)
-    torch.manual_seed(seed + 10)
-    return nemon.Classifier(layer, 3, direct=kind == "nemon").double()
 
 
 def test_output_bound_hand_example():
@@ -83,24 +77,6 @@ def test_certificate_rule_on_known_margins():
     assert certified_lipschitz(logits, labels, 1.0, 0.5, slack=0.6).tolist() == [False, False]
     pair = torch.full((3, 3), 2.0)
     assert certified_pairwise(logits, labels, pair, 0.99).tolist() == [True, False]
-
-
-def pgd_breaks(model, u, labels, eps, steps=20):
-    """A small PGD (l_inf) per sample: True where some perturbation in the ball flips the label."""
-    delta = torch.zeros_like(u, requires_grad=True)
-    broken = torch.zeros(len(u), dtype=torch.bool)
-    for _ in range(steps):
-        y = model(u + delta)
-        broken |= y.argmax(1) != labels
-        top_other = y.scatter(1, labels[:, None], -float("inf")).amax(1)
-        loss = (top_other - y.gather(1, labels[:, None]).squeeze(1)).sum()
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta += 0.25 * eps * grad.sign()
-            delta.clamp_(-eps, eps)
-    with torch.no_grad():
-        broken |= model(u + delta).argmax(1) != labels
-    return broken
 
 
 @pytest.mark.parametrize("kind", ["nemon", "nemon-eta", "idl", "conv-circular"])

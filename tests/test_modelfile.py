@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import mnist_dir, requires_mnist
 from safetensors.torch import save_file
 from torch import nn
 

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from test_train_cli import config, tiny_data
+from helpers import config, tiny_data
 
 import nemon
 from nemon import pretrained

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import config, tiny_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_train_cli import config, tiny_data
 
 import nemon
 from nemon.app import cli

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import config, save_with_checksum, tiny_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_train_cli import config, save_with_checksum, tiny_data
 
 import nemon
 from nemon import pretrained

@@ -1,10 +1,6 @@
 """The README's and the docs' result tables are what benchmarks/render_docs.py renders from the
 committed result files: a changed result file without a re-render fails here."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import render_docs  # noqa: E402
 
 

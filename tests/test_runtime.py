@@ -51,7 +51,7 @@ def test_cli_threads_option():
 
 
 def test_training_records_its_threads(tmp_path):
-    from test_train_cli import config, tiny_data
+    from helpers import config, tiny_data
 
     from nemon.app.train import train
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_mnist
+from helpers import requires_mnist
 
 import nemon
 from nemon import pretrained

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_train_cli import tiny_data
+from helpers import tiny_data
 
 import nemon
 from nemon.layers import MONDense, NEMONDense

@@ -1,14 +1,10 @@
 """benchmarks/step_time.py: a certified-training step timed part by part."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import requires_mnist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import step_time  # noqa: E402
+from helpers import requires_mnist
 
 
 @requires_mnist

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import config, mnist_dir, requires_mnist, save_with_checksum, tiny_data
 
 from nemon.app.cli import main
 from nemon.app.train import (
@@ -14,25 +14,8 @@ from nemon.app.train import (
     evaluate,
     load_checkpoint,
     read_checkpoint,
-    save_atomic,
     train,
 )
-from nemon.data import Dataset
-from nemon.runs import state_checksum
-
-
-def tiny_data(seed=0, n=240):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 8, 8, generator=g)
-    y = (x[:, 0, :4].mean(dim=(1, 2)) > x[:, 0, 4:].mean(dim=(1, 2))).long()
-    y[:2] = torch.tensor([0, 1])
-    return Dataset("tiny", x[:200], y[:200], x[200:], y[200:])
-
-
-def config(**kw):
-    base = dict(hidden=12, epochs=2, batch_size=32, lr=1e-2, checkpoint_every=3)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.mark.parametrize("model", ["nemon", "mon", "idl"])
@@ -77,12 +60,6 @@ def test_resume_refuses_a_different_config(tmp_path):
     train(config(epochs=1), tmp_path, data=data, progress=False)
     with pytest.raises(ValueError, match=r"other settings \(config.lr: 0.01 -> 0.5"):
         train(config(epochs=1, lr=0.5), tmp_path, data=data, progress=False, resume=True)
-
-
-def save_with_checksum(ckpt: dict, path) -> None:
-    """``ckpt`` saved with its checksum made anew, as nemon would have written its contents."""
-    ckpt["checksum"] = state_checksum(ckpt["model"], ckpt.get("config"), ckpt.get("live_model"))
-    save_atomic(ckpt, path)
 
 
 def _without_setting(folder, name):
@@ -184,7 +161,7 @@ def test_cli_reports_errors(tmp_path, capsys, monkeypatch):
 CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_train_cli import config, tiny_data
+from helpers import config, tiny_data
 from nemon.app.train import train
 from pathlib import Path
 resume = (Path({out!r}) / "checkpoint.pt").exists()

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import mnist_dir, requires_mnist
+from helpers import mnist_dir, requires_mnist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
