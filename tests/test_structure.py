@@ -72,3 +72,16 @@ def test_certificates_read_no_solver_state_from_layers():
     (``layer.solve(u)``, ``Classifier.solve(u)``), never from ``layer.solver_stats``."""
     for name in ("certificates.py", "intervals.py", "explicit.py", "lipschitz.py", "models.py"):
         assert "solver_stats" not in (PACKAGE / name).read_text(), name
+
+
+def test_no_run_files_in_the_tree():
+    """Results and the commands that resume a run are committed; run files (checkpoints) live
+    on the runs-in-progress branch (benchmarks/RUNS.md), never in main's tree."""
+    root = PACKAGE.parents[1]
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:  # not a git checkout (an sdist): nothing to check
+        return
+    runs = [p for p in listed.stdout.splitlines() if p.endswith((".pt", ".pth", ".ckpt"))]
+    assert not runs, f"run checkpoints in the tree: {runs[:5]}"
