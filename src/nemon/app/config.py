@@ -70,7 +70,11 @@ class TrainConfig:
         if self.solver is not None:
             check_choice("solver", self.solver, tuple(SOLVERS))
         self.recipe()  # the training settings: their ranges are the recipe's (one table)
-        for name in ("hidden", "max_iter", "gamma", "tol", "train_limit", "test_limit"):
+        for name in ("hidden", "max_iter", "gamma", "tol"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} must be set, got None")
+            check_setting(name, getattr(self, name))
+        for name in ("train_limit", "test_limit"):  # None: the whole split
             if getattr(self, name) is not None:
                 check_setting(name, getattr(self, name))
         if self.swa_start and self.arch.endswith("-bn"):
