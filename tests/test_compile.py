@@ -25,3 +25,14 @@ def test_compiled_model_matches_eager():
     for a, b in zip(grads_c, grads_e):
         assert torch.allclose(a, b, atol=1e-5)
     assert model.layer.solver_stats["forward"].converged
+
+
+def test_the_solve_is_the_only_graph_break():
+    """Dynamo traces the encoder and readout and leaves the solve (a data-dependent iteration
+    with its checks and statistics) to run eagerly: one break, at the layer's solve."""
+    torch.manual_seed(0)
+    model = nemon.build_model("nemon", "conv-small", hidden=8, input_shape=(1, 12, 12))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.rand(2, 1, 12, 12))
+    assert explained.graph_break_count == 1
+    assert "disable" in str(explained.break_reasons[0].reason)

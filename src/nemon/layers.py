@@ -199,10 +199,13 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         return self.weight_matrix()
 
     # -- shared ------------------------------------------------------------------------------
+    @torch.compiler.disable
     def solve(self, u: Tensor) -> Solution:
         """The equilibrium for input ``u`` with its statistics and error bound (differentiable
         in ``u`` and the parameters). Certificates use this: what they charge comes with the
-        values, not from the layer's state."""
+        values, not from the layer's state. Under ``torch.compile`` the solve runs eagerly (an
+        iteration whose length depends on the data, with its input checks and statistics): the
+        modules around the layer compile, the solve is one clean break in their graph."""
         if self.check_inputs:
             self._check_input(u, finite=not self.injection_reads_every_input)
         z = self.injection(u)
@@ -554,8 +557,10 @@ class ExplicitDense(_DenseLayer):
         self.gamma = 0.0
         self.register_buffer("A", torch.zeros(hidden, hidden))
 
+    @torch.compiler.disable
     def solve(self, u: Tensor) -> Solution:
-        """``relu(B u + b)``, exact: an error bound of 0."""
+        """``relu(B u + b)``, exact: an error bound of 0 (eager under ``torch.compile``, as
+        every layer's solve)."""
         if self.check_inputs:
             self._check_input(u, finite=False)
         stats = SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
