@@ -162,7 +162,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the parametrization cache filled by a pass without autograd",
-        "src/nemon/training.py",
+        "src/nemon/losses.py",
         "        _build_parametrized(raw)\n",
         "",
         ("tests/test_robust_training.py", "tests/test_train_cli.py"),
@@ -288,7 +288,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a setting older checkpoints lack compared as None (resume refused)",
-        "src/nemon/training.py",
+        "src/nemon/resume.py",
         "        if key not in recorded and key in defaults:",
         "        if False:",
         ("tests/test_train_cli.py",),
@@ -401,7 +401,7 @@ MUTATIONS = [
     Mutation(
         "fit's data checked only mid-run (after files are written)",
         "src/nemon/training.py",
-        "    data = _checked_data(data, model)\n",
+        "    data = checked_data(data, model)\n",
         "\n",
         ("tests/test_fit.py",),
     ),

@@ -575,14 +575,15 @@ network the linear injection box is 2.7 times narrower, `tests/test_linear_bound
 
 The paper's FC step (batch 300, Adam) of NEMONDense 784-100 against the MLP 784-100-10, one
 thread, side by side in one run. `python benchmarks/dense_step.py --against a16556d --rounds 5`
-runs the library before this stop's changes (a solve from zero skips its first product; Adam's
-fused kernel) and now in alternating processes (`benchmarks/results/speed/dense-step-ab.json`);
+runs the library at commit `a16556d` (before two speed-ups: a solve from zero skips its first
+product, and Adam's fused kernel) and the current library, each round in a fresh process, the
+two taking turns (`benchmarks/results/speed/dense-step-ab.json`);
 `python benchmarks/dense_step.py` (`dense-step-current.json`) adds the *eager floor*: the same
 arithmetic as the 1e-2 step (4 + 4 iterations) in plain PyTorch, with no rounding, stopping rule,
 error bound, measure or input checks. The second core of the machine was training a model
 meanwhile: single runs vary by about 0.15 in the ratio.
 
-The speed issue's targets, 1.5x the MLP at the training tolerance and 2.5x at 1e-4, are not
+Our targets for this step, 1.5x the MLP at the training tolerance and 2.5x at 1e-4, are not
 met, and on this CPU the first cannot be by removing overhead: the floor, the extra matrix products (300 x 100 x 100) and their small
 elementwise companions with nothing else, takes {floor_ratio} the MLP's step. Fused Adam makes every model faster
 and the MLP most, so the ratios rose while the milliseconds fell.
@@ -590,9 +591,9 @@ and the MLP most, so the ratios rose while the milliseconds fell.
 {dense_steps}
 Training tolerance: the `paper` recipe trains its solves at 1e-2 and evaluates at the layer's
 1e-4. NEMON, `python benchmarks/mnist_fc.py --models nemon --seeds 0 1 2 3 4 --tol 1e-4
---solve-tol 1e-2 --threads 1 --tag train1e-2-eval1e-4-5runs` (this stop's code, fused Adam):
+--solve-tol 1e-2 --threads 1 --tag train1e-2-eval1e-4-5runs` (with fused Adam):
 {nemon_runs}. MON with its step tuned as MON's code tunes it (`tune_splitting_step`), the same
-command with `--models mon --tag mon-tuned-train1e-2-5runs` (the previous stop's code, two
+command with `--models mon --tag mon-tuned-train1e-2-5runs` (before fused Adam, two
 threads): {mon_runs}.
 
 Time to accuracy, `nemon bench --threads 1 --epochs 10 --target-accuracy 0.97`

@@ -32,9 +32,8 @@ from nemon.app.config import PRESETS, TrainConfig
 from nemon.data import load_dataset
 from nemon.explicit import propagate_interval
 from nemon.intervals import input_box, interval_equilibrium, interval_loss, logit_difference_bounds
+from nemon.losses import adversarial_points, recipe_loss
 from nemon.models import build_from_config
-from nemon.training import adversarial_points as adversarial_points
-from nemon.training import recipe_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed"
 

@@ -26,7 +26,7 @@ def test_certificate_warning_fields():
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        nemon.training.certified_accuracy(model, u, labels, [0.9], "lipschitz", batch_size=3)
+        nemon.evaluation.certified_accuracy(model, u, labels, [0.9], "lipschitz", batch_size=3)
     (w,) = [w.message for w in caught if isinstance(w.message, nemon.CertificateWarning)]
     assert w.kind == "none_certified" and w.radii == (0.9,)  # one warning for the whole set
 

@@ -251,12 +251,12 @@ def test_evaluation_leaves_every_module_in_the_mode_it_was_in():
     data = tiny_data()
     nemon.evaluate(model, data.test_x, data.test_y)
     assert {name: m.training for name, m in model.named_modules()} == modes
-    nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.01])
+    nemon.evaluation.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.01])
     assert {name: m.training for name, m in model.named_modules()} == modes
     accuracy_under_attack(model, data.test_x[:8], data.test_y[:8], [0.01], "fgsm")
     assert {name: m.training for name, m in model.named_modules()} == modes
     with pytest.raises(ValueError):
-        nemon.training.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.1], "none")
+        nemon.evaluation.certified_accuracy(model, data.test_x[:8], data.test_y[:8], [0.1], "none")
     assert {name: m.training for name, m in model.named_modules()} == modes
     result = nemon.fit(model, data, SMALL.replace(epochs=1), progress=False)
     assert not any(m.training for m in result.model.modules())  # fit returns it for use

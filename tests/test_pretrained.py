@@ -12,7 +12,7 @@ from nemon import pretrained
 from nemon.app import cli
 from nemon.app.shipping import save_pretrained
 from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
-from nemon.training import learning_rate, ramp_progress
+from nemon.losses import learning_rate, ramp_progress
 
 
 @pytest.fixture

@@ -519,7 +519,7 @@ def test_certified_accuracy_says_once_that_a_method_certifies_nothing():
         y = model(u).argmax(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = nemon.training.certified_accuracy(model, u, y, [0.0, 0.5, 0.9], "lipschitz", 10)
+        result = nemon.evaluation.certified_accuracy(model, u, y, [0.0, 0.5, 0.9], "lipschitz", 10)
     notes = [w for w in caught if issubclass(w.category, nemon.CertificateWarning)]
     assert len(notes) == 1 and "at eps 0.5, 0.9; method='interval'" in str(notes[0].message)
     assert result[0.0] > 0 and result[0.5] == result[0.9] == 0.0

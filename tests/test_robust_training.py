@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from nemon import Recipe, build_model
 from nemon.intervals import interval_loss, logit_difference_bounds, shrunk_box
-from nemon.training import adversarial_points, recipe_loss
+from nemon.losses import adversarial_points, recipe_loss
 
 DT = torch.float64
 

@@ -231,7 +231,7 @@ def test_tensorboard_logs_the_epoch_records(tmp_path):
 @pytest.mark.parametrize("weight", [0.5, 1.0])
 def test_robust_only_loss_skips_the_clean_graph_but_not_its_gradient(weight):
     from nemon.intervals import interval_loss
-    from nemon.training import recipe_loss
+    from nemon.losses import recipe_loss
 
     torch.manual_seed(0)
     cfg = TrainConfig(arch="conv-small", hidden=16, gamma=0.5, cert_weight=weight, ramp="linear")
@@ -252,7 +252,7 @@ def test_adversarial_term_replaces_the_clean_one(weight):
     seeded start; the logits returned (the accuracy metric) are those at the PGD point, with no
     clean pass. Fails if the clean term is kept."""
     from nemon.intervals import interval_loss
-    from nemon.training import adversarial_points, recipe_loss
+    from nemon.losses import adversarial_points, recipe_loss
 
     torch.manual_seed(0)
     cfg = TrainConfig(

@@ -12,6 +12,7 @@ import copy
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from helpers import mnist_dir, requires_mnist
@@ -279,13 +280,27 @@ class ShiftRule(ModuleRule):
     def linear(self, m, lam, lo, hi):
         return lam, (lam * m.offset).flatten(2).sum(2)
 
+    def onnx(self, m, x, graph):
+        return graph.node("Add", [x, graph.const("offset", torch.tensor(m.offset))])
+
 
 class WrongShiftRule(ShiftRule):
     def evaluate(self, m, x):
         return x - m.offset
 
 
-def test_a_registered_rule_certifies_and_a_wrong_one_is_caught_at_the_centre():
+def _exports_as_it_runs(model, u, path):
+    """The model exported to ONNX computes its logits (the registered rule's node included)."""
+    ort = pytest.importorskip("onnxruntime")
+    single = copy.deepcopy(model).float()  # onnxruntime's CPU convolutions are float32
+    nemon.export_onnx(single, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"u": u.float().numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(logits, single(u.float()).numpy(), atol=1e-4)
+
+
+def test_a_registered_rule_certifies_exports_and_a_wrong_one_is_caught_at_the_centre(tmp_path):
     encoder = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Shift(0.25), nn.ReLU(), nn.Flatten())
     model = classifier(encoder)
     u = points()
@@ -303,6 +318,7 @@ def test_a_registered_rule_certifies_and_a_wrong_one_is_caught_at_the_centre():
         with torch.no_grad():
             rows = result.falsified.nonzero().flatten()
             assert bool((model(result.counterexamples[rows]).argmax(1) != labels[rows]).all())
+        _exports_as_it_runs(model, u, tmp_path / "shift.onnx")
         register_rule(type("NoVerify", (ShiftRule,), {"verify_kind": None})())
         with pytest.raises(UnsupportedModule, match="verify cannot encode Shift"):
             nemon.verify(model, u, labels, 0.05)

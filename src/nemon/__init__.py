@@ -11,6 +11,7 @@ from .attacks import accuracy_under_attack, pgd
 from .certificates import CertificateWarning, certificate_obstacle, certify, margin_bounds
 from .conv_layers import MONConv2d, NEMONConv2d
 from .ensemble import Ensemble
+from .evaluation import evaluate
 from .export import export_onnx
 from .intervals import interval_loss
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
@@ -20,7 +21,7 @@ from .norms import mu_inf, norm_inf
 from .pretrained import load_pretrained, pretrained_names
 from .recipes import RECIPES, Recipe
 from .solvers import ConvergenceWarning, SolverOptions, alpha_star, contraction_factor, solve
-from .training import TrainingDiverged, evaluate, fit
+from .training import TrainingDiverged, fit
 
 __version__ = "0.1.0"
 

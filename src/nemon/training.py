@@ -1,4 +1,6 @@
-"""Training any classifier with a `Recipe`: `fit`.
+"""Training any classifier with a `Recipe`: `fit` and its loop. The loss and schedules are
+`nemon.losses`, evaluation `nemon.evaluation`, the checks before a run `nemon.fit_checks`, what
+a resume compares `nemon.resume`, where batches come from `nemon.sources`.
 
 With ``out=`` a run folder holds ``checkpoint.pt`` (model, optimiser, position inside the epoch,
 history; written atomically every ``checkpoint_every`` steps and at each epoch's end) and
@@ -16,25 +18,29 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from . import modelfile
-from .attacks import pgd
-from .certificates import CertificateWarning, certify
-from .data import Dataset, batches
-from .intervals import interval_loss, logit_difference_bounds, shrunk_box
+from .certificates import CertificateWarning
+from .data import Dataset
+from .evaluation import (
+    ConvergenceTally,
+    certified_accuracy,
+    evaluate,
+    model_device,
+    solver_iterations,
+)
+from .fit_checks import as_dataset, check_model, checked_data, checked_range
 from .layers import ImplicitLayer
-from .models import Classifier
+from .losses import learning_rate, ramp_progress, recipe_loss, training_radius, training_tolerance
 from .modes import evaluation_mode
-from .progress import Progress
-from .ranges import IMAGES, InputRange, check_inside
+from .ranges import IMAGES, InputRange
 from .recipes import Recipe, recipe_named
+from .resume import defaults, differences, with_defaults, without_epochs
 from .runs import (
     RUN_FILES,
     RunFolderError,
@@ -49,17 +55,10 @@ from .runs import (
     write_text_atomic,
 )
 from .solvers import SOLVERS, ConvergenceWarning
-from .sources import TensorSource, as_tensors, training_source
+from .sources import TensorSource
 from .validation import MAX_THREADS, check_integer
 
-__all__ = [
-    "fit",
-    "FitResult",
-    "evaluate",
-    "certified_accuracy",
-    "TrainingDiverged",
-    "ConvergenceTally",
-]
+__all__ = ["fit", "FitResult", "TrainingDiverged", "adam"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,342 +78,7 @@ class FitResult:
         return getattr(self, key)
 
 
-def solver_iterations(model: nn.Module) -> tuple[int, int]:
-    """Forward and backward iterations of the last solves, summed over the implicit layers."""
-    fwd = bwd = 0
-    for layer in model.modules():
-        if isinstance(layer, ImplicitLayer):
-            stats = layer.solver_stats
-            fwd += stats["forward"].iterations if "forward" in stats else 0
-            bwd += stats["backward"].iterations if "backward" in stats else 0
-    return fwd, bwd
-
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> dict:
-    """Accuracy, mean loss and mean forward iterations on ``(x, y)``, in eval mode (the
-    model's own modes are restored after)."""
-    with evaluation_mode(model):
-        return _evaluate(model, x, y, batch_size)
-
-
-def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> dict:
-    device = _device(model)
-    correct, loss, iters, count = 0, 0.0, 0, 0
-    for xb, yb in batches(x, y, batch_size):
-        xb, yb = xb.to(device), yb.to(device)
-        logits = model(xb)
-        correct += int((logits.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        iters += solver_iterations(model)[0]
-        count += 1
-    return {
-        "accuracy": correct / len(x),
-        "loss": loss / len(x),
-        "forward_iterations": iters / max(count, 1),
-    }
-
-
-@torch.no_grad()
-def certified_accuracy(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: list[float],
-    method: str | None = None,
-    batch_size=1000,
-    input_range: InputRange = IMAGES,
-    progress: bool | None = None,
-) -> dict[float, float]:
-    """Fraction of samples certified robust at each radius in ``eps`` (see `nemon.certify`;
-    ``method=None``: the strongest the model supports). A method that certifies nothing at a
-    positive radius says so once, for the whole set, not once per batch. The model's own
-    modes (training or eval) are restored after. ``input_range``: as `nemon.certify`'s;
-    ``progress``: see `nemon.progress.Progress`."""
-    with evaluation_mode(model), Progress(len(x), "certify", "input", progress) as bar:
-        return _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar)
-
-
-def _certified_accuracy(model, x, y, eps, method, batch_size, input_range, bar) -> dict:
-    device = _device(model)
-    total, noted = torch.zeros(len(eps)), []
-    for xb, yb in batches(x, y, batch_size):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CertificateWarning)
-            ok = certify(
-                model, xb.to(device), yb.to(device), list(eps), method, input_range=input_range
-            )
-        for w in caught:  # "none certified" is judged on the whole set below; the rest passes
-            if getattr(w.message, "kind", None) == "none_certified":
-                noted.append(w.message)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        total += ok.sum(dim=1).cpu().float()
-        bar.update(len(xb))
-    empty = [e for e, t in zip(eps, total.tolist()) if e > 0 and t == 0]
-    if empty and noted:
-        warning = CertificateWarning.none_certified(
-            method or noted[-1].method, empty, noted[-1].stronger
-        )
-        warnings.warn(warning, stacklevel=4)
-    return {float(e): float(t) / len(x) for e, t in zip(eps, total)}
-
-
-# -- schedules --------------------------------------------------------------------------------
-def ramp_progress(recipe: Recipe, epoch: int, step: int, n_batches: int) -> float:
-    """Progress in [0, 1] of certified training: 0 during warm-up, then over the ramp epochs.
-
-    ``ramp="smooth"`` is the cubic smoothstep ``3 t^2 - 2 t^3``: a slow start, as the radius
-    schedules of Shi et al. (2021), without the kink of the linear ramp at its end.
-    """
-    done = (epoch - recipe.warmup_epochs) * n_batches + step
-    t = min(1.0, max(0.0, done / max(recipe.cert_ramp_epochs * n_batches, 1)))
-    return t * t * (3 - 2 * t) if recipe.ramp == "smooth" else t
-
-
-def training_radius(recipe: Recipe, epoch: int, step: int, n_batches: int) -> float:
-    """The certified-training radius at this step (see `ramp_progress`)."""
-    if recipe.cert_eps <= 0 or epoch < recipe.warmup_epochs:
-        return 0.0
-    return recipe.cert_eps * ramp_progress(recipe, epoch, step, n_batches)
-
-
-def learning_rate(recipe: Recipe, epoch: int) -> float:
-    """``lr`` times ``lr_decay`` for each milestone reached."""
-    return recipe.lr * recipe.lr_decay ** sum(1 for m in recipe.lr_milestones if epoch >= m)
-
-
-def recipe_loss(
-    model, raw, recipe: Recipe, xb, yb, eps: float, progress: float, step=0, input_range=IMAGES
-):
-    """See `_recipe_loss`; every parametrized weight (eq. (17) and the others) is built once for
-    the step's passes (clean, adversarial, interval, regulariser), not once for each."""
-    with parametrize.cached():
-        _build_parametrized(raw)
-        return _recipe_loss(model, raw, recipe, xb, yb, eps, progress, step, input_range)
-
-
-def _build_parametrized(model: nn.Module) -> None:
-    """Fill the parametrization cache with autograd on: a pass without autograd (the metric's
-    clean logits) must not be the one that caches a weight the loss differentiates."""
-    with torch.enable_grad():
-        for m in model.modules():
-            if parametrize.is_parametrized(m):
-                for name in m.parametrizations:
-                    getattr(m, name)
-
-
-def _recipe_loss(model, raw, recipe: Recipe, xb, yb, eps, progress, step=0, input_range=IMAGES):
-    """``(logits, loss)``: the clean cross-entropy mixed with the worst-case (interval) loss,
-    whose weight grows with the radius from 0 to ``cert_weight`` (the clean/robust mix of Gowal
-    et al., 2018). At weight 1 the clean pass runs without autograd (its logits only feed the
-    accuracy metric); under DDP it keeps autograd, which the gradient synchronisation needs.
-
-    With ``adv_steps > 0`` and a radius, the clean term is taken at a PGD point of the same ball
-    and the logits returned are those at the PGD points; ``robust_mix="loss"`` mixes the two
-    cross-entropies (MTL-IBP), ``"logits"`` the adversarial logit differences with their interval
-    lower bounds before one cross-entropy (CC-IBP, De Palma et al., 2024). ``box_shrink < 1``
-    bounds SABR's small box around the PGD point instead of the ball (`nemon.intervals.shrunk_box`).
-    ``model`` is what runs the forward pass (DDP's wrapper), ``raw`` the classifier itself;
-    balls, boxes and PGD points lie in ``input_range`` (`nemon.ranges`)."""
-    weight = 0.0
-    if eps > 0:
-        weight = recipe.cert_weight * progress if recipe.ramp == "smooth" else recipe.cert_weight
-    pure = weight >= 1.0 and model is raw  # the clean term has no weight: metrics only
-    adv = box = None
-    if recipe.adv_steps > 0 and eps > 0 and (not pure or recipe.box_shrink < 1):
-        adv = adversarial_points(raw, xb, yb, eps, recipe.adv_steps, step, input_range)
-        if recipe.box_shrink < 1:
-            box = shrunk_box(xb, adv, eps, recipe.box_shrink, input_range)
-    if eps <= 0:
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-    elif pure:
-        with torch.no_grad():
-            logits = model(xb)
-        loss = interval_loss(raw, xb, yb, eps, input_range, box=box)
-    else:
-        logits = model(xb if adv is None else adv)
-        loss = _mixed_loss(raw, recipe, logits, xb, yb, eps, weight, box, input_range)
-        logits = logits if adv is None else logits.detach()
-    if recipe.lam > 0:
-        loss = loss + recipe.lam * raw.lipschitz_penalty(recipe.reg_kind)
-    return logits, loss
-
-
-def _mixed_loss(raw, recipe: Recipe, logits, xb, yb, eps, weight, box, input_range) -> Tensor:
-    """``(1 - w) CE(logits) + w CE(interval)`` (``robust_mix="loss"``), or the cross-entropy of
-    the mixed logit differences ``(1 - w) (y_label - y_j) + w (their lower bounds)``
-    (``"logits"``); the interval term is skipped at weight 0."""
-    if weight <= 0:
-        return F.cross_entropy(logits, yb)
-    if recipe.robust_mix == "loss":
-        robust = interval_loss(raw, xb, yb, eps, input_range, box=box)
-        return (1 - weight) * F.cross_entropy(logits, yb) + weight * robust
-    bounds = logit_difference_bounds(raw, xb, yb, eps, input_range, box=box)
-    differences = logits.gather(1, yb[:, None]) - logits  # 0 at the label, as the bounds
-    return F.cross_entropy(-((1 - weight) * differences + weight * bounds), yb)
-
-
-def adversarial_points(
-    raw, xb: Tensor, yb: Tensor, eps: float, steps: int, seed: int, input_range=IMAGES
-) -> Tensor:
-    """PGD points in the l_inf ball of radius ``eps`` (within ``input_range``) from a random
-    start.
-
-    The attack runs in eval mode (batch norm neither records the attack's batches nor moves its
-    running statistics); training mode is restored after."""
-    raw.eval()
-    try:
-        return pgd(raw, xb, yb, eps, input_range, steps=steps, seed=seed)
-    finally:
-        raw.train()
-
-
 # -- the run ----------------------------------------------------------------------------------
-def _as_dataset(data, model: nn.Module, batch_size: int):
-    """``(dataset, source)``: what `fit` checks (the test split whole; for a dataset or a loader,
-    the first batches of the training split, for tensors all of it) and where training batches
-    come from (`nemon.sources`)."""
-    if isinstance(data, Dataset):
-        return data, TensorSource(data.train_x, data.train_y)
-    try:
-        train, test = data
-    except (TypeError, ValueError):
-        raise ValueError(
-            "data must be a nemon.data.Dataset or (train, test), each split (x, y) tensors or "
-            "NumPy arrays, a map-style dataset or a DataLoader"
-        ) from None
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else None
-    source = training_source(train, dtype)
-    train_x, train_y = source.head(batch_size)
-    test_x, test_y = as_tensors(test, "test", dtype)
-    for name, t in (("train", train_x), ("test", test_x)):
-        y = train_y if name == "train" else test_y
-        if len(t) != len(y) or len(t) == 0:
-            raise ValueError(
-                f"data: {len(t)} {name} inputs for {len(y)} labels; give as many of each, > 0"
-            )
-    span = _images_or_none(train_x, test_x)
-    return Dataset("custom", train_x, train_y, test_x, test_y, input_range=span), source
-
-
-def _images_or_none(*inputs: Tensor) -> tuple[float, float] | None:
-    """Data given without a range: ``(0, 1)`` when every input lies in it (images), else None."""
-    inside = all(
-        x.numel() == 0 or (float(x.amin()) >= 0.0 and float(x.amax()) <= 1.0) for x in inputs
-    )
-    return IMAGES if inside else None
-
-
-def _checked_range(data: Dataset, input_range) -> tuple[float, float] | None:
-    """The run's input range (``"data"``: the dataset's), with every input inside it."""
-    chosen = (
-        data.input_range if isinstance(input_range, str) and input_range == "data" else input_range
-    )
-    for split in ("train_x", "test_x"):
-        check_inside(getattr(data, split), chosen, f"input_range (data {split})")
-    return None if chosen is None else tuple(float(v) for v in chosen)
-
-
-#: Rows whose finiteness is checked at once (bounds the memory of the check).
-_CHUNK = 4096
-
-
-def _checked_data(data: Dataset, model: nn.Module) -> Dataset:
-    """``data`` checked against ``model`` before anything runs or is written: the inputs' shape
-    (a nemon classifier's ``input_shape``) and dtype, finite inputs, integer labels within
-    ``[0, num_classes)``. Each problem is one `ValueError` naming the split and the first bad
-    index. Integer labels of another dtype are returned as int64 (what the loss takes)."""
-    splits = {}
-    for split in ("train", "test"):
-        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        for name, t in ((f"{split}_x", x), (f"{split}_y", y)):
-            if not isinstance(t, Tensor):
-                raise ValueError(f"data: {name} must be a tensor, got {type(t).__name__}")
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(
-                f"data: {len(x)} {split} inputs for {len(y)} labels; give as many of each, > 0"
-            )
-        _check_inputs(f"{split}_x", x, model)
-        splits[f"{split}_y"] = _checked_labels(f"{split}_y", y, model)
-    if data.train_x.shape[1:] != data.test_x.shape[1:]:
-        raise ValueError(
-            f"data: training inputs of shape {tuple(data.train_x.shape[1:])} but test inputs of "
-            f"shape {tuple(data.test_x.shape[1:])}"
-        )
-    if all(splits[k] is getattr(data, k) for k in splits):
-        return data
-    return replace(data, **splits)
-
-
-def _check_inputs(name: str, x: Tensor, model: nn.Module) -> None:
-    shape = getattr(model, "input_shape", None)
-    if shape is not None:  # a nemon classifier: its input shape and dtype are known
-        sample = tuple(x.shape[1:])
-        prepare = getattr(model, "prepare_input", None)
-        prepared = tuple(prepare(x[:0]).shape[1:]) if prepare is not None else sample
-        if tuple(shape) not in (sample, prepared):
-            raise ValueError(
-                f"data: {name} holds samples of shape {sample}; the model takes {tuple(shape)}"
-            )
-        dtype = next(model.parameters()).dtype
-        if x.dtype != dtype:
-            raise ValueError(
-                f"data: {name} is {x.dtype} and the model's parameters {dtype}; convert one"
-            )
-    if not (x.is_floating_point() or x.is_complex()):
-        return
-    for start in range(0, len(x), _CHUNK):
-        rows = x[start : start + _CHUNK].reshape(min(_CHUNK, len(x) - start), -1)
-        bad = (~torch.isfinite(rows)).any(dim=1).nonzero()
-        if len(bad):
-            i = start + int(bad[0])
-            what = "NaN" if bool(torch.isnan(rows[int(bad[0])]).any()) else "an infinite value"
-            raise ValueError(f"data: {name}[{i}] holds {what}; every input must be finite")
-
-
-def _checked_labels(name: str, y: Tensor, model: nn.Module) -> Tensor:
-    if y.dim() != 1:
-        raise ValueError(f"data: {name} must be one label per sample, got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"data: {name} must hold integer class labels, got {y.dtype}")
-    classes = getattr(model, "num_classes", None)
-    outside = (y < 0) if classes is None else (y < 0) | (y >= classes)
-    bad = outside.nonzero()
-    if len(bad):
-        i = int(bad[0])
-        allowed = ">= 0" if classes is None else f"in [0, {classes}) (the model's classes)"
-        raise ValueError(f"data: {name}[{i}] is {int(y[i])}; labels must be {allowed}")
-    return y if y.dtype == torch.int64 else y.long()
-
-
-def _check_model(model: nn.Module, recipe: Recipe) -> None:
-    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
-        raise ValueError(f"fit needs a torch module with parameters, got {type(model).__name__}")
-    needs = [
-        ("a radius (cert_eps)", recipe.certified),
-        ("certified evaluation (cert_eval_eps)", bool(recipe.cert_eval_eps)),
-        ("the Lipschitz regulariser (lam)", recipe.lam > 0),
-    ]
-    for what, needed in needs:
-        if needed and not isinstance(model, Classifier):
-            raise ValueError(
-                f"a recipe with {what} needs a nemon.Classifier, got {type(model).__name__}"
-            )
-    if recipe.swa_start and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
-        raise ValueError(
-            "swa_start needs a model without batch norm: the average's batch statistics would "
-            "have to be measured again"
-        )
 
 
 @dataclass
@@ -487,12 +151,12 @@ def fit(
     recipe = recipe_named(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, Recipe):
         raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
-    _check_model(model, recipe)
-    data, source = _as_dataset(data, model, recipe.batch_size)
-    data = _checked_data(data, model)
+    check_model(model, recipe)
+    data, source = as_dataset(data, model, recipe.batch_size)
+    data = checked_data(data, model)
     if isinstance(source, TensorSource):  # the checks may have converted the labels
         source = TensorSource(data.train_x, data.train_y)
-    chosen_range = _checked_range(data, input_range)
+    chosen_range = checked_range(data, input_range)
     if not (threads is None or callable(threads)):
         check_integer("threads", threads, 1, MAX_THREADS)
     run_dir = None if out is None else Path(out)
@@ -509,7 +173,7 @@ def fit(
         if resume:
             trainer.restore()
         trainer.start_files(overwrite)
-        flush = _device(model).type == "cpu" and torch.set_flush_denormal(True)
+        flush = model_device(model).type == "cpu" and torch.set_flush_denormal(True)
         try:
             return trainer.run(progress, tensorboard, stop_after_steps)
         finally:
@@ -579,16 +243,16 @@ class _Trainer:
         self.input_range = input_range
         self.threads, self.extra_files = threads, files
         self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
-        training = _defaults(Recipe)  # only training settings take defaults, never the model's
+        training = defaults(Recipe)  # only training settings take defaults, never the model's
         self.defaults = {
-            k: {name: value for name, value in _defaults(v).items() if name in training}
+            k: {name: value for name, value in defaults(v).items() if name in training}
             for k, v in metadata.items()
             if is_dataclass(v)
         }
         self.defaults["recipe"] = training
         self.rank, self.world = _distributed()
         self.model_file = _model_file_header(model, data, input_range)
-        self.device = _device(model)
+        self.device = model_device(model)
         self.model = model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -609,8 +273,8 @@ class _Trainer:
         current = dict(self.metadata)
         if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
             recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
-        recorded, defaulted = _with_defaults(recorded, current, self.defaults)
-        changed = _differences(_without_epochs(recorded), _without_epochs(current))
+        recorded, defaulted = with_defaults(recorded, current, self.defaults)
+        changed = differences(without_epochs(recorded), without_epochs(current))
         if ckpt["epoch"] > self.recipe.epochs:
             raise RunFolderError(
                 f"{self.ckpt_path} has finished {ckpt['epoch']} epochs; resume with epochs >= "
@@ -735,7 +399,7 @@ class _Trainer:
         gen = torch.Generator().manual_seed(recipe.seed * 100_003 + s.epoch)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(recipe, s.epoch)
-        with _training_tolerance(self.raw, recipe.solve_tol):
+        with training_tolerance(self.raw, recipe.solve_tol):
             for i, (xb, yb) in enumerate(self.source.batches(recipe.batch_size, gen)):
                 if i < s.step:
                     continue
@@ -890,17 +554,6 @@ class _Trainer:
             torch.set_num_threads(int(self.threads))
 
 
-@contextlib.contextmanager
-def _training_tolerance(model: nn.Module, tol: float | None):
-    """Every implicit layer solves to ``tol`` inside the block (None: as it is)."""
-    with contextlib.ExitStack() as stack:
-        if tol is not None:
-            for layer in model.modules():
-                if isinstance(layer, ImplicitLayer):
-                    stack.enter_context(layer.solver_settings(tol=tol))
-        yield
-
-
 def _print_epoch(record: dict, bar_shown: bool) -> None:
     """One line per epoch (through tqdm when its bars are on screen)."""
     lip = record["lipschitz"]
@@ -917,57 +570,6 @@ def _print_epoch(record: dict, bar_shown: bool) -> None:
         tqdm.write(line)
     else:
         print(line, flush=True)
-
-
-def _without_epochs(settings: dict) -> dict:
-    """The settings without the number of epochs (a resume may change it), nested too."""
-    return {
-        k: _without_epochs(v) if isinstance(v, dict) else v
-        for k, v in settings.items()
-        if k != "epochs"
-    }
-
-
-def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
-    """The names of the settings that differ (nested dicts as ``outer.inner``)."""
-    changed = []
-    for key in sorted(set(recorded) | set(current), key=str):
-        a, b = recorded.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _differences(a, b, f"{prefix}{key}.")
-        elif _plain(a) != _plain(b):
-            changed.append(f"{prefix}{key}: {_plain(a)!r} -> {_plain(b)!r}")
-    return changed
-
-
-def _with_defaults(recorded: dict, current: dict, defaults: dict, prefix: str = ""):
-    """``recorded`` with each current setting it lacks taken from ``defaults`` (nested like the
-    settings), and the names of those it took."""
-    filled, names = dict(recorded), []
-    for key, value in current.items():
-        if key not in recorded and key in defaults:
-            filled[key] = defaults[key]
-            names.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and isinstance(recorded.get(key), dict):
-            inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
-            filled[key], more = _with_defaults(recorded[key], value, inner, f"{prefix}{key}.")
-            names += more
-    return filled, names
-
-
-def _defaults(settings) -> dict:
-    """The default of each field of a dataclass (or its instance), as plain data."""
-    values = {}
-    for f in fields(settings):
-        if f.default is not MISSING:
-            values[f.name] = _plain(f.default)
-        elif f.default_factory is not MISSING:
-            values[f.name] = _plain(f.default_factory())
-    return values
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _averaged(average: dict | None, model: nn.Module) -> dict:
@@ -1027,35 +629,3 @@ def _reduce(run: dict, world: int, device) -> dict:
     out = dict(zip(keys, t.tolist()))
     out["seconds"] = float(sec)
     return out
-
-
-class ConvergenceTally(warnings.catch_warnings):
-    """Collects `ConvergenceWarning` inside the block and re-issues one summary.
-
-    Other warnings pass through unchanged. ``count`` is the number of solves that stopped early.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(record=True)
-        self.count = 0
-
-    def __enter__(self):
-        self._log = super().__enter__()
-        warnings.simplefilter("always", ConvergenceWarning)
-        return self
-
-    def __exit__(self, *exc_info):
-        super().__exit__(*exc_info)
-        caught = [w for w in self._log if issubclass(w.category, ConvergenceWarning)]
-        for w in self._log:
-            if not issubclass(w.category, ConvergenceWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        self.count = len(caught)
-        if caught and exc_info[0] is None:
-            warnings.warn(
-                f"{len(caught)} solves stopped before reaching their tolerance; the last: "
-                f"{caught[-1].message}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return False

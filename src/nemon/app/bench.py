@@ -27,10 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..certificates import full_float32
 from ..data import DataError, load_dataset
 from ..layers import ImplicitLayer, NEMONDense
+from ..losses import recipe_loss, training_tolerance
 from ..models import build_model
 from ..recipes import Recipe
 from ..solvers import SolverOptions, alpha_star, solve
-from ..training import _training_tolerance, adam, recipe_loss
+from ..training import adam
 from .checkpoints import load_checkpoint
 from .config import PRESETS, TrainConfig
 from .plots import pyplot
@@ -297,7 +298,7 @@ def epoch_times(
 
 def _step_loss(model, u, y, eps: float = 0.0):
     """The clean loss (``eps = 0``) or the clean/interval mix that certified training uses at the
-    end of its ramp, as training computes it (`nemon.training.recipe_loss`)."""
+    end of its ramp, as training computes it (`nemon.losses.recipe_loss`)."""
     recipe = Recipe(cert_eps=eps, cert_weight=0.5) if eps > 0 else Recipe()
     return recipe_loss(model, model, recipe, u, y, eps, 1.0)[1]
 
@@ -406,7 +407,7 @@ def _dense_models(tols, device):
 
 
 def _train_steps(model, tol, opt, batches) -> None:
-    settings = contextlib.nullcontext() if tol is None else _training_tolerance(model, tol)
+    settings = contextlib.nullcontext() if tol is None else training_tolerance(model, tol)
     with settings:
         for xb, yb in batches:
             loss = F.cross_entropy(model(xb), yb)

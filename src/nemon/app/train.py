@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from ..data import Dataset, load_dataset
+from ..evaluation import ConvergenceTally, certified_accuracy, evaluate
 from ..models import build_from_config
 from ..runs import check_run_folder
-from ..training import ConvergenceTally, TrainingDiverged, certified_accuracy, evaluate, fit
+from ..training import TrainingDiverged, fit
 from .checkpoints import (
     CheckpointError,
     RunFolderError,
