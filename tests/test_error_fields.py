@@ -43,3 +43,17 @@ def test_run_folder_error_kinds(tmp_path):
     with pytest.raises(RunFolderError) as info:
         check_run_folder(tmp_path / "new", resume=True, overwrite=False)
     assert info.value.kind == "nothing_to_resume"
+
+
+def test_a_solve_states_how_it_ended():
+    torch.manual_seed(0)
+    layer = nemon.NEMONDense(4, 20, gamma=0.9, activation="tanh").double().eval()
+    with torch.no_grad():
+        layer.B.weight.mul_(10)
+    u = torch.rand(2, 4, dtype=torch.float64)
+    assert layer.solve(u).stats["forward"].result == "converged"
+    with layer.solver_settings(max_iter=2, tol=1e-15), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert layer.solve(u).stats["forward"].result == "max_iterations"
+    stats = nemon.solvers.SolverStats(residual=float("nan"))
+    assert stats.result == "non_finite"

@@ -168,6 +168,14 @@ class SolverStats:
     seconds: float = 0.0
     method: str = ""
 
+    @property
+    def result(self) -> str:
+        """How the solve ended: ``"converged"`` (within its tolerance), ``"non_finite"`` (the
+        residual became NaN or inf) or ``"max_iterations"`` (stopped at ``max_iter``)."""
+        if self.converged:
+            return "converged"
+        return "non_finite" if not math.isfinite(self.residual) else "max_iterations"
+
 
 def alpha_star(diagonal: Tensor) -> float:
     """Best averaged step ``alpha* = 1 / (1 - min_i (a_ii)_-)`` (Theorem 2, Corollary 5)."""
