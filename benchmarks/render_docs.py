@@ -662,7 +662,29 @@ def results_page() -> str:
     )
 
 
+def example_time(name: str):
+    """The README line stating how long the example ``name`` took (benchmarks/readme_examples.py)."""
+
+    def render() -> str:
+        path = RESULTS / "readme-examples.json"
+        runs = _json(path) if path.exists() else {}
+        if name not in runs or runs[name]["returncode"] != 0:
+            return "Not yet timed: `python benchmarks/readme_examples.py` measures it.\n"
+        run = runs[name]
+        seconds = run["seconds"]
+        took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+        return (
+            f"Measured: {took} on a {run['cores']}-core CPU machine (load average "
+            f"{run['load_average_at_start']:g} at the start; `python benchmarks/readme_examples.py "
+            f"--only {name}`).\n"
+        )
+
+    return render
+
+
 BLOCKS = {
+    "time-quick-start": example_time("quick-start"),
+    "time-fifteen-lines": example_time("fifteen-lines"),
     "shipped-models-readme": shipped_table_readme,
     "shipped-models": shipped_table_docs,
     "recipes": recipes_table,
