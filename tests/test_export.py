@@ -67,6 +67,32 @@ def test_onnx_matches_pytorch(tmp_path, family, arch, kwargs):
     np.testing.assert_allclose(out["error_bound"], stats.error_bound.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("padding", ["circular", "zeros"])
+@pytest.mark.parametrize("solver", ["diagonal", "averaged"])
+def test_the_papers_conv_layer_exports(tmp_path, padding, solver):
+    """NEMONConv2d (the paper's convolutional model): the padded convolution, per-channel
+    shift, steps and weights, pooled features, as PyTorch computes them."""
+    torch.manual_seed(0)
+    layer = nemon.NEMONConv2d(
+        1, 6, 28, gamma=0.5, padding=padding, learn_eta=True, solver=solver, kernel_size=4
+    )
+    with torch.no_grad():
+        layer.kernel.normal_(0, 0.2)
+        layer.log_eta.normal_(0, 0.3)
+    model = nemon.Classifier(layer, 10).eval()
+    metadata = export_onnx(model, tmp_path / "conv.onnx")
+    u = images(16)
+    logits, stats = torch_outputs(model, u)
+    out = run_onnx(tmp_path / "conv.onnx", u)
+    np.testing.assert_allclose(out["logits"], logits.numpy(), atol=1e-5, rtol=1e-5)
+    assert int(out["iterations"]) == stats.iterations
+    np.testing.assert_allclose(out["error_bound"], stats.error_bound.numpy(), rtol=1e-4, atol=1e-6)
+    assert metadata["nemon_layer"] == "NEMONConv2d" and metadata["measure"] <= 0.5
+    with torch.no_grad():  # the stated bound on the state holds on these inputs
+        weighted = (model.layer(u).abs() / layer.eta()[:, None, None]).amax()
+    assert float(weighted) <= metadata["state_bound"]
+
+
 def test_iteration_cap_and_tolerance_are_the_layers(tmp_path):
     torch.manual_seed(1)
     model = build_model("nemon", "dense", hidden=30, gamma=0.9, max_iter=6).eval()
@@ -117,8 +143,8 @@ def test_metadata_states_the_guarantees(tmp_path):
 def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(ExportError, match="MONDense"):
         export_onnx(build_model("mon", "dense", hidden=10), tmp_path / "m.onnx")
-    with pytest.raises(ExportError, match="NEMONConv2d"):
-        export_onnx(build_model("nemon", "conv", hidden=4), tmp_path / "m.onnx")
+    with pytest.raises(ExportError, match="MONConv2d"):
+        export_onnx(build_model("mon", "conv", hidden=4), tmp_path / "m.onnx")
     with pytest.raises(ExportError, match="anderson"):
         export_onnx(
             build_model("nemon", "dense", hidden=10, solver="anderson"), tmp_path / "m.onnx"

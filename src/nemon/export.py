@@ -24,10 +24,12 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .conv_layers import NEMONConv2d
 from .explicit import UnsupportedModule, rule_for
 from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
+from .operators import same_padding
 from .runs import OutputError, atomic_path, check_output_target
 from .solvers import _TINY, SOLVERS, averaged_solvers, averaged_steps, contraction_factor
 
@@ -45,8 +47,8 @@ def export_onnx(
     path: str | os.PathLike,
     input_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
-    """Write ``model`` (a `Classifier` with a dense NEMON, IDL or explicit layer)
-    to ``path``; return the metadata written into the file. ``input_range``: the range the
+    """Write ``model`` (a `Classifier` with a dense NEMON, IDL or explicit layer, or a
+    `NEMONConv2d`) to ``path``; return the metadata written into the file. ``input_range``: the range the
     inputs live in (`nemon.ranges`), for which the metadata bounds the state and iterations.
 
     Inputs ``u`` of shape ``(batch, *input_shape)``; outputs ``logits (batch, q)``,
@@ -116,12 +118,14 @@ class _Builder:
         if not isinstance(model, Classifier):
             raise ExportError(f"export needs a nemon Classifier, got {type(model).__name__}")
         layer = model.layer
-        if not isinstance(layer, (NEMONDense, IDLDense, ExplicitDense)):
+        if not isinstance(layer, (NEMONDense, IDLDense, ExplicitDense, NEMONConv2d)):
             raise ExportError(
-                f"export supports dense NEMON, IDL and explicit layers, not {layer._name()}"
+                f"export supports NEMON (dense and conv), IDL and explicit layers, not "
+                f"{layer._name()}"
             )
         self.model, self.layer, self.input_range = model, layer, input_range
-        self.dtype = layer.B.weight.dtype
+        self.conv = isinstance(layer, NEMONConv2d)
+        self.dtype = next(layer.parameters()).dtype
         self.nodes, self.inits, self.count = [], [], 0
 
     # -- graph pieces ---------------------------------------------------------------------------
@@ -159,13 +163,15 @@ class _Builder:
             v = self.node("Flatten", [u], axis=1)
         if model.encoder is not None:
             v = self.module(model.encoder, v)
-        z = self.node(
-            "Gemm", [v, self.const("B", layer.B.weight), self.const("b", self._bias())], transB=1
-        )
+        z = self._injection(v)
         x, err, iters = self.solve(z)
         logits = self.node(
             "Gemm",
-            [x, self.const("C", model.readout.weight), self.const("c", model.readout.bias)],
+            [
+                self._features(x),
+                self.const("C", model.readout.weight),
+                self.const("c", model.readout.bias),
+            ],
             transB=1,
         )
         if model.direct is not None:
@@ -191,16 +197,81 @@ class _Builder:
         b = self.layer.B.bias
         return torch.zeros(self.layer.hidden) if b is None else b
 
+    # -- what differs between the dense and the conv layer ------------------------------------
+    def _injection(self, v: str) -> str:
+        """``z = B v + b``; for the conv layer the input convolution (zero padding)."""
+        layer = self.layer
+        if self.conv:
+            k = layer.input_kernel.shape[-1]
+            lo, hi = (k - 1) // 2, k // 2
+            weights = [self.const("B", layer.input_kernel), self.const("b", layer.input_bias)]
+            return self.node("Conv", [v, *weights], pads=[lo, lo, hi, hi])
+        return self.node(
+            "Gemm", [v, self.const("B", layer.B.weight), self.const("b", self._bias())], transB=1
+        )
+
+    def _features(self, x: str) -> str:
+        """What the readout reads: the state, or (conv) its average pools, flattened."""
+        if not self.conv:
+            return x
+        pool = self.layer.pool
+        pooled = self.node("AveragePool", [x], kernel_shape=[pool, pool], strides=[pool, pool])
+        return self.node("Flatten", [pooled], axis=1)
+
+    def _state_dims(self) -> list:
+        return [self.layer.hidden] if not self.conv else list(self.layer.state_shape())
+
+    def _per_state(self, values: Tensor) -> Tensor:
+        """A per-coordinate (dense) or per-channel (conv) vector shaped to broadcast on states."""
+        return values.reshape(-1, 1, 1) if self.conv else values
+
+    def _apply_A(self, x: str, k: dict, op) -> str:
+        """``A x``: ``x A^T`` (dense), or ``conv_same(x, K_eta) + shift x`` (conv)."""
+        if not self.conv:
+            return op("MatMul", [x, self.const("At", k["A"].T.contiguous())])
+        kernel, shift = k["weights"]
+        padded = self._pad(x, kernel.shape[-1], op)
+        conv = op("Conv", [padded, self.const("K", kernel)])
+        return op("Add", [conv, op("Mul", [x, self.const("shift", shift.reshape(-1, 1, 1))])])
+
+    def _pad(self, x: str, size: int, op) -> str:
+        """The 'same' padding of `nemon.operators.conv_same`: zeros, or circular (wrapped)."""
+        lo, hi = same_padding(size)[:2]
+        if self.layer.padding != "circular":
+            return op("Pad", [x, self._int("pads", [0, 0, lo, lo, 0, 0, hi, hi])])
+        for axis in (2, 3):
+            parts = []
+            if lo:
+                parts.append(
+                    op(
+                        "Slice",
+                        [x, self._int("s", [-lo]), self._int("e", [2**62]), self._int("a", [axis])],
+                    )
+                )
+            parts.append(x)
+            if hi:
+                parts.append(
+                    op(
+                        "Slice",
+                        [x, self._int("s", [0]), self._int("e", [hi]), self._int("a", [axis])],
+                    )
+                )
+            x = op("Concat", parts, axis=axis)
+        return x
+
     def _readout_norm(self) -> float:
-        """``||C||_{inf,(inf,[eta]^-1)} = max_k sum_i |c_ki| eta_i``, rounded up."""
+        """``||C||_{inf,(inf,[eta]^-1)} = max_k sum_i |c_ki| eta_i`` (``eta`` of the features
+        the readout reads), rounded up."""
         C = self.model.readout.weight.detach().double()
-        eta = self.layer.eta()
+        eta = self.layer.lipschitz_terms().feature_eta
         weighted = C.abs() if eta is None else C.abs() * eta.detach().double()
         return float(round_to(weighted.sum(dim=1).amax() * (1 + 1e-12), torch.float64, "up"))
 
     def _eta(self) -> Tensor:
         eta = self.layer.eta()
-        return torch.ones(self.layer.hidden) if eta is None else eta.detach()
+        if eta is None:
+            return torch.ones(self.layer.hidden)
+        return self._per_state(eta.detach())
 
     # -- explicit modules -----------------------------------------------------------------------
     def module(self, m: nn.Module, x: str) -> str:
@@ -233,19 +304,20 @@ class _Builder:
                 f"export runs the averaged iterations {averaged_solvers()}; this layer's solver is "
                 f"{opts.method!r} (build the layer with solver='diagonal' to export it)"
             )
-        A = layer.A.detach()
-        weights = layer.effective_weights()
+        weights = tuple(w.detach() for w in layer.effective_weights())
         measure = float(layer.equilibrium(weights).measure)
-        steps, alpha_ref = averaged_steps(opts, torch.diagonal(A), A.dtype)
+        diagonal = layer.operator.diagonal_entries(weights)
+        steps, alpha_ref = averaged_steps(opts, diagonal, self.dtype)
+        steps = torch.as_tensor(steps, dtype=self.dtype)
         return dict(
-            A=A, steps=torch.as_tensor(steps, dtype=A.dtype), alpha_ref=alpha_ref, measure=measure
+            A=weights[0], weights=weights, steps=steps, alpha_ref=alpha_ref, measure=measure
         )
 
     def _loop(self, z: str) -> tuple[str, str, str]:
         """``Loop(max_iter)`` over `_step_graph`, carrying ``(x, bound, count)``."""
         trips = self._int("max_iter", self.layer.solver_options.max_iter)
         batch = self.node("Shape", [z], start=0, end=1)
-        state = self.node("Concat", [batch, self._int("hidden", [self.layer.hidden])], axis=0)
+        state = self.node("Concat", [batch, self._int("state", self._state_dims())], axis=0)
         x0 = self.node("ConstantOfShape", [state], value=_scalar_tensor(0.0, self.dtype))
         bound0 = self.node("ConstantOfShape", [batch], value=_scalar_tensor(math.inf, self.dtype))
         cond0 = self.const("true", torch.tensor(True))
@@ -268,8 +340,7 @@ class _Builder:
         def op(name, inputs, outputs=None, **attrs):
             return self.node(name, inputs, body, outputs, **attrs)
 
-        At = self.const("At", k["A"].T.contiguous())
-        fx = self._activation(op("Add", [op("MatMul", ["x_in", At]), z]), body)
+        fx = self._activation(op("Add", [self._apply_A("x_in", k, op), z]), body)
         r = op("Sub", [fx, "x_in"])
         op("Add", ["x_in", op("Mul", [r, self.const("steps", k["steps"])])], ["x_out"])
         if opts.residual == "step":  # ||x_ref - x|| / ||x_ref|| with x_ref = x + alpha_ref r
@@ -281,7 +352,8 @@ class _Builder:
         rel = op("Div", [op("ReduceL2", [change], keepdims=0), size])
         weighted = op("Mul", [op("Abs", [r]), self.const("inv_eta", 1.0 / self._eta())])
         denominator = self.const("one_minus_mu", 1.0 - max(k["measure"], 0.0))
-        op("Div", [op("ReduceMax", [weighted], axes=[1], keepdims=0), denominator], ["bound_out"])
+        axes = [1, 2, 3] if self.conv else [1]
+        op("Div", [op("ReduceMax", [weighted], axes=axes, keepdims=0), denominator], ["bound_out"])
         broken = op("Or", [op("IsNaN", [rel]), op("IsInf", [rel])])
         within = op("LessOrEqual", [rel, self.const("tol", opts.tol)])
         if self.layer.error_tol is not None:  # eval mode's rule: every bound within error_tol
@@ -295,8 +367,7 @@ class _Builder:
         op("Not", [op("And", [check, done])], ["cond_out"])
 
         elem = _elem_type(self.dtype)
-        n = self.layer.hidden
-        signature = [("x", elem, ["batch", n]), ("bound", elem, ["batch"])]
+        signature = [("x", elem, ["batch", *self._state_dims()]), ("bound", elem, ["batch"])]
         signature.append(("count", TensorProto.INT64, []))
         head = [("iter", TensorProto.INT64, []), ("cond_in", TensorProto.BOOL, [])]
         inputs = head + [(f"{name}_in", t, shape) for name, t, shape in signature]
@@ -354,6 +425,15 @@ class _Builder:
             "for every input in input_range; after worst_case_iterations, <= tol * state_bound",
         }
 
+    def _injection_box(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        layer = self.layer
+        if self.conv:
+            return _conv_box(lo, hi, layer.input_kernel, layer.input_bias)
+        W, b = layer.B.weight, self._bias()
+        z_lo = lo @ W.clamp(min=0).T + hi @ W.clamp(max=0).T + b
+        z_hi = hi @ W.clamp(min=0).T + lo @ W.clamp(max=0).T + b
+        return z_lo, z_hi
+
     def _state_bound(self, measure: float) -> float:
         """``sup ||x*|| <= sup ||Phi(z)|| / (1 - mu_+)`` over the data range (the error bound
         at ``x_0 = 0``), with ``Phi(z)`` bounded through the interval of ``z``."""
@@ -363,13 +443,21 @@ class _Builder:
         hi = torch.full((1, *shape), float(self.input_range[1]), dtype=self.dtype)
         with torch.no_grad():
             lo, hi = model.encode_interval(model.prepare_input(lo), model.prepare_input(hi))
-            W = layer.B.weight
-            b = self._bias()
-            z_lo = lo @ W.clamp(min=0).T + hi @ W.clamp(max=0).T + b
-            z_hi = hi @ W.clamp(min=0).T + lo @ W.clamp(max=0).T + b
+            z_lo, z_hi = self._injection_box(lo, hi)
             phi = layer.activation
             top = torch.maximum(phi(z_lo).abs(), phi(z_hi).abs()) / self._eta()
         return float(top.amax()) / (1.0 - max(measure, 0.0)) * (1 + 1e-6)
+
+
+def _conv_box(lo: Tensor, hi: Tensor, kernel: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The box of ``conv_same(u, kernel) + bias`` (zero padding) for ``u`` in ``[lo, hi]``."""
+    from .operators import conv_same
+
+    pos, neg = kernel.clamp(min=0), kernel.clamp(max=0)
+    b = bias[:, None, None]
+    z_lo = conv_same(lo, pos, "zeros") + conv_same(hi, neg, "zeros") + b
+    z_hi = conv_same(hi, pos, "zeros") + conv_same(lo, neg, "zeros") + b
+    return z_lo, z_hi
 
 
 def _require_onnx():
