@@ -682,7 +682,22 @@ def example_time(name: str):
     return render
 
 
+def tutorial_output(index: int):
+    """What the tutorial's block ``index`` (from 1) prints (benchmarks/tutorial_output.py)."""
+
+    def render() -> str:
+        path = RESULTS / "tutorial-output.json"
+        outputs = _json(path)["outputs"] if path.exists() else []
+        printed = outputs[index - 1] if index <= len(outputs) else ""
+        if not printed.strip():
+            return ""
+        return f"Output (`python benchmarks/tutorial_output.py`):\n\n```text\n{printed.rstrip()}\n```\n"
+
+    return render
+
+
 BLOCKS = {
+    **{f"tutorial-output-{i}": tutorial_output(i) for i in range(1, 7)},
     "time-quick-start": example_time("quick-start"),
     "time-fifteen-lines": example_time("fifteen-lines"),
     "shipped-models-readme": shipped_table_readme,
@@ -697,6 +712,7 @@ BLOCKS = {
 }
 PAGES_WITH_BLOCKS = (
     "README.md",
+    "docs/tutorial.md",
     "docs/index.md",
     "docs/guide/pretrained.md",
     "docs/guide/training.md",

@@ -76,11 +76,12 @@ class _ConvLayer(ImplicitLayer):
 
 
 class NEMONConv2d(_ConvLayer):
-    """NEMON convolutional layer (the paper's single conv layer, section 5).
+    r"""NEMON convolutional layer (the paper's single conv layer, section 5).
 
-    ``A x = conv(x, K_eta) + (gamma - r) * x`` with ``r_c = sum |K[c]|`` and ``K_eta[c, c'] =
-    K[c, c'] eta_c / eta_c'``, so ``mu_{inf,[eta]^-1}(A) <= gamma`` for any kernel, padding and
-    image size (docs/maths.md#parametrization).
+    \(A x = K_\eta * x + (\gamma - r) \odot x\) with \(r_c = \sum |K_{c}|\) and
+    \(K_\eta[c, c'] = K[c, c']\, \eta_c / \eta_{c'}\), so
+    \(\mu_{\infty,[\eta]^{-1}}(A) \le \gamma\) for any kernel, padding and image size
+    (docs/maths.md#parametrization).
     """
 
     default_solver = "diagonal"

@@ -436,7 +436,8 @@ class _DenseLayer(ImplicitLayer):
 
 
 class NEMONDense(_DenseLayer):
-    """NEMON dense layer: ``mu_{inf,[eta]^-1}(A) <= gamma`` for every parameter value, eq. (17).
+    r"""NEMON dense layer: \(\mu_{\infty,[\eta]^{-1}}(A) \le \gamma\) for every parameter value,
+    eq. (17).
 
     Args:
         in_features: input dimension ``r``.
@@ -508,7 +509,8 @@ class NEMONDense(_DenseLayer):
 
 
 class IDLDense(_DenseLayer):
-    """Implicit deep learning layer (El Ghaoui et al.): ``||A||_inf <= gamma``, Picard iteration."""
+    r"""Implicit deep learning layer (El Ghaoui et al.): \(\|A\|_\infty \le \gamma\), Picard
+    iteration."""
 
     default_solver = "picard"
 
@@ -546,7 +548,8 @@ class IDLDense(_DenseLayer):
 
 
 class ExplicitDense(_DenseLayer):
-    """``x = relu(B u + b)``: the explicit layer of the same width, for ablations (``A = 0``).
+    r"""\(x = \mathrm{relu}(B u + b)\): the explicit layer of the same width, for ablations
+    (\(A = 0\)).
 
     Same interface as the implicit layers (its "solve" is one evaluation), so an architecture can
     swap its implicit layer for this one and keep training, bounds and certificates unchanged.
@@ -619,7 +622,7 @@ class FullPrecision:
 
 
 class MONDense(FullPrecision, _DenseLayer):
-    """Monotone operator layer (Winston and Kolter): ``A = gamma I - W^T W - Z + Z^T``.
+    r"""Monotone operator layer (Winston and Kolter): \(A = \gamma I - W^\top W - Z + Z^\top\).
 
     ``mu_2(A) <= gamma``. Solvers: ``peaceman_rachford`` (default) or ``forward_backward``, the
     same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU);
