@@ -30,8 +30,11 @@ class Recipe:
         epochs: passes over the training set.
         batch_size: samples per step (the global batch under DDP).
         lr: Adam's learning rate; multiplied by ``lr_decay`` at each epoch of ``lr_milestones``.
+        lr_milestones: epochs at which the learning rate is multiplied by ``lr_decay``.
+        lr_decay: the learning rate's factor at each milestone, in (0, 1].
         grad_clip: maximum gradient norm (0: off).
         lam: weight of the Lipschitz regulariser, eq. (18), of kind ``reg_kind``.
+        reg_kind: the regulariser's form: ``"product"`` or ``"halved_sum"``.
         cert_eps: radius of certified (interval) training; 0 trains on the clean loss only.
         cert_weight: final weight of the interval loss in the clean/robust mix.
         adv_steps: > 0 replaces the clean term by the loss at a PGD point with that many steps

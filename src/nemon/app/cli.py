@@ -20,18 +20,16 @@ from pathlib import Path
 
 import torch
 
-from ..activations import ACTIVATIONS
 from ..attacks import ATTACKS, accuracy_under_attack
 from ..certificates import CERTIFICATES, default_certificate
 from ..data import DATASETS, DataError, load_dataset
 from ..export import export_onnx
 from ..modelfile import ModelFileError, model_data, model_file_path
 from ..modelfile import load as load_model
-from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..pretrained import PretrainedError, describe_pretrained, load_pretrained, pretrained_names
 from ..ranges import IMAGES
 from ..recipes import FIELDS as RECIPE_FIELDS
-from ..recipes import ROBUST_MIXES, SCHEDULE, Recipe, schedule_changes
+from ..recipes import SCHEDULE, Recipe, schedule_changes
 from ..runs import (
     OutputError,
     atomic_path,
@@ -39,7 +37,6 @@ from ..runs import (
     read_torch_file,
     write_text_atomic,
 )
-from ..solvers import SOLVERS
 from ..validation import MAX_THREADS, RANGES, check_setting
 from .bench import run_bench
 from .checkpoints import (
@@ -49,7 +46,7 @@ from .checkpoints import (
     json_line,
     load_checkpoint,
 )
-from .config import PRESETS, RAMPS, TrainConfig
+from .config import PRESETS, TrainConfig
 from .plots import plot_curves
 from .reproduce import reproduce_conv, reproduce_mnist
 from .resources import check_memory
@@ -214,99 +211,17 @@ def _common() -> argparse.ArgumentParser:
 
 def _add_train(sub, common) -> None:
     p = sub.add_parser(
-        "train", help="train an implicit model (NEMON, MON or IDL)", parents=[common]
+        "train",
+        help="train an implicit model (NEMON, MON or IDL)",
+        description="Train the model of --preset with its recipe; an option given replaces the "
+        "preset's value of that setting, and --epochs scales the preset's schedule (warm-up, "
+        "radius ramp, milestones), saying what moved.",
+        parents=[common],
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
-    p.add_argument("--model", choices=MODEL_FAMILIES)
-    p.add_argument("--arch", choices=ARCHITECTURES, help="dense, conv or an encoder + dense layer")
-    p.add_argument("--dataset", choices=sorted(DATASETS))
-    p.add_argument(
-        "--hidden", type=_setting("hidden"), help="state size (dense) or channels (conv)"
-    )
-    p.add_argument("--gamma", type=_setting("gamma"), help="contraction bound < 1")
-    p.add_argument("--activation", choices=ACTIVATIONS)
-    p.add_argument("--solver", choices=sorted(SOLVERS), help="default: the family's own")
-    p.add_argument("--tol", type=_setting("tol"), help="relative residual tolerance (> 0)")
-    p.add_argument(
-        "--solve-tol",
-        type=_setting("solve_tol"),
-        help="tolerance of the training solves (default: --tol; evaluation always uses --tol)",
-    )
-    p.add_argument("--epochs", type=_setting("epochs"))
-    p.add_argument("--batch-size", type=_setting("batch_size"))
-    p.add_argument("--lr", type=_setting("lr"))
-    p.add_argument(
-        "--lam", type=_setting("lam"), help="weight of the Lipschitz regulariser (18), >= 0"
-    )
-    p.add_argument(
-        "--cert-eps", type=_setting("cert_eps"), help="certified (interval) training radius"
-    )
-    p.add_argument(
-        "--cert-weight", type=_setting("cert_weight"), help="weight of the worst-case loss (0..1)"
-    )
-    p.add_argument(
-        "--adv-steps",
-        type=_setting("adv_steps"),
-        help="PGD steps of an adversarial term that replaces the clean one (MTL-IBP); 0: clean",
-    )
-    p.add_argument(
-        "--tune-splitting-step",
-        choices=("on", "off"),
-        help="MON: tune the splitting step twice an epoch, as MON's code does (default on)",
-    )
-    p.add_argument(
-        "--robust-mix",
-        choices=ROBUST_MIXES,
-        help="mix the adversarial and interval terms' losses (MTL-IBP) or logits (CC-IBP)",
-    )
-    p.add_argument(
-        "--box-shrink",
-        type=_setting("box_shrink"),
-        help="< 1: bound a box of this fraction of the radius around the PGD point (SABR)",
-    )
-    p.add_argument(
-        "--cert-ramp-epochs",
-        type=_setting("cert_ramp_epochs"),
-        help="epochs to ramp the radius from 0",
-    )
-    p.add_argument(
-        "--warmup-epochs", type=_setting("warmup_epochs"), help="clean epochs before the ramp"
-    )
-    p.add_argument("--ramp", choices=RAMPS, help="shape of the radius ramp")
-    p.add_argument(
-        "--init",
-        choices=INITIALISATIONS,
-        help="ibp: Shi et al.'s initialisation; ibp-zero: also A = 0 (starts as the explicit model)",
-    )
-    p.add_argument(
-        "--lr-milestones", type=_setting("lr_milestones"), nargs="*", help="epochs where lr decays"
-    )
-    p.add_argument("--lr-decay", type=_setting("lr_decay"), help="lr factor (0..1]")
-    p.add_argument("--grad-clip", type=_setting("grad_clip"), help="max gradient norm (0: off)")
-    p.add_argument(
-        "--swa-start",
-        type=_setting("swa_start"),
-        help="average the weights of the epochs from this one on (0: off)",
-    )
-    p.add_argument(
-        "--cert-eval-eps",
-        type=_setting("cert_eval_eps"),
-        nargs="*",
-        help="radii certified each epoch",
-    )
-    p.add_argument(
-        "--cert-eval-limit",
-        type=_setting("cert_eval_limit"),
-        help="test images certified each epoch",
-    )
-    p.add_argument("--seed", type=_setting("seed"))
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument(
-        "--train-limit", type=_setting("train_limit"), help="use only the first N training images"
-    )
-    p.add_argument(
-        "--test-limit", type=_setting("test_limit"), help="use only the first N test images"
-    )
+    for f in fields(TrainConfig):  # every setting of a run, its help from its docstring
+        if f.name != "layer_kwargs":
+            _add_setting(p, f)
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoint, metrics)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -314,6 +229,22 @@ def _add_train(sub, common) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tensorboard", metavar="DIR", help="also log each epoch to TensorBoard in DIR")
+
+
+def _add_setting(p, f) -> None:
+    """``--NAME`` for the run setting ``f`` (a `TrainConfig` field): its range check, choices,
+    list form and help, all from the one definition; unset, the preset's value is used."""
+    option = "--" + f.name.replace("_", "-")
+    text = f.metadata.get("help", "").replace("``", "")
+    choices = f.metadata.get("choices")
+    if f.name == "tune_splitting_step":
+        p.add_argument(option, choices=("on", "off"), help=text)
+    elif choices is not None:
+        p.add_argument(option, choices=sorted(choices), help=text)
+    else:
+        kind = _setting(f.name) if f.name in RANGES else str
+        nargs = "*" if f.type == "list" else None
+        p.add_argument(option, type=kind, nargs=nargs, help=text)
 
 
 def _add_input_range(p, what: str) -> None:

@@ -1,94 +1,137 @@
-"""What defines a training run: `TrainConfig`, checked by name, and the named presets."""
+"""What defines a training run: `TrainConfig` (the model's settings and `nemon.Recipe`'s, each
+defined once), checked by name, and the named presets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, field, fields, make_dataclass
 
 from ..activations import ACTIVATIONS
 from ..data import DATASETS
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..recipes import FIELDS as RECIPE_FIELDS
 from ..recipes import RAMPS, RECIPES, Recipe
+from ..settings import field_help
 from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS
 from ..validation import check_choice, check_setting
 
-__all__ = ["TrainConfig", "PRESETS", "RAMPS"]
+__all__ = ["TrainConfig", "PRESETS", "RAMPS", "MODEL_SETTINGS_DOC"]
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; the defaults are the paper's MNIST FC setting (6.2) as
-    earlier runs recorded it (the ``mnist-fc`` preset also sets ``solve_tol=1e-2``)."""
+class _ModelSettings:
+    """The model a run trains and where (the training settings are `nemon.Recipe`'s).
 
-    model: str = "nemon"
-    arch: str = "dense"
-    dataset: str = "mnist"
-    hidden: int = 100
-    gamma: float = 0.95
-    activation: str = "relu"
-    solver: str | None = None
-    tol: float = DEFAULT_TOL
-    residual: str = "step"
-    max_iter: int = DEFAULT_MAX_ITER
-    epochs: int = 10
-    batch_size: int = 300
-    lr: float = 1.5e-2
-    lam: float = 0.0
-    reg_kind: str = "product"
-    seed: int = 0
-    device: str = "cpu"
-    train_limit: int | None = None
-    test_limit: int | None = None
-    checkpoint_every: int = 50
-    cert_eps: float = 0.0
-    cert_weight: float = 0.5
-    adv_steps: int = 0  # > 0: PGD steps of the adversarial term that replaces the clean one
-    robust_mix: str = "loss"  # or "logits": CC-IBP's mix of the adversarial and interval terms
-    box_shrink: float = 1.0  # < 1: SABR's small box around the PGD point (radius fraction)
-    cert_ramp_epochs: int = 1
-    warmup_epochs: int = 0  # clean-only epochs before the radius starts to grow
-    ramp: str = "linear"  # or "smooth": cubic smoothstep of radius and robust weight
-    lr_milestones: list = field(default_factory=list)  # epochs at which lr *= lr_decay
-    lr_decay: float = 0.2
-    grad_clip: float = 0.0  # max gradient norm (0: off)
-    init: str = "default"  # or "ibp": the IBP-friendly initialisation of Shi et al. (2021)
-    swa_start: int = 0  # > 0: the model is the average of the weights at the ends of epochs >= this
-    cert_eval_eps: list = field(default_factory=list)  # certified accuracy logged each epoch
-    cert_eval_limit: int = 1000  # on the first N test images
-    solve_tol: float | None = None  # training solves' tolerance (None: tol); evaluation uses tol
-    tune_splitting_step: bool = True  # MON: its step tuned twice an epoch (MON's tune_alpha)
-    layer_kwargs: dict = field(default_factory=dict)
+    Attributes:
+        model: the implicit layer's family (explicit: the ablation without feedback).
+        arch: dense, conv, an encoder followed by a dense layer, or conv-stacked.
+        dataset: the dataset trained and tested on.
+        hidden: state size (dense) or channels (conv).
+        gamma: the bound on the layer's measure, below 1.
+        activation: the implicit layer's activation.
+        solver: the forward solver (None: the family's own).
+        tol: relative residual at which solves stop (evaluation always uses it).
+        residual: the stopping rule's residual: step or fixed_point.
+        max_iter: iteration cap of every solve.
+        device: cpu, cuda or cuda:N.
+        train_limit: use only the first N training images (None: all).
+        test_limit: use only the first N test images (None: all).
+        init: ibp: Shi et al.'s initialisation; ibp-zero: also A = 0 (starts as the explicit model).
+        layer_kwargs: more arguments of the layer's constructor.
+    """
 
-    def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
-        check_choice("model", self.model, MODEL_FAMILIES)
-        check_choice("arch", self.arch, ARCHITECTURES)
-        check_choice("init", self.init, INITIALISATIONS)
-        check_choice("dataset", self.dataset, tuple(DATASETS))
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("residual", self.residual, ("step", "fixed_point"))
-        if self.solver is not None:
-            check_choice("solver", self.solver, tuple(SOLVERS))
-        self.recipe()  # the training settings: their ranges are the recipe's (one table)
-        for name in ("hidden", "max_iter", "gamma", "tol"):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} must be set, got None")
+
+#: (name, type, default, choices) of the model's settings; their help is `_ModelSettings`'s
+_MODEL = (
+    ("model", str, "nemon", MODEL_FAMILIES),
+    ("arch", str, "dense", ARCHITECTURES),
+    ("dataset", str, "mnist", tuple(DATASETS)),
+    ("hidden", int, 100, None),
+    ("gamma", float, 0.95, None),
+    ("activation", str, "relu", ACTIVATIONS),
+    ("solver", "str | None", None, tuple(SOLVERS)),
+    ("tol", float, DEFAULT_TOL, None),
+    ("residual", str, "step", ("step", "fixed_point")),
+    ("max_iter", int, DEFAULT_MAX_ITER, None),
+    ("device", str, "cpu", None),
+    ("train_limit", "int | None", None, None),
+    ("test_limit", "int | None", None, None),
+    ("init", str, "default", INITIALISATIONS),
+)
+#: the choices of the recipe's settings that have a fixed set of values
+_RECIPE_CHOICES = {
+    "ramp": RAMPS,
+    "reg_kind": ("product", "halved_sum"),
+    "robust_mix": ("loss", "logits"),
+}
+
+
+def _model_field(name, kind, default, choices):
+    meta = {"help": field_help(_ModelSettings)[name], "choices": choices, "group": "model"}
+    return name, kind, field(default=default, metadata=meta)
+
+
+def _recipe_field(f):
+    """A `nemon.Recipe` field as a run setting (lists for its tuples, as configs store them)."""
+    meta = {
+        "help": field_help(Recipe)[f.name],
+        "choices": _RECIPE_CHOICES.get(f.name),
+        "group": "recipe",
+    }
+    if isinstance(f.default, tuple):
+        return f.name, "list", field(default_factory=lambda d=f.default: list(d), metadata=meta)
+    return f.name, f.type, field(default=f.default, metadata=meta)
+
+
+def _validate(self):
+    """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
+    for name, _, _, choices in _MODEL:
+        value = getattr(self, name)
+        if choices is not None and not (value is None and name == "solver"):
+            check_choice(name, value, choices)
+    self.recipe()  # the training settings: their ranges are the recipe's (one table)
+    for name in ("hidden", "max_iter", "gamma", "tol"):
+        if getattr(self, name) is None:
+            raise ValueError(f"{name} must be set, got None")
+        check_setting(name, getattr(self, name))
+    for name in ("train_limit", "test_limit"):  # None: the whole split
+        if getattr(self, name) is not None:
             check_setting(name, getattr(self, name))
-        for name in ("train_limit", "test_limit"):  # None: the whole split
-            if getattr(self, name) is not None:
-                check_setting(name, getattr(self, name))
-        if self.swa_start and self.arch.endswith("-bn"):
-            raise ValueError(
-                f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
-                "batch statistics would have to be measured again"
-            )
-        if not isinstance(self.layer_kwargs, dict):
-            raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
-        return self
+    if self.swa_start and self.arch.endswith("-bn"):
+        raise ValueError(
+            f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
+            "batch statistics would have to be measured again"
+        )
+    if not isinstance(self.layer_kwargs, dict):
+        raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
+    return self
 
-    def recipe(self) -> Recipe:
-        """The run's training schedule (the fields it shares with `nemon.Recipe`)."""
-        return Recipe(**{name: getattr(self, name) for name in RECIPE_FIELDS})
+
+def _recipe(self) -> Recipe:
+    """The run's training schedule (its `nemon.Recipe` fields)."""
+    return Recipe(**{name: getattr(self, name) for name in RECIPE_FIELDS})
+
+
+_LAYER_KWARGS = field(
+    default_factory=dict,
+    metadata={"help": field_help(_ModelSettings)["layer_kwargs"], "group": "model"},
+)
+
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [_model_field(*m) for m in _MODEL]
+    + [_recipe_field(f) for f in fields(Recipe)]
+    + [("layer_kwargs", dict, _LAYER_KWARGS)],
+    namespace={"validate": _validate, "recipe": _recipe, "__module__": __name__},
+)
+TrainConfig.__doc__ = (
+    "Everything that defines a run: the model's settings (`MODEL_SETTINGS_DOC`) and the "
+    "training settings of `nemon.Recipe`, whose defaults are the recipe's (each setting "
+    "defined once). The ``mnist-fc`` preset is the paper's MNIST FC setting (6.2)."
+)
+MODEL_SETTINGS_DOC = _ModelSettings.__doc__
+
+assert all(
+    f.default is not MISSING or f.default_factory is not MISSING for f in fields(TrainConfig)
+)
 
 
 def _preset(recipe: str, **model) -> dict:
