@@ -153,3 +153,19 @@ def test_real_mnist():
 def test_fashion_mnist_from_debian(tmp_path):
     ds = load_dataset("fashion-mnist", tmp_path, download=False)  # found in the system folder
     assert ds.test_x.shape == (10000, 1, 28, 28) and ds.num_classes == 10
+
+
+def test_the_test_split_alone_needs_only_its_files(tmp_path):
+    """Evaluation offline with only MNIST's test files (the CLI's commands read no more)."""
+    from helpers import mnist_dir
+
+    source = mnist_dir()
+    if source is None:
+        pytest.skip("MNIST originals not found")
+    (tmp_path / "mnist").mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / "mnist" / name).write_bytes((source / "mnist" / name).read_bytes())
+    data = load_dataset("mnist", tmp_path, download=False, test_only=True)
+    assert data.test_x.shape == (10000, 1, 28, 28) and len(data.train_x) == 0
+    with pytest.raises(DataError, match="train-images"):
+        load_dataset("mnist", tmp_path, download=False)

@@ -9,7 +9,7 @@ from helpers import classifier, config, pgd_breaks, tiny_data
 
 import nemon
 from nemon import pretrained
-from nemon.app import cli
+from nemon.app import cli, loading
 from nemon.app.shipping import save_pretrained
 from nemon.app.train import load_checkpoint, train
 from nemon.certificates import _margin_bounds, _tight
@@ -138,7 +138,7 @@ def test_ensemble_round_trip_by_name(shipped_ensemble):
 
 def test_cli_evaluates_and_certifies_a_shipped_ensemble(shipped_ensemble, monkeypatch, capsys):
     data = tiny_data()
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: data)
+    monkeypatch.setattr(loading, "load_dataset", lambda name, data_dir=None, **_: data)
     assert cli.main(["eval", "pair"]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert cli.main(["certify", "pair", "--eps", "0.01", "--method", "interval"]) == 0

@@ -9,7 +9,7 @@ from helpers import config, tiny_data
 
 import nemon
 from nemon import pretrained
-from nemon.app import cli
+from nemon.app import cli, loading
 from nemon.app.shipping import save_pretrained
 from nemon.app.train import PRESETS, TrainConfig, load_checkpoint, train
 from nemon.losses import learning_rate, ramp_progress
@@ -57,7 +57,7 @@ def test_description_holds_only_data(shipped):
 
 def test_cli_accepts_a_name(shipped, monkeypatch, capsys):
     data = tiny_data()
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: data)
+    monkeypatch.setattr(loading, "load_dataset", lambda name, data_dir=None, **_: data)
     assert cli.main(["eval", "tiny"]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert cli.main(["certify", "tiny", "--eps", "0.01", "--method", "interval"]) == 0

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import nemon
 from nemon.app import cli
 from nemon.app.checkpoints import json_line
+from nemon.app.commands import evaluation as evaluation_command
+from nemon.app.commands import train as train_command
 from nemon.app.train import (
     CheckpointError,
     RunFolderError,
@@ -336,7 +338,7 @@ def test_a_method_the_model_lacks_is_one_line(monkeypatch, capsys):
     data = tiny_data()
     monkeypatch.setattr(cli, "_validate", lambda args: None)
     loaded = (model, {"input_range": (0.0, 1.0)}, data.test_x[:8], data.test_y[:8])
-    monkeypatch.setattr(cli, "_load_with_config", lambda args: loaded)
+    monkeypatch.setattr(evaluation_command, "load_with_data", lambda args: loaded)
     assert cli.main(["certify", "mon.pt", "--method", "interval"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -422,7 +424,7 @@ def test_cli_argument_fuzz(tmp_path, monkeypatch, pairs):
         reached.append(cfg)
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(train_command, "train", fake_train)
     argv = ["train", "--out", str(tmp_path / "fuzz")]
     for option, value in pairs:
         argv.append(f"{option}={value}")

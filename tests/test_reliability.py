@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 import nemon
 from nemon import pretrained
-from nemon.app import cli, resources
+from nemon.app import cli, loading, resources
 from nemon.app.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from nemon.app.commands import evaluation as evaluation_command
 from nemon.app.train import build_from_config, train
 from nemon.runs import OutputError, RunFolderError, RunLock, save_atomic, write_text_atomic
 
@@ -268,7 +269,7 @@ def test_cli_reports_a_write_fault_in_one_line(tmp_path, monkeypatch, capsys):
     train(config(epochs=1), run, data=tiny_data(), progress=False)
     monkeypatch.setattr(cli, "write_text_atomic", no_room)
     argv = ["eval", str(run / "checkpoint.pt"), "--json", str(tmp_path / "cert.json")]
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: tiny_data())
+    monkeypatch.setattr(loading, "load_dataset", lambda name, data_dir=None, **_: tiny_data())
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.endswith("No space left on device: " + str(tmp_path / "cert.json"))
@@ -533,8 +534,10 @@ def test_export_refuses_a_float16_model():
 def test_eval_prints_strict_json(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     train(config(epochs=1), run, data=tiny_data(), progress=False)
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: tiny_data())
-    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: {"accuracy": 0.5, "loss": math.nan})
+    monkeypatch.setattr(loading, "load_dataset", lambda name, data_dir=None, **_: tiny_data())
+    monkeypatch.setattr(
+        evaluation_command, "evaluate", lambda *a, **k: {"accuracy": 0.5, "loss": math.nan}
+    )
     assert cli.main(["eval", str(run / "checkpoint.pt")]) == 0
     out = capsys.readouterr().out
     assert json.loads(out)["loss"] is None and "NaN" not in out

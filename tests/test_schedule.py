@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import nemon
-from nemon.app.cli import _config, build_parser
+from nemon.app.cli import build_parser
+from nemon.app.commands.train import config_from as _config
 from nemon.runs import RunFolderError
 
 

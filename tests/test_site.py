@@ -99,7 +99,7 @@ def test_the_public_namespace_is_curated():
 
 
 def test_the_guarantees_page_states_the_limits_the_code_enforces():
-    from nemon.app.cli import MAX_THREADS
+    from nemon.app.arguments import MAX_THREADS
     from nemon.validation import MAX_ITER, MAX_STATES, MIN_TOL
 
     text = " ".join((ROOT / "docs" / "guide" / "guarantees.md").read_text().split())

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import nemon.verification
-from nemon.app import cli, verify_run
+from nemon.app import cli, loading, verify_run
 from nemon.app.config import TrainConfig
 from nemon.data import Dataset
 from nemon.models import build_from_config
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory):
 def run(tiny, monkeypatch, capsys):
     """``run(*argv)`` -> (status, stdout, stderr) of ``nemon verify MODEL --eps EPS ...``."""
     path, data = tiny
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir=None: data)
+    monkeypatch.setattr(loading, "load_dataset", lambda name, data_dir=None, **_: data)
 
     def call(*argv, eps=EPS, model=str(path)):
         try:

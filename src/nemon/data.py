@@ -172,13 +172,15 @@ def _fetch_first(urls: list[str], target: Path, md5: str | None, timeout: float)
     )
 
 
-def _locate(name: str, data_dir: Path, download: bool, verify: bool) -> dict[str, Path]:
+def _locate(name: str, data_dir: Path, download: bool, verify: bool, keys=None) -> dict[str, Path]:
     spec = DATASETS[name]
     candidates = [data_dir / spec["folder"], data_dir] + [
         Path(d) for d in spec.get("system_dirs", [])
     ]
     paths = {}
     for key, fname in spec["files"].items():
+        if keys is not None and key not in keys:
+            continue
         found = next((d / fname for d in candidates if (d / fname).is_file()), None)
         if found is None:
             if not download:
@@ -230,11 +232,17 @@ def _labels(a: np.ndarray, count: int, path: Path) -> Tensor:
 
 def _load_idx_dataset(name: str, paths: dict[str, Path]) -> Dataset:
     arrays = {k: read_idx(p) for k, p in paths.items()}
-    train_x, test_x = _images(arrays["train_x"]), _images(arrays["test_x"])
+    test_x = _images(arrays["test_x"])
+    if "train_x" in arrays:
+        train_x = _images(arrays["train_x"])
+        train_y = _labels(arrays["train_y"], len(train_x), paths["train_y"])
+    else:  # test_only
+        train_x = test_x[:0]
+        train_y = torch.zeros(0, dtype=torch.int64)
     return Dataset(
         name,
         train_x,
-        _labels(arrays["train_y"], len(train_x), paths["train_y"]),
+        train_y,
         test_x,
         _labels(arrays["test_y"], len(test_x), paths["test_y"]),
         classes=10,
@@ -306,11 +314,16 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     verify: bool = True,
+    test_only: bool = False,
 ) -> Dataset:
-    """Load ``mnist``, ``fashion-mnist`` or ``cifar10`` from its original files."""
+    """Load ``mnist``, ``fashion-mnist`` or ``cifar10`` from its original files.
+    ``test_only``: read (and need, or download) only the test split; the training tensors are
+    then empty (evaluation, certification and verification read nothing else)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    paths = _locate(name, find_data_dir(data_dir), download, verify)
+    idx = name != "cifar10"  # CIFAR-10's splits share one archive
+    keys = ("test_x", "test_y") if test_only and idx else None
+    paths = _locate(name, find_data_dir(data_dir), download, verify, keys)
     if name == "cifar10":
         return read_cifar10(paths["archive"])
     return _load_idx_dataset(name, paths)

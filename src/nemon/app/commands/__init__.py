@@ -1,0 +1,1 @@
+"""One module per command: its arguments (``add_*``) and its work (``cmd_*``)."""
