@@ -15,6 +15,7 @@ def test_the_two_runs_differ_only_in_the_layer():
     assert implicit == explicit and implicit["epochs"] == 2 and implicit["adv_steps"] == 1
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_smoke_run_trains_evaluates_and_caches(tmp_path, capsys):
     base = ["mnist-cert-0.1", "--implicit", str(tmp_path / "a"), "--explicit", str(tmp_path / "b")]
@@ -36,6 +37,7 @@ def test_smoke_run_trains_evaluates_and_caches(tmp_path, capsys):
     assert "cached" not in capsys.readouterr().out  # other settings: evaluated again
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_seeds_make_each_side_an_ensemble(tmp_path, capsys):
     implicit, explicit = (
@@ -66,6 +68,7 @@ def test_bad_arguments_are_refused_in_one_line(capsys):
         assert "error: argument" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_a_shipped_model_stands_for_the_implicit_run(tmp_path):
     from nemon.data import load_dataset
@@ -112,6 +115,7 @@ def test_metrics_without_a_shipped_model_are_refused(capsys, tmp_path):
     assert "goes with a shipped model's name" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_ensemble_pairs_score_as_certify_does(tmp_path):
     import ensemble_pairs

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from helpers import mnist_dir, requires_mnist
 
@@ -10,6 +11,7 @@ from nemon.app.cli import main
 from nemon.models import build_model
 
 
+@pytest.mark.slow
 def test_bench_quick(tmp_path, capfd):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -51,6 +53,7 @@ def test_step_flops_count_the_solver_iterations_inside_the_implicit_function():
     assert all(p.grad is None for p in ours.parameters())  # counting leaves no gradient behind
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_reproduce_mnist_tiny(tmp_path, capsys):
     args = [
@@ -104,6 +107,7 @@ def test_seconds_to_accuracy_sums_training_time_to_the_first_epoch_at_the_target
     assert seconds_to_accuracy(history, 0.99) is None
 
 
+@pytest.mark.slow
 def test_dense_step_times_side_by_side_with_a_profile():
     """The FC step section: the MLP row is the unit, NEMON at a loose tolerance iterates less
     than at a tight one, and the profile counts operators per step."""

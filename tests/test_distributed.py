@@ -33,6 +33,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_on_the_combined_batch(tmp_path):
     single = train(_cfg(), tmp_path / "single", data=tiny_data(), progress=False)["model"]
     out = tmp_path / "ddp"

@@ -39,6 +39,7 @@ def synthetic_mnist(name: str, *args, **kwargs) -> Dataset:
     return Dataset(name, train_x, train_y, test_x, test_y, classes=10)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error")
 def test_tutorial_runs(tmp_path, monkeypatch, capsys):
     """On MNIST where it is (the CI machine), else on a synthetic stand-in: the code still runs,
@@ -72,6 +73,7 @@ def small_mnist(name: str, *args, **kwargs) -> Dataset:
 real_load_dataset = nemon.data.load_dataset
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:method 'interval' certifies none")  # 2000 images: may be so
 @pytest.mark.filterwarnings("error")
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):

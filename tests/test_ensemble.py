@@ -71,6 +71,7 @@ def test_bounds_are_the_members_mean_and_hold_in_the_ball(method):
             assert torch.all(y.gather(1, labels[:, None]) - y >= bound - 1e-9)
 
 
+@pytest.mark.slow
 def test_interval_certificates_survive_pgd_and_need_every_member():
     a, b = classifier("nemon-eta", seed=6), classifier("nemon-eta", seed=7)
     ens = nemon.Ensemble([a, b])

@@ -133,6 +133,7 @@ def test_certify_refuses_a_batch_norm_in_training_mode():
     assert nemon.certify(model.eval(), u, labels, 0.01, method="interval").shape == (4,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, arch",
     [("nemon", "conv-small"), ("idl", "conv-small"), ("explicit", "conv-small"),
@@ -274,6 +275,7 @@ def stacked(seed=0):
     return model
 
 
+@pytest.mark.slow
 def test_stacked_box_contains_sampled_states_and_is_tight_at_a_point():
     """The box through an inner implicit layer (embedding box widened by its error bound)."""
     model = stacked()
@@ -290,6 +292,7 @@ def test_stacked_box_contains_sampled_states_and_is_tight_at_a_point():
         assert torch.allclose(point_hi, model.encode(u), atol=1e-8)
 
 
+@pytest.mark.slow
 def test_stacked_model_certifies_soundly_and_its_bound_holds():
     from test_lipschitz import pgd_breaks
 

@@ -38,6 +38,7 @@ def test_degenerate_box_is_the_equilibrium():
     assert torch.allclose(x_lo, layer(u), atol=1e-9) and torch.allclose(x_hi, x_lo, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_interval_is_at_least_as_tight_and_sound(kind):
     model = classifier(kind, seed=3)
@@ -98,6 +99,7 @@ def _wide_classifier(kind, seed=0):
     return nemon.Classifier(layer, 3).double()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nemon", "nemon-eta", "idl"])
 def test_certified_points_survive_pgd_at_radii_where_pgd_breaks_points(kind):
     """The radius is chosen so that PGD does break points; none of them is certified, and the

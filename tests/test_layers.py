@@ -59,6 +59,7 @@ def test_reaches_fixed_point(kind):
     assert stats.converged and stats.iterations > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_gradcheck(kind):
     layer = make_layer(kind)
@@ -78,6 +79,7 @@ def unrolled(layer, u, iterations=3000):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["averaged", "anderson"])
 @pytest.mark.parametrize("kind", ["nemon-eta", "conv-zeros"])
 def test_gradcheck_other_nemon_solvers(kind, solver):
@@ -88,6 +90,7 @@ def test_gradcheck_other_nemon_solvers(kind, solver):
     assert torch.autograd.gradcheck(f, (u, *params), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_gradients_match_unrolled_autograd(kind):
     layer = make_layer(kind)

@@ -27,6 +27,7 @@ def box(seed=1, n=3, eps=0.05):
     return (u - eps).clamp(0, 1), (u + eps).clamp(0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["conv-small", "conv-medium", "conv-small-bn"])
 def test_injection_box_contains_sampled_and_attacked_injections_and_is_tighter(arch):
     m = model(arch)
@@ -76,6 +77,7 @@ def test_a_single_affine_module_is_bounded_exactly():
         assert torch.allclose(high, centre + radius, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_the_linear_certificate_is_never_weaker_than_interval_and_sound_against_pgd():
     m = model("conv-small", seed=3)
     g = torch.Generator().manual_seed(0)

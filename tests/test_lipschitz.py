@@ -79,6 +79,7 @@ def test_certificate_rule_on_known_margins():
     assert certified_pairwise(logits, labels, pair, 0.99).tolist() == [True, False]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nemon", "nemon-eta", "idl", "conv-circular"])
 def test_certificates_are_sound(kind):
     model = classifier(kind, seed=3)

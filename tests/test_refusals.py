@@ -458,6 +458,7 @@ def test_failed_download_creates_no_folders(tmp_path, monkeypatch):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_python_m_nemon_user_error_has_no_traceback(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "nemon", "certify", str(tmp_path / "nope.pt")],

@@ -392,6 +392,7 @@ def test_the_memory_a_model_needs_grows_with_its_use():
         resources.memory_needed(cfg, (1, 28, 28), 10, "export")
 
 
+@pytest.mark.slow
 def test_an_archive_that_would_unpack_to_gigabytes_is_refused_before_unpacking(tmp_path):
     bomb = tmp_path / "bomb.pt"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -578,6 +579,7 @@ CONFIG_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     drop=st.lists(st.sampled_from(sorted(config().__dict__)), max_size=3),

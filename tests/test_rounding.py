@@ -124,6 +124,7 @@ def test_idl_norm_is_exactly_bounded(seed, n, scale, dtype):
     assert exact_norm(A) <= Fraction(0.95)
 
 
+@pytest.mark.slow
 def test_naive_float32_parametrization_exceeds_gamma():
     """The textbook ``T - diag(|T| 1) + gamma I`` in float32 breaks the bound at |T| ~ 1e3."""
     worst = Fraction(-10)

@@ -120,6 +120,7 @@ def mnist_test():
     return data.test_x[:IMAGES], data.test_y[:IMAGES]
 
 
+@pytest.mark.slow
 @requires_mnist
 @pytest.mark.parametrize("name", NAMES)
 def test_no_certified_image_is_broken_by_pgd(name, mnist_test):
@@ -135,6 +136,7 @@ def test_no_certified_image_is_broken_by_pgd(name, mnist_test):
         assert not torch.any(certified & ~robust), f"{name}: certified images broken at {r}"
 
 
+@pytest.mark.slow
 @requires_mnist
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_and_library_certify_alike(name, mnist_test, tmp_path):

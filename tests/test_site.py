@@ -35,6 +35,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_page_with_maths_loads_mathjax(site):
     assert (site / "assets" / "mathjax" / "MathJax.js").is_file()
     pages = [p for p in site.rglob("index.html") if 'class="arithmatex"' in p.read_text()]
@@ -44,6 +45,7 @@ def test_every_page_with_maths_loads_mathjax(site):
         assert "mathjax-config.js" in html and "mathjax/MathJax.js" in html, page
 
 
+@pytest.mark.slow
 def test_api_reference_shows_no_roles_private_bases_or_dunder_members(site):
     html = (site / "api" / "index.html").read_text()
     assert not ROLES.search(html)

@@ -7,6 +7,7 @@ import step_time  # noqa: E402
 from helpers import requires_mnist
 
 
+@pytest.mark.slow
 @requires_mnist
 @pytest.mark.parametrize(
     "preset, expected",

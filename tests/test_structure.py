@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "nemon"
 
 
@@ -57,6 +59,7 @@ def test_no_import_cycles():
             visit(node, [node])
 
 
+@pytest.mark.slow
 def test_import_nemon_loads_no_plotting_and_no_progress_bars():
     code = (
         "import sys, torch; before = 'tqdm' in sys.modules; import nemon; "

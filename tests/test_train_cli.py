@@ -169,6 +169,7 @@ train(config(epochs=30, checkpoint_every=1), {out!r}, data=tiny_data(), progress
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     """A real SIGKILL between checkpoints: the resumed run ends with the same parameters."""
     import signal

@@ -300,6 +300,7 @@ def _exports_as_it_runs(model, u, path):
         assert np.allclose(logits, single(u.float()).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_registered_rule_certifies_exports_and_a_wrong_one_is_caught_at_the_centre(tmp_path):
     encoder = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Shift(0.25), nn.ReLU(), nn.Flatten())
     model = classifier(encoder)
@@ -508,6 +509,7 @@ def encoders(draw):
     return nn.Sequential(*modules, nn.Flatten()), refused
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(encoders(), st.sampled_from(["interval", "linear"]), st.floats(0.01, 0.3))
 def test_random_encoders_are_certified_soundly_or_refused(made, method, eps):

@@ -104,6 +104,7 @@ def exact_min_margins(model, u: np.ndarray, label: int, eps: float, clip=(0.0, 1
     return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", [False, True])
 def test_verdicts_match_exhaustive_enumeration(encoder):
     """Every verdict agrees with the exact minimum margin of enumeration (and nothing is left
@@ -152,6 +153,7 @@ def test_margins_below_the_running_charge_are_unknown_and_say_so():
             assert bool(result.falsified[i]) and exact < 1e-8
 
 
+@pytest.mark.slow
 def test_never_weaker_than_linear_and_counterexamples_refute():
     model = tiny(7, encoder=True, inputs=4, hidden=5, width=6)
     g = torch.Generator().manual_seed(3)
@@ -237,6 +239,7 @@ def conv_model(name: str):
     return nemon.build_model(family, arch, input_shape=(1, 8, 8), hidden=4, gamma=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["conv-small", "stacked", "conv", "mixed", "explicit"])
 def test_lowering_reproduces_the_model(name):
     model = conv_model(name).double().eval()
@@ -307,6 +310,7 @@ def test_refuses_what_it_cannot_encode():
         verify(tiny(0, False), torch.rand(2, 2, dtype=DT), torch.zeros(2, dtype=torch.long), -1.0)
 
 
+@pytest.mark.slow
 def test_ensemble_verdicts_are_sound():
     members = [tiny(s, encoder=True, inputs=3, hidden=3, width=3) for s in (11, 12)]
     model = nemon.Ensemble(members)

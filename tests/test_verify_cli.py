@@ -80,6 +80,7 @@ def lines(folder):
     return [json.loads(s) for s in (folder / "verdicts.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_run_records_each_verdict_with_its_final_fields(run, calls, tmp_path, tiny):
     folder, report = tmp_path / "run", tmp_path / "summary.json"
     status, out, err = run("--out", str(folder), "--json", str(report), "--time-limit", "5")
@@ -114,6 +115,7 @@ def test_run_records_each_verdict_with_its_final_fields(run, calls, tmp_path, ti
             assert (point - data.test_x[r["index"]]).abs().max() <= 0.01 + 1e-7
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_skips_exactly_the_recorded_verdicts(run, calls, tmp_path):
     folder = tmp_path / "run"
     assert run("--out", str(folder), "--time-limit", "5")[0] == 0
@@ -135,6 +137,7 @@ def test_resume_after_a_kill_skips_exactly_the_recorded_verdicts(run, calls, tmp
         assert after[key] == before[key], key
 
 
+@pytest.mark.slow
 def test_unknowns_are_recorded_and_retried(run, calls, tmp_path):
     folder = tmp_path / "run"
     assert run("--out", str(folder), "--time-limit", "0")[0] == 0
@@ -194,6 +197,7 @@ def test_missing_model_and_missing_highspy_are_one_line(run, monkeypatch, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_progress_lines_without_a_terminal(run, monkeypatch, tmp_path):
     monkeypatch.setattr(nemon.progress, "EVERY", 0.0)
     status, out, err = run("--time-limit", "0", "--test-limit", "6")
@@ -203,6 +207,7 @@ def test_progress_lines_without_a_terminal(run, monkeypatch, tmp_path):
     assert "verify: " not in err
 
 
+@pytest.mark.slow
 def test_chunks_record_each_chunk(run, calls, monkeypatch, tmp_path):
     monkeypatch.setattr(verify_run, "CHUNK", 10)
     folder = tmp_path / "run"
