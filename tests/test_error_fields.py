@@ -57,3 +57,25 @@ def test_a_solve_states_how_it_ended():
         assert layer.solve(u).stats["forward"].result == "max_iterations"
     stats = nemon.solvers.SolverStats(residual=float("nan"))
     assert stats.result == "non_finite"
+
+
+def test_refusals_are_usage_errors_and_failures_keep_their_traceback(monkeypatch, capsys):
+    """Exit status 2 for what the library refuses (an InputError, one line); a plain
+    ValueError is a failure inside the library: it propagates with its traceback."""
+    from nemon.app import cli
+
+    def refuse(args):
+        raise nemon.InputError("gamma must be below 1")
+
+    def fail(args):
+        raise ValueError("internal: shapes (3,) and (4,) do not broadcast")
+
+    monkeypatch.setattr(cli, "_validate", lambda args: None)
+    monkeypatch.setitem(cli.COMMANDS, "eval", refuse)
+    assert cli.main(["eval", "mnist-cert-0.1"]) == 2
+    assert capsys.readouterr().err.strip() == "nemon eval: error: gamma must be below 1"
+    monkeypatch.setitem(cli.COMMANDS, "eval", fail)
+    with pytest.raises(ValueError, match="internal"):
+        cli.main(["eval", "mnist-cert-0.1"])
+    with pytest.raises(nemon.InputError, match="gamma"):
+        nemon.NEMONDense(4, 3, gamma=1.5)

@@ -11,6 +11,7 @@ from .attacks import accuracy_under_attack, pgd
 from .certificates import CertificateWarning, certificate_obstacle, certify, margin_bounds
 from .conv_layers import MONConv2d, NEMONConv2d
 from .ensemble import Ensemble
+from .errors import InputError
 from .evaluation import evaluate
 from .export import export_onnx
 from .intervals import interval_loss
@@ -74,6 +75,7 @@ __all__ = [
     "solve",
     "SolverOptions",
     "ConvergenceWarning",
+    "InputError",
     "mu_inf",
     "norm_inf",
     "alpha_star",

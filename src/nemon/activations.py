@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = [
     "Activation",
     "ReLU",
@@ -81,7 +83,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, slope: float = 0.1) -> None:
         if not 0.0 <= slope <= 1.0:
-            raise ValueError(f"leaky ReLU slope must be in [0, 1] to be non-expansive, got {slope}")
+            raise InputError(f"leaky ReLU slope must be in [0, 1] to be non-expansive, got {slope}")
         self.slope = float(slope)
 
     def __call__(self, p: Tensor) -> Tensor:
@@ -175,6 +177,6 @@ def get_activation(activation: str | Activation) -> Activation:
     try:
         return _REGISTRY[activation]()
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown activation {activation!r}; choose one of {sorted(_REGISTRY)}"
         ) from None

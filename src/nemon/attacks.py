@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError
 from .modes import evaluation_mode
 from .norms import round_to
 from .progress import Progress
@@ -44,12 +45,12 @@ def _check(name: str, u: Tensor, eps: float, input_range: InputRange) -> float:
             pass
     check_number(f"{name} eps", eps, low=0.0)
     if not u.is_floating_point():
-        raise ValueError(f"{name} expects a floating-point input u, got {u.dtype}")
+        raise InputError(f"{name} expects a floating-point input u, got {u.dtype}")
     if u.numel() == 0:
         return eps
     low, high = (float(v) for v in torch.stack((u.amin(), u.amax())))
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"{name} input u contains NaN or inf (values in [{low}, {high}])")
+        raise InputError(f"{name} input u contains NaN or inf (values in [{low}, {high}])")
     check_inside(u, input_range, f"{name} input_range")
     return eps
 
@@ -177,7 +178,7 @@ def robust_accuracy(
 ) -> Tensor:
     """Per-sample: correct on ``u`` and still correct under ``attack`` at radius ``eps``."""
     if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
+        raise InputError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
     attack_fn = ATTACKS[attack]
     accepted = inspect.signature(attack_fn).parameters
     kw = {k: v for k, v in kw.items() if k in accepted or k not in PGD_SETTINGS}

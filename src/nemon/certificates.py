@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .ensemble import Ensemble
+from .errors import InputError
 from .explicit import (
     UnsupportedModule,
     _refuse_hooks,
@@ -114,29 +115,29 @@ def _radii(eps) -> list[float]:
     elif isinstance(eps, (list, tuple)):
         radii = list(eps)
     else:
-        raise ValueError(f"eps must be a number or a list of numbers, got {type(eps).__name__}")
+        raise InputError(f"eps must be a number or a list of numbers, got {type(eps).__name__}")
     if not radii:
-        raise ValueError("eps: give at least one radius")
+        raise InputError("eps: give at least one radius")
     for e in radii:
         if not (_is_radius(e) and math.isfinite(float(e)) and float(e) >= 0):
-            raise ValueError(f"eps must be finite numbers >= 0, got {e!r}")
+            raise InputError(f"eps must be finite numbers >= 0, got {e!r}")
     return [float(e) for e in radii]
 
 
 def _check_labels(model, u: Tensor, labels) -> Tensor:
     """Integer class indices, one per input, each in ``[0, num_classes)``."""
     if not isinstance(labels, Tensor):
-        raise ValueError(f"labels must be a tensor of class indices, got {type(labels).__name__}")
+        raise InputError(f"labels must be a tensor of class indices, got {type(labels).__name__}")
     if labels.dim() != 1 or len(labels) != len(u):
-        raise ValueError(
+        raise InputError(
             f"labels must have shape ({len(u)},), one class index per input; got "
             f"{tuple(labels.shape)}"
         )
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integers (class indices), got {labels.dtype}")
+        raise InputError(f"labels must be integers (class indices), got {labels.dtype}")
     q = model.num_classes
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= q):
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {q}) for this model, got {int(labels.min())} to "
             f"{int(labels.max())}"
         )
@@ -145,12 +146,12 @@ def _check_labels(model, u: Tensor, labels) -> Tensor:
 
 def _check_model(model) -> None:
     if not isinstance(model, (Classifier, Ensemble)):
-        raise ValueError(
+        raise InputError(
             f"certificates need a nemon.Classifier or nemon.Ensemble, got {type(model).__name__}"
         )
     param = next(model.parameters(), None)
     if param is not None and param.device.type == "meta":
-        raise ValueError("the model's parameters are on the meta device: they hold no values")
+        raise InputError("the model's parameters are on the meta device: they hold no values")
 
 
 def check_modules(model) -> None:
@@ -353,7 +354,7 @@ def margin_bounds(
     _check_model(model)
     method = method or default_certificate(model)
     if method not in CERTIFICATES:
-        raise ValueError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
+        raise InputError(f"unknown certificate {method!r}; choose one of {CERTIFICATES}")
     radii = _radii(eps)
     input_range = check_inside(u, input_range)
     labels = _check_labels(model, u, labels).to(u.device)
@@ -402,7 +403,7 @@ def _check_eval_mode(model) -> None:
     certify (and the interval pass would use the last training batch's)."""
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            raise ValueError(
+            raise InputError(
                 f"certificates need eval mode: batch norm {name!r} is in training mode "
                 "(call model.eval())"
             )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import InputError
+
 __all__ = [
     "theorem1_factor",
     "theorem1_alpha_star",
@@ -24,7 +26,7 @@ __all__ = [
 def theorem1_kappa(lip: float, osl: float) -> float:
     """Condition number ``kappa = (1 + Lip(F)) / (1 - osL(F))``."""
     if not osl < 1:
-        raise ValueError(f"Theorem 1 needs osL(F) < 1, got {osl}")
+        raise InputError(f"Theorem 1 needs osL(F) < 1, got {osl}")
     return (1 + lip) / (1 - osl)
 
 
@@ -35,7 +37,7 @@ def theorem1_factor(alpha: float, lip: float, c: float) -> float:
     """
     upper = c / ((c + lip + 1) * (lip + 1))
     if not 0 < alpha < upper:
-        raise ValueError(f"alpha must be in (0, {upper:.6g}) for Theorem 1, got {alpha}")
+        raise InputError(f"alpha must be in (0, {upper:.6g}) for Theorem 1, got {alpha}")
     b = alpha * (lip + 1)
     return 1.0 / (1 + alpha * c - b * b / (1 - b))
 
@@ -55,7 +57,7 @@ def theorem1_alpha_star(lip: float, osl: float) -> float:
 def theorem2_kappa(osl: float, diag: float) -> float:
     """``kappa_inf = (1 - diagL) / (1 - osL)`` (Theorem 2)."""
     if not osl < 1:
-        raise ValueError(f"Theorem 2 needs osL(F) < 1, got {osl}")
+        raise InputError(f"Theorem 2 needs osL(F) < 1, got {osl}")
     return (1 - diag) / (1 - osl)
 
 
@@ -67,5 +69,5 @@ def theorem2_alpha_star(diag: float) -> float:
 def theorem2_factor(alpha: float, osl: float, diag: float) -> float:
     """``1 - alpha (1 - osL)`` for ``0 < alpha <= 1 / (1 - diagL)`` (Theorem 2(i))."""
     if not 0 < alpha <= theorem2_alpha_star(diag) * (1 + 1e-12):
-        raise ValueError(f"alpha must be in (0, 1/(1 - diagL)] for Theorem 2, got {alpha}")
+        raise InputError(f"alpha must be in (0, 1/(1 - diagL)] for Theorem 2, got {alpha}")
     return 1.0 - alpha * (1.0 - osl)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import Activation
+from .errors import InputError
 from .implicit import Equilibrium
 from .layers import FullPrecision, ImplicitLayer
 from .lipschitz import LipschitzTerms
@@ -38,11 +39,11 @@ class _ConvLayer(ImplicitLayer):
     ) -> None:
         super().__init__(**kwargs)
         if kernel_size < 1 or image_size < kernel_size:
-            raise ValueError(
+            raise InputError(
                 f"need 1 <= kernel_size <= image_size, got {kernel_size}, {image_size}"
             )
         if image_size % pool:
-            raise ValueError(f"pool size {pool} must divide the image size {image_size}")
+            raise InputError(f"pool size {pool} must divide the image size {image_size}")
         self.in_channels, self.channels, self.image_size = in_channels, channels, image_size
         self.kernel_size, self.pool = kernel_size, pool
         fan_in = in_channels * input_kernel_size**2
@@ -207,7 +208,7 @@ class MONConv2d(FullPrecision, _ConvLayer):
         **kwargs,
     ) -> None:
         if padding != "circular":
-            raise ValueError("MONConv2d supports circular padding only (FFT resolvent)")
+            raise InputError("MONConv2d supports circular padding only (FFT resolvent)")
         super().__init__(
             in_channels,
             channels,

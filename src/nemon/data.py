@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -320,7 +322,7 @@ def load_dataset(
     ``test_only``: read (and need, or download) only the test split; the training tensors are
     then empty (evaluation, certification and verification read nothing else)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     idx = name != "cifar10"  # CIFAR-10's splits share one archive
     keys = ("test_x", "test_y") if test_only and idx else None
     paths = _locate(name, find_data_dir(data_dir), download, verify, keys)

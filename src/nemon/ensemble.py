@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .arguments import RecordsArguments
+from .errors import InputError
 from .models import Classifier
 
 __all__ = ["Ensemble"]
@@ -30,13 +31,13 @@ class Ensemble(RecordsArguments, nn.Module):
         super().__init__()
         members = list(members)
         if not members:
-            raise ValueError("an ensemble needs at least one member")
+            raise InputError("an ensemble needs at least one member")
         for i, m in enumerate(members):
             if not isinstance(m, Classifier):
                 raise TypeError(f"member {i} is a {type(m).__name__}, not a nemon Classifier")
         signatures = {(tuple(m.input_shape), m.num_classes) for m in members}
         if len(signatures) > 1:
-            raise ValueError(
+            raise InputError(
                 "ensemble members disagree on (input shape, classes): "
                 + ", ".join(str(s) for s in sorted(signatures))
             )

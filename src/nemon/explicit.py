@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .arguments import RecordsArguments
+from .errors import InputError
 from .layers import ImplicitLayer
 
 __all__ = [
@@ -92,7 +93,7 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     elif getattr(bn, "batch_stats", None) is not None:
         mean, var = bn.batch_stats
     else:
-        raise ValueError(
+        raise InputError(
             "bounds through a BatchNorm2d in training mode need the statistics of a clean batch "
             "(nemon.explicit.BatchNorm2d after a forward pass); certificates need eval mode"
         )
@@ -110,7 +111,7 @@ def implicit_box(
     ``injection``: a tighter box of ``B u + b``, see `ImplicitLayer.interval_bounds`."""
     x_lo, x_hi, err = layer.interval_bounds(lo, hi, injection)
     if err is None:
-        raise ValueError(f"{layer._name()} gave no error bound: its box would not be sound")
+        raise InputError(f"{layer._name()} gave no error bound: its box would not be sound")
     eta = layer.eta()
     trailing = [1] * (x_lo.dim() - 2)
     scale = 1.0 if eta is None else eta.detach().reshape(1, -1, *trailing)
@@ -138,7 +139,7 @@ def _carry(module: nn.Module, u: Tensor, error: Tensor | None) -> tuple[Tensor, 
     if isinstance(rule, _ImplicitRule):
         solution = module.solve(u)
         if solution.error_bound is None:
-            raise ValueError(f"{module._name()} gives no error bound: its output is not bounded")
+            raise InputError(f"{module._name()} gives no error bound: its output is not bounded")
         own = _eta_max(module) * solution.error_bound.detach()
         return solution.x, own if error is None else own + rule.lipschitz(module) * error
     out = rule.evaluate(module, u)
@@ -526,7 +527,7 @@ def register_rule(rule: ModuleRule) -> ModuleRule:
     its own), for bounds, certificates, verification and export; returns the rule."""
     global REGISTRY_VERSION
     if not rule.types or not all(isinstance(t, type) for t in rule.types):
-        raise ValueError("a rule needs types: a tuple of nn.Module classes")
+        raise InputError("a rule needs types: a tuple of nn.Module classes")
     for t in rule.types:
         _REGISTRY[t] = rule
     REGISTRY_VERSION += 1

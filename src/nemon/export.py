@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .conv_layers import NEMONConv2d
+from .errors import InputError
 from .explicit import UnsupportedModule, rule_for
 from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
@@ -38,7 +39,7 @@ __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
 OPSET = 17
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """The model holds something the exporter cannot write faithfully."""
 
 

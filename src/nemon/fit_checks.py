@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import Dataset
+from .errors import InputError
 from .models import Classifier
 from .ranges import IMAGES, check_inside
 from .recipes import Recipe
@@ -29,7 +30,7 @@ def as_dataset(data, model: nn.Module, batch_size: int):
     try:
         train, test = data
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             "data must be a nemon.data.Dataset or (train, test), each split (x, y) tensors or "
             "NumPy arrays, a map-style dataset or a DataLoader"
         ) from None
@@ -41,7 +42,7 @@ def as_dataset(data, model: nn.Module, batch_size: int):
     for name, t in (("train", train_x), ("test", test_x)):
         y = train_y if name == "train" else test_y
         if len(t) != len(y) or len(t) == 0:
-            raise ValueError(
+            raise InputError(
                 f"data: {len(t)} {name} inputs for {len(y)} labels; give as many of each, > 0"
             )
     span = _images_or_none(train_x, test_x)
@@ -76,15 +77,15 @@ def checked_data(data: Dataset, model: nn.Module) -> Dataset:
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
         for name, t in ((f"{split}_x", x), (f"{split}_y", y)):
             if not isinstance(t, Tensor):
-                raise ValueError(f"data: {name} must be a tensor, got {type(t).__name__}")
+                raise InputError(f"data: {name} must be a tensor, got {type(t).__name__}")
         if len(x) != len(y) or len(x) == 0:
-            raise ValueError(
+            raise InputError(
                 f"data: {len(x)} {split} inputs for {len(y)} labels; give as many of each, > 0"
             )
         _check_inputs(f"{split}_x", x, model)
         splits[f"{split}_y"] = _checked_labels(f"{split}_y", y, model)
     if data.train_x.shape[1:] != data.test_x.shape[1:]:
-        raise ValueError(
+        raise InputError(
             f"data: training inputs of shape {tuple(data.train_x.shape[1:])} but test inputs of "
             f"shape {tuple(data.test_x.shape[1:])}"
         )
@@ -100,12 +101,12 @@ def _check_inputs(name: str, x: Tensor, model: nn.Module) -> None:
         prepare = getattr(model, "prepare_input", None)
         prepared = tuple(prepare(x[:0]).shape[1:]) if prepare is not None else sample
         if tuple(shape) not in (sample, prepared):
-            raise ValueError(
+            raise InputError(
                 f"data: {name} holds samples of shape {sample}; the model takes {tuple(shape)}"
             )
         dtype = next(model.parameters()).dtype
         if x.dtype != dtype:
-            raise ValueError(
+            raise InputError(
                 f"data: {name} is {x.dtype} and the model's parameters {dtype}; convert one"
             )
     if not (x.is_floating_point() or x.is_complex()):
@@ -116,27 +117,27 @@ def _check_inputs(name: str, x: Tensor, model: nn.Module) -> None:
         if len(bad):
             i = start + int(bad[0])
             what = "NaN" if bool(torch.isnan(rows[int(bad[0])]).any()) else "an infinite value"
-            raise ValueError(f"data: {name}[{i}] holds {what}; every input must be finite")
+            raise InputError(f"data: {name}[{i}] holds {what}; every input must be finite")
 
 
 def _checked_labels(name: str, y: Tensor, model: nn.Module) -> Tensor:
     if y.dim() != 1:
-        raise ValueError(f"data: {name} must be one label per sample, got shape {tuple(y.shape)}")
+        raise InputError(f"data: {name} must be one label per sample, got shape {tuple(y.shape)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"data: {name} must hold integer class labels, got {y.dtype}")
+        raise InputError(f"data: {name} must hold integer class labels, got {y.dtype}")
     classes = getattr(model, "num_classes", None)
     outside = (y < 0) if classes is None else (y < 0) | (y >= classes)
     bad = outside.nonzero()
     if len(bad):
         i = int(bad[0])
         allowed = ">= 0" if classes is None else f"in [0, {classes}) (the model's classes)"
-        raise ValueError(f"data: {name}[{i}] is {int(y[i])}; labels must be {allowed}")
+        raise InputError(f"data: {name}[{i}] is {int(y[i])}; labels must be {allowed}")
     return y if y.dtype == torch.int64 else y.long()
 
 
 def check_model(model: nn.Module, recipe: Recipe) -> None:
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
-        raise ValueError(f"fit needs a torch module with parameters, got {type(model).__name__}")
+        raise InputError(f"fit needs a torch module with parameters, got {type(model).__name__}")
     needs = [
         ("a radius (cert_eps)", recipe.certified),
         ("certified evaluation (cert_eval_eps)", bool(recipe.cert_eval_eps)),
@@ -144,13 +145,13 @@ def check_model(model: nn.Module, recipe: Recipe) -> None:
     ]
     for what, needed in needs:
         if needed and not isinstance(model, Classifier):
-            raise ValueError(
+            raise InputError(
                 f"a recipe with {what} needs a nemon.Classifier, got {type(model).__name__}"
             )
     if recipe.swa_start and any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
     ):
-        raise ValueError(
+        raise InputError(
             "swa_start needs a model without batch norm: the average's batch statistics would "
             "have to be measured again"
         )

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import Activation, DiagonalGain, Identity
+from .errors import InputError
 from .operators import Operator
 from .solvers import (
     SOLVERS,
@@ -73,7 +74,7 @@ def get_adjoint(adjoint) -> ImplicitAdjoint | JacobianFree:
     if not isinstance(adjoint, str):
         return adjoint
     if adjoint not in ADJOINTS:
-        raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {sorted(ADJOINTS)}")
+        raise InputError(f"unknown adjoint {adjoint!r}; choose one of {sorted(ADJOINTS)}")
     return ADJOINTS[adjoint]()
 
 

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from .activations import PROX_ACTIVATIONS, Activation, get_activation
 from .arguments import RecordsArguments
+from .errors import InputError
 from .implicit import (
     Equilibrium,
     ImplicitAdjoint,
@@ -143,7 +144,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
             if key not in state_dict:  # written before gamma travelled with the weights
                 state_dict[key] = mine.clone()
             elif not math.isclose(float(state_dict[key]), self.gamma, rel_tol=1e-6):
-                raise ValueError(
+                raise InputError(
                     f"{prefix.rstrip('.') or 'the layer'}: the weights were trained with gamma = "
                     f"{float(state_dict[key]):g}, this {self._name()} has gamma = "
                     f"{self.gamma:g}; build it with gamma={float(state_dict[key]):g}"
@@ -163,13 +164,13 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         ):
             if method in RESOLVENT_SOLVERS and not self.has_resolvent:
                 usable = ", ".join(sorted(m for m in SOLVERS if m not in RESOLVENT_SOLVERS))
-                raise ValueError(
+                raise InputError(
                     f"{self._name()} cannot use {role}={method!r}: it needs the resolvent"
                     f" (I + a (I - A))^-1 that only MON layers have; choose one of {usable}"
                 )
         method = self.solver_options.method
         if SOLVERS[method].splitting and not self.activation.has_prox:
-            raise ValueError(
+            raise InputError(
                 f"{self._name()} with solver {method!r} needs an activation with a closed-form"
                 f" prox, one of {', '.join(PROX_ACTIVATIONS)}; got {self.activation.name!r}"
             )
@@ -280,25 +281,25 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         propagate through the products and the sum); otherwise ``u`` itself is checked (``z``
         may overflow, or the parameters be non-finite, for a finite input)."""
         if not bool(torch.isfinite(z.sum())) and not _all_finite(u):
-            raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+            raise InputError(f"{type(self).__name__} input contains NaN or inf")
 
     def _check_input(self, u: Tensor, finite: bool = True) -> None:
         expected = self.input_shape()
         if u.dim() != len(expected) + 1 or tuple(u.shape[1:]) != expected:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects input of shape (batch, {', '.join(map(str, expected))}),"
                 f" got {tuple(u.shape)}"
             )
         if not u.is_floating_point():
-            raise ValueError(f"{self._name()} expects a floating-point input, got {u.dtype}")
+            raise InputError(f"{self._name()} expects a floating-point input, got {u.dtype}")
         dtype = self.injection_dtype()
         if u.dtype != dtype:
-            raise ValueError(
+            raise InputError(
                 f"{self._name()} has {dtype} parameters but the input is {u.dtype}; "
                 f"convert one of them (u.to({dtype}) or model.to({u.dtype}))"
             )
         if finite and not _all_finite(u):
-            raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+            raise InputError(f"{type(self).__name__} input contains NaN or inf")
 
     def _name(self) -> str:
         return type(self).__name__.removeprefix("Parametrized")
@@ -393,7 +394,7 @@ class _DenseLayer(ImplicitLayer):
     def __init__(self, in_features: int, hidden: int, bias: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         if in_features < 1 or hidden < 1:
-            raise ValueError(f"in_features and hidden must be >= 1, got {in_features}, {hidden}")
+            raise InputError(f"in_features and hidden must be >= 1, got {in_features}, {hidden}")
         self.in_features, self.hidden = in_features, hidden
         self.B = nn.Linear(in_features, hidden, bias=bias)
 
@@ -467,7 +468,7 @@ class NEMONDense(_DenseLayer):
         self.gamma = check_gamma(gamma)
         self._register_gamma(self.gamma)
         if eta is not None and tuple(torch.as_tensor(eta).shape) != (hidden,):
-            raise ValueError(
+            raise InputError(
                 f"eta must have shape ({hidden},), got {tuple(torch.as_tensor(eta).shape)}"
             )
         constraint = MuInfConstraint(self.gamma, eta=eta, learn_eta=learn_eta)
@@ -605,7 +606,7 @@ class FullPrecision:
 
     def _check_precision(self, dtype: torch.dtype) -> None:
         if dtype not in self.FULL_PRECISION:
-            raise ValueError(
+            raise InputError(
                 f"{self._name()} runs in float32 or float64 only, not {dtype}: its splitting"
                 f" solvers use {self.precision_reason}, which have no half-precision kernels"
             )

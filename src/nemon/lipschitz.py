@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = [
     "LipschitzTerms",
     "state_bound",
@@ -100,7 +102,7 @@ def lipschitz_regularizer(
     if kind == "product":
         return output_bound(terms, C, D)
     if kind != "halved_sum":
-        raise ValueError(f"unknown regulariser kind {kind!r}; use 'product' or 'halved_sum'")
+        raise InputError(f"unknown regulariser kind {kind!r}; use 'product' or 'halved_sum'")
     c_norm = _readout_norms(terms, C).amax()
     d_norm = _direct_norms(terms, D, C).amax() if D is not None else 0.0
     return (terms.input_norm**2 / 2 + c_norm**2) / terms.denominator + d_norm

@@ -26,6 +26,7 @@ from .activations import Activation, get_activation
 from .arguments import init_arguments
 from .conv_layers import MONConv2d, NEMONConv2d
 from .ensemble import Ensemble
+from .errors import InputError
 from .implicit import ADJOINTS
 from .layers import ExplicitDense, IDLDense, ImplicitLayer, MONDense, NEMONDense
 from .models import Classifier
@@ -40,7 +41,7 @@ FORMAT = "nemon.model/1"
 METADATA_KEY = "nemon.model"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model that cannot be described, or a file that is not a readable nemon model."""
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .arguments import RecordsArguments
 from .conv_layers import MONConv2d, NEMONConv2d
+from .errors import InputError
 from .explicit import (
     ENCODERS,
     encode_with_error,
@@ -66,7 +67,7 @@ class Classifier(RecordsArguments, nn.Module):
         self.layer = layer
         self.readout = nn.Linear(layer.num_features, num_classes)
         if encoder is not None and input_shape is None:
-            raise ValueError(
+            raise InputError(
                 "Classifier with an encoder needs input_shape, the shape of one input sample "
                 "(for example input_shape=(1, 28, 28))"
             )
@@ -178,13 +179,13 @@ def _check_encoder(encoder: nn.Module, input_shape: tuple[int, ...], layer) -> N
             out = encoder.eval()(torch.zeros(1, *input_shape, dtype=dtype, device=device))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ValueError(
+        raise InputError(
             f"the encoder cannot take inputs of shape {input_shape}: {first}"
         ) from None
     finally:
         encoder.train(training)
     if tuple(out.shape[1:]) != tuple(layer.input_shape()):
-        raise ValueError(
+        raise InputError(
             f"the encoder maps inputs of shape {input_shape} to {tuple(out.shape[1:])}, but the "
             f"layer expects {tuple(layer.input_shape())}"
         )
@@ -224,7 +225,7 @@ def build_model(
         _zero_feedback(model.layer, family, gamma)
     if ibp_init:
         if not isinstance(getattr(model.layer, "B", None), nn.Linear):
-            raise ValueError(
+            raise InputError(
                 f"ibp_init needs a dense layer (arch dense or an encoder), not {arch!r}"
             )
         if model.encoder is not None:
@@ -237,14 +238,14 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
     c, h, w = input_shape
     dense = {"nemon": NEMONDense, "mon": MONDense, "idl": IDLDense, "explicit": ExplicitDense}
     if family not in dense:
-        raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
+        raise InputError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
     if arch == "dense":
         layer = dense[family](c * h * w, hidden, gamma=gamma, **layer_kwargs)
         return Classifier(layer, num_classes, input_shape=input_shape)
     if arch == "conv":
         conv = {"nemon": NEMONConv2d, "mon": MONConv2d}
         if family not in conv:
-            raise ValueError(
+            raise InputError(
                 f"conv architecture is available for 'nemon' and 'mon', not {family!r}"
             )
         return Classifier(conv[family](c, hidden, h, gamma=gamma, **layer_kwargs), num_classes)
@@ -258,7 +259,7 @@ def _build(family, arch, input_shape, num_classes, hidden, gamma, layer_kwargs) 
         encoder.train()
         layer = dense[family](features, hidden, gamma=gamma, **layer_kwargs)
         return Classifier(layer, num_classes, encoder=encoder, input_shape=input_shape)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    raise InputError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 
 def stacked_encoder(
@@ -269,7 +270,7 @@ def stacked_encoder(
     dense NEMON layer. Each implicit layer is well posed by construction; bounds go through both
     (`nemon.explicit.implicit_box`)."""
     if size % 4:
-        raise ValueError(f"conv-stacked needs an image size divisible by 4, got {size}")
+        raise InputError(f"conv-stacked needs an image size divisible by 4, got {size}")
     implicit = NEMONConv2d(
         channels, channels, size // 2, gamma=gamma, padding="zeros", pool=1, **layer_kwargs
     )
@@ -288,9 +289,9 @@ def _zero_feedback(layer: nn.Module, family: str, gamma: float) -> None:
     if family == "explicit":
         return
     if not isinstance(layer, (NEMONDense, IDLDense)):
-        raise ValueError(f"zero_feedback needs a dense NEMON or IDL layer, not {family!r}")
+        raise InputError(f"zero_feedback needs a dense NEMON or IDL layer, not {family!r}")
     if gamma < 0:
-        raise ValueError(f"A = 0 needs gamma >= 0 (mu(A) <= gamma), got gamma = {gamma}")
+        raise InputError(f"A = 0 needs gamma >= 0 (mu(A) <= gamma), got gamma = {gamma}")
     with torch.no_grad():
         layer.A = torch.zeros_like(layer.A)
 

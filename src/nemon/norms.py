@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = [
     "vector_norm_inf",
     "norm_inf",
@@ -37,9 +39,9 @@ def _weights(eta: Tensor | None, n: int, like: Tensor) -> Tensor:
         return torch.ones(n, dtype=like.dtype, device=like.device)
     eta = torch.as_tensor(eta, dtype=like.dtype, device=like.device)
     if eta.shape != (n,):
-        raise ValueError(f"eta must have shape ({n},), got {tuple(eta.shape)}")
+        raise InputError(f"eta must have shape ({n},), got {tuple(eta.shape)}")
     if not bool(torch.all(torch.isfinite(eta) & (eta > 0))):
-        raise ValueError(
+        raise InputError(
             f"eta must be finite and strictly positive (weights of a norm) in {like.dtype},"
             f" got values in [{float(eta.amin()):.3g}, {float(eta.amax()):.3g}]"
         )
@@ -48,7 +50,7 @@ def _weights(eta: Tensor | None, n: int, like: Tensor) -> Tensor:
 
 def _square(A: Tensor) -> Tensor:
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {tuple(A.shape)}")
+        raise InputError(f"expected a square matrix, got shape {tuple(A.shape)}")
     return A
 
 

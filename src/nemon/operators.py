@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = [
     "Operator",
     "DenseOperator",
@@ -135,7 +137,7 @@ class ConvOperator(Operator):
 
     def __init__(self, padding: str = "circular") -> None:
         if padding not in ("circular", "zeros"):
-            raise ValueError(f"padding must be 'circular' or 'zeros', got {padding!r}")
+            raise InputError(f"padding must be 'circular' or 'zeros', got {padding!r}")
         self.padding = padding
 
     def matvec(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:

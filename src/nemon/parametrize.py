@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
 from .norms import (
     abs_row_sums_upper,
     measure_upper,
@@ -49,11 +50,11 @@ def check_gamma(gamma: float, *, allow_negative: bool = True) -> float:
     """Validate a contraction bound ``gamma < 1`` (well-posedness needs it strictly)."""
     gamma = float(gamma)
     if not (math.isfinite(gamma) and GAMMA_MIN <= gamma < 1.0):
-        raise ValueError(
+        raise InputError(
             f"gamma must be in [{GAMMA_MIN:g}, 1) for a well-posed implicit layer, got {gamma}"
         )
     if not allow_negative and gamma < 0:
-        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+        raise InputError(f"gamma must be in [0, 1), got {gamma}")
     return gamma
 
 
@@ -94,7 +95,7 @@ def check_weights(eta: Tensor) -> None:
     low, high = (float(v) for v in torch.stack((eta.amin(), eta.amax())).detach().cpu())
     limit = log_eta_max(eta.dtype)
     if not (math.exp(-limit) <= low and high <= math.exp(limit)):
-        raise ValueError(
+        raise InputError(
             f"the weights eta = exp(d) of the norm must lie in [e^-{limit:.3g}, e^{limit:.3g}]"
             f" in {eta.dtype}, got eta in [{low:.3g}, {high:.3g}]; divide eta by a constant"
             f" (the norm does not depend on its scale) or use a wider dtype"
@@ -162,7 +163,7 @@ def mu_inf_right_inverse(A: Tensor, gamma: float) -> Tensor:
     """
     measure = float(mu_inf(A))
     if not _within(measure, gamma, float(norm_inf(A))):
-        raise ValueError(f"mu_inf(A) = {measure:.6g} exceeds gamma = {gamma}: no T maps onto A")
+        raise InputError(f"mu_inf(A) = {measure:.6g} exceeds gamma = {gamma}: no T maps onto A")
     diag = torch.diagonal(A)
     off = A.abs().sum(dim=1) - diag.abs()
     T = A.clone()
@@ -188,7 +189,7 @@ class MuInfConstraint(nn.Module):
         if eta is not None:
             eta = torch.as_tensor(eta, dtype=torch.get_default_dtype())
             if eta.dim() != 1 or not bool(torch.all(eta > 0)):
-                raise ValueError("eta must be a 1-D tensor of strictly positive weights")
+                raise InputError("eta must be a 1-D tensor of strictly positive weights")
             check_weights(eta)
         self.register_buffer("log_eta", None if eta is None else eta.log())
 
@@ -258,7 +259,7 @@ class MONConstraint(nn.Module):
         sym = self.gamma * torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - (A + A.T) / 2
         evals, evecs = torch.linalg.eigh(sym)
         if not _within(-float(evals.min()), 0.0, float(evals.abs().max())):
-            raise ValueError("mu_2(A) exceeds gamma: no (W, Z) maps onto A")
+            raise InputError("mu_2(A) exceeds gamma: no (W, Z) maps onto A")
         W = (evecs * evals.clamp(min=0).sqrt()).T
         Z = -(A - A.T) / 4
         return W, Z
@@ -287,5 +288,5 @@ class IDLConstraint(nn.Module):
 
     def right_inverse(self, A: Tensor) -> Tensor:
         if not _within(float(norm_inf(A)), self.gamma, float(norm_inf(A))):
-            raise ValueError(f"||A||_inf exceeds gamma = {self.gamma}: no T maps onto A")
+            raise InputError(f"||A||_inf exceeds gamma = {self.gamma}: no T maps onto A")
         return A.clone()

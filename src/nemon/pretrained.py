@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .ensemble import Ensemble
+from .errors import InputError
 from .models import build_from_config
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class PretrainedError(ValueError):
+class PretrainedError(InputError):
     """An unknown name or a damaged shipped model."""
 
 

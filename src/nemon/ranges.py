@@ -11,6 +11,8 @@ import math
 
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = ["InputRange", "IMAGES", "check_input_range", "check_inside"]
 
 InputRange = tuple[float, float] | None
@@ -26,11 +28,11 @@ def check_input_range(input_range, where: str = "input_range") -> tuple[float, f
     try:
         lo, hi = (float(v) for v in input_range)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             f"{where} must be (lo, hi) or None for unbounded data, got {input_range!r}"
         ) from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(
+        raise InputError(
             f"{where} must be finite with lo < hi, got ({lo:g}, {hi:g}); None for unbounded data"
         )
     return lo, hi
@@ -43,7 +45,7 @@ def check_inside(u: Tensor, input_range, where: str = "input_range") -> tuple[fl
         return checked
     low, high = float(u.amin()), float(u.amax())
     if low < checked[0] or high > checked[1]:
-        raise ValueError(
+        raise InputError(
             f"the inputs range from {low:.4g} to {high:.4g}, outside {where}=({checked[0]:g}, "
             f"{checked[1]:g}); pass the range your data lives in, or {where}=None for unbounded "
             "data (standardized features, for one)"

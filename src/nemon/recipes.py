@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .errors import InputError
 from .validation import RANGES, check_choice, check_setting
 
 __all__ = [
@@ -96,16 +97,16 @@ class Recipe:
         check_choice("reg_kind", self.reg_kind, REGULARISERS)
         check_choice("robust_mix", self.robust_mix, ROBUST_MIXES)
         if not isinstance(self.tune_splitting_step, bool):
-            raise ValueError(
+            raise InputError(
                 f"tune_splitting_step must be True or False, got {self.tune_splitting_step!r}"
             )
         if self.box_shrink < 1 and self.adv_steps == 0:
-            raise ValueError(
+            raise InputError(
                 f"box_shrink = {self.box_shrink:g} < 1 needs adv_steps > 0: the small box is "
                 "centred at a PGD point"
             )
         if self.swa_start > self.epochs:
-            raise ValueError(
+            raise InputError(
                 f"swa_start must be at most epochs ({self.epochs}), got {self.swa_start}"
             )
 
@@ -113,7 +114,7 @@ class Recipe:
         """A copy with ``changes`` (validated); unknown names are an error."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
-            raise ValueError(f"unknown recipe settings {unknown}; the settings: {FIELDS}")
+            raise InputError(f"unknown recipe settings {unknown}; the settings: {FIELDS}")
         return replace(self, **changes)
 
     def scaled(self, epochs: int) -> Recipe:
@@ -215,5 +216,5 @@ RECIPES: dict[str, Recipe] = {
 def recipe_named(name: str, **changes) -> Recipe:
     """A recipe of `RECIPES` by name, with ``changes``."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        raise InputError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[name].replace(**changes)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 __all__ = [
     "CheckpointError",
     "OutputError",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read: missing, unreadable, foreign or written by other code."""
 
 
@@ -222,7 +224,7 @@ def check_checksum(path, ckpt: dict) -> None:
         )
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError):
     """The run folder cannot be used as asked; ``kind`` says how to code: ``"not_empty"`` (it
     holds another run), ``"nothing_to_resume"``, ``"not_a_folder"``, ``"both"`` (resume and
     overwrite together), ``"other"`` (a resume with other settings, a damaged file)."""

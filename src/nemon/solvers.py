@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .activations import Activation
 from .contraction import theorem2_alpha_star
+from .errors import InputError
 from .validation import MAX_ITER, MIN_TOL, check_integer, check_number
 
 __all__ = [
@@ -143,14 +144,14 @@ class SolverOptions:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
         if self.method not in SOLVERS:
-            raise ValueError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
+            raise InputError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
         check_number("tol", self.tol, low=MIN_TOL, high=1.0, high_open=True)
         for name in ("max_iter", "check_every", "memory"):
             check_integer(name, getattr(self, name), 1, MAX_ITER)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
+            raise InputError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
         if self.residual not in ("step", "fixed_point"):
-            raise ValueError(f"residual must be 'step' or 'fixed_point', got {self.residual!r}")
+            raise InputError(f"residual must be 'step' or 'fixed_point', got {self.residual!r}")
         if self.error_tol is not None:
             check_number("error_tol", self.error_tol, low=0.0, low_open=True)
 
@@ -276,7 +277,7 @@ def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions, sta
     error bound at the last checked iterate. With ``error_tol`` the rule is that bound, for
     every sample."""
     if opts.error_tol is not None and system.measure is None and system.monotone_margin is None:
-        raise ValueError("error_tol needs a system with an error bound (a measure or MON's)")
+        raise InputError("error_tol needs a system with an error bound (a measure or MON's)")
     residual = error = None
     for k in range(1, opts.max_iter + 1):
         check = k % opts.check_every == 0 or k == opts.max_iter
@@ -372,7 +373,7 @@ def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dt
     iteration's. The solvers and the ONNX export both take their constants from here."""
     if opts.method == "diagonal":
         if diagonal is None:
-            raise ValueError("the diagonal solver needs the diagonal of A")
+            raise InputError("the diagonal solver needs the diagonal of A")
         return diagonal_steps(diagonal).to(dtype), alpha_star(diagonal)
     if opts.method == "picard":
         return 1.0, 1.0
@@ -383,7 +384,7 @@ def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dt
             else (1.0 if diagonal is None else alpha_star(diagonal))
         )
         return alpha, alpha
-    raise ValueError(f"{opts.method!r} is not one of the averaged solvers {averaged_solvers()}")
+    raise InputError(f"{opts.method!r} is not one of the averaged solvers {averaged_solvers()}")
 
 
 def averaged_solvers() -> tuple[str, ...]:
@@ -483,7 +484,7 @@ class PeacemanRachfordStep:
 def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
     """Peaceman-Rachford splitting (Winston and Kolter, 2020) with resolvent ``(I + a(I - A))^-1``."""
     if system.resolvent is None:
-        raise ValueError("Peaceman-Rachford needs the system's resolvent (MON layers provide it)")
+        raise InputError("Peaceman-Rachford needs the system's resolvent (MON layers provide it)")
     a = opts.alpha if opts.alpha is not None else 1.0
     stats.alpha = a
     return _iterate(PeacemanRachfordStep(system, x, a), system, x, opts, stats)

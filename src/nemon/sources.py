@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
 from .data import batches
+from .errors import InputError
 
 __all__ = ["TensorSource", "MapSource", "LoaderSource", "training_source", "as_tensors"]
 
@@ -96,14 +97,14 @@ class LoaderSource:
             if len(taken) == CHECKED_BATCHES:
                 break
         if not taken:
-            raise ValueError("data: the training DataLoader yields no batches")
+            raise InputError("data: the training DataLoader yields no batches")
         return torch.cat([x for x, _ in taken]), torch.cat([y for _, y in taken])
 
 
 def _pair(batch, what: str, dtype=None) -> tuple[Tensor, Tensor]:
     """A batch as ``(inputs, labels)``; floating inputs in ``dtype`` (the model's)."""
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError(f"data: {what} must be (inputs, labels) pairs, got {type(batch).__name__}")
+        raise InputError(f"data: {what} must be (inputs, labels) pairs, got {type(batch).__name__}")
     x, y = _tensor(batch[0], "inputs"), _tensor(batch[1], "labels")
     if dtype is not None and x.is_floating_point():
         x = x.to(dtype)
@@ -117,7 +118,7 @@ def _tensor(value, what: str, dtype=None) -> Tensor:
     if isinstance(value, (np.ndarray, np.generic)):
         t = torch.from_numpy(np.ascontiguousarray(value))
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    raise ValueError(f"data: {what} must be tensors or NumPy arrays, got {type(value).__name__}")
+    raise InputError(f"data: {what} must be tensors or NumPy arrays, got {type(value).__name__}")
 
 
 def _is_map_style(value) -> bool:
@@ -133,7 +134,7 @@ def training_source(train, dtype=None):
         return TensorSource(_tensor(train[0], "train_x", dtype), _tensor(train[1], "train_y"))
     if _is_map_style(train):
         return MapSource(train, dtype)
-    raise ValueError(
+    raise InputError(
         "data: the training split must be (x, y) tensors or arrays, a map-style dataset or a "
         f"DataLoader, got {type(train).__name__}"
     )
@@ -150,10 +151,10 @@ def as_tensors(split, name: str, dtype=None) -> tuple[Tensor, Tensor]:
             _pair(default_collate([split[i]]), "dataset items", dtype) for i in range(len(split))
         ]
     else:
-        raise ValueError(
+        raise InputError(
             f"data: the {name} split must be (x, y) tensors or arrays, a map-style dataset or a "
             f"DataLoader, got {type(split).__name__}"
         )
     if not pairs:
-        raise ValueError(f"data: the {name} split is empty")
+        raise InputError(f"data: the {name} split is empty")
     return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])

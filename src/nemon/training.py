@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from . import modelfile
 from .certificates import CertificateWarning
 from .data import Dataset
+from .errors import InputError
 from .evaluation import (
     ConvergenceTally,
     certified_accuracy,
@@ -150,7 +151,7 @@ def fit(
     """
     recipe = recipe_named(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, Recipe):
-        raise ValueError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
+        raise InputError(f"recipe must be a nemon.Recipe or a name, got {type(recipe).__name__}")
     check_model(model, recipe)
     data, source = as_dataset(data, model, recipe.batch_size)
     data = checked_data(data, model)

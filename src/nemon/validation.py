@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import InputError
+
 __all__ = [
     "check_choice",
     "check_integer",
@@ -32,14 +34,14 @@ MAX_THREADS = 1024  # OpenMP runtimes fail far below the numbers a typo can give
 
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def check_integer(name: str, value, low: int, high: int | None = None) -> None:
     ok = not isinstance(value, bool) and isinstance(value, int) and value >= low
     if not ok or (high is not None and value > high):
         rule = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name} must be an integer {rule}, got {value!r}")
+        raise InputError(f"{name} must be an integer {rule}, got {value!r}")
 
 
 def check_number(
@@ -52,7 +54,7 @@ def check_number(
         lo = "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}"
         hi = "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}"
         rule = " and ".join(r for r in (lo, hi) if r) or "finite"
-        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+        raise InputError(f"{name} must be a finite number {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)

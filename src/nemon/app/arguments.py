@@ -7,6 +7,7 @@ import argparse
 import math
 
 from ..data import DATASETS
+from ..errors import InputError
 from ..validation import MAX_THREADS, RANGES, check_setting
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """A command-line argument that cannot work; the message names it and the fix."""
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..data import DataError
-from ..modelfile import ModelFileError
-from ..pretrained import PretrainedError, pretrained_names
+from ..errors import InputError
+from ..pretrained import pretrained_names
 from ..runs import (
     OutputError,
     atomic_path,
@@ -27,7 +27,6 @@ from ..runs import (
 )
 from .arguments import Parser, UsageError, common_options
 from .checkpoints import (
-    CheckpointError,
     RunFolderError,
     check_run_folder,
     json_line,
@@ -167,15 +166,10 @@ COMMANDS = {
     "reproduce": reproduce_command.run,
 }
 
-USER_ERRORS = (
-    UsageError,
-    ModelFileError,
-    DataError,
-    CheckpointError,
-    RunFolderError,
-    PretrainedError,
-    FileNotFoundError,
-)
+#: What the user asked cannot work: one line, exit status 2. `InputError` is every refusal the
+#: library raises (settings, shapes, data, models, files); a plain ValueError is not one: it
+#: comes from a failure inside the library or a package below it, and keeps its traceback.
+USER_ERRORS = (InputError, DataError, FileNotFoundError)
 
 
 def _write_outputs(args, result: dict) -> None:
@@ -206,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """The command; errors are one line with exit status 2 (what the user asked cannot work:
-    a bad argument, a refused model or method) or 1 (the work failed: divergence, out of
-    memory, a file-system fault). Anything else is a bug and keeps its traceback."""
+    a bad argument, a refused model or method: an `InputError`) or 1 (the work failed:
+    divergence, out of memory, a file-system fault). Anything else, a plain ValueError
+    included, is a failure of the library: its traceback and exit status 1."""
     try:
         torch.set_num_threads(auto_threads() if args.threads == "auto" else args.threads)
         _validate(args)
@@ -217,8 +212,6 @@ def _run(args) -> int:
         return _report(args, exc, 2)
     except TrainingDiverged as exc:
         return _report(args, exc, 1)
-    except ValueError as exc:  # an argument the library refused
-        return _report(args, exc, 2)
     except NotImplementedError as exc:  # the library refuses this model (a method it lacks)
         return _report(args, exc, 2)
     except MemoryError as exc:

@@ -7,6 +7,7 @@ from dataclasses import MISSING, field, fields, make_dataclass
 
 from ..activations import ACTIVATIONS
 from ..data import DATASETS
+from ..errors import InputError
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..recipes import FIELDS as RECIPE_FIELDS
 from ..recipes import RAMPS, RECIPES, Recipe
@@ -90,18 +91,18 @@ def _validate(self):
     self.recipe()  # the training settings: their ranges are the recipe's (one table)
     for name in ("hidden", "max_iter", "gamma", "tol"):
         if getattr(self, name) is None:
-            raise ValueError(f"{name} must be set, got None")
+            raise InputError(f"{name} must be set, got None")
         check_setting(name, getattr(self, name))
     for name in ("train_limit", "test_limit"):  # None: the whole split
         if getattr(self, name) is not None:
             check_setting(name, getattr(self, name))
     if self.swa_start and self.arch.endswith("-bn"):
-        raise ValueError(
+        raise InputError(
             f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "
             "batch statistics would have to be measured again"
         )
     if not isinstance(self.layer_kwargs, dict):
-        raise ValueError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
+        raise InputError(f"layer_kwargs must be a dict, got {type(self.layer_kwargs).__name__}")
     return self
 
 

@@ -17,6 +17,7 @@ import torch
 from ..attacks import accuracy_under_attack
 from ..certificates import certify
 from ..data import load_dataset
+from ..errors import InputError
 from .config import TrainConfig
 from .plots import plot_curves, pyplot
 from .train import evaluate, train
@@ -207,7 +208,7 @@ def reproduce_conv(
         test_limit = 500
     else:
         if device == "cpu" and not torch.cuda.is_available():
-            raise ValueError(
+            raise InputError(
                 "the full CIFAR-10 reproduction needs a GPU (--device cuda); try --quick"
             )
         dataset, common, test_limit = "cifar10", dict(hidden=81, epochs=40, batch_size=256), None

@@ -14,13 +14,15 @@ from dataclasses import asdict, is_dataclass
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["ResourceError", "available_memory", "memory_needed", "check_memory"]
 
 GIB = 2**30
 FLOAT32, FLOAT64 = 4, 8  # bytes: models are built in float32; certificates work in float64
 
 
-class ResourceError(ValueError):
+class ResourceError(InputError):
     """A model that cannot fit in the memory available; the message names the setting."""
 
 
@@ -116,7 +118,7 @@ def memory_needed(config, input_shape, num_classes: int, use: str) -> tuple[int,
     (``"load"`` and the certificate's float64 copy with ``A``, the embedding matrix
     ``(2n)^2`` and its two blocks)."""
     if use not in USES:
-        raise ValueError(f"use must be one of {', '.join(USES)}, got {use!r}")
+        raise InputError(f"use must be one of {', '.join(USES)}, got {use!r}")
     c = _settings(config)
     shape = tuple(int(s) for s in input_shape)
     weights, n = _model_size(c, shape, int(num_classes))

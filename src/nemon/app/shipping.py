@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..errors import InputError
 from ..pretrained import _sha256, description_checksum
 from .checkpoints import read_checkpoint
 
@@ -30,7 +31,7 @@ def save_pretrained(
     ckpts = [read_checkpoint(p) for p in paths]
     signatures = {(tuple(c["input_shape"]), c["num_classes"]) for c in ckpts}
     if len(signatures) != 1:
-        raise ValueError(f"checkpoints disagree on (input shape, classes): {sorted(signatures)}")
+        raise InputError(f"checkpoints disagree on (input shape, classes): {sorted(signatures)}")
     if len(ckpts) == 1:
         state, info = ckpts[0]["model"], {"config": ckpts[0]["config"]}
     else:
