@@ -2,6 +2,7 @@
 what they cannot describe, and weights trained under another constraint, are refused by name."""
 
 import json
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def test_a_module_it_cannot_describe_is_refused_by_name(tmp_path):
         nemon.NEMONDense(4, 6), 2, encoder=nn.Sequential(nn.Flatten(), Scaled(64, 4)),
         input_shape=(1, 8, 8),
     )  # fmt: skip
-    with pytest.raises(modelfile.ModelFileError, match=r"model\.encoder\[1\] is a .*Scaled"):
+    with pytest.raises(modelfile.ModelFileError, match=r"model\.encoder\.1 is a .*Scaled"):
         nemon.save(model, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
 
@@ -162,3 +163,36 @@ def test_every_command_takes_what_fit_wrote(tmp_path, capsys):
     onnx = tmp_path / "m.onnx"
     assert main(["export", str(tmp_path / "run"), "--onnx", str(onnx)]) == 0
     assert onnx.is_file()
+
+
+def test_half_precision_and_named_children_round_trip(tmp_path):
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):  # gamma_bound is cast with the model
+        model = nemon.build_model("nemon", "dense", (1, 8, 8), 3, hidden=8).to(dtype)
+        model.load_state_dict(model.state_dict())
+        assert nemon.load(nemon.save(model, tmp_path / f"{dtype}.safetensors")).layer.gamma == 0.95
+    encoder = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(1, 4, 3, 2, 1), act=nn.ReLU(), flat=nn.Flatten())
+    )
+    model = nemon.Classifier(nemon.NEMONDense(64, 6), 3, encoder=encoder, input_shape=(1, 8, 8))
+    loaded = nemon.load(nemon.save(model.eval(), tmp_path / "named.safetensors"))
+    assert list(loaded.encoder._modules) == ["conv", "act", "flat"]
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_damaged_description_is_refused(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"nemon.model": "{not json"})
+    with pytest.raises(modelfile.ModelFileError, match="not valid JSON"):
+        nemon.load(path)
+
+
+def test_the_model_file_keeps_a_tuned_splitting_step(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 4, 4), torch.randint(0, 2, (64,))
+    model = nemon.Classifier(nemon.MONDense(16, 6), 2)
+    nemon.fit(model, ((x, y), (x, y)), nemon.Recipe(epochs=1, batch_size=8), out=tmp_path / "r")
+    tuned = model.layer.solver_options.alpha
+    assert tuned is not None
+    assert nemon.load(tmp_path / "r" / "model.safetensors").layer.solver_options.alpha == tuned

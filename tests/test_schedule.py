@@ -77,3 +77,22 @@ def test_a_resume_extends_or_shortens_a_run(tmp_path):
     assert extended.history[-1]["train_loss"] == whole.history[-1]["train_loss"]  # bit-exact
     with pytest.raises(RunFolderError, match="has finished 3 epochs"):
         run(2, True)
+
+
+def test_a_scaled_run_resumes_with_the_schedule_it_began_with(tmp_path):
+    """A run started with --epochs 3 (scaled) resumes with that schedule, not the preset's."""
+    from dataclasses import asdict
+
+    from nemon.runs import save_atomic, state_checksum
+
+    new = ["train", "--preset", "mnist-cert-0.1", "--epochs", "3", "--out", str(tmp_path)]
+    started = _config(build_parser().parse_args(new))
+    config = asdict(started)
+    ckpt = {"config": config, "input_shape": (1, 28, 28), "num_classes": 10, "model": {}}
+    ckpt["checksum"] = state_checksum({}, config)
+    save_atomic(ckpt, tmp_path / "checkpoint.pt")
+    resumed = _config(build_parser().parse_args(["train", "--resume", "--out", str(tmp_path)]))
+    assert resumed == started
+    longer = ["train", "--resume", "--out", str(tmp_path), "--epochs", "5"]
+    extended = _config(build_parser().parse_args(longer))
+    assert extended.epochs == 5 and extended.lr_milestones == started.lr_milestones

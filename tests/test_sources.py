@@ -83,3 +83,21 @@ def test_bad_data_is_refused_before_any_file(tmp_path, train, match):
     with pytest.raises(ValueError, match=match):
         _fit((bad, (x, y)), out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_batch_of_a_dataset_is_checked(tmp_path):
+    """The first batches set the range; a later batch outside it stops the run by name."""
+    x, y = _data()
+    x[45:] = x[45:] * 3  # samples the first two batches (in dataset order) do not hold
+    with pytest.raises(nemon.InputError, match=r"training batch \d+ of epoch 1: .*input_range"):
+        _fit((TensorDataset(x, y), (x[:20], y[:20])), out=tmp_path / "r")
+
+
+def test_an_iterable_loader_is_refused():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.rand(1, 4, 4), 0)] * 4)
+
+    x, y = _data()
+    with pytest.raises(nemon.InputError, match="IterableDataset has no length"):
+        _fit((DataLoader(Stream(), batch_size=2), (x, y)))

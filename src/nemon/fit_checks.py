@@ -15,7 +15,7 @@ from .ranges import IMAGES, check_inside
 from .recipes import Recipe
 from .sources import TensorSource, as_tensors, training_source
 
-__all__ = ["as_dataset", "checked_range", "checked_data", "check_model"]
+__all__ = ["as_dataset", "checked_range", "checked_data", "check_model", "check_batch"]
 
 #: Rows whose finiteness is checked at once (bounds the memory of the check).
 _CHUNK = 4096
@@ -155,3 +155,15 @@ def check_model(model: nn.Module, recipe: Recipe) -> None:
             "swa_start needs a model without batch norm: the average's batch statistics would "
             "have to be measured again"
         )
+
+
+def check_batch(xb: Tensor, yb: Tensor, model: nn.Module, input_range, where: str) -> None:
+    """One training batch from a dataset or a loader (whose later batches `as_dataset` did not
+    read): its shape, dtype, finite inputs, labels and input range, as the first batches were
+    checked. A refusal names the batch."""
+    try:
+        _check_inputs("inputs", xb, model)
+        _checked_labels("labels", yb, model)
+        check_inside(xb, input_range)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None

@@ -143,7 +143,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
             mine = self._buffers["gamma_bound"]
             if key not in state_dict:  # written before gamma travelled with the weights
                 state_dict[key] = mine.clone()
-            elif not math.isclose(float(state_dict[key]), self.gamma, rel_tol=1e-6):
+            elif not _same_gamma(state_dict[key], self.gamma):
                 raise InputError(
                     f"{prefix.rstrip('.') or 'the layer'}: the weights were trained with gamma = "
                     f"{float(state_dict[key]):g}, this {self._name()} has gamma = "
@@ -361,6 +361,15 @@ class ImplicitLayer(RecordsArguments, nn.Module):
     @property
     def num_features(self) -> int:
         raise NotImplementedError
+
+
+def _same_gamma(saved: Tensor, gamma: float) -> bool:
+    """``saved`` (a ``gamma_bound`` buffer, in whatever dtype the model was cast to) holds
+    ``gamma``: equal once ``gamma`` is rounded to that dtype (half precision rounds 0.95)."""
+    value = float(saved)
+    return math.isclose(value, gamma, rel_tol=1e-6) or value == float(
+        torch.tensor(gamma, dtype=saved.dtype)
+    )
 
 
 def _all_finite(t: Tensor) -> bool:

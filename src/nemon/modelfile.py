@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -96,8 +97,12 @@ def describe(module: nn.Module, where: str = "model") -> dict:
     first module or argument it cannot describe."""
     kind = explicit.plain_type(module)
     if kind is nn.Sequential:
-        children = [describe(m, f"{where}[{i}]") for i, m in enumerate(module)]
-        return {"type": "Sequential", "modules": children}
+        names = list(module._modules)
+        children = [describe(m, f"{where}.{n}") for n, m in module._modules.items()]
+        described = {"type": "Sequential", "modules": children}
+        if names != [str(i) for i in range(len(names))]:  # named children keep their names
+            described["names"] = names
+        return described
     if kind in TORCH_MODULES:
         return {"type": _type_name(module), "args": TORCH_MODULES[kind](module)}
     if kind not in NEMON_MODULES:
@@ -160,7 +165,11 @@ def build(description: dict) -> nn.Module:
         kind = description.get("type") if isinstance(description, dict) else description
         raise ModelFileError(f"unknown module type {kind!r} in the model's description")
     if description["type"] == "Sequential":
-        return nn.Sequential(*(build(d) for d in description["modules"]))
+        children = [build(d) for d in description["modules"]]
+        names = description.get("names")
+        if names is None:
+            return nn.Sequential(*children)
+        return nn.Sequential(OrderedDict(zip(names, children)))
     args = {k: _decode(v) for k, v in description["args"].items()}
     kind = BUILDERS[description["type"]]
     step = args.pop("splitting_step", None)
@@ -232,7 +241,12 @@ def read_description(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"{path} is not a readable safetensors file ({exc})") from None
     if METADATA_KEY not in metadata:
         raise ModelFileError(f"{path} is a safetensors file without a nemon model description")
-    header = json.loads(metadata[METADATA_KEY])
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: its model description is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: its model description is not a mapping")
     if header.get("format") != FORMAT:
         raise ModelFileError(
             f"{path} is in format {header.get('format')!r}; this nemon reads {FORMAT!r}"

@@ -78,6 +78,13 @@ class LoaderSource:
     """A ``DataLoader``, one pass an epoch, as it is configured."""
 
     def __init__(self, loader: DataLoader, dtype=None) -> None:
+        try:
+            len(loader)
+        except TypeError:
+            raise InputError(
+                "data: a DataLoader over an IterableDataset has no length, which the epochs, "
+                "the schedules and resume need; give a map-style dataset"
+            ) from None
         self.loader, self.dtype = loader, dtype
 
     def __len__(self) -> int:

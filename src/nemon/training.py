@@ -35,7 +35,7 @@ from .evaluation import (
     model_device,
     solver_iterations,
 )
-from .fit_checks import as_dataset, check_model, checked_data, checked_range
+from .fit_checks import as_dataset, check_batch, check_model, checked_data, checked_range
 from .layers import ImplicitLayer
 from .losses import learning_rate, ramp_progress, recipe_loss, training_radius, training_tolerance
 from .modes import evaluation_mode
@@ -358,7 +358,8 @@ class _Trainer:
         }
         if s.average is not None:  # "model": what to use; "live_model": to resume
             payload.update(live_model=live, average={"count": s.average["count"]})
-        if self.model_file is not None:
+        if self.model_file is not None:  # anew: a tuned splitting step is part of it
+            self.model_file = modelfile.header(self.raw, self.model_file.get("data"))
             payload["model_file"] = self.model_file
         save_atomic(payload, self.ckpt_path)
         if self.model_file is not None:  # the model to use, for every command (nemon.load)
@@ -433,6 +434,9 @@ class _Trainer:
         if callable(self.threads) and start - self.threads_checked > 5.0:
             self._apply_threads(working=True)
             self.threads_checked = start
+        if not isinstance(self.source, TensorSource):  # tensors were checked whole
+            where = f"training batch {i + 1} of epoch {s.epoch + 1}"
+            check_batch(xb, yb, self.raw, self.input_range, where)
         xb, yb = xb.to(self.device), yb.to(self.device, torch.int64)
         if self.world > 1:  # this process's share of the global batch
             xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]

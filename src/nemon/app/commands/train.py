@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 import torch
 
 from ...recipes import FIELDS as RECIPE_FIELDS
 from ...recipes import SCHEDULE, Recipe, schedule_changes
 from ...validation import RANGES
+from ..checkpoints import CheckpointError, read_checkpoint
 from ..config import PRESETS, TrainConfig
 from ..train import train
 
@@ -59,7 +61,11 @@ def _add_setting(p, f) -> None:
 
 
 def config_from(args) -> TrainConfig:
-    values = dict(PRESETS[args.preset])
+    """The run's configuration: the preset's, or on ``--resume`` the one the run recorded
+    (its schedule as it began, scaled or not), with the options given replacing their
+    settings; ``--epochs`` scales a new run's schedule."""
+    values = _recorded(args) if args.resume else None
+    values = dict(PRESETS[args.preset]) if values is None else values
     if args.epochs is not None and args.epochs != values["epochs"] and not args.resume:
         values.update(_scaled_schedule(args.preset, values, args.epochs, args))
     for f in fields(TrainConfig):
@@ -72,6 +78,19 @@ def config_from(args) -> TrainConfig:
         return TrainConfig(**values).validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _recorded(args) -> dict | None:
+    """The configuration the run in ``--out`` recorded (None when there is none to read: the
+    resume itself then says why)."""
+    path = Path(args.out) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    try:
+        config = read_checkpoint(path)["config"]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    return dict(config) if isinstance(config, dict) else None
 
 
 def _scaled_schedule(preset: str, values: dict, epochs: int, args) -> dict:
