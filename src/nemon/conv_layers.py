@@ -133,7 +133,7 @@ class NEMONConv2d(_ConvLayer):
         return scaled, conv_shift(scaled, self.gamma, eta)
 
     def measure(self) -> Tensor:
-        """Upper bound of ``mu_{inf,[eta]^-1}(A)``, about ``gamma + max_c (K_cc0 - |K_cc0|)``.
+        r"""Upper bound of \(\mu_{\infty,[\eta]^{-1}}(A)\), about ``gamma + max_c (K_cc0 - |K_cc0|)``.
 
         Attained for circular padding and image >= kernel; never above ``gamma``.
         """
@@ -183,9 +183,9 @@ class NEMONConv2d(_ConvLayer):
 
 
 class MONConv2d(FullPrecision, _ConvLayer):
-    """Monotone operator conv layer: ``A = gamma I - W^T W - Z + Z^T`` with circular convolutions.
+    r"""Monotone operator conv layer: ``A = gamma I - W^T W - Z + Z^T`` with circular convolutions.
 
-    ``mu_2(A) <= gamma``; Peaceman-Rachford (default) or forward-backward splitting, with the
+    \(\mu_2(A) \le \gamma\); Peaceman-Rachford (default) or forward-backward splitting, with the
     resolvent applied by FFT. Only circular padding (the FFT diagonalises circular convolutions).
     Parameters are float32 or float64 (`FullPrecision`).
     """

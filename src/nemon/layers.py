@@ -319,18 +319,18 @@ class ImplicitLayer(RecordsArguments, nn.Module):
     def interval_bounds(
         self, u_lo: Tensor, u_hi: Tensor, injection: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x_lo, x_hi, error_bound)``: a box containing ``x*(u)`` for every ``u`` in the box.
+        r"""``(x_lo, x_hi, error_bound)``: a box containing ``x*(u)`` for every ``u`` in the box.
         ``injection``: a box known to contain ``B u + b`` for those ``u`` (e.g. linear bounds,
         `nemon.linear_bounds`), intersected with the interval one.
 
-        Layers with ``mu_inf(A) < 1`` by construction solve the embedding system (docs/maths.md#intervals); others cannot give a sound box this way.
+        Layers with \(\mu_\infty(A) < 1\) by construction solve the embedding system (docs/maths.md#intervals); others cannot give a sound box this way.
         """
         raise NotImplementedError(
             f"interval bounds need mu_inf(A) < 1 by construction (NEMON, IDL), not {self._name()}"
         )
 
     def _splitting_equilibrium(self, terms) -> Equilibrium:
-        """The equilibrium of a MON layer (``mu_2(A) < 1``). With forward-backward splitting its
+        r"""The equilibrium of a MON layer (\(\mu_2(A) < 1\)). With forward-backward splitting its
         step is half the largest convergent one, ``(1 - mu_2(A)) / ||I - A||_2^2``, from
         ``terms() = (mu_2(A), ||I - A||_2)`` (evaluated only then). No measure: the error bound of
         the weighted l_inf theory does not apply to a mu_2 bound."""
@@ -493,7 +493,7 @@ class NEMONDense(_DenseLayer):
         return None if c.log_eta is None else c.log_eta.exp()
 
     def measure(self) -> Tensor:
-        """Upper bound of the exact ``mu_{inf,[eta]^-1}(A)``: at most ``gamma``, exactly, by (17)."""
+        r"""Upper bound of the exact \(\mu_{\infty,[\eta]^{-1}}(A)\): at most ``gamma``, exactly, by (17)."""
         return capped_measure(mu_inf_upper(self.A, self.eta()), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
@@ -534,7 +534,7 @@ class IDLDense(_DenseLayer):
             self.parametrizations.A.original.copy_(self._init_uniform(hidden))
 
     def measure(self) -> Tensor:
-        """Upper bound of ``||A||_inf`` (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
+        r"""Upper bound of \(\|A\|_\infty\) (IDL's constraint; ``lambda_pf(|A|) <= ||A||_inf``)."""
         return capped_measure(norm_inf_upper(self.A), self.gamma, self.A.dtype)
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:
@@ -634,7 +634,7 @@ class FullPrecision:
 class MONDense(FullPrecision, _DenseLayer):
     r"""Monotone operator layer (Winston and Kolter): \(A = \gamma I - W^\top W - Z + Z^\top\).
 
-    ``mu_2(A) <= gamma``. Solvers: ``peaceman_rachford`` (default) or ``forward_backward``, the
+    \(\mu_2(A) \le \gamma\). Solvers: ``peaceman_rachford`` (default) or ``forward_backward``, the
     same splitting for the adjoint. Activations need a closed-form scaled prox (ReLU, leaky ReLU);
     parameters are float32 or float64 (`FullPrecision`).
     """
@@ -656,7 +656,7 @@ class MONDense(FullPrecision, _DenseLayer):
             self.parametrizations.A.original1.uniform_(-bound, bound)
 
     def measure(self) -> Tensor:
-        """Upper bound of ``mu_2(A)`` (at most ``gamma`` by construction)."""
+        r"""Upper bound of \(\mu_2(A)\) (at most ``gamma`` by construction)."""
         return round_to(mu_2_upper(self.A), self.A.dtype, "up")
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:

@@ -145,7 +145,7 @@ def _row_sums_upper(terms: Tensor, col_weight: Tensor | None, row_weight: Tensor
 
 
 def mu_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
-    """Upper bound (float64) of the exact ``mu_{inf,[eta]^-1}(A)`` of the stored ``A``, eq. (2).
+    r"""Upper bound (float64) of the exact \(\mu_{\infty,[\eta]^{-1}}(A)\) of the stored ``A``, eq. (2).
 
     Differs from `mu_inf` by a relative ``O(n u_64)``; it is what bounds, error bounds and
     certificates use, so that rounding can never make them optimistic.
@@ -170,7 +170,7 @@ def norm_inf_upper(A: Tensor, eta: Tensor | None = None) -> Tensor:
 
 
 def mu_2_upper(A: Tensor) -> Tensor:
-    """Upper bound (float64) of ``mu_2(A)``: eigenvalues of the symmetric part, plus their error.
+    r"""Upper bound (float64) of \(\mu_2(A)\): eigenvalues of the symmetric part, plus their error.
 
     Symmetric eigensolvers are backward stable: the computed eigenvalues are exact for a matrix
     within ``c n u ||S||_2`` of ``S``; we add ``4 n u ||S||_F`` (Frobenius bounds the 2-norm).
