@@ -505,7 +505,7 @@ is PGD's.
 {shipped}
 ## Complete verification
 
-Each test image decided: certified robust, refuted by a counterexample (in the ball and the clip
+Each test image decided: certified robust, refuted by a counterexample (in the ball and the input
 box, misclassified by the model as given and by its exact equilibrium), or unknown (out of time,
 or robust at the exact equilibrium by less than the running charge). "Verified robust" is the
 certified share: the exact robust accuracy lies between it and "not refuted" (PGD's and the
