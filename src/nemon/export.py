@@ -32,7 +32,7 @@ from .models import Classifier
 from .norms import round_to
 from .operators import same_padding
 from .runs import OutputError, atomic_path, check_output_target
-from .solvers import _TINY, SOLVERS, averaged_solvers, averaged_steps, contraction_factor
+from .solvers import _TINY, averaged_solvers, averaged_steps, contraction_factor
 
 __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
 
@@ -300,7 +300,7 @@ class _Builder:
     def solver_constants(self) -> dict:
         """Steps, reference step, measure and factor exactly as the PyTorch solve uses them."""
         layer, opts = self.layer, self.layer.solver_options
-        if not SOLVERS[opts.method].averaged:
+        if not opts.solver.averaged:
             raise ExportError(
                 f"export runs the averaged iterations {averaged_solvers()}; this layer's solver is "
                 f"{opts.method!r} (build the layer with solver='diagonal' to export it)"

@@ -22,7 +22,6 @@ from .activations import Activation, DiagonalGain, Identity
 from .errors import InputError
 from .operators import Operator
 from .solvers import (
-    SOLVERS,
     FixedPointSystem,
     SolverOptions,
     SolverStats,
@@ -139,7 +138,7 @@ class Equilibrium:
             splitting_step=self.splitting_step,
             constants=self.constants,
         )
-        if SOLVERS[self.backward_options.method].splitting:
+        if self.backward_options.solver.adjoint_form == "prox":
             system = FixedPointSystem(
                 matvec=lambda w: op.rmatvec(weights, w),
                 phi=DiagonalGain(J),

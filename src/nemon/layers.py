@@ -68,7 +68,6 @@ __all__ = [
 DEFAULT_ERROR_TOL = 1e-4
 
 #: solvers that apply the resolvent ``(I + a (I - A))^-1`` of the layer's operator
-RESOLVENT_SOLVERS = ("peaceman_rachford",)
 
 
 class ImplicitLayer(RecordsArguments, nn.Module):
@@ -158,18 +157,19 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         """One line at construction for a solver this layer cannot run (it failed at the first
         forward): Peaceman-Rachford needs the resolvent, and a splitting solver's forward
         iteration needs the activation's closed-form prox."""
-        for role, method in (
-            ("solver", self.solver_options.method),
-            ("backward_solver", self.backward_options.method),
+        for role, options in (
+            ("solver", self.solver_options),
+            ("backward_solver", self.backward_options),
         ):
-            if method in RESOLVENT_SOLVERS and not self.has_resolvent:
-                usable = ", ".join(sorted(m for m in SOLVERS if m not in RESOLVENT_SOLVERS))
+            method = options.method
+            if options.solver.needs_resolvent and not self.has_resolvent:
+                usable = ", ".join(sorted(m for m, s in SOLVERS.items() if not s.needs_resolvent))
                 raise InputError(
                     f"{self._name()} cannot use {role}={method!r}: it needs the resolvent"
                     f" (I + a (I - A))^-1 that only MON layers have; choose one of {usable}"
                 )
         method = self.solver_options.method
-        if SOLVERS[method].splitting and not self.activation.has_prox:
+        if self.solver_options.solver.splitting and not self.activation.has_prox:
             raise InputError(
                 f"{self._name()} with solver {method!r} needs an activation with a closed-form"
                 f" prox, one of {', '.join(PROX_ACTIVATIONS)}; got {self.activation.name!r}"
@@ -238,7 +238,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         step before they did, and use it forward and backward. Returns the step, or None for
         solvers without one to tune (the averaged family has its best step, Theorem 2). When no
         step converges the options are left as they were."""
-        if not SOLVERS[self.solver_options.method].splitting:
+        if not self.solver_options.solver.splitting:
             return None
 
         def iterations(step: float) -> int:
@@ -336,7 +336,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         the weighted l_inf theory does not apply to a mu_2 bound."""
         fwd, bwd = self.solver_options, self.backward_options
         step = None
-        if SOLVERS[fwd.method].needs_step_size or SOLVERS[bwd.method].needs_step_size:
+        if fwd.solver.needs_step_size or bwd.solver.needs_step_size:
             mu, lip = terms()
             step = (1.0 - mu) / max(lip, 1e-12) ** 2
         margin = None if self.training else functools.cache(self._monotone_margin)

@@ -141,6 +141,12 @@ class SolverOptions:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def solver(self) -> Solver:
+        """The `Solver` these options name: what callers need to know of it (its family, its
+        adjoint form, whether it needs a step size) is read from there, never from the name."""
+        return SOLVERS[self.method]
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
         if self.method not in SOLVERS:
@@ -574,14 +580,16 @@ class Solver:
     """A fixed-point solver and what its callers need to know of it, stated once here.
 
     ``family``: ``"averaged"`` (fixed steps from `averaged_steps`; the ONNX export runs these),
-    ``"splitting"`` (MON's operator splittings: resolvent iterations, their adjoint in prox form)
-    or ``"accelerated"`` (Anderson). ``needs_step_size``: the solver takes the forward-backward
-    step ``(1 - mu_2(A)) / ||I - A||_2^2`` from its layer."""
+    ``"splitting"`` (MON's operator splittings: resolvent iterations) or ``"accelerated"``
+    (Anderson). ``needs_step_size``: the solver takes the forward-backward step
+    ``(1 - mu_2(A)) / ||I - A||_2^2`` from its layer. `adjoint_form`: the form of the adjoint
+    equation it solves (docs/maths.md#gradients)."""
 
     name: str
     run: Callable
     family: str
     needs_step_size: bool = False
+    needs_resolvent: bool = False  # iterates (I + a (I - A))^-1, which only MON layers have
 
     def __call__(
         self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start=False
@@ -599,6 +607,13 @@ class Solver:
     def splitting(self) -> bool:
         return self.family == "splitting"
 
+    @property
+    def adjoint_form(self) -> str:
+        """``"prox"``: ``w = J (A^T w + g)``, a prox form a splitting can split; ``"transpose"``:
+        ``p = A^T J p + g`` and ``w = J p``, contracting in the dual norm with the forward
+        factor (every other solver)."""
+        return "prox" if self.splitting else "transpose"
+
 
 SOLVERS: dict[str, Solver] = {
     s.name: s
@@ -607,7 +622,7 @@ SOLVERS: dict[str, Solver] = {
         Solver("diagonal", diagonal, "averaged"),
         Solver("picard", picard, "averaged"),
         Solver("forward_backward", forward_backward, "splitting", needs_step_size=True),
-        Solver("peaceman_rachford", peaceman_rachford, "splitting"),
+        Solver("peaceman_rachford", peaceman_rachford, "splitting", needs_resolvent=True),
         Solver("anderson", anderson, "accelerated"),
     )
 }

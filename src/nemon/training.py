@@ -55,7 +55,7 @@ from .runs import (
     state_checksum,
     write_text_atomic,
 )
-from .solvers import SOLVERS, ConvergenceWarning
+from .solvers import ConvergenceWarning
 from .sources import TensorSource
 from .validation import MAX_THREADS, check_integer
 
@@ -476,7 +476,7 @@ class _Trainer:
         layers = {
             name: m
             for name, m in self.raw.named_modules()
-            if isinstance(m, ImplicitLayer) and SOLVERS[m.solver_options.method].splitting
+            if isinstance(m, ImplicitLayer) and m.solver_options.solver.splitting
         }
         if not layers:
             return
