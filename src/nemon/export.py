@@ -31,6 +31,7 @@ from .layers import ExplicitDense, IDLDense, NEMONDense
 from .models import Classifier
 from .norms import round_to
 from .operators import same_padding
+from .ranges import check_input_range
 from .runs import OutputError, atomic_path, check_output_target
 from .solvers import _TINY, averaged_solvers, averaged_steps, contraction_factor
 
@@ -90,13 +91,9 @@ def _checked_range(input_range, dtype: torch.dtype) -> tuple[float, float]:
             "worst-case iterations hold for inputs in it"
         )
     try:
-        lo, hi = (float(v) for v in input_range)
-    except (TypeError, ValueError):
-        raise ExportError(
-            f"input_range must be two numbers (lo, hi), got {input_range!r}"
-        ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ExportError(f"input_range must be two finite numbers lo < hi, got ({lo:g}, {hi:g})")
+        lo, hi = check_input_range(input_range)
+    except InputError as exc:
+        raise ExportError(str(exc)) from None
     biggest = torch.finfo(dtype).max
     if max(abs(lo), abs(hi)) > biggest:
         raise ExportError(

@@ -14,15 +14,13 @@ from ..ranges import IMAGES
 from ..runs import (
     read_torch_file,
 )
+from .arguments import UsageError
 from .checkpoints import (
     load_checkpoint,
 )
 from .resources import check_memory
 
 __all__ = ["load_model_named", "recorded_range", "load_test", "load_with_data"]
-
-
-from .arguments import UsageError
 
 
 def load_model_named(name_or_path: str, device: str, use: str = "load", dataset: str | None = None):

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 from ...attacks import ATTACKS, accuracy_under_attack
-from ..train import ConvergenceTally
-
-__all__ = ["add", "run"]
-
-
 from ..arguments import (
     NONNEGATIVE,
     POSITIVE,
@@ -17,6 +12,9 @@ from ..arguments import (
     input_range_of,
 )
 from ..loading import load_with_data
+from ..train import ConvergenceTally
+
+__all__ = ["add", "run"]
 
 
 def add(sub, common) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from ..arguments import POSITIVE, number
 from ..bench import run_bench
 
 __all__ = ["add", "run"]
-
-
-from ..arguments import POSITIVE, number
 
 
 def add(sub, common) -> None:

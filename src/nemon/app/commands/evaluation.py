@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 
 from ...certificates import CERTIFICATES, default_certificate
+from ..arguments import POSITIVE, RADIUS, add_input_range, add_model, input_range_of
 from ..checkpoints import (
     json_line,
 )
+from ..loading import load_test, load_with_data
 from ..train import ConvergenceTally, certified_accuracy, evaluate
 
 __all__ = ["add", "run_eval", "run_certify"]
-
-
-from ..arguments import POSITIVE, RADIUS, add_input_range, add_model, input_range_of
-from ..loading import load_test, load_with_data
 
 
 def add(sub, common) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from ...export import export_onnx
-
-__all__ = ["add", "run"]
-
-
 from ..arguments import UsageError, add_input_range, add_model, input_range_of
 from ..loading import load_model_named, recorded_range
+
+__all__ = ["add", "run"]
 
 
 def add(sub, common) -> None:

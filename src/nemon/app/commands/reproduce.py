@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..arguments import POSITIVE, RADIUS
 from ..reproduce import reproduce_conv, reproduce_mnist
 
 __all__ = ["add", "run"]
-
-
-from ..arguments import POSITIVE, RADIUS
 
 
 def add(sub, common) -> None:

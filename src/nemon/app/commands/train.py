@@ -12,14 +12,12 @@ import torch
 from ...recipes import FIELDS as RECIPE_FIELDS
 from ...recipes import SCHEDULE, Recipe, schedule_changes
 from ...validation import RANGES
+from ..arguments import UsageError, setting_type
 from ..checkpoints import CheckpointError, read_checkpoint
 from ..config import PRESETS, TrainConfig
 from ..train import train
 
 __all__ = ["add", "run", "config_from"]
-
-
-from ..arguments import UsageError, setting_type
 
 
 def add(sub, common) -> None:

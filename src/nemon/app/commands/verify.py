@@ -4,14 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoints import (
-    RunFolderError,
-)
-from ..verify_run import check_folder, model_identity, summary_line, verify_folder
-
-__all__ = ["add", "validate", "run"]
-
-
 from ..arguments import (
     NONNEGATIVE,
     POSITIVE,
@@ -22,7 +14,13 @@ from ..arguments import (
     input_range_of,
     number,
 )
+from ..checkpoints import (
+    RunFolderError,
+)
 from ..loading import load_with_data
+from ..verify_run import check_folder, model_identity, summary_line, verify_folder
+
+__all__ = ["add", "validate", "run"]
 
 
 def add(sub, common) -> None:
