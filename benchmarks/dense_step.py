@@ -32,6 +32,7 @@ import torch
 
 from nemon.app.bench import dense_step_times
 from nemon.runs import write_text_atomic
+from nemon.solve_log import open_logs, report
 from nemon.solvers import SolverStats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed"
@@ -76,10 +77,11 @@ class EagerFloor(torch.nn.Module):
         self.B = torch.nn.Linear(784, hidden)
         self.T = torch.nn.Parameter(torch.empty(hidden, hidden).uniform_(-0.1, 0.1))
         self.readout = torch.nn.Linear(hidden, 10)
-        fixed = SolverStats(iterations=4, converged=True, method="fixed")
-        self.solver_stats = {"forward": fixed, "backward": fixed}
 
     def forward(self, u):
+        fixed = SolverStats(iterations=4, converged=True, method="fixed")
+        report(open_logs(), "state", "forward", fixed)  # its 4 + 4 iterations, as solves report
+        report(open_logs(), "state", "backward", fixed)
         T = self.T
         t = torch.diagonal(T)
         diagonal = self.gamma + 2 * t.clamp(max=0) - (T.abs().sum(1) - t.abs())

@@ -51,10 +51,10 @@ def test_a_solve_states_how_it_ended():
     with torch.no_grad():
         layer.B.weight.mul_(10)
     u = torch.rand(2, 4, dtype=torch.float64)
-    assert layer.solve(u).stats["forward"].result == "converged"
+    assert layer.solve(u).stats.result == "converged"
     with layer.solver_settings(max_iter=2, tol=1e-15), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert layer.solve(u).stats["forward"].result == "max_iterations"
+        assert layer.solve(u).stats.result == "max_iterations"
     stats = nemon.solvers.SolverStats(residual=float("nan"))
     assert stats.result == "non_finite"
 

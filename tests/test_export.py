@@ -25,9 +25,9 @@ def run_onnx(path, u: torch.Tensor) -> dict:
 
 
 def torch_outputs(model, u):
-    with torch.no_grad():
+    with torch.no_grad(), nemon.SolveLog() as log:
         logits = model(u)
-    stats = model.layer.solver_stats["forward"]
+    (stats,) = log.stats("forward")
     return logits, stats
 
 

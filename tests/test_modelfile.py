@@ -66,8 +66,8 @@ def test_solver_settings_changed_after_construction_travel(tmp_path):
     model.layer.set_splitting_step(0.125)
     model.layer.error_tol = 1e-6
     loaded = nemon.load(nemon.save(model, tmp_path / "m.safetensors"))
-    assert loaded.layer.solver_options.alpha == 0.125
-    assert loaded.layer.backward_options.alpha == 0.125
+    assert loaded.layer.solver_options.method.step == 0.125
+    assert loaded.layer.backward_options.method.step == 0.125
     assert loaded.layer.error_tol == 1e-6
 
 
@@ -193,6 +193,8 @@ def test_the_model_file_keeps_a_tuned_splitting_step(tmp_path):
     x, y = torch.rand(64, 1, 4, 4), torch.randint(0, 2, (64,))
     model = nemon.Classifier(nemon.MONDense(16, 6), 2)
     nemon.fit(model, ((x, y), (x, y)), nemon.Recipe(epochs=1, batch_size=8), out=tmp_path / "r")
-    tuned = model.layer.solver_options.alpha
+    tuned = model.layer.solver_options.method.step
     assert tuned is not None
-    assert nemon.load(tmp_path / "r" / "model.safetensors").layer.solver_options.alpha == tuned
+    assert (
+        nemon.load(tmp_path / "r" / "model.safetensors").layer.solver_options.method.step == tuned
+    )

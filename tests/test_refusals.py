@@ -30,6 +30,7 @@ from nemon.app.train import (
 )
 from nemon.data import Dataset
 from nemon.norms import round_to
+from nemon.settings import field_named
 
 
 # -- 1. false certificates ------------------------------------------------------------------------
@@ -503,9 +504,9 @@ def test_certify_defaults_to_the_strongest_method_and_says_when_one_certifies_no
     "option, value", [("hidden", "40000"), ("cert-weight", "1.5"), ("tol", "1e-20"), ("seed", "-1")]
 )
 def test_cli_and_library_refuse_a_setting_with_one_rule(option, value, capsys):
-    """One table of ranges (nemon.validation.RANGES): the option's refusal is the library's."""
+    """One range, in the setting's field metadata: the option's refusal is the library's."""
     name = option.replace("-", "_")
-    kind = nemon.validation.RANGES[name].kind
+    kind = field_named(TrainConfig, name).metadata["range"].kind
     with pytest.raises(ValueError) as library:
         TrainConfig(**{name: kind(float(value)) if kind is int else float(value)}).validate()
     with pytest.raises(SystemExit):

@@ -102,7 +102,6 @@ def test_certify_never_changes_the_callers_model_and_is_thread_safe():
     u, y = inputs(40), torch.zeros(40, dtype=torch.long)
     with torch.no_grad():
         y = model(u).argmax(1)
-    stats = dict(model.layer.solver_stats)
     expected = nemon.margin_bounds(model, u, y, 1e-3, dtype=None)[1]
     results, errors = [], []
 
@@ -120,7 +119,6 @@ def test_certify_never_changes_the_callers_model_and_is_thread_safe():
     assert not errors
     assert all(torch.equal(r, expected) for r in results)
     assert (model.layer.solver_options, model.layer.backward_options) == options
-    assert model.layer.solver_stats.keys() == stats.keys()
 
 
 def test_certify_checks_labels_radii_and_the_model():

@@ -112,7 +112,9 @@ def test_anderson_safeguard_keeps_convergence_with_bad_memory():
     system, _, _ = dense_system(5, n=20, batch=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        x, stats = solve(system, options=SolverOptions(method="anderson", memory=15, tol=1e-10))
+        x, stats = solve(
+            system, options=SolverOptions(method=nemon.solvers.Anderson(memory=15), tol=1e-10)
+        )
     assert torch.allclose(x, reference(system), atol=1e-7)
 
 

@@ -1,5 +1,7 @@
 """MON's splitting step, tuned as MON's code tunes it, and kept by checkpoints."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import tiny_data
@@ -23,8 +25,8 @@ def test_the_tuned_step_is_the_halving_search_of_mon_code():
     u = torch.randn(30, 12)
 
     def count(step):
-        with layer.solver_settings(alpha=step):
-            return layer.solve(u).stats["forward"].iterations
+        with layer.solver_settings(method=replace(layer.solver_options.method, step=step)):
+            return layer.solve(u).stats.iterations
 
     counts = {2.0**-k: count(2.0**-k) for k in range(0, 14)}
     expected, k = 1.0, 1
@@ -32,14 +34,15 @@ def test_the_tuned_step_is_the_halving_search_of_mon_code():
         expected, k = 2.0**-k, k + 1
     step = layer.tune_splitting_step(u)
     assert step == expected and step < 1.0  # the search moved, to the step MON's code picks
-    assert layer.solver_options.alpha == layer.backward_options.alpha == step
-    assert layer.solve(u).stats["forward"].iterations == counts[step] < counts[1.0]
+    assert layer.solver_options.method == layer.backward_options.method
+    assert layer.solver_options.method.step == step
+    assert layer.solve(u).stats.iterations == counts[step] < counts[1.0]
 
 
 def test_averaged_layers_keep_their_best_step():
     layer = NEMONDense(12, 20)
     assert layer.tune_splitting_step(torch.randn(4, 12)) is None
-    assert layer.solver_options.alpha is None
+    assert layer.solver_options.method == nemon.solvers.Diagonal()  # its best steps, untouched
 
 
 def test_fit_tunes_mon_and_resumes_with_the_tuned_step(tmp_path):
@@ -51,17 +54,17 @@ def test_fit_tunes_mon_and_resumes_with_the_tuned_step(tmp_path):
         return nemon.build_model("mon", "dense", (1, 8, 8), 2, hidden=16, gamma=0.5)
 
     full = nemon.fit(model(), data, recipe, out=tmp_path / "full", progress=False)
-    assert full.model.layer.solver_options.alpha is not None  # tuned at steps 5 and 10 of 10
+    assert full.model.layer.solver_options.method.step is not None  # tuned at steps 5 and 10 of 10
     cut = nemon.fit(model(), data, recipe, out=tmp_path / "cut", progress=False,
                     stop_after_steps=13)  # fmt: skip
     assert cut.stopped
     fresh = model()
-    assert fresh.layer.solver_options.alpha is None
+    assert fresh.layer.solver_options.method.step is None
     resumed = nemon.fit(fresh, data, recipe, out=tmp_path / "cut", resume=True, progress=False)
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
     off = nemon.fit(model(), data, recipe.replace(tune_splitting_step=False), progress=False)
-    assert off.model.layer.solver_options.alpha is None
+    assert off.model.layer.solver_options.method.step is None
 
 
 def test_the_setting_is_a_bool():

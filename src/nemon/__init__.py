@@ -21,6 +21,7 @@ from .models import Classifier, build_model
 from .norms import mu_inf, norm_inf
 from .pretrained import load_pretrained, pretrained_names
 from .recipes import RECIPES, Recipe
+from .solve_log import SolveLog
 from .solvers import ConvergenceWarning, SolverOptions, alpha_star, contraction_factor, solve
 from .training import TrainingDiverged, fit
 
@@ -74,6 +75,7 @@ __all__ = [
     # solving and the theory's constants
     "solve",
     "SolverOptions",
+    "SolveLog",
     "ConvergenceWarning",
     "InputError",
     "mu_inf",

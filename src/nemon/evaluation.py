@@ -11,30 +11,18 @@ from torch import Tensor, nn
 
 from .certificates import CertificateWarning, certify
 from .data import batches
-from .layers import ImplicitLayer
 from .modes import evaluation_mode
 from .progress import Progress
 from .ranges import IMAGES, InputRange
+from .solve_log import SolveLog
 from .solvers import ConvergenceWarning
 
 __all__ = [
     "evaluate",
     "certified_accuracy",
-    "solver_iterations",
     "model_device",
     "ConvergenceTally",
 ]
-
-
-def solver_iterations(model: nn.Module) -> tuple[int, int]:
-    """Forward and backward iterations of the last solves, summed over the implicit layers."""
-    fwd = bwd = 0
-    for layer in model.modules():
-        if isinstance(layer, ImplicitLayer):
-            stats = layer.solver_stats
-            fwd += stats["forward"].iterations if "forward" in stats else 0
-            bwd += stats["backward"].iterations if "backward" in stats else 0
-    return fwd, bwd
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -44,26 +32,25 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> dict:
-    """Accuracy, mean loss and mean forward iterations on ``(x, y)``, in eval mode (the
-    model's own modes are restored after)."""
+    """Accuracy, mean loss and the mean iterations of a layer's solve on ``(x, y)``, in eval mode
+    (the model's own modes are restored after)."""
     with evaluation_mode(model):
         return _evaluate(model, x, y, batch_size)
 
 
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> dict:
     device = model_device(model)
-    correct, loss, iters, count = 0, 0.0, 0, 0
-    for xb, yb in batches(x, y, batch_size):
-        xb, yb = xb.to(device), yb.to(device)
-        logits = model(xb)
-        correct += int((logits.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        iters += solver_iterations(model)[0]
-        count += 1
+    correct, loss = 0, 0.0
+    with SolveLog() as log:
+        for xb, yb in batches(x, y, batch_size):
+            xb, yb = xb.to(device), yb.to(device)
+            logits = model(xb)
+            correct += int((logits.argmax(1) == yb).sum())
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
     return {
         "accuracy": correct / len(x),
         "loss": loss / len(x),
-        "forward_iterations": iters / max(count, 1),
+        "forward_iterations": log.mean_iterations("forward"),
     }
 
 

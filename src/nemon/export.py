@@ -33,7 +33,7 @@ from .norms import round_to
 from .operators import same_padding
 from .ranges import check_input_range
 from .runs import OutputError, atomic_path, check_output_target
-from .solvers import _TINY, averaged_solvers, averaged_steps, contraction_factor
+from .solvers import _TINY, averaged_solvers, contraction_factor
 
 __all__ = ["export_onnx", "ExportError", "onnx_metadata"]
 
@@ -297,15 +297,15 @@ class _Builder:
     def solver_constants(self) -> dict:
         """Steps, reference step, measure and factor exactly as the PyTorch solve uses them."""
         layer, opts = self.layer, self.layer.solver_options
-        if not opts.solver.averaged:
+        if not opts.method.averaged:
             raise ExportError(
                 f"export runs the averaged iterations {averaged_solvers()}; this layer's solver is "
-                f"{opts.method!r} (build the layer with solver='diagonal' to export it)"
+                f"{opts.method.name!r} (build the layer with solver='diagonal' to export it)"
             )
         weights = tuple(w.detach() for w in layer.effective_weights())
         measure = float(layer.equilibrium(weights).measure)
         diagonal = layer.operator.diagonal_entries(weights)
-        steps, alpha_ref = averaged_steps(opts, diagonal, self.dtype)
+        steps, alpha_ref = opts.method.steps(diagonal, self.dtype)
         steps = torch.as_tensor(steps, dtype=self.dtype)
         return dict(
             A=weights[0], weights=weights, steps=steps, alpha_ref=alpha_ref, measure=measure
@@ -408,7 +408,7 @@ class _Builder:
         )
         return {
             **meta,
-            "solver": opts.method,
+            "solver": str(opts.method),
             "measure": k["measure"],
             "gamma": layer.gamma,
             "alpha": k["alpha_ref"],

@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 from .activations import Activation, DiagonalGain, Identity
 from .errors import InputError
 from .operators import Operator
+from .solve_log import open_logs, report
 from .solvers import (
     FixedPointSystem,
     SolverOptions,
@@ -49,9 +50,14 @@ class ImplicitAdjoint:
 
     name = "implicit"
 
-    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor):
+    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor, forward: SolverStats):
+        """``(w, stats)``; the forward solve's constants are reused when the backward solver is
+        the forward one (the same steps for the same ``A``)."""
         system, to_w, start = eq.adjoint_system(weights, J, grad_x)
-        solution, stats = solve(system, start, eq.backward_options)
+        same = eq.backward_options.method == eq.options.method
+        solution, stats = solve(
+            system, start, eq.backward_options, forward.prepared if same else None
+        )
         return to_w(solution), stats
 
 
@@ -61,7 +67,7 @@ class JacobianFree:
 
     name = "jacobian_free"
 
-    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor):
+    def gradient(self, eq: Equilibrium, weights, J: Tensor, grad_x: Tensor, forward: SolverStats):
         return J * grad_x, SolverStats(iterations=0, converged=True, method=self.name)
 
 
@@ -83,7 +89,8 @@ class Equilibrium:
 
     ``measure`` bounds ``mu(A)`` in the norm ``||.||_{inf,[eta]^-1}`` (``eta`` broadcastable to a
     state; None for unit weights); it feeds the error bounds. The splitting solvers use the
-    operator's resolvent where it has one. Solver statistics land in ``stats``.
+    operator's resolvent where it has one. ``kind`` names the solve in a `SolveLog`
+    (``"state"``, or ``"embedding"`` for interval bounds).
     """
 
     operator: Operator
@@ -96,8 +103,7 @@ class Equilibrium:
     monotone_margin: Callable[[], float] | None = None  # MON: 1 - mu_2(A), for its error bound
     lipschitz: float | None = None  # an upper bound of ||A|| in the weighted norm (IDL)
     adjoint: ImplicitAdjoint | JacobianFree = field(default_factory=ImplicitAdjoint)
-    stats: dict[str, SolverStats] = field(default_factory=dict)
-    constants: dict = field(default_factory=dict)  # steps built once, for forward and adjoint
+    kind: str = "state"
 
     def forward_system(self, weights: tuple[Tensor, ...], z: Tensor) -> FixedPointSystem:
         op = self.operator
@@ -111,7 +117,6 @@ class Equilibrium:
             resolvent=self._resolvent(weights, transpose=False),
             splitting_step=self.splitting_step,
             affine=lambda x: op.matvec_add(weights, x, z),
-            constants=self.constants,
             monotone_margin=self.monotone_margin,
             lipschitz=self.lipschitz,
         )
@@ -136,9 +141,8 @@ class Equilibrium:
             norm=weighted_l1_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=True),
             splitting_step=self.splitting_step,
-            constants=self.constants,
         )
-        if self.backward_options.solver.adjoint_form == "prox":
+        if self.backward_options.method.adjoint_form == "prox":
             system = FixedPointSystem(
                 matvec=lambda w: op.rmatvec(weights, w),
                 phi=DiagonalGain(J),
@@ -163,25 +167,28 @@ class Equilibrium:
 
 
 class ImplicitSolve(torch.autograd.Function):
-    """``x* = Phi(A x* + z)`` with gradients by the implicit function theorem."""
+    """``x* = Phi(A x* + z)`` with gradients by the implicit function theorem. Returns the state
+    and the forward solve's `SolverStats`; the adjoint solve's statistics go to the `SolveLog`
+    open at the forward (there is no return value to carry them)."""
 
     @staticmethod
-    def forward(ctx, eq: Equilibrium, z: Tensor, *weights: Tensor) -> Tensor:
+    def forward(ctx, eq: Equilibrium, z: Tensor, *weights: Tensor):
         weights = tuple(w.detach() for w in weights)
         x, stats = solve(eq.forward_system(weights, z.detach()), None, eq.options)
-        eq.stats["forward"] = stats
-        ctx.eq = eq
+        ctx.eq, ctx.stats, ctx.logs = eq, stats, open_logs()
+        report(ctx.logs, eq.kind, "forward", stats)
         ctx.save_for_backward(x, z, *weights)
-        return x
+        return x, stats
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_x: Tensor):
+    def backward(ctx, grad_x: Tensor, _grad_stats=None):
         x, z, *weights = ctx.saved_tensors
         eq: Equilibrium = ctx.eq
         weights = tuple(weights)
         J = eq.phi.derivative(eq.operator.matvec_add(weights, x, z))
-        w, eq.stats["backward"] = eq.adjoint.gradient(eq, weights, J, grad_x)
+        w, stats = eq.adjoint.gradient(eq, weights, J, grad_x, ctx.stats)
+        report(ctx.logs, eq.kind, "backward", stats)
         needs = ctx.needs_input_grad[2:]
         grads: list[Tensor | None] = [None] * len(weights)
         if any(needs):
@@ -190,22 +197,23 @@ class ImplicitSolve(torch.autograd.Function):
         return (None, grad_z, *grads)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Solution:
-    """What a solve returns: the state ``x`` and its statistics (``stats["forward"]``, and
-    ``stats["backward"]`` once gradients have flowed through it)."""
+    """What a layer's solve returns: the state ``x`` and its forward solve's statistics."""
 
     x: Tensor
-    stats: dict[str, SolverStats]
+    stats: SolverStats
 
     @property
     def error_bound(self) -> Tensor | None:
         """Per sample, the a-posteriori bound on ``||x - x*||`` (weighted l_inf; for MON the
         l_2 bound, which bounds l_inf too), or None where the solve has none (MON in training
         mode)."""
-        return self.stats["forward"].error_bound
+        return self.stats.error_bound
 
 
-def implicit_solve(eq: Equilibrium, z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-    """Solve the equilibrium of ``eq`` for injection ``z``; differentiable in ``z`` and ``weights``."""
-    return ImplicitSolve.apply(eq, z, *weights)
+def implicit_solve(eq: Equilibrium, z: Tensor, weights: tuple[Tensor, ...]) -> Solution:
+    """Solve the equilibrium of ``eq`` for injection ``z``; the state is differentiable in ``z``
+    and ``weights``."""
+    x, stats = ImplicitSolve.apply(eq, z, *weights)
+    return Solution(x, stats)

@@ -4,7 +4,8 @@ Dense NEMON, MON and IDL are here; the convolutional layers are in `nemon.conv_l
 
 All layers share one interface: ``forward(u) -> x*``, ``weight()`` (effective ``A``),
 ``measure()`` (the bound that makes the layer well posed), ``lipschitz_terms()`` (what the
-bounds (14), (15) need), ``features(x)`` for a readout, and ``solver_stats`` from the last solve.
+bounds (14), (15) need), ``features(x)`` for a readout, and ``solve(u)``: the state with the
+forward solve's statistics (a layer keeps none of them: `nemon.SolveLog` collects them).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from .parametrize import (
     check_gamma,
     mu_inf_param,
 )
-from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, SolverOptions, SolverStats
+from .solve_log import open_logs, report
+from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, Solver, SolverOptions, SolverStats
 from .validation import check_number
 
 __all__ = [
@@ -85,10 +87,10 @@ class ImplicitLayer(RecordsArguments, nn.Module):
     def __init__(
         self,
         activation: str | Activation = "relu",
-        solver: str | None = None,
+        solver: str | dict | Solver | None = None,
         tol: float = DEFAULT_TOL,
         max_iter: int = DEFAULT_MAX_ITER,
-        backward_solver: str | None = None,
+        backward_solver: str | dict | Solver | None = None,
         backward_tol: float | None = None,
         residual: str = "step",
         check_inputs: bool = True,
@@ -112,23 +114,22 @@ class ImplicitLayer(RecordsArguments, nn.Module):
             residual=residual,
         )
         self.check_inputs = check_inputs
-        self.solver_stats: dict[str, SolverStats] = {}
         self._check_solvers()
 
     def settings(self) -> dict:
         """The solver settings the layer runs with now, as constructor arguments (model files
-        record them; ``splitting_step`` is set by `set_splitting_step`)."""
+        record them; a solver with settings of its own, such as MON's tuned step, as
+        ``{"name": ..., **settings}``)."""
         fwd, bwd = self.solver_options, self.backward_options
         return {
-            "solver": fwd.method,
+            "solver": fwd.method.spec(),
             "tol": fwd.tol,
             "max_iter": fwd.max_iter,
-            "backward_solver": bwd.method,
+            "backward_solver": bwd.method.spec(),
             "backward_tol": bwd.tol,
             "residual": fwd.residual,
             "check_inputs": self.check_inputs,
             "error_tol": self.error_tol,
-            "splitting_step": fwd.alpha,
         }
 
     def _register_gamma(self, gamma: float) -> None:
@@ -162,16 +163,16 @@ class ImplicitLayer(RecordsArguments, nn.Module):
             ("backward_solver", self.backward_options),
         ):
             method = options.method
-            if options.solver.needs_resolvent and not self.has_resolvent:
+            if method.needs_resolvent and not self.has_resolvent:
                 usable = ", ".join(sorted(m for m, s in SOLVERS.items() if not s.needs_resolvent))
                 raise InputError(
-                    f"{self._name()} cannot use {role}={method!r}: it needs the resolvent"
+                    f"{self._name()} cannot use {role}={method.name!r}: it needs the resolvent"
                     f" (I + a (I - A))^-1 that only MON layers have; choose one of {usable}"
                 )
         method = self.solver_options.method
-        if self.solver_options.solver.splitting and not self.activation.has_prox:
+        if method.splitting and not self.activation.has_prox:
             raise InputError(
-                f"{self._name()} with solver {method!r} needs an activation with a closed-form"
+                f"{self._name()} with solver {method.name!r} needs an activation with a closed-form"
                 f" prox, one of {', '.join(PROX_ACTIVATIONS)}; got {self.activation.name!r}"
             )
 
@@ -217,7 +218,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         eq.adjoint = self.adjoint
         if not self.training and self.error_tol is not None:
             eq.options = replace(eq.options, error_tol=self.error_tol)
-        return Solution(implicit_solve(eq, z, weights), eq.stats)
+        return implicit_solve(eq, z, weights)
 
     def running_error(self) -> float | None:
         """The distance (weighted l_inf; l_2 for MON) within which the layer's state in eval
@@ -226,10 +227,9 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         return self.error_tol
 
     def forward(self, u: Tensor) -> Tensor:
-        """``x*(u)``; ``solver_stats`` keeps the statistics of this solve for inspection."""
-        solution = self.solve(u)
-        self.solver_stats = solution.stats
-        return solution.x
+        """``x*(u)``. The solve's statistics: `solve` returns them, a `nemon.SolveLog` collects
+        them."""
+        return self.solve(u).x
 
     @torch.no_grad()
     def tune_splitting_step(self, u: Tensor, largest: float = 1.0, smallest: float = 1e-4):
@@ -238,12 +238,14 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         step before they did, and use it forward and backward. Returns the step, or None for
         solvers without one to tune (the averaged family has its best step, Theorem 2). When no
         step converges the options are left as they were."""
-        if not self.solver_options.solver.splitting:
+        if not self.solver_options.method.splitting:
             return None
 
         def iterations(step: float) -> int:
-            with self.solver_settings(alpha=step, warn=False):
-                return self.solve(u).stats["forward"].iterations
+            with self.solver_settings(
+                method=replace(self.solver_options.method, step=step), warn=False
+            ):
+                return self.solve(u).stats.iterations
 
         step, count = largest, iterations(largest)
         while step / 2 >= smallest:
@@ -258,8 +260,8 @@ class ImplicitLayer(RecordsArguments, nn.Module):
 
     def set_splitting_step(self, step: float | None) -> None:
         """The step of the splitting solvers, forward and backward (None: their default)."""
-        self.solver_options = replace(self.solver_options, alpha=step)
-        self.backward_options = replace(self.backward_options, alpha=step)
+        self.solver_options = _with_step(self.solver_options, step)
+        self.backward_options = _with_step(self.backward_options, step)
 
     @contextmanager
     def solver_settings(self, **changes):
@@ -336,7 +338,7 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         the weighted l_inf theory does not apply to a mu_2 bound."""
         fwd, bwd = self.solver_options, self.backward_options
         step = None
-        if fwd.solver.needs_step_size or bwd.solver.needs_step_size:
+        if fwd.method.needs_step_size or bwd.method.needs_step_size:
             mu, lip = terms()
             step = (1.0 - mu) / max(lip, 1e-12) ** 2
         margin = None if self.training else functools.cache(self._monotone_margin)
@@ -353,10 +355,19 @@ class ImplicitLayer(RecordsArguments, nn.Module):
     def _solve_embedding(self, operator, weights, z_both, measure, eta) -> tuple:
         """Solve the embedding system ``[x_lo; x_hi]`` with this layer's solvers and adjoint."""
         fwd, bwd = self.solver_options, self.backward_options
-        eq = Equilibrium(operator, self.activation, fwd, bwd, measure, eta, adjoint=self.adjoint)
+        eq = Equilibrium(
+            operator,
+            self.activation,
+            fwd,
+            bwd,
+            measure,
+            eta,
+            adjoint=self.adjoint,
+            kind="embedding",
+        )
         both = implicit_solve(eq, z_both, weights)
-        half = both.shape[1] // 2
-        return both[:, :half], both[:, half:], eq.stats["forward"].error_bound
+        half = both.x.shape[1] // 2
+        return both.x[:, :half], both.x[:, half:], both.error_bound
 
     @property
     def num_features(self) -> int:
@@ -576,13 +587,14 @@ class ExplicitDense(_DenseLayer):
         every layer's solve)."""
         if self.check_inputs:
             self._check_input(u, finite=False)
-        stats = SolverStats(iterations=1, residual=0.0, converged=True, method="explicit")
         z = self.B(u)
         if self.check_inputs:
             self._check_finite(u, z)
         x = self.activation(z)
-        stats.error_bound = torch.zeros(len(u), dtype=x.dtype, device=x.device)
-        return Solution(x, {"forward": stats})
+        exact = torch.zeros(len(u), dtype=x.dtype, device=x.device)
+        stats = SolverStats(1, 0.0, True, error_bound=exact, method="explicit")
+        report(open_logs(), "state", "forward", stats)
+        return Solution(x, stats)
 
     def running_error(self) -> float:
         """0: the explicit layer is evaluated exactly."""
@@ -676,3 +688,10 @@ class MONDense(FullPrecision, _DenseLayer):
             denominator=1 - self.measure(),
             input_dim_factor=math.sqrt(self.in_features),
         )
+
+
+def _with_step(options: SolverOptions, step: float | None) -> SolverOptions:
+    """``options`` with a splitting solver's step set (other solvers have no such step)."""
+    if not options.method.splitting:
+        return options
+    return replace(options, method=replace(options.method, step=step))

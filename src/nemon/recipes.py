@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import InputError
-from .validation import RANGES, check_choice, check_setting
+from .settings import check_fields, field_named, setting
+from .validation import TOLERANCE, Range
 
 __all__ = [
     "Recipe", "RECIPES", "RAMPS", "REGULARISERS", "ROBUST_MIXES", "SCHEDULE", "recipe_named",
@@ -63,43 +64,38 @@ class Recipe:
             tolerance; a loose training tolerance trades nothing the certificates rely on.
     """
 
-    epochs: int = 10
-    batch_size: int = 300
-    lr: float = 1.5e-2
-    lr_milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.2
-    grad_clip: float = 0.0
-    lam: float = 0.0
-    reg_kind: str = "product"
-    cert_eps: float = 0.0
-    cert_weight: float = 0.5
-    adv_steps: int = 0
-    robust_mix: str = "loss"
-    box_shrink: float = 1.0
-    warmup_epochs: int = 0
-    cert_ramp_epochs: int = 1
-    ramp: str = "linear"
-    swa_start: int = 0
-    seed: int = 0
-    checkpoint_every: int = 50
-    cert_eval_eps: tuple[float, ...] = ()
-    cert_eval_limit: int = 1000
-    solve_tol: float | None = None
-    tune_splitting_step: bool = True
+    epochs: int = setting(10, range=Range(int, 1))
+    batch_size: int = setting(300, range=Range(int, 1))
+    lr: float = setting(1.5e-2, range=Range(float, 0.0, low_open=True))
+    lr_milestones: tuple[int, ...] = setting((), range=Range(int, 1))
+    lr_decay: float = setting(0.2, range=Range(float, 0.0, 1.0, low_open=True))
+    grad_clip: float = setting(0.0, range=Range(float, 0.0))
+    lam: float = setting(0.0, range=Range(float, 0.0))
+    reg_kind: str = setting("product", choices=REGULARISERS)
+    cert_eps: float = setting(0.0, range=Range(float, 0.0))
+    cert_weight: float = setting(0.5, range=Range(float, 0.0, 1.0))
+    adv_steps: int = setting(0, range=Range(int, 0))
+    robust_mix: str = setting("loss", choices=ROBUST_MIXES)
+    box_shrink: float = setting(1.0, range=Range(float, 0.0, 1.0, low_open=True))
+    warmup_epochs: int = setting(0, range=Range(int, 0))
+    cert_ramp_epochs: int = setting(1, range=Range(int, 0))
+    ramp: str = setting("linear", choices=RAMPS)
+    swa_start: int = setting(0, range=Range(int, 0))
+    seed: int = setting(0, range=Range(int, 0))
+    checkpoint_every: int = setting(50, range=Range(int, 0))
+    cert_eval_eps: tuple[float, ...] = setting((), range=Range(float, 0.0))
+    cert_eval_limit: int = setting(1000, range=Range(int, 1))
+    solve_tol: float | None = setting(None, range=TOLERANCE)
+    tune_splitting_step: bool = setting(True, choices=(True, False))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
         object.__setattr__(self, "cert_eval_eps", tuple(self.cert_eval_eps))
-        for f in fields(self):
-            if f.name in RANGES and getattr(self, f.name) is not None:
-                check_setting(f.name, getattr(self, f.name))
-        check_choice("ramp", self.ramp, RAMPS)
-        check_choice("reg_kind", self.reg_kind, REGULARISERS)
-        check_choice("robust_mix", self.robust_mix, ROBUST_MIXES)
         if not isinstance(self.tune_splitting_step, bool):
             raise InputError(
                 f"tune_splitting_step must be True or False, got {self.tune_splitting_step!r}"
             )
+        check_fields(self)
         if self.box_shrink < 1 and self.adv_steps == 0:
             raise InputError(
                 f"box_shrink = {self.box_shrink:g} < 1 needs adv_steps > 0: the small box is "
@@ -122,7 +118,7 @@ class Recipe:
         learning-rate milestones and the start of weight averaging scale by ``epochs /
         self.epochs`` (rounded; a ramp keeps at least one epoch, milestones stay distinct and
         inside the run). `schedule_changes` lists what moved."""
-        check_setting("epochs", epochs)
+        field_named(Recipe, "epochs").metadata["range"].check("epochs", epochs)
         ratio = epochs / self.epochs
 
         def scale(value: int, least: int = 0) -> int:

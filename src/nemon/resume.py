@@ -1,58 +1,54 @@
-"""What a resume compares: the settings a checkpoint recorded against the run's, a setting
-newer than the file taking its default, the number of epochs free to change."""
+"""What a resume compares: the settings a checkpoint recorded, rebuilt as an instance of the
+run's own settings dataclass, against the run's instance, field by field. A training setting
+newer than the file takes its default; the number of epochs is free to change."""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass, replace
 
-__all__ = ["without_epochs", "differences", "with_defaults", "defaults"]
+__all__ = ["compare_settings"]
 
-
-def without_epochs(settings: dict) -> dict:
-    """The settings without the number of epochs (a resume may change it), nested too."""
-    return {
-        k: without_epochs(v) if isinstance(v, dict) else v
-        for k, v in settings.items()
-        if k != "epochs"
-    }
+#: a resume may extend or shorten a run (`nemon.fit`)
+FREE = ("epochs",)
 
 
-def differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
-    """The names of the settings that differ (nested dicts as ``outer.inner``)."""
-    changed = []
-    for key in sorted(set(recorded) | set(current), key=str):
-        a, b = recorded.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += differences(a, b, f"{prefix}{key}.")
-        elif _plain(a) != _plain(b):
-            changed.append(f"{prefix}{key}: {_plain(a)!r} -> {_plain(b)!r}")
-    return changed
-
-
-def with_defaults(recorded: dict, current: dict, defaults: dict, prefix: str = ""):
-    """``recorded`` with each current setting it lacks taken from ``defaults`` (nested like the
-    settings), and the names of those it took."""
-    filled, names = dict(recorded), []
-    for key, value in current.items():
-        if key not in recorded and key in defaults:
-            filled[key] = defaults[key]
-            names.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and isinstance(recorded.get(key), dict):
-            inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
-            filled[key], more = with_defaults(recorded[key], value, inner, f"{prefix}{key}.")
-            names += more
-    return filled, names
-
-
-def defaults(settings) -> dict:
-    """The default of each field of a dataclass (or its instance), as plain data."""
-    values = {}
-    for f in fields(settings):
-        if f.default is not MISSING:
-            values[f.name] = _plain(f.default)
-        elif f.default_factory is not MISSING:
-            values[f.name] = _plain(f.default_factory())
-    return values
+def compare_settings(recorded, current, may_default=()) -> tuple[list[str], list[str]]:
+    """``(changed, defaulted)``: the settings that differ between ``recorded`` (plain data from
+    a checkpoint) and ``current`` (a dataclass instance, or plain data), as ``name: old ->
+    new``, and the names of those ``recorded`` lacks that took their defaults (only names in
+    ``may_default``; any other missing field is a change)."""
+    if not is_dataclass(current):
+        return (
+            []
+            if _plain(recorded) == _plain(current)
+            else [f"{_plain(recorded)!r} -> {_plain(current)!r}"]
+        ), []
+    recorded = recorded if isinstance(recorded, dict) else {}
+    names = {f.name for f in fields(current)}
+    changed = [
+        f"{k}: {_plain(v)!r} -> (no such setting)" for k, v in recorded.items() if k not in names
+    ]
+    values, defaulted = {}, []
+    for f in fields(current):
+        if f.name in recorded:
+            values[f.name] = recorded[f.name]
+        elif f.name in may_default:
+            values[f.name] = f.default if f.default is not MISSING else f.default_factory()
+            defaulted.append(f.name)
+        else:
+            changed.append(f"{f.name}: (not recorded) -> {_plain(getattr(current, f.name))!r}")
+    try:
+        then = replace(current, **values)  # the same class: its own checks and conversions
+    except (TypeError, ValueError) as exc:
+        return changed + [f"recorded settings refused ({exc})"], defaulted
+    changed += [
+        f"{f.name}: {_plain(getattr(then, f.name))!r} -> {_plain(getattr(current, f.name))!r}"
+        for f in fields(current)
+        if f.name not in FREE
+        and f.name in values
+        and getattr(then, f.name) != getattr(current, f.name)
+    ]
+    return changed, defaulted
 
 
 def _plain(value):

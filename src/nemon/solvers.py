@@ -1,8 +1,10 @@
 """Fixed-point solvers for ``x = Phi(A x + z)`` (docs/maths.md#model).
 
-A `FixedPointSystem` describes one equation (forward or adjoint); `solve` runs a
-solver chosen by name from `SOLVERS`. Every solver returns the iterate and a
-`SolverStats`; convergence is checked every ``check_every`` iterations (the only host
+A `FixedPointSystem` describes one equation (forward or adjoint); `solve` runs the `Solver`
+named in `SolverOptions.method`, an object that owns its own settings (`Averaged` its step,
+`Anderson` its memory, `PeacemanRachford` its step...; `SOLVERS` maps names to them). A solve
+writes into nothing: it returns a `FixedPointSolution`, the iterate and an immutable `SolverStats`
+with its result code; convergence is checked every ``check_every`` iterations (the only host
 sync in the loop). Two stopping residuals, both relative, over the whole batch (Frobenius) or,
 with ``per_sample=True``, for each sample (the largest must pass):
 
@@ -26,7 +28,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,17 +42,25 @@ from .validation import MAX_ITER, MIN_TOL, check_integer, check_number
 __all__ = [
     "ConvergenceWarning",
     "FixedPointSystem",
+    "FixedPointSolution",
     "SolverOptions",
     "SolverStats",
+    "Solver",
+    "Averaged",
+    "Diagonal",
+    "Picard",
+    "ForwardBackward",
+    "PeacemanRachford",
+    "Anderson",
+    "AveragedSteps",
+    "SOLVERS",
+    "get_solver",
+    "solve",
     "alpha_star",
     "contraction_factor",
     "diagonal_steps",
-    "solve",
     "weighted_inf_norm",
     "weighted_l1_norm",
-    "SOLVERS",
-    "Solver",
-    "averaged_steps",
     "averaged_solvers",
     "monotone_error_bound",
     "step_is_proven",
@@ -94,7 +105,6 @@ class FixedPointSystem:
     affine: Callable[[Tensor], Tensor] | None = None
     step_scaled_norm: bool = False  # adjoint: contraction norm is norm(r / steps)
     observe: Callable[[Tensor], Tensor] | None = None  # stopping rule measures observe(x)
-    constants: dict | None = None  # step constants, shared by the systems of one equilibrium
     #: ``1 - mu_2(A)`` (an upper bound of ``mu_2`` rounded up), evaluated on demand: the strong
     #: monotonicity margin of a MON system, for `monotone_error_bound`
     monotone_margin: Callable[[], float] | None = None
@@ -120,60 +130,53 @@ DEFAULT_MAX_ITER = 500
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """Solver name and stopping rule; ``alpha=None`` means the solver's best step.
+    """A solver and the stopping rule it runs under.
 
-    Frozen: change settings with ``dataclasses.replace(options, tol=...)`` (or a layer's
-    `solver_settings`). ``alpha`` is read by the averaged, Picard,
-    splitting and Anderson solvers, ``memory`` by Anderson only.
+    ``method`` is a `Solver` object (its own settings with it: ``Anderson(memory=10)``) or a name
+    from `SOLVERS` for that solver with its defaults. Frozen: change settings with
+    ``dataclasses.replace(options, tol=...)`` (or a layer's `solver_settings`).
     """
 
-    method: str = "averaged"
+    method: Solver | str = "averaged"
     tol: float = DEFAULT_TOL
     max_iter: int = DEFAULT_MAX_ITER
-    alpha: float | None = None
     check_every: int = 4
     residual: str = "step"  # or "fixed_point" (see the module docstring)
-    memory: int = 5  # Anderson history
     warn: bool = True
     error_tol: float | None = None  # stop when every sample's error bound is <= error_tol
     per_sample: bool = False  # relative residual per sample (largest), not over the batch
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", get_solver(self.method))
         self.validate()
 
-    @property
-    def solver(self) -> Solver:
-        """The `Solver` these options name: what callers need to know of it (its family, its
-        adjoint form, whether it needs a step size) is read from there, never from the name."""
-        return SOLVERS[self.method]
-
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first setting out of its range."""
-        if self.method not in SOLVERS:
-            raise InputError(f"unknown solver {self.method!r}; choose one of {sorted(SOLVERS)}")
+        """Raise `InputError` naming the first setting out of its range."""
         check_number("tol", self.tol, low=MIN_TOL, high=1.0, high_open=True)
-        for name in ("max_iter", "check_every", "memory"):
+        for name in ("max_iter", "check_every"):
             check_integer(name, getattr(self, name), 1, MAX_ITER)
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise InputError(f"alpha must be a finite number > 0 or None, got {self.alpha!r}")
         if self.residual not in ("step", "fixed_point"):
             raise InputError(f"residual must be 'step' or 'fixed_point', got {self.residual!r}")
         if self.error_tol is not None:
             check_number("error_tol", self.error_tol, low=0.0, low_open=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolverStats:
-    """What a solve did: iterations, final relative residual, step, and bounds."""
+    """What a solve did: iterations, final relative residual, step, and bounds. Immutable: a
+    solve returns it (`FixedPointSolution`), nothing fills it in later."""
 
     iterations: int = 0
     residual: float = math.nan
     converged: bool = False
     alpha: float = math.nan
     contraction_factor: float = math.nan
-    error_bound: Tensor | None = field(default=None, repr=False)
+    error_bound: Tensor | None = field(default=None, repr=False, compare=False)
     seconds: float = 0.0
     method: str = ""
+    #: what the solver computed once for this system (the averaged family's steps): an adjoint
+    #: solve of the same equilibrium reuses it (`solve(..., prepared=...)`)
+    prepared: object = field(default=None, repr=False, compare=False)
 
     @property
     def result(self) -> str:
@@ -182,6 +185,18 @@ class SolverStats:
         if self.converged:
             return "converged"
         return "non_finite" if not math.isfinite(self.residual) else "max_iterations"
+
+
+class FixedPointSolution(NamedTuple):
+    """What `solve` returns: the iterate ``x`` and its `SolverStats` (``x, stats = solve(...)``)."""
+
+    x: Tensor
+    stats: SolverStats
+
+    @property
+    def result(self) -> str:
+        """``"converged"``, ``"max_iterations"`` or ``"non_finite"`` (`SolverStats.result`)."""
+        return self.stats.result
 
 
 def alpha_star(diagonal: Tensor) -> float:
@@ -277,14 +292,26 @@ def _stopping_residual(opts: SolverOptions, step: Step, observe=None) -> float:
     return float(_relative(end - see(step.step_from), end, opts.per_sample))
 
 
-def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> Tensor:
+@dataclass
+class _Outcome:
+    """Where `_iterate` stopped: the iterate, the last checked iteration and its residual, the
+    error bound there, and whether the stopping rule was met."""
+
+    x: Tensor
+    iterations: int
+    residual: float
+    error_bound: Tensor | None
+    converged: bool
+
+
+def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions) -> _Outcome:
     """The one solver loop: ``rule.step`` every iteration, the stopping rule every
-    ``check_every`` iterations (the only host sync), then the statistics and the a-posteriori
-    error bound at the last checked iterate. With ``error_tol`` the rule is that bound, for
-    every sample."""
+    ``check_every`` iterations (the only host sync), then the a-posteriori error bound at the
+    last checked iterate. With ``error_tol`` the rule is that bound, for every sample."""
     if opts.error_tol is not None and system.measure is None and system.monotone_margin is None:
         raise InputError("error_tol needs a system with an error bound (a measure or MON's)")
     residual = error = None
+    iterations, rel = 0, math.nan
     for k in range(1, opts.max_iter + 1):
         check = k % opts.check_every == 0 or k == opts.max_iter
         step = rule.step(x, check)
@@ -293,16 +320,14 @@ def _iterate(rule, system: FixedPointSystem, x: Tensor, opts: SolverOptions, sta
             if opts.error_tol is not None:
                 error = _error_bound(system, residual)
             rel = _stopping_residual(opts, step, system.observe)
-            stats.iterations, stats.residual = k, rel
+            iterations = k
             if _converged(opts, rel, error) or not math.isfinite(rel) or k == opts.max_iter:
                 x = step.final
                 break
         x = step.next
     if error is None and residual is not None:
         error = _error_bound(system, residual)
-    stats.error_bound = error
-    stats.converged = _converged(opts, stats.residual, error)
-    return x
+    return _Outcome(x, iterations, rel, error, _converged(opts, rel, error))
 
 
 def _converged(opts: SolverOptions, rel: float, error: Tensor | None) -> bool:
@@ -337,13 +362,14 @@ class AveragedStep:
     ``A x_0 + z`` is ``z``: no product.
     """
 
-    def __init__(
-        self, system: FixedPointSystem, step, alpha_ref: float, stats, zero_start=False, proven=True
-    ):
-        self.system, self.step_size, self.alpha_ref = system, step, alpha_ref
-        self.zero_start, self.proven = zero_start, proven
-        if system.measure is not None and proven:
-            stats.contraction_factor = contraction_factor(alpha_ref, system.measure)
+    def __init__(self, system: FixedPointSystem, steps: AveragedSteps, zero_start=False):
+        self.system, self.step_size, self.alpha = system, steps.steps, steps.alpha_ref
+        self.zero_start, self.proven = zero_start, steps.proven
+        self.contraction_factor = (
+            contraction_factor(self.alpha, system.measure)
+            if system.measure is not None and steps.proven
+            else math.nan
+        )
 
     def step(self, x: Tensor, check: bool) -> Step:
         if self.zero_start:  # A 0 + z = z, exactly
@@ -354,7 +380,7 @@ class AveragedStep:
         if not check:
             return Step(next=x.lerp_(fx, self.step_size))
         residual = fx - x
-        x_ref = torch.add(x, residual, alpha=self.alpha_ref)
+        x_ref = torch.add(x, residual, alpha=self.alpha)
         x_next = torch.lerp(x, fx, self.step_size)
         final = x_next if self.proven else x
         return Step(
@@ -362,91 +388,37 @@ class AveragedStep:
         )
 
 
-def step_is_proven(method: str, alpha_ref: float, system: FixedPointSystem) -> bool:
+def step_is_proven(per_coordinate: bool, alpha_ref: float, system: FixedPointSystem) -> bool:
     """Whether the averaged step never moves an iterate away from ``x*`` (in the weighted norm):
     per-coordinate steps (`diagonal_steps`), a step up to ``alpha*`` (Theorem 2), or any step up
     to 1 when ``F`` itself is nonexpansive (``system.lipschitz <= 1``, IDL)."""
-    if method == "diagonal":
+    if per_coordinate:
         return True
     if system.lipschitz is not None and system.lipschitz <= 1 and alpha_ref <= 1:
         return True
     return system.a_diagonal is not None and alpha_ref <= alpha_star(system.a_diagonal)
 
 
-def averaged_steps(opts: SolverOptions, diagonal: Tensor | None, dtype: torch.dtype):
-    """``(steps, alpha_ref)`` of an averaged-family solver: the step (a number, or one per
-    coordinate for ``diagonal``) and the scalar step whose contraction factor bounds the
-    iteration's. The solvers and the ONNX export both take their constants from here."""
-    if opts.method == "diagonal":
-        if diagonal is None:
-            raise InputError("the diagonal solver needs the diagonal of A")
-        return diagonal_steps(diagonal).to(dtype), alpha_star(diagonal)
-    if opts.method == "picard":
-        return 1.0, 1.0
-    if opts.method == "averaged":
-        alpha = (
-            opts.alpha
-            if opts.alpha is not None
-            else (1.0 if diagonal is None else alpha_star(diagonal))
-        )
-        return alpha, alpha
-    raise InputError(f"{opts.method!r} is not one of the averaged solvers {averaged_solvers()}")
+@dataclass(frozen=True)
+class AveragedSteps:
+    """The constants of an averaged-family solve: the step (a number, or one per coordinate),
+    the scalar step ``alpha_ref`` whose contraction factor bounds the iteration's, and whether
+    the step is proven (`step_is_proven`). Built once per equilibrium: the adjoint reuses them."""
 
-
-def averaged_solvers() -> tuple[str, ...]:
-    """The solvers of the averaged family: ``x <- x + alpha (F(x) - x)`` with fixed steps."""
-    return tuple(name for name, s in SOLVERS.items() if s.averaged)
-
-
-def _averaged_family(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start):
-    key, cache = (opts.method, opts.alpha, x.dtype), system.constants
-    if cache is None or key not in cache:  # the forward's steps serve its adjoint too
-        steps, alpha_ref = averaged_steps(opts, system.a_diagonal, x.dtype)
-        found = steps, alpha_ref, step_is_proven(opts.method, alpha_ref, system)
-        if cache is not None:
-            cache[key] = found
-    steps, stats.alpha, proven = found if cache is None else cache[key]
-    rule = AveragedStep(system, steps, stats.alpha, stats, zero_start, proven)
-    return _iterate(rule, system, x, opts, stats)
-
-
-def averaged(
-    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
-):
-    """Averaged (Krasnosel'skii-Mann) iteration ``x <- (1 - alpha) x + alpha F(x)``, alpha = alpha*.
-
-    One fused ``A x + z``, the activation and one in-place ``lerp`` per iteration.
-    """
-    return _averaged_family(system, x, opts, stats, zero_start)
-
-
-def diagonal(
-    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
-):
-    """Averaged iteration with per-coordinate steps ``alpha_i = 1 / (1 - (a_ii)_-)``.
-
-    Same cost per iteration and the same worst-case factor as `averaged` (see
-    `diagonal_steps`), far fewer iterations when the diagonal of ``A`` is uneven.
-    """
-    return _averaged_family(system, x, opts, stats, zero_start)
-
-
-def picard(
-    system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats, zero_start=False
-):
-    """Picard iteration ``x <- F(x)`` (the averaged iteration at alpha = 1), as used by IDL."""
-    return _averaged_family(system, x, opts, stats, zero_start)
+    steps: float | Tensor
+    alpha_ref: float
+    proven: bool
 
 
 class ForwardBackwardStep:
     """MON's forward-backward splitting ``x <- prox_{a f}((1 - a) x + a (A x + z))``."""
 
     def __init__(self, system: FixedPointSystem, a: float) -> None:
-        self.system, self.a = system, a
+        self.system, self.alpha, self.contraction_factor = system, a, math.nan
 
     def step(self, x: Tensor, check: bool) -> Step:
         p = self.system.matvec(x) + self.system.z
-        x_next = self.system.phi.prox((1 - self.a) * x + self.a * p, self.a)
+        x_next = self.system.phi.prox((1 - self.alpha) * x + self.alpha * p, self.alpha)
         if not check:
             return Step(next=x_next)
         residual = self.system.phi(p) - x
@@ -455,30 +427,19 @@ class ForwardBackwardStep:
         )  # the iterate whose residual is known
 
 
-def forward_backward(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
-    """Forward-backward splitting; the default step is the system's ``splitting_step`` (for MON,
-    ``(1 - mu_2(A)) / ||I - A||_2^2``, half the largest convergent one), else 1."""
-    if opts.alpha is not None:
-        a = opts.alpha
-    else:
-        a = system.splitting_step if system.splitting_step is not None else 1.0
-    stats.alpha = a
-    return _iterate(ForwardBackwardStep(system, a), system, x, opts, stats)
-
-
 class PeacemanRachfordStep:
     """Peaceman-Rachford splitting with the resolvent ``(I + a (I - A))^-1``; carries ``u``."""
 
     def __init__(self, system: FixedPointSystem, x: Tensor, a: float) -> None:
-        self.system, self.a = system, a
+        self.system, self.alpha, self.contraction_factor = system, a, math.nan
         self.solve_linear = system.resolvent(a)
         self.u = x.clone()
 
     def step(self, x: Tensor, check: bool) -> Step:
         u_half = 2 * x - self.u
-        x_half = self.solve_linear(u_half + self.a * self.system.z)
+        x_half = self.solve_linear(u_half + self.alpha * self.system.z)
         self.u = 2 * x_half - u_half
-        x_next = self.system.phi.prox(self.u, self.a)
+        x_next = self.system.phi.prox(self.u, self.alpha)
         if not check:
             return Step(next=x_next)
         residual = self.system.residual(x_next)
@@ -487,33 +448,26 @@ class PeacemanRachfordStep:
         )
 
 
-def peaceman_rachford(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats):
-    """Peaceman-Rachford splitting (Winston and Kolter, 2020) with resolvent ``(I + a(I - A))^-1``."""
-    if system.resolvent is None:
-        raise InputError("Peaceman-Rachford needs the system's resolvent (MON layers provide it)")
-    a = opts.alpha if opts.alpha is not None else 1.0
-    stats.alpha = a
-    return _iterate(PeacemanRachfordStep(system, x, a), system, x, opts, stats)
-
-
 class AndersonStep:
-    """Safeguarded Anderson mixing of ``G(x) = x + [alpha] (F(x) - x)``; see `anderson`."""
+    """Safeguarded Anderson mixing of ``G(x) = x + [alpha] (F(x) - x)``; see `Anderson`."""
 
-    def __init__(self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats) -> None:
+    def __init__(self, system: FixedPointSystem, x: Tensor, memory: int, alpha: float | None):
         self.system = system
-        self.alpha = opts.alpha if opts.alpha is not None else _default_alpha(system)
-        per_coordinate = opts.alpha is None and system.a_diagonal is not None
+        self.alpha = alpha if alpha is not None else _default_alpha(system)
+        per_coordinate = alpha is None and system.a_diagonal is not None
         self.step_size = (
             diagonal_steps(system.a_diagonal).to(x.dtype) if per_coordinate else self.alpha
         )
-        stats.alpha = self.alpha
-        if system.measure is not None:
-            stats.contraction_factor = contraction_factor(self.alpha, system.measure)
+        self.contraction_factor = (
+            contraction_factor(self.alpha, system.measure)
+            if system.measure is not None
+            else math.nan
+        )
         norm = system.norm or _euclidean
         if system.step_scaled_norm and per_coordinate:
             norm = (lambda base, steps: lambda r: base(r / steps))(norm, self.step_size)
         self.norm = norm
-        self.m = max(1, opts.memory)
+        self.m = memory
         batch = x.shape[0]
         self.X = x.new_zeros(self.m, x.numel())  # images G(x_i), flattened over the batch
         self.R = x.new_zeros(self.m, x.numel())  # residuals G(x_i) - x_i
@@ -547,20 +501,6 @@ class AndersonStep:
         return Step(next=x_next, residual=residual, point=x, step_from=x, step_to=x_ref, final=x)
 
 
-def anderson(system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats: SolverStats):
-    """Anderson acceleration of ``G(x) = x + [alpha] (F(x) - x)``, per-coordinate steps, safeguarded.
-
-    Each step mixes the last ``memory`` images ``G(x_i)`` with the weights (summing to one) that
-    minimise the mixed residual over the whole batch: one small ``m x m`` least-squares system
-    per step, its Gram matrix updated by one row. An extrapolated point is kept, per sample, only
-    if its residual in the norm in which ``G`` contracts is below that of the point it came from;
-    otherwise that sample takes the plain averaged step from that point. So the residual never
-    increases and every rejected step is a step of the convergent averaged iteration. All
-    decisions are tensor ops: no host sync outside the periodic convergence checks.
-    """
-    return _iterate(AndersonStep(system, x, opts, stats), system, x, opts, stats)
-
-
 def _anderson_mix(X: Tensor, gram: Tensor) -> Tensor:
     """``sum_i w_i X_i`` with ``w = argmin ||sum_i w_i R_i||`` subject to ``sum_i w_i = 1``."""
     used = X.shape[0]
@@ -575,29 +515,38 @@ def _anderson_mix(X: Tensor, gram: Tensor) -> Tensor:
     return (w.T @ X).squeeze(0)
 
 
+def _check_step(name: str, value: float | None) -> None:
+    if value is not None and not (
+        isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    ):
+        raise InputError(f"{name} must be a finite number > 0 or None, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Solver:
-    """A fixed-point solver and what its callers need to know of it, stated once here.
+    """A fixed-point solver with its own settings, and what its callers need to know of it,
+    stated once on its class.
 
-    ``family``: ``"averaged"`` (fixed steps from `averaged_steps`; the ONNX export runs these),
-    ``"splitting"`` (MON's operator splittings: resolvent iterations) or ``"accelerated"``
-    (Anderson). ``needs_step_size``: the solver takes the forward-backward step
-    ``(1 - mu_2(A)) / ||I - A||_2^2`` from its layer. `adjoint_form`: the form of the adjoint
-    equation it solves (docs/maths.md#gradients)."""
+    ``family``: ``"averaged"`` (fixed steps, `steps`; the ONNX export runs these),
+    ``"splitting"`` (MON's operator splittings) or ``"accelerated"`` (Anderson).
+    ``needs_step_size``: it takes the forward-backward step ``(1 - mu_2(A)) / ||I - A||_2^2``
+    from its layer; ``needs_resolvent``: it iterates ``(I + a (I - A))^-1``, which only MON
+    layers have. `adjoint_form`: the form of the adjoint equation it solves
+    (docs/maths.md#gradients). Subclasses are frozen dataclasses: equal settings, equal solvers.
+    """
 
-    name: str
-    run: Callable
-    family: str
-    needs_step_size: bool = False
-    needs_resolvent: bool = False  # iterates (I + a (I - A))^-1, which only MON layers have
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = "averaged"
+    needs_step_size: ClassVar[bool] = False
+    needs_resolvent: ClassVar[bool] = False
 
-    def __call__(
-        self, system: FixedPointSystem, x: Tensor, opts: SolverOptions, stats, zero_start=False
-    ):
-        """Run from ``x``; ``zero_start``: ``x`` is zero (the averaged family skips a product)."""
-        if self.averaged:
-            return self.run(system, x, opts, stats, zero_start)
-        return self.run(system, x, opts, stats)
+    def prepare(self, system: FixedPointSystem, dtype: torch.dtype):
+        """Constants computed once per equilibrium and shared with its adjoint (None: none)."""
+        return None
+
+    def rule(self, system: FixedPointSystem, x: Tensor, prepared, zero_start: bool):
+        """The step rule iterated from ``x`` (``zero_start``: ``x`` is zero)."""
+        raise NotImplementedError
 
     @property
     def averaged(self) -> bool:
@@ -614,37 +563,221 @@ class Solver:
         factor (every other solver)."""
         return "prox" if self.splitting else "transpose"
 
+    def settings(self) -> dict:
+        """The settings that differ from this solver's defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        }
 
-SOLVERS: dict[str, Solver] = {
-    s.name: s
-    for s in (
-        Solver("averaged", averaged, "averaged"),
-        Solver("diagonal", diagonal, "averaged"),
-        Solver("picard", picard, "averaged"),
-        Solver("forward_backward", forward_backward, "splitting", needs_step_size=True),
-        Solver("peaceman_rachford", peaceman_rachford, "splitting", needs_resolvent=True),
-        Solver("anderson", anderson, "accelerated"),
-    )
+    def spec(self) -> str | dict:
+        """The name alone with default settings, else ``{"name": ..., **settings}`` (what model
+        files record; `get_solver` reads both back)."""
+        changed = self.settings()
+        return {"name": self.name, **changed} if changed else self.name
+
+    def __str__(self) -> str:
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{self.name}({changed})" if changed else self.name
+
+
+@dataclass(frozen=True)
+class _AveragedFamily(Solver):
+    """``x <- x + alpha (F(x) - x)`` with fixed steps (`steps`), one ``A x + z`` an iteration."""
+
+    per_coordinate: ClassVar[bool] = False
+
+    def steps(self, diagonal: Tensor | None, dtype: torch.dtype) -> tuple[float | Tensor, float]:
+        """``(steps, alpha_ref)``: the step (a number, or one per coordinate) and the scalar step
+        whose contraction factor bounds the iteration's. The solves and the ONNX export both
+        take their constants from here."""
+        raise NotImplementedError
+
+    def prepare(self, system: FixedPointSystem, dtype: torch.dtype) -> AveragedSteps:
+        steps, alpha_ref = self.steps(system.a_diagonal, dtype)
+        return AveragedSteps(
+            steps, alpha_ref, step_is_proven(self.per_coordinate, alpha_ref, system)
+        )
+
+    def rule(self, system, x, prepared, zero_start):
+        return AveragedStep(system, prepared, zero_start)
+
+
+@dataclass(frozen=True)
+class Averaged(_AveragedFamily):
+    """Averaged (Krasnosel'skii-Mann) iteration ``x <- (1 - alpha) x + alpha F(x)``; ``alpha=None``
+    is ``alpha*`` (Theorem 2). One fused ``A x + z``, the activation and one in-place ``lerp``
+    per iteration."""
+
+    name: ClassVar[str] = "averaged"
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_step("alpha", self.alpha)
+
+    def steps(self, diagonal, dtype):
+        if self.alpha is not None:
+            return self.alpha, self.alpha
+        alpha = 1.0 if diagonal is None else alpha_star(diagonal)
+        return alpha, alpha
+
+
+@dataclass(frozen=True)
+class Diagonal(_AveragedFamily):
+    """Averaged iteration with per-coordinate steps ``alpha_i = 1 / (1 - (a_ii)_-)``: the same
+    cost per iteration and the same worst-case factor as `Averaged` (see `diagonal_steps`), far
+    fewer iterations when the diagonal of ``A`` is uneven."""
+
+    name: ClassVar[str] = "diagonal"
+    per_coordinate: ClassVar[bool] = True
+
+    def steps(self, diagonal, dtype):
+        if diagonal is None:
+            raise InputError("the diagonal solver needs the diagonal of A")
+        return diagonal_steps(diagonal).to(dtype), alpha_star(diagonal)
+
+
+@dataclass(frozen=True)
+class Picard(_AveragedFamily):
+    """Picard iteration ``x <- F(x)`` (the averaged iteration at alpha = 1), as used by IDL."""
+
+    name: ClassVar[str] = "picard"
+
+    def steps(self, diagonal, dtype):
+        return 1.0, 1.0
+
+
+@dataclass(frozen=True)
+class ForwardBackward(Solver):
+    """Forward-backward splitting; ``step=None`` is the system's ``splitting_step`` (for MON,
+    ``(1 - mu_2(A)) / ||I - A||_2^2``, half the largest convergent one), else 1."""
+
+    name: ClassVar[str] = "forward_backward"
+    family: ClassVar[str] = "splitting"
+    needs_step_size: ClassVar[bool] = True
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_step("step", self.step)
+
+    def rule(self, system, x, prepared, zero_start):
+        a = self.step
+        if a is None:
+            a = system.splitting_step if system.splitting_step is not None else 1.0
+        return ForwardBackwardStep(system, a)
+
+
+@dataclass(frozen=True)
+class PeacemanRachford(Solver):
+    """Peaceman-Rachford splitting (Winston and Kolter, 2020) with the resolvent
+    ``(I + a (I - A))^-1`` at step ``a = step`` (None: 1)."""
+
+    name: ClassVar[str] = "peaceman_rachford"
+    family: ClassVar[str] = "splitting"
+    needs_resolvent: ClassVar[bool] = True
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_step("step", self.step)
+
+    def rule(self, system, x, prepared, zero_start):
+        if system.resolvent is None:
+            raise InputError(
+                "Peaceman-Rachford needs the system's resolvent (MON layers provide it)"
+            )
+        return PeacemanRachfordStep(system, x, self.step if self.step is not None else 1.0)
+
+
+@dataclass(frozen=True)
+class Anderson(Solver):
+    """Anderson acceleration of ``G(x) = x + [alpha] (F(x) - x)`` with per-coordinate steps
+    (``alpha=None``) or the step ``alpha``, safeguarded.
+
+    Each step mixes the last ``memory`` images ``G(x_i)`` with the weights (summing to one) that
+    minimise the mixed residual over the whole batch: one small ``m x m`` least-squares system
+    per step, its Gram matrix updated by one row. An extrapolated point is kept, per sample, only
+    if its residual in the norm in which ``G`` contracts is below that of the point it came from;
+    otherwise that sample takes the plain averaged step from that point. So the residual never
+    increases and every rejected step is a step of the convergent averaged iteration. All
+    decisions are tensor ops: no host sync outside the periodic convergence checks.
+    """
+
+    name: ClassVar[str] = "anderson"
+    family: ClassVar[str] = "accelerated"
+    memory: int = 5
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        check_integer("memory", self.memory, 1, MAX_ITER)
+        _check_step("alpha", self.alpha)
+
+    def rule(self, system, x, prepared, zero_start):
+        return AndersonStep(system, x, self.memory, self.alpha)
+
+
+SOLVERS: dict[str, type[Solver]] = {
+    cls.name: cls
+    for cls in (Averaged, Diagonal, Picard, ForwardBackward, PeacemanRachford, Anderson)
 }
 
 
+def get_solver(spec: Solver | str | dict) -> Solver:
+    """A `Solver` from itself, its name (default settings) or ``{"name": ..., **settings}``."""
+    if isinstance(spec, Solver):
+        return spec
+    settings = {}
+    if isinstance(spec, dict):
+        settings = {k: v for k, v in spec.items() if k != "name"}
+        spec = spec.get("name")
+    if spec not in SOLVERS:
+        raise InputError(f"unknown solver {spec!r}; choose one of {sorted(SOLVERS)}")
+    try:
+        return SOLVERS[spec](**settings)
+    except TypeError as exc:
+        known = [f.name for f in fields(SOLVERS[spec])]
+        raise InputError(f"solver {spec!r} takes the settings {known}, got {settings}") from exc
+
+
+def averaged_solvers() -> tuple[str, ...]:
+    """The solvers of the averaged family: ``x <- x + alpha (F(x) - x)`` with fixed steps."""
+    return tuple(name for name, cls in SOLVERS.items() if cls.family == "averaged")
+
+
 def solve(
-    system: FixedPointSystem, x0: Tensor | None = None, options: SolverOptions | None = None
-) -> tuple[Tensor, SolverStats]:
-    """Solve ``x = phi(A x + z)`` with the solver named in ``options.method``."""
+    system: FixedPointSystem,
+    x0: Tensor | None = None,
+    options: SolverOptions | None = None,
+    prepared=None,
+) -> FixedPointSolution:
+    """Solve ``x = phi(A x + z)`` with ``options.method`` from ``x0`` (None: zero). Returns the
+    iterate and its statistics; ``prepared``: the constants of an earlier solve of the same
+    equilibrium with the same solver (``stats.prepared``), reused instead of recomputed."""
     opts = options or SolverOptions()
-    method = SOLVERS[opts.method]
+    method = opts.method
     x = torch.zeros_like(system.z) if x0 is None else x0.clone()
-    stats = SolverStats(method=opts.method)
     start = time.perf_counter()
     with torch.no_grad():
-        x = method(system, x, opts, stats, zero_start=x0 is None)
-    stats.seconds = time.perf_counter() - start
+        if prepared is None:
+            prepared = method.prepare(system, x.dtype)
+        rule = method.rule(system, x, prepared, zero_start=x0 is None)
+        end = _iterate(rule, system, x, opts)
+    stats = SolverStats(
+        iterations=end.iterations,
+        residual=end.residual,
+        converged=end.converged,
+        alpha=rule.alpha,
+        contraction_factor=rule.contraction_factor,
+        error_bound=end.error_bound,
+        seconds=time.perf_counter() - start,
+        method=method.name,
+        prepared=prepared,
+    )
     if not stats.converged and opts.warn:
         warnings.warn(
-            f"{opts.method} solver stopped after {stats.iterations} iterations at relative "
+            f"{method} solver stopped after {stats.iterations} iterations at relative "
             f"residual {stats.residual:.3g} > tol {opts.tol:g}",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return x, stats
+    return FixedPointSolution(end.x, stats)

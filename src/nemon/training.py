@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,6 @@ from .evaluation import (
     certified_accuracy,
     evaluate,
     model_device,
-    solver_iterations,
 )
 from .fit_checks import as_dataset, check_batch, check_model, checked_data, checked_range
 from .layers import ImplicitLayer
@@ -41,7 +40,7 @@ from .losses import learning_rate, ramp_progress, recipe_loss, training_radius, 
 from .modes import evaluation_mode
 from .ranges import IMAGES, InputRange
 from .recipes import Recipe, recipe_named
-from .resume import defaults, differences, with_defaults, without_epochs
+from .resume import compare_settings
 from .runs import (
     RUN_FILES,
     RunFolderError,
@@ -55,6 +54,7 @@ from .runs import (
     state_checksum,
     write_text_atomic,
 )
+from .solve_log import SolveLog
 from .solvers import ConvergenceWarning
 from .sources import TensorSource
 from .validation import MAX_THREADS, check_integer
@@ -243,14 +243,8 @@ class _Trainer:
         self.source = source
         self.input_range = input_range
         self.threads, self.extra_files = threads, files
+        self.settings = dict(metadata)  # what a resume compares, as given (instances)
         self.metadata = {k: asdict(v) if is_dataclass(v) else v for k, v in metadata.items()}
-        training = defaults(Recipe)  # only training settings take defaults, never the model's
-        self.defaults = {
-            k: {name: value for name, value in defaults(v).items() if name in training}
-            for k, v in metadata.items()
-            if is_dataclass(v)
-        }
-        self.defaults["recipe"] = training
         self.rank, self.world = _distributed()
         self.model_file = _model_file_header(model, data, input_range)
         self.device = model_device(model)
@@ -270,12 +264,7 @@ class _Trainer:
     def restore(self) -> None:
         ckpt = read_torch_file(self.ckpt_path, map_location=str(self.device))
         check_checksum(self.ckpt_path, ckpt)
-        recorded = {k: ckpt.get(k) for k in self.metadata}
-        current = dict(self.metadata)
-        if "recipe" in ckpt or not self.metadata:  # older runs of the CLI: their config says it
-            recorded["recipe"], current["recipe"] = ckpt.get("recipe"), self.recipe.as_dict()
-        recorded, defaulted = with_defaults(recorded, current, self.defaults)
-        changed = differences(without_epochs(recorded), without_epochs(current))
+        changed, defaulted = self._compare_settings(ckpt)
         if ckpt["epoch"] > self.recipe.epochs:
             raise RunFolderError(
                 f"{self.ckpt_path} has finished {ckpt['epoch']} epochs; resume with epochs >= "
@@ -308,6 +297,22 @@ class _Trainer:
             layers[name].set_splitting_step(step)
         if "live_model" in ckpt:  # averaging: "model" holds the average's weights
             self.state.average = {"count": ckpt["average"]["count"], "weights": ckpt["model"]}
+
+    def _compare_settings(self, ckpt: dict) -> tuple[list[str], list[str]]:
+        """The settings that changed since ``ckpt`` and those it lacks that took their
+        defaults (`nemon.resume.compare_settings`), each named ``key.setting``: every
+        dataclass given to `fit` as metadata, and the recipe, rebuilt from the file and
+        compared with the run's instance. Only training settings take defaults."""
+        current = dict(self.settings)
+        if "recipe" in ckpt or not self.settings:  # older runs of the CLI: their config says it
+            current["recipe"] = self.recipe
+        training = {f.name for f in fields(Recipe)}
+        changed, defaulted = [], []
+        for key, value in current.items():
+            more, took = compare_settings(ckpt.get(key), value, training)
+            changed += [f"{key}.{c}" if is_dataclass(value) else f"{key}: {c}" for c in more]
+            defaulted += [f"{key}.{name}" for name in took]
+        return changed, defaulted
 
     def start_files(self, overwrite: bool) -> None:
         if self.world > 1:  # every rank has checked the folder before any rank writes to it
@@ -445,21 +450,22 @@ class _Trainer:
         eps = training_radius(recipe, s.epoch, i, self.n_batches)
         progress = ramp_progress(recipe, s.epoch, i, self.n_batches)
         step = s.epoch * self.n_batches + i
-        logits, loss = recipe_loss(
-            self.model, self.raw, recipe, xb, yb, eps, progress, step, self.input_range
-        )
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the loss is {loss_value} at epoch {s.epoch + 1}, step {i + 1}; lower the "
-                f"learning rate (lr = {recipe.lr:g}).{self._kept()}"
+        with SolveLog() as log:  # the statistics this step's solves return
+            logits, loss = recipe_loss(
+                self.model, self.raw, recipe, xb, yb, eps, progress, step, self.input_range
             )
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"the loss is {loss_value} at epoch {s.epoch + 1}, step {i + 1}; lower the "
+                    f"learning rate (lr = {recipe.lr:g}).{self._kept()}"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
         if recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw.parameters(), recipe.grad_clip)
         self.opt.step()
-        fwd, bwd = solver_iterations(self.raw)
+        fwd, bwd = log.mean_iterations("forward"), log.mean_iterations("backward")
         run = s.running
         run["seconds"] += time.perf_counter() - start
         run["loss"] += loss_value * len(xb)
@@ -476,7 +482,7 @@ class _Trainer:
         layers = {
             name: m
             for name, m in self.raw.named_modules()
-            if isinstance(m, ImplicitLayer) and m.solver_options.solver.splitting
+            if isinstance(m, ImplicitLayer) and m.solver_options.method.splitting
         }
         if not layers:
             return

@@ -8,7 +8,7 @@ import math
 
 from ..data import DATASETS
 from ..errors import InputError
-from ..validation import MAX_THREADS, RANGES, check_setting
+from ..validation import MAX_THREADS
 
 __all__ = [
     "UsageError",
@@ -144,10 +144,11 @@ RADIUS = number(low=0.0)
 RATE = number(low=0.0, low_open=True)
 
 
-def setting_type(name: str):
-    """The type of the option for setting ``name``: parsed, then checked against the one table
-    of ranges the library uses too (`nemon.validation.RANGES`)."""
-    kind = RANGES[name].kind
+def setting_type(f):
+    """The type of the option for the setting field ``f``: parsed, then checked against the
+    range in its metadata, the one the library checks too (`nemon.settings.setting`)."""
+    name, allowed = f.name, f.metadata["range"]
+    kind = allowed.kind
 
     def parse(text: str):
         try:
@@ -156,7 +157,7 @@ def setting_type(name: str):
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         try:
-            check_setting(name, value)
+            allowed.check(name, value)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value

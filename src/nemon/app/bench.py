@@ -30,6 +30,7 @@ from ..layers import ImplicitLayer, NEMONDense
 from ..losses import recipe_loss, training_tolerance
 from ..models import build_model
 from ..recipes import Recipe
+from ..solve_log import SolveLog
 from ..solvers import SolverOptions, alpha_star, solve
 from ..training import adam
 from .checkpoints import load_checkpoint
@@ -90,7 +91,7 @@ def solver_comparison(
         ref, _ = solve(system, options=ref_opts)
     rows = []
     for method in ("averaged", "diagonal", "anderson"):
-        with layer.solver_settings(method=method, tol=tol):
+        with layer.solver_settings(method=method, tol=tol), SolveLog() as log:
             model.zero_grad()
             start = time.perf_counter()
             loss = F.cross_entropy(model(u), labels)
@@ -98,12 +99,11 @@ def solver_comparison(
             loss.backward()
             end = time.perf_counter()
             x, _ = solve(system, options=SolverOptions(method=method, tol=tol))
-        stats = layer.solver_stats
         rows.append(
             {
                 "solver": f"nemon:{method}",
-                "forward_iterations": stats["forward"].iterations,
-                "backward_iterations": stats["backward"].iterations,
+                "forward_iterations": log.stats("forward")[0].iterations,
+                "backward_iterations": log.stats("backward")[0].iterations,
                 "forward_seconds": mid - start,
                 "backward_seconds": end - mid,
                 "relative_error": _relative_error(x, ref),
@@ -148,6 +148,7 @@ def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5
             with ExitStack() as stack:
                 for layer in layers:
                     stack.enter_context(layer.solver_settings(method=method))
+                log = stack.enter_context(SolveLog())
                 model.zero_grad()
                 start = time.perf_counter()
                 loss = F.cross_entropy(model(u), y)
@@ -158,9 +159,9 @@ def stacked_solver_comparison(quick: bool = False, device="cpu", repeat: int = 5
             if round_ > 0:  # the first round warms up
                 times[method][0].append(mid - start)
                 times[method][1].append(time.perf_counter() - mid)
-            iterations[method] = [
-                [layer.solver_stats[k].iterations for layer in layers]
-                for k in ("forward", "backward")
+            iterations[method] = [  # one solve per layer, in order; the adjoints in reverse
+                [s.iterations for s in log.stats("forward")],
+                [s.iterations for s in reversed(log.stats("backward"))],
             ]
     return [
         {
@@ -308,11 +309,12 @@ def step_flops(model, u, y, eps: float = 0.0) -> tuple[float, dict]:
     and backward), counted by `torch.utils.flop_counter.FlopCounterMode` on the operators
     that run, and the solver iterations of that step: the arithmetic floor of a time ratio,
     whatever the implementation's overheads."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, SolveLog() as log:
         _step_loss(model, u, y, eps).backward()
     model.zero_grad(set_to_none=True)
-    stats = getattr(model.layer, "solver_stats", {})
-    return float(counter.get_total_flops()), {k: s.iterations for k, s in stats.items()}
+    return float(counter.get_total_flops()), {
+        k: s[-1].iterations for k in ("forward", "backward") if (s := log.stats(k))
+    }
 
 
 def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
@@ -454,28 +456,30 @@ def dense_step_times(
     rounds = max(1, steps // 10)
     batches = _training_batches(data_dir, 300, max(warmup, 10), device)
     times: dict[str, list[float]] = {name: [] for name in models}
+    logs = {name: SolveLog() for name in models}
     for model, tol, opt in models.values():
         _train_steps(model, tol, opt, batches[:warmup])
     for r in range(rounds):
         for name, (model, tol, opt) in models.items():
             _sync(device)
             start = time.perf_counter()
-            _train_steps(model, tol, opt, batches[(r % 2) * 5 : (r % 2) * 5 + 10])
+            with SolveLog() as logs[name]:
+                _train_steps(model, tol, opt, batches[(r % 2) * 5 : (r % 2) * 5 + 10])
             _sync(device)
             times[name].append((time.perf_counter() - start) / 10)
     rows = []
     mlp = statistics.median(times["MLP"])
     for name, (model, tol, opt) in models.items():
         ms = statistics.median(times[name])
-        stats = getattr(getattr(model, "layer", model), "solver_stats", {})
+        log = logs[name]
         rows.append(
             {
                 "model": name,
                 "training_tol": tol,
                 "ms_per_step": 1e3 * ms,
                 "over_mlp": ms / mlp,
-                "forward_iterations": stats["forward"].iterations if "forward" in stats else 0,
-                "backward_iterations": stats["backward"].iterations if "backward" in stats else 0,
+                "forward_iterations": log.mean_iterations("forward"),
+                "backward_iterations": log.mean_iterations("backward"),
                 "profile": _step_profile(model, tol, opt, batches[:5]),
             }
         )

@@ -11,9 +11,9 @@ from ..errors import InputError
 from ..models import ARCHITECTURES, INITIALISATIONS, MODEL_FAMILIES
 from ..recipes import FIELDS as RECIPE_FIELDS
 from ..recipes import RAMPS, RECIPES, Recipe
-from ..settings import field_help
+from ..settings import check_fields, field_help, setting
 from ..solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS
-from ..validation import check_choice, check_setting
+from ..validation import MAX_ITER, MAX_STATES, TOLERANCE, Range
 
 __all__ = ["TrainConfig", "PRESETS", "RAMPS", "MODEL_SETTINGS_DOC"]
 
@@ -40,62 +40,49 @@ class _ModelSettings:
     """
 
 
-#: (name, type, default, choices) of the model's settings; their help is `_ModelSettings`'s
+#: the model's settings, each with its allowed values (`nemon.settings.setting`); their help is
+#: `_ModelSettings`'s
 _MODEL = (
-    ("model", str, "nemon", MODEL_FAMILIES),
-    ("arch", str, "dense", ARCHITECTURES),
-    ("dataset", str, "mnist", tuple(DATASETS)),
-    ("hidden", int, 100, None),
-    ("gamma", float, 0.95, None),
-    ("activation", str, "relu", ACTIVATIONS),
-    ("solver", "str | None", None, tuple(SOLVERS)),
-    ("tol", float, DEFAULT_TOL, None),
-    ("residual", str, "step", ("step", "fixed_point")),
-    ("max_iter", int, DEFAULT_MAX_ITER, None),
-    ("device", str, "cpu", None),
-    ("train_limit", "int | None", None, None),
-    ("test_limit", "int | None", None, None),
-    ("init", str, "default", INITIALISATIONS),
+    ("model", str, setting("nemon", choices=MODEL_FAMILIES)),
+    ("arch", str, setting("dense", choices=ARCHITECTURES)),
+    ("dataset", str, setting("mnist", choices=tuple(DATASETS))),
+    ("hidden", int, setting(100, range=Range(int, 1, MAX_STATES))),
+    ("gamma", float, setting(0.95, range=Range(float, high=1.0, high_open=True))),
+    ("activation", str, setting("relu", choices=ACTIVATIONS)),
+    ("solver", "str | None", setting(None, choices=tuple(SOLVERS))),
+    ("tol", float, setting(DEFAULT_TOL, range=TOLERANCE)),
+    ("residual", str, setting("step", choices=("step", "fixed_point"))),
+    ("max_iter", int, setting(DEFAULT_MAX_ITER, range=Range(int, 1, MAX_ITER))),
+    ("device", str, setting("cpu")),
+    ("train_limit", "int | None", setting(None, range=Range(int, 1))),
+    ("test_limit", "int | None", setting(None, range=Range(int, 1))),
+    ("init", str, setting("default", choices=INITIALISATIONS)),
 )
-#: the choices of the recipe's settings that have a fixed set of values
-_RECIPE_CHOICES = {
-    "ramp": RAMPS,
-    "reg_kind": ("product", "halved_sum"),
-    "robust_mix": ("loss", "logits"),
-}
+#: model settings that must be set (the others' None means "the default" or "all")
+_REQUIRED = ("hidden", "max_iter", "gamma", "tol")
 
 
-def _model_field(name, kind, default, choices):
-    meta = {"help": field_help(_ModelSettings)[name], "choices": choices, "group": "model"}
-    return name, kind, field(default=default, metadata=meta)
+def _model_field(name, kind, f):
+    meta = {**f.metadata, "help": field_help(_ModelSettings)[name], "group": "model"}
+    return name, kind, field(default=f.default, metadata=meta)
 
 
 def _recipe_field(f):
-    """A `nemon.Recipe` field as a run setting (lists for its tuples, as configs store them)."""
-    meta = {
-        "help": field_help(Recipe)[f.name],
-        "choices": _RECIPE_CHOICES.get(f.name),
-        "group": "recipe",
-    }
+    """A `nemon.Recipe` field as a run setting (lists for its tuples, as configs store them),
+    with the recipe's allowed values and help."""
+    meta = {**f.metadata, "help": field_help(Recipe)[f.name], "group": "recipe"}
     if isinstance(f.default, tuple):
         return f.name, "list", field(default_factory=lambda d=f.default: list(d), metadata=meta)
     return f.name, f.type, field(default=f.default, metadata=meta)
 
 
 def _validate(self):
-    """Raise ``ValueError`` naming the first setting out of its range; return ``self``."""
-    for name, _, _, choices in _MODEL:
-        value = getattr(self, name)
-        if choices is not None and not (value is None and name == "solver"):
-            check_choice(name, value, choices)
-    self.recipe()  # the training settings: their ranges are the recipe's (one table)
-    for name in ("hidden", "max_iter", "gamma", "tol"):
+    """Raise `InputError` naming the first setting out of its range; return ``self``."""
+    for name in _REQUIRED:
         if getattr(self, name) is None:
             raise InputError(f"{name} must be set, got None")
-        check_setting(name, getattr(self, name))
-    for name in ("train_limit", "test_limit"):  # None: the whole split
-        if getattr(self, name) is not None:
-            check_setting(name, getattr(self, name))
+    check_fields(self)
+    self.recipe()  # the training settings' rules across fields are the recipe's
     if self.swa_start and self.arch.endswith("-bn"):
         raise InputError(
             f"swa_start needs an encoder without batch norm, not {self.arch!r}: the average's "

@@ -11,7 +11,6 @@ import torch
 
 from ...recipes import FIELDS as RECIPE_FIELDS
 from ...recipes import SCHEDULE, Recipe, schedule_changes
-from ...validation import RANGES
 from ..arguments import UsageError, setting_type
 from ..checkpoints import CheckpointError, read_checkpoint
 from ..config import PRESETS, TrainConfig
@@ -53,7 +52,7 @@ def _add_setting(p, f) -> None:
     elif choices is not None:
         p.add_argument(option, choices=sorted(choices), help=text)
     else:
-        kind = setting_type(f.name) if f.name in RANGES else str
+        kind = setting_type(f) if "range" in f.metadata else str
         nargs = "*" if f.type == "list" else None
         p.add_argument(option, type=kind, nargs=nargs, help=text)
 
