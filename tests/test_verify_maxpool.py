@@ -16,8 +16,9 @@ from torch import nn
 import nemon
 from nemon.attacks import pgd
 from nemon.verification import verify
+from nemon.verification.bounds import network_bounds
 from nemon.verification.network import lower
-from nemon.verification.verify import refutes
+from nemon.verification.verify import ball_box, refutes
 
 DT = torch.float64
 TIGHT = dict(tol=1e-13, max_iter=5000, error_tol=1e-11)
@@ -76,6 +77,37 @@ def test_one_block_per_level_shared_by_every_window(kernel, levels):
     for block in net.blocks[1:-1]:
         assert block.size == windows * (3 * (terms // 2) + 2 * (terms % 2))
         terms = (terms + 1) // 2
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["after-relu", "signed"])
+def test_pool_boxes_hold_sampled_points_and_fix_the_pass_throughs(relu):
+    """Every pool block's pre-activation box holds its values at points of the ball; after a
+    ReLU the pass-throughs ``ReLU(t)``, ``ReLU(-t)`` (neurons 1 and 2 of each 3 in a 2 x 2
+    window's levels) are stable, so only the ``ReLU(s - t)`` may be unstable."""
+    model = pooled_model(dict(kernel_size=2), relu, seed=1)
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand(49, generator=g, dtype=DT)
+    with torch.no_grad():  # conv outputs of both signs at u: some inactive, some unstable
+        conv = model.encoder[0]
+        conv.bias.sub_(conv(u.reshape(1, 1, 7, 7)).flatten(2).median(2).values[0])
+    net = lower(model)
+    eps = 0.1
+    lo, hi = ball_box(u, eps, (0.0, 1.0))
+    bounds = network_bounds(net, lo, hi)
+    points = (u + (torch.rand(300, 49, generator=g, dtype=DT) * 2 - 1) * eps).clamp(0, 1)
+    a = np.concatenate([points.numpy(), lo[None], hi[None]]).T  # one point a column
+    first = 1 if relu else 0  # the conv's ReLU block
+    unstable = 0
+    for block, bb in zip(net.blocks[:-1], bounds[:-1]):
+        z = block.W @ a + block.b[:, None]
+        assert np.all(bb.pre.lo[:, None] <= z) and np.all(z <= bb.pre.hi[:, None])
+        a = np.maximum(z, 0.0)
+    for bb in bounds[first:-1]:
+        kind = np.arange(len(bb.pre.lo)) % 3  # 0: ReLU(s - t), 1: ReLU(t), 2: ReLU(-t)
+        if relu:
+            assert np.all(bb.pre.lo[kind == 1] >= 0) and np.all(bb.pre.hi[kind == 2] <= 0)
+        unstable += len(bb.unstable)
+    assert unstable > 0  # the ReLU(s - t) that the ball leaves open
 
 
 def exact_min_margin(model, u: np.ndarray, label: int, eps: float) -> float:

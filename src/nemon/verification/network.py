@@ -42,17 +42,30 @@ class VerificationUnsupported(UnsupportedModule):
 class Affine:
     """``x -> W x + b`` with magnitudes ``Wabs >= |W|``, ``babs >= |b|`` that bound what formed
     them (for a product of maps, ``|W1| |W0|``: the rounding of a product that cancels is
-    relative to these, not to the product)."""
+    relative to these, not to the product). ``exact``: ``W`` has entries -1, 0, 1, ``b = 0``,
+    and no rounding formed them (`signs`)."""
 
     W: sp.csr_matrix
     b: np.ndarray
     Wabs: sp.csr_matrix
     babs: np.ndarray
+    exact: bool = False
 
     @staticmethod
     def read(W, b) -> Affine:
         W = sp.csr_matrix(W)
         return Affine(W, np.asarray(b, float), abs(W), np.abs(b))
+
+    @staticmethod
+    def signs(W) -> Affine:
+        """``x -> W x`` for ``W`` of entries -1, 0, 1 stated exactly (a max pool's levels):
+        its products are exact, so its boxes need only the rounding of their sums."""
+        W = sp.csr_matrix(W)
+        W.eliminate_zeros()
+        if not np.all(np.abs(W.data) == 1.0):
+            raise ValueError("Affine.signs takes entries -1, 0 and 1 only")
+        zero = np.zeros(W.shape[0])
+        return Affine(W, zero, abs(W), zero, exact=True)
 
     def after(self, inner: Affine) -> Affine:
         """``self o inner``."""
@@ -176,11 +189,11 @@ def _lower_maxpool(pool, shape: tuple, ops: list) -> tuple:
     groups = [np.asarray(w) for w in windows]  # each window's terms: rows of ``terms``
     while any(len(g) > 1 for g in groups):
         neurons, reduced, groups = _pool_level(groups, terms.shape[0])
-        ops.append(("affine", Affine.read(neurons @ terms, np.zeros(neurons.shape[0]))))
+        ops.append(("affine", Affine.signs(neurons @ terms)))
         ops.append(("relu",))
         terms = reduced
     pooled = terms[np.array([g[0] for g in groups], dtype=np.int64)]
-    ops.append(("affine", Affine.read(pooled, np.zeros(pooled.shape[0]))))
+    ops.append(("affine", Affine.signs(pooled)))
     return out_shape
 
 
