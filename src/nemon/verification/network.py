@@ -8,8 +8,9 @@ Every supported model is a chain of blocks on flat vectors (docs/maths.md#verifi
 from the flattened input ``a_0 = u`` to the logits ``y = C a_K + c + D u``. Affine modules are
 matrices read off their rules' point evaluations on the unit vectors (in float64, with the
 module's rounding charged by the programs' row tolerances), consecutive ones multiplied
-together, so that every block has one matrix. What the chain cannot state (another activation,
-MaxPool, MON without a sound state box) is refused by name.
+together, so that every block has one matrix. A max pool is a few more blocks, exactly (one per
+level of a pairwise reduction of its windows, `_lower_maxpool`). What the chain cannot state
+(another activation, MON without a sound state box) is refused by name.
 """
 
 from __future__ import annotations
