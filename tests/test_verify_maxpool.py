@@ -177,15 +177,14 @@ def enumerable(seed: int):
 @pytest.mark.slow
 def test_verdicts_match_exhaustive_enumeration_through_a_max_pool():
     """Every verdict agrees with the exact minimum margin (and nothing is left unknown)."""
-    g = torch.Generator().manual_seed(2)
     checked = {"certified": 0, "falsified": 0}
-    for seed in (1, 2):
+    for seed, eps in ((1, 0.02), (2, 0.05)):
         model = enumerable(seed)
+        g = torch.Generator().manual_seed(10 + seed)
         x = torch.rand(5, 1, 2, 4, generator=g, dtype=DT) * 0.6 + 0.2
         with torch.no_grad():
             y = model(x).argmax(1)
         y[0] = (y[0] + 1) % 3  # one misclassified centre
-        eps = 0.05
         result = verify(model, x, y, eps, time_limit=30, attack_steps=5, attack_restarts=1)
         assert not bool(result.unknown.any())
         for i in range(len(x)):
@@ -193,7 +192,7 @@ def test_verdicts_match_exhaustive_enumeration_through_a_max_pool():
             assert result.lower[i] <= exact + 1e-9 <= result.upper[i] + 2e-9
             assert bool(result.certified[i]) == (exact > 0)
             checked["certified" if result.certified[i] else "falsified"] += 1
-    assert min(checked.values()) >= 2  # both verdicts were exercised
+    assert min(checked.values()) >= 4  # both verdicts were exercised
 
 
 @pytest.mark.slow
