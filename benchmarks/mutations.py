@@ -454,6 +454,13 @@ MUTATIONS = [
         "    up_icpt = up_icpt + 0.0 * np.where(unstable, WIDEN, 0.0) - np.where(unstable, 1e-3, 0.0)",
         ("tests/test_verify.py",),
     ),
+    Mutation(
+        "verify's max pool without the ReLU(-t) neuron (t = ReLU(t) only for t >= 0)",
+        "src/nemon/verification/network.py",
+        "            parts.append((pre.add_row((t, -1.0)), -1.0))  # ReLU(-t)\n",
+        "",
+        ("tests/test_verify_maxpool.py",),
+    ),
 ]
 
 

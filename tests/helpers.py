@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,27 @@ def pgd_breaks(model, u, labels, eps, steps=20):
     with torch.no_grad():
         broken |= model(u + delta).argmax(1) != labels
     return broken
+
+
+def fixed_point(block, injection: np.ndarray) -> np.ndarray:
+    """``x = ReLU(A x + injection)`` by a damped iteration (mu_inf(A) < 1 makes it converge for
+    a small enough step; plain iteration need not), until it stops moving."""
+    x = np.zeros(block.size)
+    for _ in range(20000):
+        step = 0.8 * x + 0.2 * np.maximum(block.A @ x + injection, 0.0)
+        if np.array_equal(step, x):  # every later step is this one
+            break
+        x = step
+    return x
+
+
+def lowered_logits(net, u: np.ndarray) -> np.ndarray:
+    """The lowered network evaluated directly (implicit blocks by fixed-point iteration)."""
+    a = u
+    for block in net.blocks:
+        if block.A is None:
+            a = np.maximum(block.W @ a + block.b, 0.0)
+        else:
+            a = fixed_point(block, block.W @ a + block.b)
+    out = net.readout.W @ a + net.readout.b
+    return out if net.D is None else out + net.D @ u

@@ -214,3 +214,34 @@ def test_chunks_record_each_chunk(run, calls, monkeypatch, tmp_path):
     assert run("--out", str(folder), "--time-limit", "0")[0] == 0
     assert [len(x) for x, _ in calls] == [10, 10, 4]
     assert sorted(r["index"] for r in lines(folder)) == list(range(N))
+
+
+def test_a_model_file_with_a_max_pool(run, calls, monkeypatch, tmp_path):
+    """A model file whose encoder max-pools verifies from the command line: each verdict
+    recorded, the search reached, counterexamples in the ball."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    encoder = nn.Sequential(nn.Conv2d(1, 2, 4, stride=4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    layer = nemon.NEMONDense(18, 4, gamma=0.5)
+    model = nemon.Classifier(layer, 10, encoder=encoder, input_shape=(1, 28, 28)).eval()
+    with torch.no_grad():  # margins that the ball of 0.01 crosses for some images
+        model.encoder[0].weight.mul_(2.0)
+        model.readout.weight.mul_(2.0)
+    path = nemon.save(model, tmp_path / "pooled.safetensors", data={"name": "mnist"})
+    g = torch.Generator().manual_seed(2)
+    x = 0.5 + 0.3 * (torch.rand(6, 1, 28, 28, generator=g) - 0.5)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    monkeypatch.setattr(loading, "load_dataset", lambda *a, **k: Dataset("mnist", x, y, x, y))
+    folder = tmp_path / "run"
+    attack = ("--attack-steps", "5", "--attack-restarts", "1")
+    status, _, err = run("--out", str(folder), "--time-limit", "10", *attack, model=str(path))
+    assert status == 0, err
+    records = lines(folder)
+    assert sorted(r["index"] for r in records) == list(range(6))
+    ((_, result),) = calls
+    assert {"linear", "attack", "search"} <= set(result.stage) and not bool(result.unknown.any())
+    for r in records:
+        cx = folder / "counterexamples" / f"{r['index']}.npy"
+        if cx.is_file():
+            assert (torch.from_numpy(np.load(cx)) - x[r["index"]]).abs().max() <= 0.01 + 1e-7

@@ -199,7 +199,8 @@ class ModuleRule:
     types: tuple[type, ...] = ()
 
     #: how `nemon.verify` encodes the module: ``"affine"`` (a matrix read off `evaluate` on unit
-    #: vectors), ``"relu"``, ``"sequential"``, ``"implicit"``; None: refused by name
+    #: vectors), ``"relu"``, ``"maxpool"`` (ReLU blocks, windows read off `evaluate`),
+    #: ``"sequential"``, ``"implicit"``; None: refused by name
     verify_kind: str | None = None
 
     def check(self, m: nn.Module) -> None:
@@ -367,6 +368,7 @@ class _AvgPoolRule(_OrderPreservingRule, _AffineRule):
 
 class _MaxPoolRule(_OrderPreservingRule):
     types = (nn.MaxPool2d,)
+    verify_kind = "maxpool"
 
     def check(self, m):
         if m.return_indices:

@@ -7,7 +7,9 @@ linear bounds, the state by the layer's embedding system widened by its solver's
 error bound (`nemon.explicit.implicit_box`), and the pre-activation ``A x + W a + b`` by interval
 arithmetic on both. Every bound is computed in float64 and widened by ``2^-30`` times the sum of
 the magnitudes that formed it (float64's rounding of such sums is below ``n 2^-53`` of that sum,
-Higham Thm 3.1, for fewer than ``2^20`` terms): the boxes are sound for the exact model.
+Higham Thm 3.1, for fewer than ``2^20`` terms): the boxes are sound for the exact model. A max
+pool's exact maps of entries -1, 0, 1 round only in their sums, so a value they copy keeps its
+box, and a sum of zeros is 0.
 """
 
 from __future__ import annotations
@@ -78,11 +80,27 @@ def _reach(box: Box) -> np.ndarray:
 def _interval(f: Affine, box: Box) -> Box:
     """The box of ``W x + b`` for ``x`` in ``box``, widened by ``WIDEN`` times the magnitudes
     that formed it (``f``'s, which cover the rounding of a composed ``W``)."""
+    if f.exact:
+        return _exact_interval(f, box)
     centre, radius = (box.hi + box.lo) / 2, (box.hi - box.lo) / 2
     c, r = f.W @ centre + f.b, abs(f.W) @ radius
     mag = f.Wabs @ _reach(box) + f.babs
     slack = WIDEN * (mag + np.abs(c) + r) + _TINY
     return Box(c - r - slack, c + r + slack)
+
+
+def _exact_interval(f: Affine, box: Box) -> Box:
+    """The box of ``W x`` for an exact map of entries -1, 0, 1 (`Affine.signs`): its ends are
+    sums of ends of ``box``, widened by ``WIDEN`` times the sum of their magnitudes (the only
+    rounding is the sums'), so that a row of one term, or of terms that are all 0, keeps its
+    ends exactly (a max pool's ``ReLU(t)`` and ``ReLU(-t)`` of a ReLU's output are stable)."""
+    up, down = f.W.maximum(0), (-f.W).maximum(0)  # W = up - down, entries 0 and 1
+    lo = up @ box.lo - down @ box.hi
+    hi = up @ box.hi - down @ box.lo
+    lo_mag = up @ np.abs(box.lo) + down @ np.abs(box.hi)
+    hi_mag = up @ np.abs(box.hi) + down @ np.abs(box.lo)
+    widen = lambda mag: WIDEN * mag + np.where(mag > 0, _TINY, 0.0)  # noqa: E731
+    return Box(lo - widen(lo_mag), hi + widen(hi_mag))
 
 
 def _explicit_pre(net: Network, bounds, k: int, lo, hi) -> Box:

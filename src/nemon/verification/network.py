@@ -8,14 +8,16 @@ Every supported model is a chain of blocks on flat vectors (docs/maths.md#verifi
 from the flattened input ``a_0 = u`` to the logits ``y = C a_K + c + D u``. Affine modules are
 matrices read off their rules' point evaluations on the unit vectors (in float64, with the
 module's rounding charged by the programs' row tolerances), consecutive ones multiplied
-together, so that every block has one matrix. What the chain cannot state (another activation,
-MaxPool, MON without a sound state box) is refused by name.
+together, so that every block has one matrix. A max pool is a few more blocks, exactly (one per
+level of a pairwise reduction of its windows, `_lower_maxpool`). What the chain cannot state
+(another activation, MON without a sound state box) is refused by name.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -41,17 +43,30 @@ class VerificationUnsupported(UnsupportedModule):
 class Affine:
     """``x -> W x + b`` with magnitudes ``Wabs >= |W|``, ``babs >= |b|`` that bound what formed
     them (for a product of maps, ``|W1| |W0|``: the rounding of a product that cancels is
-    relative to these, not to the product)."""
+    relative to these, not to the product). ``exact``: ``W`` has entries -1, 0, 1, ``b = 0``,
+    and no rounding formed them (`signs`)."""
 
     W: sp.csr_matrix
     b: np.ndarray
     Wabs: sp.csr_matrix
     babs: np.ndarray
+    exact: bool = False
 
     @staticmethod
     def read(W, b) -> Affine:
         W = sp.csr_matrix(W)
         return Affine(W, np.asarray(b, float), abs(W), np.abs(b))
+
+    @staticmethod
+    def signs(W) -> Affine:
+        """``x -> W x`` for ``W`` of entries -1, 0, 1 stated exactly (a max pool's levels):
+        its products are exact, so its boxes need only the rounding of their sums."""
+        W = sp.csr_matrix(W)
+        W.eliminate_zeros()
+        if not np.all(np.abs(W.data) == 1.0):
+            raise ValueError("Affine.signs takes entries -1, 0 and 1 only")
+        zero = np.zeros(W.shape[0])
+        return Affine(W, zero, abs(W), zero, exact=True)
 
     def after(self, inner: Affine) -> Affine:
         """``self o inner``."""
@@ -155,10 +170,89 @@ def _lower_module(module: nn.Module, shape: tuple, ops: list) -> tuple:
         ops.append(("affine", _matrix(lambda x: rule.evaluate(module, x), shape)))
         out = rule.evaluate(module, torch.zeros(1, *shape, dtype=torch.float64))
         return tuple(out.shape[1:])
+    if kind == "maxpool":
+        return _lower_maxpool(lambda x: rule.evaluate(module, x), shape, ops)
     raise VerificationUnsupported(
         f"verify cannot encode {type(module).__name__} exactly (its rule states no "
-        "verify_kind of 'affine', 'relu', 'sequential' or 'implicit')"
+        "verify_kind of 'affine', 'relu', 'maxpool', 'sequential' or 'implicit')"
     )
+
+
+def _lower_maxpool(pool, shape: tuple, ops: list) -> tuple:
+    """A max pool as ReLU blocks, exactly: each level of a pairwise reduction of every window is
+    one block, by ``max(s, t) = t + ReLU(s - t)`` and ``t = ReLU(t) - ReLU(-t)`` (neurons
+    ``ReLU(s - t), ReLU(t), ReLU(-t)`` per pair; ``ReLU(t), ReLU(-t)`` for a term left over), the
+    next level's terms sums of +-1 times its outputs; the pooled values are such sums of the
+    last block's outputs (docs/maths.md#verification). All windows share each level's block."""
+    windows, out_shape = _pool_windows(pool, shape)
+    n = int(np.prod(shape))
+    terms = sp.identity(n, format="csr")  # each term: a row, in the current block's outputs
+    groups = [np.asarray(w) for w in windows]  # each window's terms: rows of ``terms``
+    while any(len(g) > 1 for g in groups):
+        neurons, reduced, groups = _pool_level(groups, terms.shape[0])
+        ops.append(("affine", Affine.signs(neurons @ terms)))
+        ops.append(("relu",))
+        terms = reduced
+    pooled = terms[np.array([g[0] for g in groups], dtype=np.int64)]
+    ops.append(("affine", Affine.signs(pooled)))
+    return out_shape
+
+
+def _pool_windows(pool, shape: tuple) -> tuple[list[np.ndarray], tuple]:
+    """Each output's window (flat input indices) and the output shape, read off ``pool`` itself:
+    input ``p`` is in output ``o``'s window iff ``o`` is 0 for the input that is 0 at ``p`` and
+    ``-inf`` elsewhere (so padding, dilation and ``ceil_mode`` are PyTorch's own)."""
+    if len(shape) != 3:
+        raise VerificationUnsupported(f"verify pools (channels, height, width) inputs, not {shape}")
+    channels, plane = shape[0], int(np.prod(shape[1:]))
+    probe = torch.full((plane, 1, *shape[1:]), -math.inf, dtype=torch.float64)
+    probe.view(plane, plane)[torch.arange(plane), torch.arange(plane)] = 0.0
+    with torch.no_grad():
+        hits = pool(probe)
+        out_shape = tuple(pool(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
+    members = (hits.reshape(plane, -1) == 0).T.numpy()  # (outputs of a plane, inputs of a plane)
+    if not members.any(1).all():
+        raise VerificationUnsupported("a max pool window holds no input (its output is -inf)")
+    plane_windows = [np.flatnonzero(row) for row in members]
+    windows = [c * plane + w for c in range(channels) for w in plane_windows]
+    return windows, out_shape
+
+
+def _pool_level(groups: list[np.ndarray], count: int) -> tuple[sp.csr_matrix, sp.csr_matrix, list]:
+    """One level of the reduction of ``count`` terms grouped by window: the neurons'
+    pre-activations in the terms (``s - t``, ``t``, ``-t`` per pair ``(s, t)``; ``t``, ``-t`` for
+    a term left over), the next terms in the neurons' outputs (``max(s, t) = ReLU(s - t) +
+    ReLU(t) - ReLU(-t)``, ``t = ReLU(t) - ReLU(-t)``), and each window's next terms."""
+    pre, post, next_groups = _Triplets(), _Triplets(), []
+    for group in groups:
+        reduced = []
+        for j in range(0, len(group), 2):
+            t = group[min(j + 1, len(group) - 1)]
+            parts = []  # (neuron, sign): the neurons whose signed sum is the next term
+            if j + 1 < len(group):
+                parts.append((pre.add_row((group[j], 1.0), (t, -1.0)), 1.0))  # ReLU(s - t)
+            parts.append((pre.add_row((t, 1.0)), 1.0))  # ReLU(t)
+            parts.append((pre.add_row((t, -1.0)), -1.0))  # ReLU(-t)
+            reduced.append(post.add_row(*parts))
+        next_groups.append(np.asarray(reduced, dtype=np.int64))
+    return pre.matrix(count), post.matrix(pre.rows), next_groups
+
+
+class _Triplets:
+    """A sparse matrix built row by row from ``(row, column, value)`` entries."""
+
+    def __init__(self) -> None:
+        self.row, self.col, self.val, self.rows = [], [], [], 0
+
+    def add_row(self, *entries: tuple[int, float]) -> int:
+        """Append a row of ``(column, value)`` entries; returns its index."""
+        for col, value in entries:
+            self.row.append(self.rows), self.col.append(col), self.val.append(value)
+        self.rows += 1
+        return self.rows - 1
+
+    def matrix(self, columns: int) -> sp.csr_matrix:
+        return sp.csr_matrix((self.val, (self.row, self.col)), shape=(self.rows, columns))
 
 
 def _lower_implicit(layer: ImplicitLayer, shape: tuple, ops: list) -> tuple:

@@ -119,8 +119,8 @@ def verify(
 
     Args:
         model: a `Classifier` or `Ensemble` (one shared input) of NEMON, IDL or explicit
-            layers with ReLU, encoders of affine modules and ReLUs, implicit layers inside them.
-            MON (no sound state box) and other activations are refused by name.
+            layers with ReLU, encoders of affine modules, ReLUs and MaxPool2d, implicit layers
+            inside them. MON (no sound state box) and other activations are refused by name.
         x: inputs ``(batch, *input_shape)`` in the model's dtype.
         y: their labels ``(batch,)``.
         eps: the radius.
