@@ -52,6 +52,7 @@ from .parametrize import (
 )
 from .solve_log import open_logs, report
 from .solvers import DEFAULT_MAX_ITER, DEFAULT_TOL, SOLVERS, Solver, SolverOptions, SolverStats
+from .traced import traced_solve
 from .validation import check_number
 
 __all__ = [
@@ -228,8 +229,18 @@ class ImplicitLayer(RecordsArguments, nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """``x*(u)``. The solve's statistics: `solve` returns them, a `nemon.SolveLog` collects
-        them."""
+        them. Under ``torch.compile`` the solve is one custom operator (`nemon.traced`), so that
+        the whole model traces (``fullgraph=True``)."""
+        if torch.compiler.is_compiling():
+            return self._traced_forward(u)
         return self.solve(u).x
+
+    def _traced_forward(self, u: Tensor) -> Tensor:
+        """The compiled forward: shapes and dtype checked while tracing, finiteness by the
+        operator, the equilibrium solved by it."""
+        if self.check_inputs:
+            self._check_input(u, finite=False)
+        return traced_solve(self, self.injection(u), self.effective_weights())
 
     @torch.no_grad()
     def tune_splitting_step(self, u: Tensor, largest: float = 1.0, smallest: float = 1e-4):
@@ -595,6 +606,12 @@ class ExplicitDense(_DenseLayer):
         stats = SolverStats(1, 0.0, True, error_bound=exact, method="explicit")
         report(open_logs(), "state", "forward", stats)
         return Solution(x, stats)
+
+    def _traced_forward(self, u: Tensor) -> Tensor:
+        """Under ``torch.compile``: ``relu(B u + b)``, nothing to solve."""
+        if self.check_inputs:
+            self._check_input(u, finite=False)
+        return self.activation(self.B(u))
 
     def running_error(self) -> float:
         """0: the explicit layer is evaluated exactly."""

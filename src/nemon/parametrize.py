@@ -91,7 +91,10 @@ def check_weights(eta: Tensor) -> None:
     """One line unless every weight of ``eta`` (the stored weights of a norm) lies in
     ``[e^-L, e^L]`` with ``L = log_eta_max(eta.dtype)``; their scale is free (the norms' ratios,
     measures and bounds do not change when ``eta`` is multiplied by a constant). A host sync:
-    weighted layers pay it when they form ``A``."""
+    weighted layers pay it when they form ``A``. Under ``torch.compile`` (no host sync in a
+    graph) the solve operator refuses non-finite weights instead (`nemon.traced`)."""
+    if torch.compiler.is_compiling():
+        return
     low, high = (float(v) for v in torch.stack((eta.amin(), eta.amax())).detach().cpu())
     limit = log_eta_max(eta.dtype)
     if not (math.exp(-limit) <= low and high <= math.exp(limit)):

@@ -332,6 +332,59 @@ def _step_seconds(model, u, y, eps: float, repeat: int) -> float:
     return sorted(times[2:])[repeat // 2]
 
 
+def compiled_step_times(
+    shapes=(("dense", (1, 28, 28), 100), ("conv", (1, 28, 28), 16)),
+    batch: int = 64,
+    repeat: int = 5,
+    device="cpu",
+) -> list[dict]:
+    """One Adam step of a NEMON model, eager and under ``torch.compile(fullgraph=True)``, on
+    one thread: the compiled step's first call (compile time included) and the median of both
+    after warm-up, side by side in one run. ``shapes``: ``(arch, input_shape, hidden)``."""
+    rows, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arch, shape, hidden in shapes:
+            torch.manual_seed(0)
+            model = build_model("nemon", arch, shape, hidden=hidden).to(device)
+            u = torch.rand(batch, *shape, device=device)
+            y = torch.randint(0, 10, (batch,), device=device)
+            opt = adam(model.parameters(), 1e-4)
+            torch._dynamo.reset()
+            compiled = torch.compile(model, fullgraph=True)
+            first = _timed_step(compiled, opt, u, y)
+            times = {"eager": [], "compiled": []}
+            for _ in range(repeat + 1):  # interleaved; the first round warms up
+                for name, m in (("eager", model), ("compiled", compiled)):
+                    times[name].append(_timed_step(m, opt, u, y))
+            eager = statistics.median(times["eager"][1:])
+            fast = statistics.median(times["compiled"][1:])
+            rows.append(
+                {
+                    "model": f"nemon {arch} ({hidden})",
+                    "batch": batch,
+                    "threads": 1,
+                    "compile_seconds": first,
+                    "eager_ms": 1e3 * eager,
+                    "compiled_ms": 1e3 * fast,
+                    "compiled_over_eager": fast / eager,
+                }
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def _timed_step(model, opt, u, y) -> float:
+    """Seconds of one Adam step on the clean loss."""
+    start = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(u), y).backward()
+    opt.step()
+    _sync(u.device)
+    return time.perf_counter() - start
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr():
     """The profiler's native library prints ``USDT: ... profiler_start`` lines to file
@@ -556,6 +609,8 @@ def run_bench(
         ((50, 100), (32,)) if quick else ((50, 100, 200, 400, 800, 1600), (32, 300, 1024))
     )
     result["scaling"] = scaling(widths, batches, device=device, peak=peak)
+    if not quick:
+        result["compiled_steps"] = compiled_step_times(device=device)
     if not quick:
         families = [
             ("nemon", "averaged"),

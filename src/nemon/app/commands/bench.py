@@ -57,6 +57,12 @@ def run(args) -> dict:
             f"step {r['model']:16s} {r['ms_per_step']:6.2f} ms  {r['over_mlp']:.2f}x the MLP  "
             f"iterations {r['forward_iterations']}/{r['backward_iterations']}"
         )
+    for r in result.get("compiled_steps", []):
+        print(
+            f"compiled {r['model']:20s} {r['compiled_ms']:8.2f} ms a step against eager "
+            f"{r['eager_ms']:8.2f} ms ({r['compiled_over_eager']:.2f}x), compiled in "
+            f"{r['compile_seconds']:.1f} s, one thread"
+        )
     for r in result["conv_solvers"]:
         print(
             f"conv {r['solver']:29s} fwd {r['forward_iterations']:4d} "
