@@ -19,12 +19,12 @@ __all__ = ["TrainConfig", "PRESETS", "RAMPS", "MODEL_SETTINGS_DOC"]
 
 
 class _ModelSettings:
-    """The model a run trains and where (the training settings are `nemon.Recipe`'s).
+    """The model a run trains and where (the data are `_DataSettings`, the training settings
+    `nemon.Recipe`'s).
 
     Attributes:
         model: the implicit layer's family (explicit: the ablation without feedback).
         arch: dense, conv, an encoder followed by a dense layer, or conv-stacked.
-        dataset: the dataset trained and tested on.
         hidden: state size (dense) or channels (conv).
         gamma: the bound on the layer's measure, below 1.
         activation: the implicit layer's activation.
@@ -33,10 +33,18 @@ class _ModelSettings:
         residual: the stopping rule's residual: step or fixed_point.
         max_iter: iteration cap of every solve.
         device: cpu, cuda or cuda:N.
-        train_limit: use only the first N training images (None: all).
-        test_limit: use only the first N test images (None: all).
         init: ibp: Shi et al.'s initialisation; ibp-zero: also A = 0 (starts as the explicit model).
         layer_kwargs: more arguments of the layer's constructor.
+    """
+
+
+class _DataSettings:
+    """The data a run trains and tests on.
+
+    Attributes:
+        dataset: the dataset trained and tested on.
+        train_limit: use only the first N training images (None: all).
+        test_limit: use only the first N test images (None: all).
     """
 
 
@@ -45,7 +53,6 @@ class _ModelSettings:
 _MODEL = (
     ("model", str, setting("nemon", choices=MODEL_FAMILIES)),
     ("arch", str, setting("dense", choices=ARCHITECTURES)),
-    ("dataset", str, setting("mnist", choices=tuple(DATASETS))),
     ("hidden", int, setting(100, range=Range(int, 1, MAX_STATES))),
     ("gamma", float, setting(0.95, range=Range(float, high=1.0, high_open=True))),
     ("activation", str, setting("relu", choices=ACTIVATIONS)),
@@ -54,17 +61,24 @@ _MODEL = (
     ("residual", str, setting("step", choices=("step", "fixed_point"))),
     ("max_iter", int, setting(DEFAULT_MAX_ITER, range=Range(int, 1, MAX_ITER))),
     ("device", str, setting("cpu")),
+    ("init", str, setting("default", choices=INITIALISATIONS)),
+)
+#: the data's settings (help: `_DataSettings`)
+_DATA = (
+    ("dataset", str, setting("mnist", choices=tuple(DATASETS))),
     ("train_limit", "int | None", setting(None, range=Range(int, 1))),
     ("test_limit", "int | None", setting(None, range=Range(int, 1))),
-    ("init", str, setting("default", choices=INITIALISATIONS)),
 )
 #: model settings that must be set (the others' None means "the default" or "all")
 _REQUIRED = ("hidden", "max_iter", "gamma", "tol")
 
 
-def _model_field(name, kind, f):
-    meta = {**f.metadata, "help": field_help(_ModelSettings)[name], "group": "model"}
-    return name, kind, field(default=f.default, metadata=meta)
+def _spec_field(group: str, docs):
+    def make(name, kind, f):
+        meta = {**f.metadata, "help": field_help(docs)[name], "group": group}
+        return name, kind, field(default=f.default, metadata=meta)
+
+    return make
 
 
 def _recipe_field(f):
@@ -98,6 +112,11 @@ def _recipe(self) -> Recipe:
     return Recipe(**{name: getattr(self, name) for name in RECIPE_FIELDS})
 
 
+def _section(self, group: str) -> dict:
+    """The settings of one group: ``"model"``, ``"data"`` or ``"recipe"``."""
+    return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == group}
+
+
 _LAYER_KWARGS = field(
     default_factory=dict,
     metadata={"help": field_help(_ModelSettings)["layer_kwargs"], "group": "model"},
@@ -105,15 +124,23 @@ _LAYER_KWARGS = field(
 
 TrainConfig = make_dataclass(
     "TrainConfig",
-    [_model_field(*m) for m in _MODEL]
+    [_spec_field("model", _ModelSettings)(*m) for m in _MODEL]
+    + [_spec_field("data", _DataSettings)(*d) for d in _DATA]
     + [_recipe_field(f) for f in fields(Recipe)]
     + [("layer_kwargs", dict, _LAYER_KWARGS)],
-    namespace={"validate": _validate, "recipe": _recipe, "__module__": __name__},
+    namespace={
+        "validate": _validate,
+        "recipe": _recipe,
+        "section": _section,
+        "__module__": __name__,
+    },
 )
 TrainConfig.__doc__ = (
-    "Everything that defines a run: the model's settings (`MODEL_SETTINGS_DOC`) and the "
-    "training settings of `nemon.Recipe`, whose defaults are the recipe's (each setting "
-    "defined once). The ``mnist-fc`` preset is the paper's MNIST FC setting (6.2)."
+    "Everything that defines a run, composed of three specs: the model's settings "
+    "(`MODEL_SETTINGS_DOC`), the data's and the training settings of `nemon.Recipe`, whose "
+    "defaults are the recipe's (each setting defined once, with its range in its field). "
+    "``section('model' | 'data' | 'recipe')`` gives one of them. The ``mnist-fc`` preset is "
+    "the paper's MNIST FC setting (6.2)."
 )
 MODEL_SETTINGS_DOC = _ModelSettings.__doc__
 

@@ -29,9 +29,11 @@ def add(sub, common) -> None:
         parents=[common],
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="mnist-fc")
+    titles = {"model": "model", "data": "data", "recipe": "training (nemon.Recipe)"}
+    groups = {key: p.add_argument_group(title) for key, title in titles.items()}
     for f in fields(TrainConfig):  # every setting of a run, its help from its docstring
         if f.name != "layer_kwargs":
-            _add_setting(p, f)
+            _add_setting(groups[f.metadata["group"]], f)
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoint, metrics)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
