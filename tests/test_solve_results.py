@@ -145,3 +145,30 @@ def test_the_splitting_step_search_changes_only_the_splitting_solver():
     nemon_layer = nemon.NEMONDense(6, 8)
     nemon_layer.set_splitting_step(0.25)  # no splitting solver: nothing to set
     assert nemon_layer.solver_options.method == Diagonal()
+
+
+def test_a_resume_compares_plain_values_not_their_containers():
+    """Tuples recorded as lists, nested dataclasses recorded as dicts: the same settings."""
+    from dataclasses import dataclass, field
+
+    from nemon.resume import compare_settings
+
+    @dataclass
+    class Inner:
+        a: int = 1
+
+    @dataclass
+    class Settings:
+        milestones: tuple = (5,)
+        inner: Inner = field(default_factory=Inner)
+        extra: dict = field(default_factory=dict)
+        epochs: int = 3
+
+    same = {"milestones": [5], "inner": {"a": 1}, "extra": {"k": [1, 2]}, "epochs": 1}
+    assert compare_settings(same, Settings(extra={"k": (1, 2)})) == ([], [])
+    changed, _ = compare_settings({**same, "milestones": [6], "inner": {"a": 2}}, Settings())
+    assert changed == [
+        "milestones: [6] -> [5]",
+        "inner: {'a': 2} -> {'a': 1}",
+        "extra: {'k': [1, 2]} -> {}",
+    ]

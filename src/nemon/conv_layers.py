@@ -19,7 +19,7 @@ from .layers import FullPrecision, ImplicitLayer
 from .lipschitz import LipschitzTerms
 from .norms import capped_measure
 from .operators import ConvOperator, MONConvOperator, conv_same, kernel_spectrum
-from .parametrize import check_gamma, check_weights, conv_measure_upper, conv_shift
+from .parametrize import check_gamma, checked_weights, conv_measure_upper, conv_shift
 
 __all__ = ["NEMONConv2d", "MONConv2d"]
 
@@ -128,7 +128,7 @@ class NEMONConv2d(_ConvLayer):
 
     def effective_weights(self) -> tuple[Tensor, Tensor]:
         eta = self.eta()
-        check_weights(eta.detach())  # eta_i / eta_j must not overflow
+        eta = checked_weights(eta)  # eta_i / eta_j must not overflow
         scaled = self.kernel * (eta[:, None] / eta[None, :])[:, :, None, None]
         return scaled, conv_shift(scaled, self.gamma, eta)
 
@@ -233,7 +233,7 @@ class MONConv2d(FullPrecision, _ConvLayer):
     def measure(self) -> Tensor:
         """``mu_2(A) = gamma - min_f lambda_min(W(f)^H W(f))`` over the FFT frequencies."""
         W_hat = kernel_spectrum(self.W, self.image_size)
-        gram = W_hat.conj().transpose(-1, -2) @ W_hat
+        gram = W_hat.conj_physical().transpose(-1, -2) @ W_hat
         return self.gamma - torch.linalg.eigvalsh(gram)[..., 0].min()
 
     def equilibrium(self, weights: tuple[Tensor, ...]) -> Equilibrium:

@@ -141,6 +141,7 @@ class Equilibrium:
             norm=weighted_l1_norm(self.eta),
             resolvent=self._resolvent(weights, transpose=True),
             splitting_step=self.splitting_step,
+            lipschitz=self.lipschitz,  # ||A^T J|| in the dual norm <= ||A|| in the forward one
         )
         if self.backward_options.method.adjoint_form == "prox":
             system = FixedPointSystem(

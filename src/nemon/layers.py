@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from .activations import PROX_ACTIVATIONS, Activation, get_activation
 from .arguments import RecordsArguments
 from .errors import InputError
+from .guards import checked
 from .implicit import (
     Equilibrium,
     ImplicitAdjoint,
@@ -215,11 +216,16 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         if self.check_inputs and self.injection_reads_every_input:
             self._check_finite(u, z)
         weights = self.effective_weights()
+        return implicit_solve(self.solve_equilibrium(weights, self.training), z, weights)
+
+    def solve_equilibrium(self, weights: tuple[Tensor, ...], training: bool) -> Equilibrium:
+        """The equilibrium as this layer solves it: its adjoint, and in eval mode its solves
+        stopped on ``error_tol`` too (eager and compiled solves alike)."""
         eq = self.equilibrium(weights)
         eq.adjoint = self.adjoint
-        if not self.training and self.error_tol is not None:
+        if not training and self.error_tol is not None:
             eq.options = replace(eq.options, error_tol=self.error_tol)
-        return implicit_solve(eq, z, weights)
+        return eq
 
     def running_error(self) -> float | None:
         """The distance (weighted l_inf; l_2 for MON) within which the layer's state in eval
@@ -236,10 +242,11 @@ class ImplicitLayer(RecordsArguments, nn.Module):
         return self.solve(u).x
 
     def _traced_forward(self, u: Tensor) -> Tensor:
-        """The compiled forward: shapes and dtype checked while tracing, finiteness by the
-        operator, the equilibrium solved by it."""
+        """The compiled forward: shapes and dtype checked while tracing, finiteness by an
+        operator (`nemon.traced.checked`), the equilibrium solved by one."""
         if self.check_inputs:
             self._check_input(u, finite=False)
+            u = checked(u, "finite")
         return traced_solve(self, self.injection(u), self.effective_weights())
 
     @torch.no_grad()
@@ -611,6 +618,7 @@ class ExplicitDense(_DenseLayer):
         """Under ``torch.compile``: ``relu(B u + b)``, nothing to solve."""
         if self.check_inputs:
             self._check_input(u, finite=False)
+            u = checked(u, "finite")
         return self.activation(self.B(u))
 
     def running_error(self) -> float:

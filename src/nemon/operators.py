@@ -205,8 +205,8 @@ class MONConvOperator(Operator):
         W_hat = kernel_spectrum(weights[0], self.size)
         Z_hat = kernel_spectrum(weights[1], self.size)
         eye = torch.eye(W_hat.shape[-1], dtype=W_hat.dtype, device=W_hat.device)
-        Wh = W_hat.conj().transpose(-1, -2)
-        return self.gamma * eye - Wh @ W_hat - Z_hat + Z_hat.conj().transpose(-1, -2)
+        Wh = W_hat.conj_physical().transpose(-1, -2)  # physical: no lazy conjugate bit
+        return self.gamma * eye - Wh @ W_hat - Z_hat + Z_hat.conj_physical().transpose(-1, -2)
 
     def resolvent(self, weights: tuple[Tensor, ...], a: float, transpose: bool):
         """``v -> (I + a (I - A))^-1 v`` (or with ``A^T``) via FFT, one batched inverse per solve."""
@@ -215,7 +215,7 @@ class MONConvOperator(Operator):
         eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
         R = torch.linalg.inv((1 + a) * eye - a * A_hat)
         if transpose:
-            R = R.conj().transpose(-1, -2)
+            R = R.conj_physical().transpose(-1, -2)
         size = (self.size, self.size)
 
         def apply(v: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .guards import check_weights, checked_weights, log_eta_max
 from .norms import (
     abs_row_sums_upper,
     measure_upper,
@@ -33,6 +34,7 @@ __all__ = [
     "check_gamma",
     "mu_inf_param",
     "check_weights",
+    "checked_weights",
     "log_eta_max",
     "mu_inf_right_inverse",
     "MuInfConstraint",
@@ -73,36 +75,9 @@ def mu_inf_param(T: Tensor, gamma: float, eta: Tensor | None = None) -> Tensor:
     n = T.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=T.device)
     off = T.masked_fill(eye, 0.0)
-    eta = eta.to(T.dtype)
-    check_weights(eta)
+    eta = checked_weights(eta.to(T.dtype))
     off = eta[:, None] * off / eta[None, :]
     return off + torch.diag_embed(_sound_diagonal(torch.diagonal(T), off, gamma, eta))
-
-
-def log_eta_max(dtype: torch.dtype) -> float:
-    """Largest ``|d_i|`` of log-weights ``d = log(eta)`` in ``dtype``: a quarter of its exponent
-    range (float32 22.2, float64 177.4, float16 2.8), so that the weights, their inverses, their
-    ratios and the squares the gradients meet (``d(1/eta)/d eta = -1/eta^2``) all stay finite, and
-    the equilibrium, which grows with up to ``e^(max d - min d)``, has room to spare."""
-    return math.log(torch.finfo(dtype).max) / 4
-
-
-def check_weights(eta: Tensor) -> None:
-    """One line unless every weight of ``eta`` (the stored weights of a norm) lies in
-    ``[e^-L, e^L]`` with ``L = log_eta_max(eta.dtype)``; their scale is free (the norms' ratios,
-    measures and bounds do not change when ``eta`` is multiplied by a constant). A host sync:
-    weighted layers pay it when they form ``A``. Under ``torch.compile`` (no host sync in a
-    graph) the solve operator refuses non-finite weights instead (`nemon.traced`)."""
-    if torch.compiler.is_compiling():
-        return
-    low, high = (float(v) for v in torch.stack((eta.amin(), eta.amax())).detach().cpu())
-    limit = log_eta_max(eta.dtype)
-    if not (math.exp(-limit) <= low and high <= math.exp(limit)):
-        raise InputError(
-            f"the weights eta = exp(d) of the norm must lie in [e^-{limit:.3g}, e^{limit:.3g}]"
-            f" in {eta.dtype}, got eta in [{low:.3g}, {high:.3g}]; divide eta by a constant"
-            f" (the norm does not depend on its scale) or use a wider dtype"
-        )
 
 
 class _MuInfParam(torch.autograd.Function):

@@ -4,7 +4,7 @@ newer than the file takes its default; the number of epochs is free to change.""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 
 __all__ = ["compare_settings"]
 
@@ -46,10 +46,17 @@ def compare_settings(recorded, current, may_default=()) -> tuple[list[str], list
         for f in fields(current)
         if f.name not in FREE
         and f.name in values
-        and getattr(then, f.name) != getattr(current, f.name)
+        and _plain(getattr(then, f.name)) != _plain(getattr(current, f.name))
     ]
     return changed, defaulted
 
 
 def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+    """Plain data as checkpoints store it: lists for tuples, dicts for dataclasses, nested."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value

@@ -9,30 +9,38 @@ eager implementation is the library's own solve and whose backward is the adjoin
 the layer's effective weights, so that everything around it, the constraint (17) that forms
 ``A`` from the parameters included, compiles. The operator finds its layer by a key (custom
 operators take tensors and numbers, not modules); the layer's equilibrium is rebuilt from the
-weights it is given, so the solve sees exactly the traced weights. Statistics reach a
-`nemon.SolveLog` as in eager mode; a solve that stops before its tolerance warns as always.
+weights it is given, so the solve sees exactly the traced weights. Statistics reach the
+`nemon.SolveLog` open at the forward, the adjoint's included, as in eager mode (the forward
+returns a ticket tensor that the backward presents); a solve that stops before its tolerance
+warns as always. Checks that need a host sync (finite inputs, the norm's weights) run in the
+operator `nemon.guards.checked`, whose output the model uses.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from .errors import InputError
-from .solve_log import open_logs, report
-from .solvers import solve
+from .solve_log import SolveLog, open_logs, report
+from .solvers import SolverStats, solve
 
 __all__ = ["traced_solve", "register_layer"]
 
 _LAYERS: dict[int, weakref.ref] = {}
+#: the logs open at each forward solve, by ticket, until its adjoint reports (weakly held; the
+#: oldest tickets are dropped past `_MAX_TICKETS`, as when no backward ever runs)
+_TICKETS: dict[int, tuple[weakref.ref, ...]] = {}
+_MAX_TICKETS = 4096
+_NEXT = itertools.count(1)
 
 
 @torch.compiler.assume_constant_result
 def register_layer(layer) -> int:
-    """The key by which the operator finds ``layer`` (its ``id``; held weakly). Run once while
+    """The key by which the operators find ``layer`` (its ``id``; held weakly). Run once while
     tracing: the key is a constant of the graph."""
     for stale in [k for k, ref in _LAYERS.items() if ref() is None]:
         del _LAYERS[stale]
@@ -40,66 +48,90 @@ def register_layer(layer) -> int:
     return id(layer)
 
 
-def _equilibrium(key: int, weights: list[Tensor], training: bool):
+def _layer_and_equilibrium(key: int, weights: list[Tensor], training: bool):
     layer = _LAYERS[key]()
-    eq = layer.equilibrium(tuple(w.detach() for w in weights))
-    eq.adjoint = layer.adjoint
-    if not training and layer.error_tol is not None:
-        eq.options = replace(eq.options, error_tol=layer.error_tol)
-    return layer, eq
+    return layer, layer.solve_equilibrium(tuple(weights), training)
+
+
+def _ticket(logs: tuple[SolveLog, ...]) -> Tensor:
+    """A scalar tensor naming ``logs`` for the adjoint (0: none open)."""
+    if not logs:
+        return torch.zeros((), dtype=torch.int64)
+    number = next(_NEXT)
+    _TICKETS[number] = tuple(weakref.ref(log) for log in logs)
+    while len(_TICKETS) > _MAX_TICKETS:
+        del _TICKETS[next(iter(_TICKETS))]
+    return torch.tensor(number, dtype=torch.int64)
+
+
+def _logs_of(ticket: Tensor) -> tuple[SolveLog, ...]:
+    refs = _TICKETS.pop(int(ticket), ())
+    return tuple(log for log in (ref() for ref in refs) if log is not None)
 
 
 @torch.library.custom_op("nemon::implicit_solve", mutates_args=())
-def implicit_solve_op(z: Tensor, weights: list[Tensor], key: int, training: bool) -> Tensor:
+def implicit_solve_op(
+    z: Tensor, weights: list[Tensor], key: int, training: bool
+) -> tuple[Tensor, Tensor]:
     """``x* = Phi(A x* + z)`` for the layer ``key`` with ``A`` from ``weights`` (no gradient:
-    `traced_solve` attaches it)."""
-    layer, eq = _equilibrium(key, weights, training)
-    if layer.check_inputs and not bool(torch.isfinite(z).all()):
-        raise InputError(f"{layer._name()} input contains NaN or inf (its injection is not finite)")
+    `traced_solve` attaches it), and the ticket of the logs open here."""
+    layer, eq = _layer_and_equilibrium(key, weights, training)
     if not all(bool(torch.isfinite(w).all()) for w in weights):
-        raise InputError(
-            f"{layer._name()}: the effective weights are not finite (the norm's weights eta out "
-            "of range, or parameters that overflowed)"
-        )
+        raise InputError(f"{layer._name()}: its effective weights are not finite")
     x, stats = solve(eq.forward_system(tuple(weights), z), None, eq.options)
-    report(open_logs(), eq.kind, "forward", stats)
-    return x
+    logs = open_logs()
+    report(logs, eq.kind, "forward", stats)
+    return x, _ticket(logs)
 
 
 @implicit_solve_op.register_fake
 def _(z, weights, key, training):
-    return torch.empty_like(z)
+    return torch.empty_like(z), torch.empty((), dtype=torch.int64)
 
 
 @torch.library.custom_op("nemon::adjoint_solve", mutates_args=())
 def adjoint_solve_op(
-    grad: Tensor, x: Tensor, z: Tensor, weights: list[Tensor], key: int, training: bool
+    grad: Tensor,
+    x: Tensor,
+    z: Tensor,
+    weights: list[Tensor],
+    ticket: Tensor,
+    key: int,
+    training: bool,
 ) -> Tensor:
     """``p = (I - A^T J)^-1 g`` with ``J = diag(phi'(A x* + z))``: the gradient that, sent back
     through one differentiable step ``Phi(A x* + z)``, gives the exact implicit gradient
     (docs/maths.md#gradients; ``w = J p``). Splitting solvers solve for ``w`` and return
-    ``p = A^T w + g``; the Jacobian-free adjoint returns ``g``."""
-    _, eq = _equilibrium(key, weights, training)
+    ``p = A^T w + g``; the Jacobian-free adjoint (``w = J g``) returns ``g``."""
+    _, eq = _layer_and_equilibrium(key, weights, training)
+    logs = _logs_of(ticket)
+    if eq.adjoint.name == "jacobian_free":
+        report(logs, eq.kind, "backward", SolverStats(0, converged=True, method="jacobian_free"))
+        return grad.clone()
     weights = tuple(weights)
     J = eq.phi.derivative(eq.operator.matvec_add(weights, x, z))
-    system, to_w, start = eq.adjoint_system(weights, J, grad)
-    if eq.adjoint.name == "jacobian_free":
-        return grad.clone()
+    system, _, start = eq.adjoint_system(weights, J, grad)
     p, stats = solve(system, start, eq.backward_options)
-    report(open_logs(), eq.kind, "backward", stats)
+    report(logs, eq.kind, "backward", stats)
     if eq.backward_options.method.adjoint_form == "prox":  # the solution is w
         return eq.operator.rmatvec(weights, p) + grad
     return p
 
 
 @adjoint_solve_op.register_fake
-def _(grad, x, z, weights, key, training):
+def _(grad, x, z, weights, ticket, key, training):
     return torch.empty_like(grad)
 
 
 @torch.library.custom_op("nemon::implicit_gradient", mutates_args=())
 def implicit_gradient_op(
-    y: Tensor, x: Tensor, z: Tensor, weights: list[Tensor], key: int, training: bool
+    y: Tensor,
+    x: Tensor,
+    z: Tensor,
+    weights: list[Tensor],
+    ticket: Tensor,
+    key: int,
+    training: bool,
 ) -> Tensor:
     """The identity on ``y``; its backward replaces the incoming gradient ``g`` by
     `adjoint_solve_op`'s ``p``."""
@@ -107,20 +139,20 @@ def implicit_gradient_op(
 
 
 @implicit_gradient_op.register_fake
-def _(y, x, z, weights, key, training):
+def _(y, x, z, weights, ticket, key, training):
     return torch.empty_like(y)
 
 
 def _setup_context(ctx, inputs, output):
-    _, x, z, weights, key, training = inputs
-    ctx.save_for_backward(x, z, *weights)
+    _, x, z, weights, ticket, key, training = inputs
+    ctx.save_for_backward(x, z, ticket, *weights)
     ctx.key, ctx.training = key, training
 
 
 def _backward(ctx, grad):
-    x, z, *weights = ctx.saved_tensors
-    p = adjoint_solve_op(grad, x, z, list(weights), ctx.key, ctx.training)
-    return p, None, None, [None] * len(weights), None, None
+    x, z, ticket, *weights = ctx.saved_tensors
+    p = adjoint_solve_op(grad, x, z, list(weights), ticket, ctx.key, ctx.training)
+    return p, None, None, [None] * len(weights), None, None, None
 
 
 implicit_gradient_op.register_autograd(_backward, setup_context=_setup_context)
@@ -133,7 +165,7 @@ def traced_solve(layer, z: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
     ``p^T J d(A x* + z)`` is the implicit function theorem's gradient."""
     key = register_layer(layer)
     plain = [w.detach() for w in weights]
-    x = implicit_solve_op(z.detach(), plain, key, layer.training)
+    x, ticket = implicit_solve_op(z.detach(), plain, key, layer.training)
     step = layer.activation(layer.operator.matvec_add(weights, x, z))
     attached = x + (step - step.detach())  # the value of x*, the gradient of the step
-    return implicit_gradient_op(attached, x, z.detach(), plain, key, layer.training)
+    return implicit_gradient_op(attached, x, z.detach(), plain, ticket, key, layer.training)
