@@ -145,6 +145,8 @@ def test_unknowns_are_recorded_and_retried(run, calls, tmp_path):
     unknown = [i for i, r in first.items() if r["verdict"] == "unknown"]
     assert len(first) == N and unknown  # no search time: some are left open, and recorded
     calls.clear()
+    assert run("--out", str(folder), "--time-limit", "0", "--resume")[0] == 0
+    assert not calls  # no more time than they had: the same search, not repeated
     assert run("--out", str(folder), "--time-limit", "5", "--resume")[0] == 0
     (x, _), = calls  # fmt: skip
     assert len(x) == len(unknown)  # only they are retried

@@ -12,8 +12,10 @@ A run folder (``--out``) holds:
   the model's dtype: ``numpy.load``);
 - ``summary.json``: what `summarise` reports over every recorded input.
 
-A resume keeps the certified and refuted inputs and retries the others (unknowns included: a
-later run may have more time); its question must be the same, its budget may differ.
+A resume keeps the certified and refuted inputs and retries the others: those not recorded, and
+the unknowns left by a smaller time limit than the resume's (a later run may have more time; one
+with no more would repeat the same search). Its question must be the same, its budget may
+differ.
 """
 
 from __future__ import annotations
@@ -131,17 +133,18 @@ def read_verdicts(folder: Path, n: int) -> dict[int, dict]:
     return records
 
 
-def _settled(records: dict[int, dict], folder: Path | None) -> dict[int, dict]:
-    """The inputs a resume skips: certified, or refuted with the counterexample on disk."""
-    return {
-        i: r
-        for i, r in records.items()
-        if r["verdict"] == "certified"
-        or (
-            r["verdict"] == "refuted"
-            and (folder is None or (folder / "counterexamples" / f"{i}.npy").is_file())
-        )
-    }
+def _settled(records: dict[int, dict], folder: Path | None, time_limit: float) -> dict[int, dict]:
+    """The inputs a resume skips: certified, refuted with the counterexample on disk, or unknown
+    after a search of at least ``time_limit`` seconds."""
+
+    def settled(i: int, r: dict) -> bool:
+        if r["verdict"] == "unknown":
+            return r.get("time_limit", -math.inf) >= time_limit
+        if r["verdict"] == "refuted":
+            return folder is None or (folder / "counterexamples" / f"{i}.npy").is_file()
+        return True
+
+    return {i: r for i, r in records.items() if settled(i, r)}
 
 
 class _Log:
@@ -272,7 +275,7 @@ def verify_folder(model, x, y, config: dict, out: Path | None, resume: bool, pro
 def _verify_all(model, x, y, config, out, records, progress, save=None) -> dict:
     from ..verification import verify
 
-    settled = _settled(records, out)
+    settled = _settled(records, out, config["time_limit"])
     todo = [i for i in range(len(x)) if i not in settled]
     log = _Log(out, records)
     bar = _Progress(log, len(settled), len(x), progress)

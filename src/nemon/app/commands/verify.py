@@ -47,7 +47,10 @@ def add(sub, common) -> None:
         "--out", help="run folder: each verdict recorded as it is decided (default: none)"
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out (unknowns are retried)"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (unknowns are retried when --time-limit is larger "
+        "than the one that left them)",
     )
     p.add_argument("--json", help="write the summary to this JSON file")
     p.add_argument("--no-progress", action="store_true")
