@@ -182,6 +182,9 @@ def test_refusals_of_the_folder(run, tmp_path):
         (["--time-limit", "-1"], "--time-limit"),
         (["--time-limit", "inf"], "--time-limit"),
         (["--input-range", "1", "0"], "LO must be below HI"),
+        # data outside the range: the options to change named, not the library's argument
+        (["--input-range", "0.45", "0.55"], "outside --input-range=(0.45, 0.55)"),
+        (["--input-range", "0.45", "0.55"], "or --no-input-range for unbounded data"),
     ],
 )
 def test_bad_arguments_are_one_line(run, argv, words):

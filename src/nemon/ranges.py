@@ -39,8 +39,11 @@ def check_input_range(input_range, where: str = "input_range") -> tuple[float, f
     return lo, hi
 
 
-def check_inside(u: Tensor, input_range, where: str = "input_range") -> tuple[float, float] | None:
-    """The checked range, after refusing inputs ``u`` with a value outside it."""
+def check_inside(
+    u: Tensor, input_range, where: str = "input_range", unbounded: str | None = None
+) -> tuple[float, float] | None:
+    """The checked range, after refusing inputs ``u`` with a value outside it (the message names
+    ``where``, and ``unbounded``, by default ``{where}=None``, as the way to unbounded data)."""
     checked = check_input_range(input_range, where)
     if checked is None or u.numel() == 0:
         return checked
@@ -53,7 +56,7 @@ def check_inside(u: Tensor, input_range, where: str = "input_range") -> tuple[fl
     if low < lo or high > hi:
         raise InputError(
             f"the inputs range from {low:.4g} to {high:.4g}, outside {where}=({checked[0]:g}, "
-            f"{checked[1]:g}); pass the range your data lives in, or {where}=None for unbounded "
-            "data (standardized features, for one)"
+            f"{checked[1]:g}); pass the range your data lives in, or "
+            f"{unbounded or where + '=None'} for unbounded data (standardized features, for one)"
         )
     return checked

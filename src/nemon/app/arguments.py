@@ -8,6 +8,7 @@ import math
 
 from ..data import DATASETS
 from ..errors import InputError
+from ..ranges import check_inside
 from ..validation import MAX_THREADS
 
 __all__ = [
@@ -218,8 +219,12 @@ def add_model(p, dataset: bool = True) -> None:
         )
 
 
-def input_range_of(args, default) -> tuple[float, float] | None:
-    """``--input-range`` (None with ``--no-input-range``; else ``default``, the data's)."""
+def input_range_of(args, default, x=None) -> tuple[float, float] | None:
+    """``--input-range`` (None with ``--no-input-range``; else ``default``, the data's), after
+    refusing data ``x`` outside it in the options' own words."""
     if args.no_input_range:
         return None
-    return tuple(args.input_range) if args.input_range is not None else default
+    span = tuple(args.input_range) if args.input_range is not None else default
+    if x is not None:
+        check_inside(x, span, "--input-range", unbounded="--no-input-range")
+    return span

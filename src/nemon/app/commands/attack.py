@@ -39,7 +39,7 @@ def add(sub, common) -> None:
 
 def run(args) -> dict:
     model, data, x, y = load_with_data(args)
-    span = input_range_of(args, data["input_range"])
+    span = input_range_of(args, data["input_range"], x)
     result = {"eps": args.eps, "images": len(x), "input_range": span}
     with ConvergenceTally():
         for name in args.attack:

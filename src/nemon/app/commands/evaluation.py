@@ -51,7 +51,7 @@ def run_eval(args) -> dict:
 
 def run_certify(args) -> dict:
     model, data, x, y = load_with_data(args)
-    span = input_range_of(args, data["input_range"])
+    span = input_range_of(args, data["input_range"], x)
     result = {
         "lipschitz_bound": float(model.lipschitz_bound().detach()),
         "eps": args.eps,

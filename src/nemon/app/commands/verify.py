@@ -74,7 +74,7 @@ def validate(args) -> None:
 
 def run(args) -> dict:
     model, config, x, y = load_with_data(args)
-    span = input_range_of(args, config["input_range"])
+    span = input_range_of(args, config["input_range"], x)
     question = {
         **model_identity(args.checkpoint),
         "dataset": config["dataset"],
