@@ -250,3 +250,20 @@ def test_a_model_file_with_a_max_pool(run, calls, monkeypatch, tmp_path):
         cx = folder / "counterexamples" / f"{r['index']}.npy"
         if cx.is_file():
             assert (torch.from_numpy(np.load(cx)) - x[r["index"]]).abs().max() <= 0.01 + 1e-7
+
+
+def test_a_checkpoint_file_is_read_once(tiny, monkeypatch):
+    from nemon.app import checkpoints
+
+    path, _ = tiny
+    reads = []
+    real = checkpoints.read_torch_file
+
+    def counted(*args, **kw):
+        reads.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(checkpoints, "read_torch_file", counted)
+    monkeypatch.setattr(loading, "read_torch_file", counted)
+    model, dataset = loading.load_model_named(str(path), "cpu")
+    assert dataset == "mnist" and len(reads) == 1

@@ -38,10 +38,11 @@ __all__ = [
 ]
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """A run's checkpoint (see `nemon.runs.read_torch_file`), with the keys that rebuild
-    its model: ``config``, ``input_shape``, ``num_classes``, ``model``."""
-    ckpt = read_torch_file(path, map_location)
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu", contents=None) -> dict:
+    """A run's checkpoint (see `nemon.runs.read_torch_file`; ``contents``: the file as already
+    read), with the keys that rebuild its model: ``config``, ``input_shape``, ``num_classes``,
+    ``model``."""
+    ckpt = read_torch_file(path, map_location) if contents is None else contents
     missing = (
         [k for k in ("config", "input_shape", "num_classes", "model") if k not in ckpt]
         if (isinstance(ckpt, dict))
@@ -92,14 +93,15 @@ def checked_signature(path, ckpt: dict) -> tuple[tuple[int, int, int], int]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str = "cpu", use: str = "load"
+    path: str | os.PathLike, map_location: str = "cpu", use: str = "load", contents=None
 ) -> tuple[Classifier, dict]:
-    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``.
+    """Rebuild the model of a checkpoint, in eval mode; returns ``(model, checkpoint dict)``
+    (``contents``: the file as already read by `nemon.runs.read_torch_file`, else it is read).
 
     Before the model is built, the memory it needs for ``use`` (``"load"``, ``"certify"``; see
     `nemon.app.resources.memory_needed`) is compared with what ``map_location`` has: a model
     that cannot fit is a `CheckpointError` naming its ``hidden``."""
-    ckpt = read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location, contents)
     check_checksum(path, ckpt)
     cfg = checked_config(path, ckpt["config"])
     shape, classes = checked_signature(path, ckpt)

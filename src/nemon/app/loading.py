@@ -39,8 +39,9 @@ def load_model_named(name_or_path: str, device: str, use: str = "load", dataset:
         check_memory(config, info["input_shape"], info["num_classes"], use, device)
         return load_pretrained(name_or_path, device), dataset or config["dataset"]
     path = model_file_path(name_or_path)
-    if path.suffix != ".safetensors" and "config" in read_torch_file(path, device):
-        model, ckpt = load_checkpoint(path, map_location=device, use=use)
+    contents = None if path.suffix == ".safetensors" else read_torch_file(path, device)
+    if contents is not None and "config" in contents:  # read once
+        model, ckpt = load_checkpoint(path, map_location=device, use=use, contents=contents)
         return model, dataset or ckpt["config"]["dataset"]
     model = load_model(path, map_location=device)
     named = model_data(path).get("name")
