@@ -77,9 +77,10 @@ def test_certificates_read_no_solver_state_from_layers():
         assert "solver_stats" not in (PACKAGE / name).read_text(), name
 
 
-def test_no_run_files_in_the_tree():
-    """Results and the commands that resume a run are committed; run files (checkpoints) live
-    on the runs-in-progress branch (benchmarks/RUNS.md), never in main's tree."""
+def test_run_files_only_where_runs_md_lists_them():
+    """Results and the commands that resume a run are committed; a run's checkpoint only while
+    the run is unfinished, in ``benchmarks/runs/NAME/`` (only main carries over between
+    sessions), and each such folder is described in benchmarks/RUNS.md."""
     root = PACKAGE.parents[1]
     listed = subprocess.run(
         ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=False
@@ -87,4 +88,8 @@ def test_no_run_files_in_the_tree():
     if listed.returncode != 0:  # not a git checkout (an sdist): nothing to check
         return
     runs = [p for p in listed.stdout.splitlines() if p.endswith((".pt", ".pth", ".ckpt"))]
-    assert not runs, f"run checkpoints in the tree: {runs[:5]}"
+    stray = [p for p in runs if not p.startswith("benchmarks/runs/")]
+    assert not stray, f"run checkpoints outside benchmarks/runs/: {stray[:5]}"
+    described = (root / "benchmarks" / "RUNS.md").read_text()
+    for name in {p.split("/")[2] for p in runs}:
+        assert f"benchmarks/runs/{name}/" in described, f"{name} is not described in RUNS.md"
