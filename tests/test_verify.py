@@ -388,3 +388,44 @@ def test_projection_stays_in_a_clip_box_that_float32_cannot_represent():
 
     p = project(u, adv, 0.1, (0.0, 0.3))
     assert bool((p.double() <= 0.3).all()) and bool(((p.double() - u.double()).abs() <= 0.1).all())
+
+
+@pytest.mark.parametrize("iterations", [1, 50])
+def test_tightened_boxes_contain_the_network_at_sampled_points(monkeypatch, iterations):
+    """The LP tightening of the implicit block and of the explicit block that feeds it, each LP
+    stopped after ``iterations`` simplex iterations (its multipliers, far from optimal after
+    one, still bound it): the boxes shrink, some strictly, and hold the sampled values."""
+    import sys
+
+    from nemon.verification.program import build_program
+    from nemon.verification.search import LPSolver
+
+    module = sys.modules["nemon.verification.verify"]  # the package's `verify` is the function
+    monkeypatch.setattr(module, "TIGHTEN_ITERATIONS", iterations)
+    torch.manual_seed(4)
+    enc = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU())
+    layer = nemon.NEMONDense(6, 6, gamma=0.9, **TIGHT)
+    model = nemon.Classifier(layer, 3, encoder=enc, input_shape=(4,)).double().eval()
+    net = lower(model)
+    u = torch.rand(4, generator=torch.Generator().manual_seed(0), dtype=DT)
+    lo, hi = ball_box(u, 0.3, (0.0, 1.0))
+    bounds = network_bounds(net, lo, hi)
+    before = copy.deepcopy(bounds)
+    assert len(before[1].unstable) and len(before[2].unstable)  # both blocks are tightened
+    program = build_program([net], [bounds], lo, hi)
+    module._tighten([net], [bounds], program, LPSolver(program), lo, hi, math.inf)
+    g = torch.Generator().manual_seed(1)
+    points = (u + (torch.rand(2000, 4, generator=g, dtype=DT) * 2 - 1) * 0.3).clamp(0, 1)
+    with torch.no_grad():
+        z1 = enc[0](points)
+        z2 = enc[2](torch.relu(z1))
+        x = layer(torch.relu(z2))
+        z3 = layer.A @ x.T + layer.B(torch.relu(z2)).T
+    values = [(z1, torch.relu(z1)), (z2, torch.relu(z2)), (z3.T, x)]
+    narrower = 0.0
+    for (pre, out), old, new in zip(values, before, bounds):
+        for v, o, b in ((pre, old.pre, new.pre), (out, old.out, new.out)):
+            assert np.all(b.lo >= o.lo) and np.all(b.hi <= o.hi)
+            assert bool((v >= torch.from_numpy(b.lo)).all() and (v <= torch.from_numpy(b.hi)).all())
+            narrower += float(np.sum((o.hi - o.lo) - (b.hi - b.lo)))
+    assert narrower > 0

@@ -23,7 +23,7 @@ import torch
 from ..explicit import implicit_box
 from .network import Affine, Block, Network
 
-__all__ = ["Box", "BlockBounds", "network_bounds", "WIDEN"]
+__all__ = ["Box", "BlockBounds", "network_bounds", "refresh_after", "tighten", "WIDEN"]
 
 WIDEN = 2.0**-30
 _TINY = 2.0**-1000
@@ -59,6 +59,20 @@ def network_bounds(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[BlockBo
             pre, out = _implicit_bounds(net, bounds, k, lo, hi)
         bounds.append(BlockBounds(pre, out))
     return bounds
+
+
+def refresh_after(net: Network, bounds: list[BlockBounds], k: int, lo, hi) -> None:
+    """Recompute the boxes of the blocks after ``k`` from the (tightened) earlier ones, each
+    intersected with the box it had."""
+    for j in range(k + 1, len(net.blocks)):
+        if net.blocks[j].A is None:
+            pre = _explicit_pre(net, bounds, j, lo, hi)
+            tighten(bounds[j], pre.lo, pre.hi)
+        else:
+            pre, out = _implicit_bounds(net, bounds, j, lo, hi)
+            tighten(bounds[j], pre.lo, pre.hi)
+            box = bounds[j].out
+            box.lo, box.hi = np.maximum(box.lo, out.lo), np.minimum(box.hi, out.hi)
 
 
 def tighten(bounds: BlockBounds, k_lo: np.ndarray, k_hi: np.ndarray) -> None:

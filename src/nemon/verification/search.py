@@ -96,6 +96,24 @@ class LPSolver:
         sol = self.h.getSolution()
         return "other", np.asarray(sol.row_dual) if sol.dual_valid else None
 
+    def duals_within(self, deadline: float, iterations: int) -> np.ndarray | None:
+        """The row multipliers after at most ``iterations`` simplex iterations from the last
+        basis (None when HiGHS has none): not optimal in general, but any multipliers give
+        `safe_bound` a rigorous bound, and a few iterations give most of it."""
+        self.h.setOptionValue("simplex_iteration_limit", iterations)
+        try:
+            self.h.setOptionValue(
+                "time_limit", self.h.getRunTime() + max(0.01, deadline - time.monotonic())
+            )
+            self.h.run()
+            sol = self.h.getSolution()
+            return np.asarray(sol.row_dual) if sol.dual_valid else None
+        finally:
+            self.h.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
+
+
+_NO_LIMIT = 2**31 - 1  # HiGHS's default simplex iteration limit
+
 
 @contextlib.contextmanager
 def _quiet_stdout():
