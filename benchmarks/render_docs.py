@@ -524,7 +524,10 @@ with an explicit ReLU layer of the same width (`ExplicitDense`), and evaluates b
 {ablation}
 The column "NEMON - explicit" is the difference in certified accuracy, in percentage points.
 With both sides verified completely (`nemon verify` on the explicit run's checkpoint, folder
-`NAME-explicit-epsR` in `benchmarks/results/verification`), exact numbers:
+`NAME-explicit-epsR` in `benchmarks/results/verification`), exact numbers. The medium model's
+explicit side is a second training of its ablation (same preset and seed, two threads instead
+of one; `benchmarks/RUNS.md`), since the first one's weights are gone: its weights differ from
+those of the certified-accuracy table above.
 
 {verified_ablation}
 {ablation_verdict}
