@@ -429,3 +429,25 @@ def test_tightened_boxes_contain_the_network_at_sampled_points(monkeypatch, iter
             assert bool((v >= torch.from_numpy(b.lo)).all() and (v <= torch.from_numpy(b.hi)).all())
             narrower += float(np.sum((o.hi - o.lo) - (b.hi - b.lo)))
     assert narrower > 0
+
+
+def test_each_verdict_is_reported_once_as_soon_as_it_is_final():
+    """``on_verdict`` is called once per input, when its verdict is final: the unknowns left by
+    a search out of time too (a run folder records them then, not at the end of the chunk),
+    with their fields as the result ends."""
+    model = tiny(0, encoder=False, solver=dict(tol=1e-13, max_iter=5000, error_tol=0.02))
+    x = torch.rand(12, 2, generator=torch.Generator().manual_seed(4), dtype=DT) * 0.6 + 0.2
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen = []
+
+    def report(i, result):
+        seen.append((i, bool(result.certified[i]), bool(result.falsified[i]), result.reasons[i]))
+
+    result = verify(model, x, y, 0.08, time_limit=30, attack_steps=5, attack_restarts=1,
+                    on_verdict=report)  # fmt: skip
+    assert sorted(i for i, *_ in seen) == list(range(len(x)))  # each once
+    assert any(not c and not f for _, c, f, _ in seen)  # unknowns reported too
+    for i, certified, falsified, reason in seen:
+        assert certified == bool(result.certified[i]) and falsified == bool(result.falsified[i])
+        assert reason == result.reasons[i]

@@ -133,8 +133,9 @@ def verify(
         attack_restarts: PGD's restarts.
         seed: PGD's seed.
         progress: a tqdm bar over the inputs the search decides.
-        on_verdict: called as ``on_verdict(i, result)`` once input ``i`` is decided
-            (``result`` holds every input's fields; entry ``i`` is final, its seconds too).
+        on_verdict: called as ``on_verdict(i, result)`` once input ``i``'s verdict is final:
+            decided, or left unknown by its search (``result`` holds every input's fields;
+            entry ``i`` is final, its seconds too).
 
     Returns:
         A `VerificationResult`.
@@ -273,8 +274,9 @@ class _State:
             if not bool(self.open()[i]):
                 self.result.reasons[i] = ""
                 self._decide(i, "search")
-            elif not self.result.reasons[i]:
-                self.result.reasons[i] = "time limit"
+            else:  # final too: a run folder records it now, not when its chunk ends
+                self.result.reasons[i] = self.result.reasons[i] or "time limit"
+                self._decide(i, "")
 
     def _search(self, i: int, deadline: float) -> None:
         label = int(self.y[i])
