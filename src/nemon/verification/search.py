@@ -78,10 +78,7 @@ class LPSolver:
         duals)`` (``duals``: None when HiGHS has none). A solve that ends in another status
         (numerical trouble) is repeated once from scratch."""
         for attempt in range(2):
-            # HiGHS's time limit counts the instance's total run time, not this run's
-            left = max(0.01, deadline - time.monotonic())
-            self.h.setOptionValue("time_limit", self.h.getRunTime() + left)
-            self.h.run()
+            self._run(deadline)
             status = self.h.getModelStatus()
             if status == self._optimal:
                 sol = self.h.getSolution()
@@ -102,14 +99,18 @@ class LPSolver:
         `safe_bound` a rigorous bound, and a few iterations give most of it."""
         self.h.setOptionValue("simplex_iteration_limit", iterations)
         try:
-            self.h.setOptionValue(
-                "time_limit", self.h.getRunTime() + max(0.01, deadline - time.monotonic())
-            )
-            self.h.run()
+            self._run(deadline)
             sol = self.h.getSolution()
             return np.asarray(sol.row_dual) if sol.dual_valid else None
         finally:
             self.h.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
+
+    def _run(self, deadline: float) -> None:
+        """One HiGHS run from the last basis, stopped at ``deadline`` (``time.monotonic``)."""
+        # HiGHS's time limit counts the instance's total run time, not this run's
+        left = max(0.01, deadline - time.monotonic())
+        self.h.setOptionValue("time_limit", self.h.getRunTime() + left)
+        self.h.run()
 
 
 _NO_LIMIT = 2**31 - 1  # HiGHS's default simplex iteration limit

@@ -51,8 +51,9 @@ from .search import LPSolver, minimise
 
 __all__ = ["verify", "VerificationResult"]
 
-#: The share of an input's search time its bound tightening may take (on conv-medium each of
-#: those LPs takes about 2 s; unlimited, they took the whole minute and left no time to branch).
+#: The share of an input's search time its bound tightening may take (on conv-medium a full
+#: solve of each of those LPs took 1-2 s; unlimited, they took the whole minute and left no
+#: time to branch).
 TIGHTEN_SHARE = 0.25
 #: Simplex iterations of each tightening LP (its multipliers then bound it, `_lp_bound`).
 TIGHTEN_ITERATIONS = 50
